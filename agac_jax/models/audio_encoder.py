@@ -1,0 +1,131 @@
+"""The Whisper-style audio encoder of Qwen2-Audio, in Flax linen.
+
+Module and parameter names follow transformers' `Qwen2AudioEncoder`, so that the checkpoint name map
+in `agac_jax.checkpoints` stays a plain renaming.
+
+Variable length: transformers requires exactly 2 x max_source_positions mel frames (30 s). This port
+takes any even number of frames P up to that, and masks attention keys past each clip's valid length
+exactly as transformers does. On valid positions the outputs equal transformers' run on the same clip
+padded to 30 s, provided the features hold at least one frame past the valid end (conv1 reads it):
+`agac_jax.audio.features` pads with the same values Whisper's feature extractor gives padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agac_jax.models.config import AudioEncoderConfig
+
+Array = jax.Array
+
+
+def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+        name=name,
+    )
+
+
+def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def conv_output_lengths(mel_lengths: Array) -> tuple[Array, Array]:
+    """transformers' `_get_feat_extract_output_lengths`: (frames after conv2, audio tokens after pooling)."""
+    after_conv = (mel_lengths - 1) // 2 + 1
+    tokens = (after_conv - 2) // 2 + 1
+    return after_conv, tokens
+
+
+class EncoderSelfAttention(nn.Module):
+    """Bidirectional multi-head attention of one encoder layer (k_proj has no bias, as in Whisper)."""
+
+    d_model: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, key_valid: Array) -> Array:
+        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]."""
+        b, s, _ = x.shape
+        hd = self.d_model // self.num_heads
+        scaling = hd**-0.5
+        q = _dense(self.d_model, "q_proj", self.dtype, ("embed", "heads"))(x) * scaling
+        k = _dense(self.d_model, "k_proj", self.dtype, ("embed", "heads"), use_bias=False)(x)
+        v = _dense(self.d_model, "v_proj", self.dtype, ("embed", "heads"))(x)
+        q, k, v = (t.reshape(b, s, self.num_heads, hd) for t in (q, k, v))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+        scores = jnp.where(key_valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, s, self.d_model)
+        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"))(out)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LN transformer layer: self-attention and a GELU MLP, each with a residual."""
+
+    config: AudioEncoderConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, key_valid: Array) -> Array:
+        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]."""
+        c = self.config
+        h = _layer_norm("self_attn_layer_norm", self.dtype)(x)
+        x = x + EncoderSelfAttention(c.d_model, c.encoder_attention_heads, self.dtype, name="self_attn")(h, key_valid)
+        h = _layer_norm("final_layer_norm", self.dtype)(x)
+        h = jax.nn.gelu(_dense(c.encoder_ffn_dim, "fc1", self.dtype, ("embed", "mlp"))(h), approximate=False)
+        return x + _dense(c.d_model, "fc2", self.dtype, ("mlp", "embed"))(h)
+
+
+class AudioEncoder(nn.Module):
+    """conv1 (k3, s1) + GELU, conv2 (k3, s2) + GELU, learned positions, layers, AvgPool(2), LayerNorm."""
+
+    config: AudioEncoderConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Array, mel_lengths: Array) -> tuple[Array, Array]:
+        """Encodes log-mel features.
+
+        Args:
+          features: [B, num_mel_bins, P] log-mel frames, P even and at most 2 x max_source_positions.
+          mel_lengths: [B] int, valid mel frames per clip (the feature attention mask's sum).
+
+        Returns:
+          (hidden [B, P // 4, d_model], num_tokens [B] int): audio token states at 25 per second and
+          the number of valid ones per clip.
+        """
+        c = self.config
+        b, n_mels, p = features.shape
+        if n_mels != c.num_mel_bins:
+            raise ValueError(f"features have {n_mels} mel bins; the model expects {c.num_mel_bins}")
+        if p % 2 or p > c.max_mel_frames or p < 4:
+            raise ValueError(f"features have {p} frames; expected an even number in [4, {c.max_mel_frames}]")
+        x = jnp.transpose(features, (0, 2, 1)).astype(self.dtype)
+        conv_kw = dict(kernel_size=(3,), padding=((1, 1),), dtype=self.dtype, param_dtype=jnp.float32)
+        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(1,), name="conv1", **conv_kw)(x), approximate=False)
+        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(2,), name="conv2", **conv_kw)(x), approximate=False)
+        s = x.shape[1]
+        positions = self.param(
+            "embed_positions",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (c.max_source_positions, c.d_model),
+            jnp.float32,
+        )
+        x = x + positions[:s].astype(self.dtype)
+        conv_lengths, num_tokens = conv_output_lengths(mel_lengths)
+        key_valid = jnp.arange(s)[None, :] < conv_lengths[:, None]
+        for i in range(c.encoder_layers):
+            x = EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, key_valid)
+        x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, c.d_model).mean(axis=2)
+        x = _layer_norm("layer_norm", self.dtype)(x)
+        return x, num_tokens

@@ -1,0 +1,207 @@
+"""The Qwen2 decoder of Qwen2-Audio, in Flax linen, with attention exposed through `sow`.
+
+Names follow transformers' `Qwen2Model` (`layers_{i}.self_attn.q_proj`, ...). The decoder works on
+input embeddings, explicit positions and a key-validity mask, with an optional functional KV cache
+for generation.
+
+What the attention modules sow (opt-in; `sow` is a no-op unless the collection is mutable):
+  - collection "attention", name "probs": the softmax probabilities [B, H, Q, K] of every layer.
+  - collection "attention_received", name "received": when `query_weights` [B, Q] is given, each
+    layer's sum over heads and weighted query rows, [B, K]. The scoring program uses this so that the
+    full maps never leave the layer that computes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agac_jax.models.config import TextConfig
+
+Array = jax.Array
+
+
+class LayerCache(NamedTuple):
+    """Keys and values of one layer: [B, max_len, num_key_value_heads, head_dim] each."""
+
+    k: Array
+    v: Array
+
+
+def init_cache(config: TextConfig, batch: int, max_len: int, dtype: Any) -> tuple[LayerCache, ...]:
+    shape = (batch, max_len, config.num_key_value_heads, config.attention_head_dim)
+    return tuple(LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_hidden_layers))
+
+
+def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], use_bias: bool) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+        name=name,
+    )
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) in float32, scaled by a learned weight (named `scale`)."""
+
+    eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
+                           jnp.float32)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rotary_cos_sin(positions: Array, head_dim: int, theta: float, dtype: Any) -> tuple[Array, Array]:
+    """positions: [B, S] int -> cos, sin: [B, S, head_dim] (halves repeated, as transformers builds them)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """x: [B, S, H, hd]; cos, sin: [B, S, hd]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class DecoderSelfAttention(nn.Module):
+    """Causal grouped-query attention with RoPE; q, k, v have biases, o_proj has none."""
+
+    config: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        cache: LayerCache | None = None,
+        cache_index: Array | None = None,
+        query_weights: Array | None = None,
+    ) -> tuple[Array, LayerCache | None]:
+        """One attention step.
+
+        Args:
+          x: [B, S, D] hidden states of the new positions.
+          cos, sin: [B, S, head_dim] rotary tables of the new positions.
+          mask: [B, S, K] bool, which keys each query may see (K = S without cache, max_len with).
+          cache: this layer's keys/values, written at [cache_index, cache_index + S).
+          cache_index: int scalar, where the new positions go in the cache.
+          query_weights: [B, S] weights of the query rows for the sown `received` reduction.
+
+        Returns:
+          ([B, S, D], the updated cache or None).
+        """
+        c = self.config
+        b, s, _ = x.shape
+        hd, nh, nkv = c.attention_head_dim, c.num_attention_heads, c.num_key_value_heads
+        q = _dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"), True)(x).reshape(b, s, nh, hd)
+        k = _dense(nkv * hd, "k_proj", self.dtype, ("embed", "kv_heads"), True)(x).reshape(b, s, nkv, hd)
+        v = _dense(nkv * hd, "v_proj", self.dtype, ("embed", "kv_heads"), True)(x).reshape(b, s, nkv, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
+            cache = LayerCache(k, v)
+        q = q.reshape(b, s, nkv, c.kv_groups, hd)
+        scores = jnp.einsum("bqngd,bknd->bngqk", q, k.astype(self.dtype)) * (hd**-0.5)
+        scores = scores.reshape(b, nh, s, k.shape[1]).astype(jnp.float32)
+        scores = jnp.where(mask[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        self.sow("attention", "probs", probs)
+        if query_weights is not None:
+            self.sow("attention_received", "received", jnp.einsum("bhqk,bq->bk", probs, query_weights))
+        probs = probs.astype(self.dtype).reshape(b, nkv, c.kv_groups, s, k.shape[1])
+        out = jnp.einsum("bngqk,bknd->bqngd", probs, v.astype(self.dtype)).reshape(b, s, nh * hd)
+        return _dense(c.hidden_size, "o_proj", self.dtype, ("heads", "embed"), False)(out), cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        gate = _dense(c.intermediate_size, "gate_proj", self.dtype, ("embed", "mlp"), False)(x)
+        up = _dense(c.intermediate_size, "up_proj", self.dtype, ("embed", "mlp"), False)(x)
+        return _dense(c.hidden_size, "down_proj", self.dtype, ("mlp", "embed"), False)(jax.nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    config: TextConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, query_weights=None):
+        """x: [B, S, D] -> ([B, S, D], cache). Arguments as `DecoderSelfAttention`."""
+        c = self.config
+        h = RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
+        h, cache = DecoderSelfAttention(c, self.dtype, name="self_attn")(h, cos, sin, mask, cache, cache_index,
+                                                                         query_weights)
+        x = x + h
+        h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
+        return x + MLP(c, self.dtype, name="mlp")(h), cache
+
+
+class Decoder(nn.Module):
+    """Token embedding, the decoder layers and the final norm (transformers' `Qwen2Model`)."""
+
+    config: TextConfig
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.embed_tokens = nn.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        )
+        self.layers = [DecoderLayer(c, self.dtype, name=f"layers_{i}") for i in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
+
+    def embed(self, input_ids: Array) -> Array:
+        """[B, S] int -> [B, S, D]."""
+        return self.embed_tokens(input_ids)
+
+    def attend_logits(self, hidden: Array) -> Array:
+        """Tied LM head: [B, S, D] -> [B, S, vocab]."""
+        return self.embed_tokens.attend(hidden)
+
+    def __call__(
+        self,
+        inputs_embeds: Array,
+        positions: Array,
+        mask: Array,
+        cache: tuple[LayerCache, ...] | None = None,
+        cache_index: Array | None = None,
+        query_weights: Array | None = None,
+    ) -> tuple[Array, tuple[LayerCache, ...] | None]:
+        """inputs_embeds [B, S, D], positions [B, S], mask [B, S, K] -> (normed hidden [B, S, D], cache)."""
+        c = self.config
+        cos, sin = rotary_cos_sin(positions, c.attention_head_dim, c.rope_theta, self.dtype)
+        x = inputs_embeds.astype(self.dtype)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, query_weights)
+            new_cache.append(layer_cache)
+        return self.norm(x), (tuple(new_cache) if cache is not None else None)
