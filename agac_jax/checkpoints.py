@@ -203,12 +203,36 @@ def convert_hf_state(state: Mapping[str, np.ndarray], config: Qwen2AudioConfig) 
     return unflatten(flat)
 
 
+def resolve_tied_head(config: Qwen2AudioConfig, state: Mapping[str, np.ndarray]) -> Qwen2AudioConfig:
+    """Decides tying as transformers does for Qwen2-Audio.
+
+    transformers' `Qwen2AudioForConditionalGeneration` declares no tied weights: its LM head is the
+    checkpoint's `lm_head.weight` whatever `tie_word_embeddings` says. So a config that says "tied"
+    with a stored head that differs from the embedding is loaded untied; a tied config without a
+    stored head uses the embedding.
+    """
+    if not config.text.tie_word_embeddings:
+        return config
+    keys = {modernize_key(k): k for k in state}
+    head = keys.get("lm_head.weight")
+    embed = keys.get("model.language_model.embed_tokens.weight")
+    if head is None or (embed is not None and np.array_equal(np.asarray(state[head]), np.asarray(state[embed]))):
+        return config
+    return config.replace(text=dataclasses.replace(config.text, tie_word_embeddings=False))
+
+
 def flax_to_hf_state(params: Params) -> dict[str, np.ndarray]:
-    """Flax parameter tree -> HF state dict (transformers 5 names), float32 numpy."""
+    """Flax parameter tree -> HF state dict (transformers 5 names), float32 numpy.
+
+    A tied model also gets `lm_head.weight` (a copy of the embedding), because transformers does not
+    tie Qwen2-Audio's head and would otherwise initialise it at random.
+    """
     state = {}
     for path, value in flatten(_unbox(params)).items():
         key, transform = flax_to_hf_key(path)
         state[key] = np.ascontiguousarray(_TO_HF[transform](np.asarray(value, dtype=np.float32)))
+    if "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"].copy()
     return state
 
 
@@ -266,6 +290,7 @@ def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, allow_pickl
     state = read_safetensors(directory)
     if not state:
         state = _read_pickle(directory, allow_pickle)
+    config = resolve_tied_head(config, state)
     params = convert_hf_state(state, config)
     generation = {}
     if (directory / "generation_config.json").exists():

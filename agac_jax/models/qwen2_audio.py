@@ -156,3 +156,12 @@ def init_params(config: Qwen2AudioConfig, rng: Array, mel_frames: int = 8) -> An
     ids = jnp.zeros((1, 4), jnp.int32)
     feats = jnp.zeros((1, config.audio.num_mel_bins, mel_frames), jnp.float32)
     return model.init(rng, ids, jnp.ones((1, 4), jnp.int32), feats, jnp.full((1,), mel_frames))["params"]
+
+
+def stack_sown(collection: Any, name: str, num_layers: int) -> Array:
+    """Stacks what every decoder layer sowed under `name` into [layers, ...], in layer order.
+
+    `collection` is the mutable collection returned by `apply(..., mutable=[...])`, e.g. `state["attention"]`.
+    """
+    layers = collection["language_model"]
+    return jnp.stack([layers[f"layers_{i}"]["self_attn"][name][0] for i in range(num_layers)])

@@ -1,0 +1,55 @@
+"""Tiny Qwen2-Audio checkpoints made by transformers itself, for the cross-framework tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Three shapes that exercise the port differently: grouped-query ratios 3, 1 and 8; head sizes 8, 16
+# and an explicit 12 (not hidden / heads); 80 and 128 mel bins; untied and tied embeddings.
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "gqa3_mel80": dict(
+        audio_config=dict(num_mel_bins=80, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                          d_model=32),
+        text_config=dict(model_type="qwen2", vocab_size=96, hidden_size=48, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                         tie_word_embeddings=False, initializer_range=0.05),
+        audio_token_index=95,
+    ),
+    "mha_mel128_tied": dict(
+        audio_config=dict(num_mel_bins=128, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=48,
+                          d_model=24),
+        text_config=dict(model_type="qwen2", vocab_size=80, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
+                         tie_word_embeddings=True, initializer_range=0.05),
+        audio_token_index=79,
+        tie_word_embeddings=True,
+    ),
+    "mqa_headdim12_mel128": dict(
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=32,
+                          d_model=16),
+        text_config=dict(model_type="qwen2", vocab_size=120, hidden_size=40, intermediate_size=72,
+                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=1, head_dim=12,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+                         tie_word_embeddings=False, initializer_range=0.05),
+        audio_token_index=100,
+    ),
+}
+
+
+def make_hf_checkpoint(directory: Path, name: str, seed: int = 0) -> Path:
+    """Builds `TINY_CONFIGS[name]` with random weights in transformers and saves it to `directory`."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Qwen2AudioConfig(**TINY_CONFIGS[name])
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    return directory
+
+
+def load_hf_eager(directory: Path):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    return Qwen2AudioForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
