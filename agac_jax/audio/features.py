@@ -1,0 +1,278 @@
+"""Whisper log-mel features for Qwen2-Audio, for clips of any length up to 30 s.
+
+The reference is transformers' ``WhisperFeatureExtractor`` called the way ``Qwen2AudioProcessor``
+calls it: every clip is zero-padded to 30 s (480 000 samples), a centred STFT (n_fft 400, hop 160,
+periodic Hann window, reflect padding of 200 samples at both ends of the padded signal) gives 3001
+frames of which the last is dropped, the power spectrum goes through a Slaney mel filter bank, and
+``log10`` is clamped from below at ``max - 8`` (the maximum over the whole 30 s padded clip) and
+rescaled by ``(x + 4) / 4``.
+
+Here the same numbers are computed for the first ``F`` frames only (``F`` a bucket, e.g. 500 frames
+for a 5 s bucket). The frames of the 30 s version that lie beyond the clip by more than half a window
+see only zeros, so they can neither raise the maximum nor differ from frame to frame; computing the
+frames that touch the clip reproduces the maximum exactly, and every returned frame, valid or
+padded, equals the 30 s reference at that index. Internally float64; output float32.
+
+Grids: 16 kHz samples, 100 mel frames per second (hop 160), 25 audio tokens per second after the
+encoder's stride-2 convolution and stride-2 average pooling.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from agac_jax.audio.grids import (
+    FRAMES_PER_SECOND,
+    HOP_LENGTH,
+    MAX_FRAMES,
+    MAX_SAMPLES,
+    MAX_SECONDS,
+    N_FFT,
+    SAMPLE_RATE,
+)
+from agac_jax.audio.io import validate_waveform
+
+FRAME_BUCKET_QUANTUM = FRAMES_PER_SECOND
+DEFAULT_BUCKETS_SECONDS = (5, 10, 20, 30)
+SUPPORTED_MEL_BINS = (80, 128)
+LOG_RANGE = 8.0
+
+
+# Slaney mel scale: 3 mels per 200 Hz below 1 kHz, then a constant ratio of 6.4 ** (1 / 27) per mel.
+_SLANEY_HZ_PER_MEL = 200.0 / 3.0
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0
+
+
+def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Frequencies in Hz -> Slaney mels, elementwise, float64."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _SLANEY_HZ_PER_MEL
+    log_ratio = np.log(np.maximum(hz, _SLANEY_MIN_LOG_HZ) / _SLANEY_MIN_LOG_HZ)
+    logarithmic = _SLANEY_MIN_LOG_MEL + log_ratio / _SLANEY_LOG_STEP
+    return np.where(hz >= _SLANEY_MIN_LOG_HZ, logarithmic, linear)
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_hz_to_slaney_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _SLANEY_HZ_PER_MEL
+    logarithmic = _SLANEY_MIN_LOG_HZ * np.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_MIN_LOG_MEL))
+    return np.where(mel >= _SLANEY_MIN_LOG_MEL, logarithmic, linear)
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filter_bank(num_mel_bins: int) -> np.ndarray:
+    """Triangular Slaney-scale, Slaney-normalised mel filters for 0..8 kHz.
+
+    Returns:
+        float64 array [n_fft // 2 + 1, num_mel_bins] (201 frequency bins); read-only, cached.
+    """
+    _check_mel_bins(num_mel_bins)
+    fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    mel_edges = np.linspace(
+        _hz_to_slaney_mel(np.array(0.0)), _hz_to_slaney_mel(np.array(SAMPLE_RATE / 2)), num_mel_bins + 2
+    )
+    hz_edges = _slaney_mel_to_hz(mel_edges)
+    widths = np.diff(hz_edges)
+    slopes = hz_edges[np.newaxis, :] - fft_freqs[:, np.newaxis]
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(rising, falling))
+    filters *= 2.0 / (hz_edges[2:] - hz_edges[:-2])
+    filters.setflags(write=False)
+    return filters
+
+
+@functools.lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+    """Periodic Hann window of N_FFT samples (torch.hann_window's default), float64 [400]."""
+    n = np.arange(N_FFT, dtype=np.float64)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / N_FFT)
+    window.setflags(write=False)
+    return window
+
+
+def _check_mel_bins(num_mel_bins: int) -> None:
+    if num_mel_bins not in SUPPORTED_MEL_BINS:
+        raise ValueError(f"num_mel_bins must be one of {SUPPORTED_MEL_BINS}, got {num_mel_bins!r}")
+
+
+def _check_clip(waveform: np.ndarray, name: str) -> np.ndarray:
+    """Validate the clip (see validate_waveform) and return it as float64 [n] of float32 values.
+
+    The reference casts to float32 before anything else.
+    """
+    return validate_waveform(waveform, name).astype(np.float64)
+
+
+def num_valid_frames(n_samples: int) -> int:
+    """Mel frames the feature attention mask marks valid for a clip of n_samples (<= 30 s).
+
+    Equal to ``ceil(n_samples / 160)``: the sample mask sampled every 160 samples.
+    """
+    if n_samples < 1 or n_samples > MAX_SAMPLES:
+        raise ValueError(f"n_samples must be in [1, {MAX_SAMPLES}], got {n_samples}")
+    return -(-n_samples // HOP_LENGTH)
+
+
+def _frames_touching_clip(n_samples: int) -> int:
+    """Frames whose window [160 i - 200, 160 i + 200) overlaps samples [0, n_samples)."""
+    return min(MAX_FRAMES, -(-(n_samples + N_FFT // 2) // HOP_LENGTH))
+
+
+def _log_mel_frames(clip: np.ndarray, num_mel_bins: int, num_frames: int) -> np.ndarray:
+    """First num_frames frames of the 30 s reference's clamped log10 mel power, float64 [mels, frames].
+
+    ``clip`` is float64 [n], n <= MAX_SAMPLES. The global maximum is taken over every frame that
+    touches the clip, which is the maximum over all 3000 frames of the reference.
+    """
+    computed = max(num_frames, _frames_touching_clip(clip.size))
+    padded_length = (computed - 1) * HOP_LENGTH + N_FFT
+    # Only the last frame of the full 30 s grid reaches the right-hand reflect padding.
+    signal_length = min(MAX_SAMPLES, padded_length - N_FFT // 2)
+    signal = np.zeros(signal_length, dtype=np.float64)
+    signal[: clip.size] = clip
+    padded = np.pad(signal, N_FFT // 2, mode="reflect")[:padded_length]
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = (power @ mel_filter_bank(num_mel_bins)).T
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - LOG_RANGE)
+    return log_spec[:, :num_frames]
+
+
+def log_mel(
+    waveform: np.ndarray,
+    num_mel_bins: int = 128,
+    pad_to_samples: int | None = None,
+    *,
+    name: str = "waveform",
+) -> tuple[np.ndarray, int]:
+    """Whisper log-mel features of one 16 kHz mono clip, equal to the 30 s reference frame by frame.
+
+    Args:
+        waveform: float array [n], n <= 480 000 (30 s).
+        num_mel_bins: 80 or 128 (Qwen2-Audio uses 128).
+        pad_to_samples: length the clip is treated as padded to; the result has
+            ``pad_to_samples // 160`` frames. None: just the valid frames, ``ceil(n / 160)``.
+            Must be at least n and at most 480 000.
+        name: what error messages call the waveform.
+
+    Returns:
+        (features float32 [num_mel_bins, frames], number of valid frames ``ceil(n / 160)``).
+        Frames past the valid ones hold the reference's values for the zero padding.
+    """
+    _check_mel_bins(num_mel_bins)
+    clip = _check_clip(waveform, name)
+    valid = num_valid_frames(clip.size)
+    if pad_to_samples is None:
+        num_frames = valid
+    else:
+        if not isinstance(pad_to_samples, (int, np.integer)) or not clip.size <= pad_to_samples <= MAX_SAMPLES:
+            raise ValueError(
+                f"pad_to_samples must be an int in [{clip.size} (the length of {name}), {MAX_SAMPLES}], "
+                f"got {pad_to_samples!r}"
+            )
+        num_frames = int(pad_to_samples) // HOP_LENGTH
+        if num_frames < valid:
+            raise ValueError(
+                f"pad_to_samples={pad_to_samples} gives {num_frames} frames, fewer than the {valid} valid "
+                f"frames of {name}; use a multiple of {HOP_LENGTH} samples"
+            )
+    log_spec = _log_mel_frames(clip, num_mel_bins, num_frames)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32), valid
+
+
+def check_pad_to_frames(pad_to_frames: int) -> int:
+    """Validate a frame bucket: a positive multiple of 100 frames (1 s), at most 3000."""
+    if (
+        not isinstance(pad_to_frames, (int, np.integer))
+        or pad_to_frames <= 0
+        or pad_to_frames > MAX_FRAMES
+        or pad_to_frames % FRAME_BUCKET_QUANTUM
+    ):
+        raise ValueError(
+            f"pad_to_frames must be a positive multiple of {FRAME_BUCKET_QUANTUM} frames (1 s), "
+            f"at most {MAX_FRAMES}, got {pad_to_frames!r}"
+        )
+    return int(pad_to_frames)
+
+
+def batch_log_mel(
+    waveforms: Sequence[np.ndarray],
+    num_mel_bins: int = 128,
+    pad_to_frames: int = MAX_FRAMES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel features of a batch of clips, each padded to the same frame bucket.
+
+    Args:
+        waveforms: B float arrays [n_b], each at most as long as the bucket (n_b <= 160 * pad_to_frames).
+        num_mel_bins: 80 or 128.
+        pad_to_frames: the bucket, a multiple of 100 frames up to 3000 (3000 = the processor's 30 s).
+
+    Returns:
+        features float32 [B, num_mel_bins, pad_to_frames] and feature_attention_mask int32
+        [B, pad_to_frames] (1 on each clip's ``ceil(n_b / 160)`` valid frames), both equal to
+        WhisperFeatureExtractor's on the first pad_to_frames frames.
+    """
+    pad_to_frames = check_pad_to_frames(pad_to_frames)
+    if len(waveforms) == 0:
+        raise ValueError("waveforms is empty: pass at least one clip")
+    features = np.empty((len(waveforms), num_mel_bins, pad_to_frames), dtype=np.float32)
+    mask = np.zeros((len(waveforms), pad_to_frames), dtype=np.int32)
+    for index, waveform in enumerate(waveforms):
+        name = f"waveforms[{index}]"
+        n_samples = np.asarray(waveform).size
+        if n_samples > pad_to_frames * HOP_LENGTH:
+            raise ValueError(
+                f"{name} has {n_samples} samples, longer than the bucket of {pad_to_frames} frames "
+                f"({pad_to_frames * HOP_LENGTH} samples); pick a larger bucket (see bucket_seconds)"
+            )
+        features[index], valid = log_mel(waveform, num_mel_bins, pad_to_frames * HOP_LENGTH, name=name)
+        mask[index, :valid] = 1
+    return features, mask
+
+
+def feat_extract_output_lengths(num_mel_frames: int | np.ndarray) -> tuple[int | np.ndarray, int | np.ndarray]:
+    """Lengths after the encoder's stride-2 convolution and after its stride-2 average pooling.
+
+    Same arithmetic as Qwen2-Audio's ``_get_feat_extract_output_lengths``: conv ``(L - 1) // 2 + 1``,
+    pooling ``(conv - 2) // 2 + 1``. Works elementwise on integer arrays.
+    """
+    conv = (num_mel_frames - 1) // 2 + 1
+    pooled = (conv - 2) // 2 + 1
+    return conv, pooled
+
+
+def audio_token_count(num_valid_mel_frames: int | np.ndarray) -> int | np.ndarray:
+    """Number of ``<|AUDIO|>`` tokens (LLM audio grid, 40 ms each) for a clip's valid mel frames."""
+    if np.any(np.asarray(num_valid_mel_frames) < 1):
+        raise ValueError(f"num_valid_mel_frames must be >= 1, got {num_valid_mel_frames!r}")
+    return feat_extract_output_lengths(num_valid_mel_frames)[1]
+
+
+def bucket_seconds(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS) -> int:
+    """The smallest bucket (in whole seconds) that holds a clip of n_samples at 16 kHz."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if not buckets or any(b <= 0 or b > MAX_SECONDS or int(b) != b for b in buckets):
+        raise ValueError(f"buckets must be whole seconds in [1, {MAX_SECONDS}], got {tuple(buckets)!r}")
+    for seconds in sorted(buckets):
+        if n_samples <= seconds * SAMPLE_RATE:
+            return int(seconds)
+    raise ValueError(
+        f"a clip of {n_samples} samples ({n_samples / SAMPLE_RATE:.2f} s) is longer than the largest "
+        f"bucket, {max(buckets)} s; split it with agac_jax.audio.io.split_windows"
+    )
+
+
+def bucket_frames(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS) -> int:
+    """The frame bucket (pad_to_frames) for a clip of n_samples: ``100 * bucket_seconds``."""
+    return bucket_seconds(n_samples, buckets) * FRAMES_PER_SECOND
