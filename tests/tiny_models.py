@@ -53,3 +53,30 @@ def load_hf_eager(directory: Path):
     from transformers import Qwen2AudioForConditionalGeneration
 
     return Qwen2AudioForConditionalGeneration.from_pretrained(directory, attn_implementation="eager").eval()
+
+
+def make_scoring_checkpoint(directory: Path, name: str = "gqa3_mel80", seed: int = 0,
+                            words: tuple[str, ...] = ("is", "there", "a", "tone", "chirp", "?", "yes", "no")) -> Path:
+    """A tiny random Qwen2-Audio directory with a word tokenizer, processor files and a generation
+    config, so the whole pipeline (prompts, scoring, generation) runs on it as on a real checkpoint."""
+    import json
+
+    import torch
+    from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
+
+    spec = TINY_CONFIGS[name]
+    n_mels = spec["audio_config"]["num_mel_bins"]
+    tokenizer = save_processor_files(directory, list(words), num_mel_bins=n_mels)
+    text = dict(spec["text_config"], vocab_size=len(tokenizer))
+    eos = tokenizer.convert_tokens_to_ids(IM_END)
+    torch.manual_seed(seed)
+    config = Qwen2AudioConfig(**dict(spec, text_config=text,
+                                     audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)))
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                                               max_new_tokens=4)
+    model.save_pretrained(directory)
+    json.loads((directory / "config.json").read_text())
+    return directory

@@ -6,8 +6,8 @@ for generation.
 
 What the attention modules sow (opt-in; `sow` is a no-op unless the collection is mutable):
   - collection "attention", name "probs": the softmax probabilities [B, H, Q, K] of every layer.
-  - collection "attention_received", name "received": when `query_weights` [B, Q] is given, each
-    layer's sum over heads and weighted query rows, [B, K]. The scoring program uses this so that the
+  - collection "attention_received", name "received": when `query_weights` [B, Q, W] is given, each
+    layer's sum over heads of the query rows weighted by each of the W weightings, [B, W, K]. The scoring program uses this so that the
     full maps never leave the layer that computes them.
 """
 
@@ -102,7 +102,7 @@ class DecoderSelfAttention(nn.Module):
           mask: [B, S, K] bool, which keys each query may see (K = S without cache, max_len with).
           cache: this layer's keys/values, written at [cache_index, cache_index + S).
           cache_index: int scalar, where the new positions go in the cache.
-          query_weights: [B, S] weights of the query rows for the sown `received` reduction.
+          query_weights: [B, S, W] W weightings of the query rows for the sown `received` reduction.
 
         Returns:
           ([B, S, D], the updated cache or None).
@@ -125,7 +125,7 @@ class DecoderSelfAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1)
         self.sow("attention", "probs", probs)
         if query_weights is not None:
-            self.sow("attention_received", "received", jnp.einsum("bhqk,bq->bk", probs, query_weights))
+            self.sow("attention_received", "received", jnp.einsum("bhqk,bqw->bwk", probs, query_weights))
         probs = probs.astype(self.dtype).reshape(b, nkv, c.kv_groups, s, k.shape[1])
         out = jnp.einsum("bngqk,bknd->bqngd", probs, v.astype(self.dtype)).reshape(b, s, nh * hd)
         return _dense(c.hidden_size, "o_proj", self.dtype, ("heads", "embed"), False)(out), cache

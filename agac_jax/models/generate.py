@@ -99,10 +99,10 @@ def greedy_generate(
     mel_lengths: Array,
     settings: GenerationSettings,
 ) -> tuple[Array, Array]:
-    """Greedy answers for a left-padded batch.
+    """Greedy answers for a batch of prompts, one clip per prompt.
 
     Args:
-      input_ids: [B, S] prompts with expanded audio placeholders, left-padded.
+      input_ids: [B, S] prompts with expanded audio placeholders (left- or right-padded).
       attention_mask: [B, S].
       features: [B, n_mels, P]; mel_lengths: [B].
     Returns:
@@ -110,20 +110,36 @@ def greedy_generate(
       EOS, or max_new_tokens).
     """
     variables = {"params": params}
+    audio, n_audio = model.apply(variables, features, mel_lengths, method=model.encode_audio)
+    embeds = model.apply(variables, input_ids, audio, n_audio, method=model.embed_prompt)
+    return greedy_generate_from_embeddings(model, params, embeds, input_ids, attention_mask, settings)
+
+
+def greedy_generate_from_embeddings(
+    model: Qwen2AudioForConditionalGeneration,
+    params: Any,
+    embeds: Array,
+    input_ids: Array,
+    attention_mask: Array,
+    settings: GenerationSettings,
+) -> tuple[Array, Array]:
+    """`greedy_generate` on prompt embeddings [B, S, D] that already hold the audio."""
+    variables = {"params": params}
     b, s = input_ids.shape
     n_new = settings.max_new_tokens
     max_len = s + n_new
     vocab = model.config.text.vocab_size
-    audio, n_audio = model.apply(variables, features, mel_lengths, method=model.encode_audio)
-    embeds = model.apply(variables, input_ids, audio, n_audio, method=model.embed_prompt)
     key_valid = jnp.concatenate([attention_mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
     prefill_mask = jnp.pad(causal_mask(attention_mask), ((0, 0), (0, 0), (0, n_new)))
     positions = prompt_positions(attention_mask)
+    next_position = jnp.sum(attention_mask, axis=1, keepdims=True).astype(jnp.int32)
     cache = init_cache(model.config.text, b, max_len, model.config.dtype)
     hidden, cache = model.apply(variables, embeds, positions, prefill_mask, cache, 0, method=model.decode)
-    logits = model.apply(variables, hidden[:, -1], method=model.logits)
+    last = jnp.take_along_axis(hidden, (next_position - 1)[:, :, None], axis=1)[:, 0]
+    last = jnp.where(attention_mask[:, -1:] > 0, hidden[:, -1], last)
+    logits = model.apply(variables, last, method=model.logits)
     # transformers ignores the left padding (up to the first unmasked position) in the repetition penalty.
-    counted = jnp.arange(s)[None, :] >= jnp.argmax(attention_mask != 0, axis=1)[:, None]
+    counted = (jnp.arange(s)[None, :] >= jnp.argmax(attention_mask != 0, axis=1)[:, None]) & (attention_mask > 0)
     presence = jnp.zeros((b, vocab), bool).at[jnp.arange(b)[:, None], input_ids].max(counted)
     eos = jnp.asarray(settings.eos_token_ids or (-1,))
 
@@ -140,9 +156,8 @@ def greedy_generate(
         done = done | jnp.isin(token, eos)
         presence = presence.at[jnp.arange(b), token].set(True)
         emb = model.apply(variables, token[:, None], method=lambda m, t: m.language_model.embed(t))
-        pos = positions[:, -1:] + 1 + step
         mask = (key_valid & (jnp.arange(max_len) <= s + step))[:, None, :]
-        hidden, cache = model.apply(variables, emb, pos, mask, cache, s + step, method=model.decode)
+        hidden, cache = model.apply(variables, emb, next_position + step, mask, cache, s + step, method=model.decode)
         logits = model.apply(variables, hidden[:, -1], method=model.logits)
         return step + 1, cache, tokens, done, logits, presence
 

@@ -1,0 +1,342 @@
+"""Host side of scoring: buckets, prompts, the compiled program per bucket, sharding, frame selection.
+
+`Scorer.score(clips, questions)` groups clips by length bucket, builds prompts and features for each
+bucket, pads the batch to `batch_size` (padded slots are copies whose results are dropped), and runs
+the jitted program of `agac_jax.scoring.program`, compiled once per (bucket, answers given or not).
+`select_frames` turns one clip's scores into the kept frames of any method of DESIGN.md section 4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from agac_jax import checkpoints
+from agac_jax.audio import features as feats
+from agac_jax.audio.io import validate_waveform
+from agac_jax.models.generate import GenerationSettings, jitted_generate
+from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
+from agac_jax.prompts import build_prompts
+from agac_jax.scoring import baselines, selection
+from agac_jax.scoring.program import ProgramSpec, score_batch
+
+# Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
+DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv_heads", None),
+    ("embed", None),
+    ("audio_embed", None),
+    ("norm", None),
+)
+METHODS = ("fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk")
+ALPHA_OF_METHOD = {"fused": None, "aad": 1.0, "attention": 0.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    """What `Scorer` needs; every field has the DESIGN.md default."""
+
+    estimator: str = "occlusion"  # occlusion | integrated_gradients
+    window: int = 1  # occlusion window W in audio tokens
+    ig_steps: int = 16  # integrated-gradients midpoint steps n
+    alpha: float = 0.5  # fusion weight of the local (AAD) score
+    keep: float | str = 0.9  # rho of the keep masks the program returns
+    rates: tuple[int, ...] = (25, 50, 100)  # codec token rates the program maps scores to
+    fastv_layer: int = 2  # FastV's decoder layer K
+    max_new_tokens: int = 8  # greedy answer budget
+    max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
+    batch_size: int = 8  # clips per compiled call (padded up)
+    occlusion_chunk: int = 64  # gate vectors per vmapped chunk
+    buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
+    mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
+    axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
+
+
+@dataclasses.dataclass
+class ClipScores:
+    """One clip's scores on the LLM audio grid (T valid tokens) and the program's keep masks."""
+
+    question: str
+    input_ids: np.ndarray  # [S] the prompt, placeholders expanded
+    answer_ids: np.ndarray  # [n] the scored answer (EOS excluded)
+    answer_text: str
+    n_samples: int
+    num_tokens: int
+    local: np.ndarray  # [T] AAD share of the audio evidence
+    global_: np.ndarray  # [T] attention received from the answer-producing rows
+    fused: np.ndarray  # [T]
+    fastv: np.ndarray  # [T]
+    logp_full: float
+    logp_silence: float
+    frames: dict[int, np.ndarray]  # rate -> frame scores of `fused` [N_r]
+    keep: dict[int, np.ndarray]  # rate -> kept frame indices at config.keep, sorted
+    seconds: dict[str, float]  # this clip's share of the batch's compile (0 when cached) and run
+
+
+class Scorer:
+    """Scores clips with a Qwen2-Audio model held as Flax parameters."""
+
+    def __init__(self, loaded: checkpoints.LoadedModel, tokenizer: Any, config: ScoringConfig = ScoringConfig()):
+        self.config = config
+        self.model_config = loaded.config
+        self.model = Qwen2AudioForConditionalGeneration(loaded.config)
+        self.tokenizer = tokenizer
+        self.generation = GenerationSettings.from_hf(loaded.generation_config, loaded.config,
+                                                     max_new_tokens=config.max_new_tokens)
+        self.keep_fraction = selection.keep_ratio_fraction(config.keep)
+        self.mesh = make_mesh(config.mesh_shape)
+        if config.batch_size % config.mesh_shape[0]:
+            raise ValueError(f"batch_size={config.batch_size} must be a multiple of the data axis "
+                             f"{config.mesh_shape[0]}")
+        self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
+        self.params = jax.device_put(loaded.params, self.param_shardings)
+        self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
+        self._executables: dict[tuple[int, bool], Any] = {}
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig()) -> "Scorer":
+        from transformers import AutoTokenizer
+
+        loaded = checkpoints.load_hf_directory(directory)
+        return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config)
+
+    def bucket_frames(self, n_samples: int) -> int:
+        """Mel frames of the bucket for a clip: the smallest bucket with one frame past the clip's end
+        (conv1 reads it), or the full 3000."""
+        valid = feats.num_valid_frames(n_samples)
+        for seconds in sorted(self.config.buckets_seconds):
+            if valid + 1 <= seconds * feats.FRAMES_PER_SECOND:
+                return seconds * feats.FRAMES_PER_SECOND
+        if valid <= feats.MAX_FRAMES:
+            return feats.MAX_FRAMES
+        raise ValueError(f"a clip of {n_samples} samples is longer than 30 s; split it with split_windows")
+
+    def score(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+              answer_ids: Sequence[Sequence[int]] | None = None) -> list[ClipScores]:
+        """Scores clips (float32 16 kHz, at most 30 s) asked `questions`; answers greedy unless given."""
+        if len(clips) != len(questions):
+            raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
+        if answer_ids is not None and len(answer_ids) != len(clips):
+            raise ValueError(f"{len(answer_ids)} answers for {len(clips)} clips")
+        clips = [validate_waveform(np.asarray(c), f"clip {i}") for i, c in enumerate(clips)]
+        results: list[ClipScores | None] = [None] * len(clips)
+        by_bucket: dict[int, list[int]] = {}
+        for i, clip in enumerate(clips):
+            by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
+        bs = self.config.batch_size
+        for frames, members in sorted(by_bucket.items()):
+            for start in range(0, len(members), bs):
+                idx = members[start:start + bs]
+                given = None if answer_ids is None else [answer_ids[i] for i in idx]
+                out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
+                for j, i in enumerate(idx):
+                    results[i] = out[j]
+        return results  # type: ignore[return-value]
+
+    def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
+        """The greedy answer text for each clip (e.g. a decoded, compressed clip); no scoring."""
+        if len(clips) != len(questions):
+            raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
+        clips = [validate_waveform(np.asarray(c), f"clip {i}") for i, c in enumerate(clips)]
+        texts: list[str] = [""] * len(clips)
+        by_bucket: dict[int, list[int]] = {}
+        for i, clip in enumerate(clips):
+            by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
+        generate = jitted_generate(self.model_config, self.generation)
+        bs = self.config.batch_size
+        for frames, members in sorted(by_bucket.items()):
+            for start in range(0, len(members), bs):
+                idx = members[start:start + bs]
+                pad = bs - len(idx)
+                batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
+                batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
+                prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
+                                        num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
+                                        padding_side="left")
+                tokens, n = jax.device_get(generate(self.params, prompts.input_ids, prompts.attention_mask,
+                                                    prompts.input_features,
+                                                    prompts.feature_attention_mask.sum(axis=1)))
+                for j, i in enumerate(idx):
+                    texts[i] = self._decode_answer(tokens[j, : int(n[j])])
+        return texts
+
+    def _decode_answer(self, tokens: np.ndarray) -> str:
+        tokens = [int(t) for t in tokens if int(t) not in self.generation.eos_token_ids]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+    def _run(self, frames: int, clips: list[np.ndarray], questions: list[str],
+             answers: list[Sequence[int]] | None) -> list[ClipScores]:
+        batch, n_real = self._make_batch(frames, clips, questions, answers)
+        fn, compile_seconds = self._compiled(frames, answers is None, batch)
+        start = time.perf_counter()
+        out = jax.device_get(fn(self.params, batch))
+        run_seconds = time.perf_counter() - start
+        return [self._clip_result(out, batch, j, questions[j], len(clips[j]), compile_seconds / n_real,
+                                  run_seconds / n_real) for j in range(n_real)]
+
+    def _make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
+        c, bs = self.config, self.config.batch_size
+        n_real = len(clips)
+        pad = bs - n_real
+        clips = list(clips) + [clips[0]] * pad
+        questions = list(questions) + [questions[0]] * pad
+        n_mels = self.model_config.audio.num_mel_bins
+        prompts = build_prompts(self.tokenizer, questions, clips, num_mel_bins=n_mels, pad_to_frames=frames,
+                                padding_side="right")
+        check_placeholder_count(prompts.input_ids, prompts.num_audio_tokens, self.model_config.audio_token_id)
+        s_slots = frames // 4 + c.max_text_tokens
+        lengths = prompts.attention_mask.sum(axis=1)
+        if lengths.max() > s_slots:
+            raise ValueError(f"a prompt has {lengths.max() - prompts.num_audio_tokens.max()} text tokens; "
+                             f"max_text_tokens={c.max_text_tokens}")
+        prompt_ids = np.zeros((bs, s_slots), np.int32)
+        prompt_ids[:, : prompts.input_ids.shape[1]] = prompts.input_ids * prompts.attention_mask
+        silence, _ = feats.batch_log_mel([np.zeros_like(x) for x in clips], n_mels, pad_to_frames=frames)
+        answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
+        answer_lengths = np.full((bs,), -1, np.int32)
+        if answers is not None:
+            answers = list(answers) + [answers[0]] * pad
+            for j, ans in enumerate(answers):
+                ans = np.asarray(ans, np.int32)
+                if not 1 <= len(ans) <= c.max_new_tokens:
+                    raise ValueError(f"answer {j} has {len(ans)} tokens; expected 1..max_new_tokens="
+                                     f"{c.max_new_tokens}")
+                answer_ids[j, : len(ans)] = ans
+                answer_lengths[j] = len(ans)
+        num, den = self.keep_fraction
+        batch = dict(
+            features=prompts.input_features.astype(np.float32),
+            mel_lengths=prompts.feature_attention_mask.sum(axis=1).astype(np.int32),
+            silence_features=silence.astype(np.float32),
+            prompt_ids=prompt_ids,
+            prompt_lengths=lengths.astype(np.int32),
+            answer_ids=answer_ids,
+            answer_lengths=answer_lengths,
+            n_samples=np.asarray([len(x) for x in clips], np.int32),
+            alpha=np.float32(c.alpha),
+            keep_num=np.int32(num),
+            keep_den=np.int32(den),
+        )
+        return batch, n_real
+
+    def _compiled(self, frames: int, generate: bool, batch: dict[str, Any]):
+        """The compiled program for a bucket, cached: (executable, seconds spent compiling it now)."""
+        key = (frames, generate)
+        if key in self._executables:
+            return self._executables[key], 0.0
+        c = self.config
+        spec = ProgramSpec(estimator=c.estimator, window=c.window, ig_steps=c.ig_steps,
+                           occlusion_chunk=c.occlusion_chunk, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
+                           max_samples=frames * feats.HOP_LENGTH, generate=generate, generation=self.generation)
+
+        def program(params, batch):
+            self.traces += 1
+            return score_batch(self.model, spec, params, batch)
+
+        data = NamedSharding(self.mesh, PartitionSpec("data"))
+        scalar = NamedSharding(self.mesh, PartitionSpec())
+        batch_sh = {k: scalar if np.ndim(v) == 0 else data for k, v in batch.items()}
+        start = time.perf_counter()
+        executable = jax.jit(program, in_shardings=(self.param_shardings, batch_sh),
+                             out_shardings=data).lower(self.params, batch).compile()
+        self._executables[key] = executable
+        return executable, time.perf_counter() - start
+
+    def _clip_result(self, out, batch, j, question, n_samples, compile_share, run_share) -> ClipScores:
+        t = int(out["num_tokens"][j])
+        n = int(out["answer_lengths"][j])
+        answer = np.asarray(out["answer_ids"][j, :n])
+        frames, keep = {}, {}
+        for r in self.config.rates:
+            valid = np.asarray(out[f"frame_valid_{r}"][j])
+            frames[r] = np.asarray(out[f"frames_{r}"][j])[valid]
+            keep[r] = np.flatnonzero(np.asarray(out[f"keep_{r}"][j]) & valid)
+        length = int(batch["prompt_lengths"][j])
+        return ClipScores(
+            question=question,
+            input_ids=np.asarray(batch["prompt_ids"][j, :length]),
+            answer_ids=answer,
+            answer_text=self._decode_answer(answer),
+            n_samples=n_samples,
+            num_tokens=t,
+            local=np.asarray(out["local"][j, :t]),
+            global_=np.asarray(out["global_"][j, :t]),
+            fused=np.asarray(out["fused"][j, :t]),
+            fastv=np.asarray(out["fastv"][j, :t]),
+            logp_full=float(out["logp_full"][j]),
+            logp_silence=float(out["logp_silence"][j]),
+            frames=frames,
+            keep=keep,
+            seconds={"compile": compile_share, "run": run_share},
+        )
+
+
+def make_mesh(shape: tuple[int, int]) -> Mesh:
+    """A ('data', 'model') mesh over the first data x model devices."""
+    n = shape[0] * shape[1]
+    devices = jax.devices()
+    if n > len(devices):
+        raise ValueError(f"mesh {shape} needs {n} devices; {len(devices)} available")
+    return Mesh(np.asarray(devices[:n]).reshape(shape), ("data", "model"))
+
+
+def param_shardings(config, mesh: Mesh, rules) -> Any:
+    """NamedShardings of the parameters from their logical axis names and `rules`."""
+    boxed = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    specs = nn.get_partition_spec(boxed)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+@functools.lru_cache(maxsize=64)
+def _selector(method: str, rate: int, max_frames: int):
+    def pick(token_scores, fastv, n_tokens, n_samples, waveform, num, den, key):
+        if method == "fastv":
+            token_scores = fastv
+        frame_scores, valid = selection.tokens_to_frames(token_scores, n_tokens, n_samples, rate, max_frames)
+        k = selection.keep_count(jnp.sum(valid), num, den)
+        if method == "random":
+            frame_scores = baselines.random_scores(key, valid)
+        elif method == "uniform":
+            frame_scores = baselines.evenly_spaced_scores(valid, k)
+        elif method == "energy":
+            frame_scores = baselines.energy_scores(waveform, n_samples, rate, max_frames)
+        elif method == "segment_topk":
+            return baselines.segment_topk_keep(frame_scores, valid, k, rate)
+        return selection.topk_keep(frame_scores, valid, k)
+
+    return jax.jit(pick)
+
+
+def select_frames(scores: ClipScores, waveform: np.ndarray, method: str, rate: int, rho: float | str,
+                  seed: int) -> np.ndarray:
+    """Sorted kept frame indices of `method` at codec rate `rate` and keep ratio `rho`.
+
+    fused / aad / attention: the fused score with alpha 0.5 / 1 / 0; fastv: FastV's score; random:
+    seeded; uniform: evenly spaced; energy: frame RMS; segment_topk: the fused score's top-k within
+    1 s segments.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {METHODS}")
+    num, den = selection.keep_ratio_fraction(rho)
+    valid = np.ones(scores.num_tokens, bool)
+    alpha = ALPHA_OF_METHOD.get(method)
+    token_scores = scores.fused
+    if alpha is not None:
+        token_scores = np.asarray(selection.fuse(scores.local, scores.global_, valid, alpha))
+    max_frames = selection.static_num_frames(scores.n_samples, rate)
+    mask = _selector(method, rate, max_frames)(
+        token_scores, scores.fastv, scores.num_tokens, scores.n_samples, np.asarray(waveform, np.float32),
+        num, den, jax.random.key(seed))
+    return selection.kept_indices(np.asarray(mask))
