@@ -93,12 +93,14 @@ def _answers(model, spec, params, batch, audio, n_tokens):
             jnp.where(use_given, given_lengths, jnp.minimum(lengths, a)).astype(jnp.int32))
 
 
-def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids,
-                answer_length, n_samples, alpha, keep_num, keep_den):
-    """One clip: audio/silence [T, D], prompt [S], answer [A]. Returns per-clip scores and masks."""
+def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids, answer_length):
+    """The teacher-forced passes of one clip, as closures over its sequence prompt + answer.
+
+    Returns (decode(gate, query_weights=None, sow=False) -> (hidden [S + A, D], sown state),
+    answer_logp(hidden) -> logp, logp_of(gate) -> logp, is_audio [S + A]).
+    """
     t_slots = audio.shape[0]
     s, a = prompt_ids.shape[0], answer_ids.shape[0]
-    token_valid = jnp.arange(t_slots) < n_tokens
     seq = jax.lax.dynamic_update_slice(jnp.pad(prompt_ids, (0, a)), answer_ids.astype(prompt_ids.dtype),
                                        (prompt_length,))
     seq_valid = jnp.arange(s + a) < prompt_length + answer_length
@@ -108,8 +110,7 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     positions = jnp.arange(s + a)[None]
     variables = {"params": params}
     token_embeds = model.apply(variables, seq[None], method=lambda m, x: m.language_model.embed(x))[0]
-    audio_id = model.config.audio_token_id
-    is_audio = seq == audio_id
+    is_audio = seq == model.config.audio_token_id
     ordinal = jnp.clip(jnp.cumsum(is_audio) - 1, 0, t_slots - 1)
 
     def decode(gate, query_weights=None, sow=False):
@@ -117,7 +118,7 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
         embeds = jnp.where(is_audio[:, None], mixed[ordinal].astype(token_embeds.dtype), token_embeds)
         args = (embeds[None], positions, mask, None, None, query_weights)
         if sow:
-            (hidden, _), state = model.apply(variables, *args, method=model.decode, mutable=["attention_received"])
+            (hidden, _), state = model.apply(variables, *args, method=model.decode, mutable=[sow])
             return hidden[0], state
         hidden, _ = model.apply(variables, *args, method=model.decode)
         return hidden[0], None
@@ -130,9 +131,21 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     def logp_of(gate):
         return answer_logp(decode(gate)[0])
 
+    return decode, answer_logp, logp_of, is_audio, rows, answer_valid
+
+
+def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids,
+                answer_length, n_samples, alpha, keep_num, keep_den):
+    """One clip: audio/silence [T, D], prompt [S], answer [A]. Returns per-clip scores and masks."""
+    t_slots = audio.shape[0]
+    s, a = prompt_ids.shape[0], answer_ids.shape[0]
+    token_valid = jnp.arange(t_slots) < n_tokens
+    decode, answer_logp, logp_of, is_audio, rows, answer_valid = clip_passes(
+        model, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids, answer_length)
+
     ones = token_valid.astype(jnp.float32)
     weights = _query_weights(s + a, rows, answer_valid, prompt_length)
-    hidden, state = decode(ones, weights[None], sow=True)
+    hidden, state = decode(ones, weights[None], sow="attention_received")
     logp_full = answer_logp(hidden)
     logp_silence = logp_of(jnp.zeros_like(ones))
     received = jnp.stack([layer["self_attn"]["received"][0][0]

@@ -295,8 +295,16 @@ def make_mesh(shape: tuple[int, int]) -> Mesh:
 def param_shardings(config, mesh: Mesh, rules) -> Any:
     """NamedShardings of the parameters from their logical axis names and `rules`."""
     boxed = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    specs = nn.get_partition_spec(boxed)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    shapes = nn.meta.unbox(boxed)
+    return jax.tree_util.tree_map(lambda sh, leaf: _divisible(sh, leaf.shape, mesh), shardings, shapes)
+
+
+def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """Replicates the dimensions a mesh axis does not divide (e.g. a vocabulary of 33 over 2 devices)."""
+    spec = [axis if axis is None or shape[i] % mesh.shape[axis] == 0 else None
+            for i, axis in enumerate(tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec)))]
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,614 @@
+"""PyTorch reference of the scoring method (DESIGN.md sections 2 and 3) on transformers' Qwen2-Audio.
+
+Runs on ``Qwen2AudioForConditionalGeneration`` loaded with ``attn_implementation="eager"`` and
+imports neither jax nor the JAX half of agac_jax, so that it can be benchmarked against the JAX
+program on equal terms and used as an independent cross-check of it.
+
+One clip at a time (``score_clips`` loops over clips):
+
+1. Encoder, once for the audio and once for the silence (one batch of two): E_A, E_S [T, d], the
+   projected audio embeddings of the T valid tokens, with the encoder mask built exactly as
+   ``Qwen2AudioModel.forward`` builds it.
+2. Answer y: greedy ``model.generate`` under the audio, never the audio placeholder, cut before the
+   first EOS of the generation config; or the given ``answer_ids``.
+3. Teacher-forced passes over prompt + y (positions 0..S+n-1, no padding) with the audio placeholders
+   replaced by E(m) = m * E_A + (1 - m) * E_S. The LM head runs only on the answer-producing rows
+   S-1..S+n-2; logp(m) = sum_j log_softmax(logits[S-1+j])[y_j].
+4. m = 1 with attentions: logp(1), the global score G and FastV. m = 0: logp(0).
+5. Local score: occlusion (all T gate vectors, ``chunk`` per batch) or integrated gradients
+   (midpoint rule, ``chunk`` steps per batch, one backward pass per batch).
+6. Fusion F = alpha * norm(L) + (1 - alpha) * norm(G), in numpy.
+
+Frame mapping and keep selection (``token_scores_to_frames``, ``keep_count``, ``reference_keep``)
+are plain numpy, written apart from agac_jax.scoring.selection so that they check it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16_000
+TOKEN_SAMPLES = 640
+CODEC_TOKEN_RATES = (25, 50, 100)
+ENCODER_FRAMES = 3000
+FASTV_LAYER = 2
+ESTIMATORS = ("occlusion", "integrated_gradients")
+
+TensorLike = np.ndarray | torch.Tensor | Sequence[int]
+
+
+@dataclass(frozen=True)
+class ReferenceScores:
+    """Scores of one clip's T valid audio tokens.
+
+    Attributes:
+        answer_ids: int64 [n], the answer y (no EOS, no padding).
+        logp_full: logp(1), the answer's log-probability under the audio.
+        logp_silence: logp(0), under the silence.
+        local: float64 [T], the local (AAD) score L of the chosen estimator.
+        global_: float64 [T], the global attention score G.
+        fastv: float64 [T], FastV's score (mean attention received at decoder layer K).
+        fused: float64 [T], alpha * norm(L) + (1 - alpha) * norm(G).
+        seconds: wall-clock seconds per stage: "encode", "answer", "attention", "silence",
+            "local", "fusion" and "total".
+    """
+
+    answer_ids: np.ndarray
+    logp_full: float
+    logp_silence: float
+    local: np.ndarray
+    global_: np.ndarray
+    fastv: np.ndarray
+    fused: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def audio_evidence(self) -> float:
+        """D = logp(1) - logp(0)."""
+        return self.logp_full - self.logp_silence
+
+
+@dataclass(frozen=True)
+class ReferenceClip:
+    """The inputs of one clip for :func:`score_clips`.
+
+    Attributes:
+        input_ids: int [S], the prompt with expanded ``<|AUDIO|>`` placeholders, no padding.
+        features: float [n_mels, 3000], the clip's log-mel features as the processor gives them.
+        feature_mask: int [3000], 1 on the clip's valid mel frames.
+        silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length.
+        answer_ids: int [n] or None (None: the model's greedy answer).
+        clip_id: the name that error messages use.
+    """
+
+    input_ids: TensorLike
+    features: TensorLike
+    feature_mask: TensorLike
+    silence_features: TensorLike
+    answer_ids: TensorLike | None = None
+    clip_id: str = "clip"
+
+
+class _StageTimer:
+    """Accumulates wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _check_model(model: torch.nn.Module) -> None:
+    if model.training:
+        raise ValueError("model is in training mode (dropout on); call model.eval() before scoring")
+    implementation = model.model.language_model.config._attn_implementation
+    if implementation != "eager":
+        raise ValueError(
+            f"the language model uses attn_implementation={implementation!r}; the global and FastV scores "
+            "need the attention probabilities: load the model with attn_implementation='eager'"
+        )
+
+
+def _vector(x: TensorLike, name: str, clip_id: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=dtype)
+    if tensor.ndim != 1:
+        raise ValueError(f"{clip_id}: {name} must be 1-D, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _features(x: TensorLike, name: str, clip_id: str, n_mels: int, dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=dtype)
+    if tensor.shape != (n_mels, ENCODER_FRAMES):
+        raise ValueError(
+            f"{clip_id}: {name} must have shape ({n_mels}, {ENCODER_FRAMES}) (the processor's 30 s padding), "
+            f"got {tuple(tensor.shape)}"
+        )
+    return tensor
+
+
+def encoder_output_lengths(n_mel_frames: int) -> tuple[int, int]:
+    """(frames after the second conv, audio tokens) of a clip with n_mel_frames valid mel frames.
+
+    The same arithmetic as ``Qwen2AudioEncoder._get_feat_extract_output_lengths``.
+    """
+    after_conv = (n_mel_frames - 1) // 2 + 1
+    return after_conv, (after_conv - 2) // 2 + 1
+
+
+def encode_audio(model: torch.nn.Module, features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+    """Projected audio embeddings of clips that share one feature mask.
+
+    Args:
+        model: Qwen2AudioForConditionalGeneration.
+        features: [B, n_mels, 3000].
+        feature_mask: [3000], 1 on the valid mel frames (the same for every row).
+
+    Returns:
+        [B, T, d] embeddings of the T valid audio tokens.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    tower = model.model.audio_tower
+    batch = features.shape[0]
+    lengths, n_tokens = tower._get_feat_extract_output_lengths(feature_mask.sum().reshape(1).long())
+    max_len = (features.shape[-1] - 2) // 2 + 1
+    valid = (torch.arange(max_len, device=features.device)[None] < lengths[:, None]).long().expand(batch, -1)
+    dummy = torch.zeros((batch, max_len, 1), dtype=features.dtype, device=features.device)
+    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=valid)
+    hidden = tower(features, attention_mask=mask).last_hidden_state
+    return model.model.multi_modal_projector(hidden)[:, : int(n_tokens[0])]
+
+
+# ----------------------------------------------------------------------------------------------
+# The answer
+# ----------------------------------------------------------------------------------------------
+
+
+def _eos_ids(model: torch.nn.Module) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def greedy_answer(model: torch.nn.Module, input_ids: torch.Tensor, features: torch.Tensor,
+                  feature_mask: torch.Tensor, max_new_tokens: int, clip_id: str) -> torch.Tensor:
+    """The model's greedy answer under the audio, before the first EOS, never the audio placeholder.
+
+    Args:
+        input_ids: [S]; features: [n_mels, 3000]; feature_mask: [3000].
+
+    Returns:
+        int64 [n], n >= 1.
+
+    Raises:
+        ValueError: the answer is empty (the model's first token is an EOS).
+    """
+    audio_id = int(model.config.audio_token_id)
+    suppress = [audio_id] + [int(t) for t in (model.generation_config.suppress_tokens or []) if int(t) != audio_id]
+    generated = model.generate(
+        input_ids=input_ids[None],
+        attention_mask=torch.ones_like(input_ids)[None],
+        input_features=features[None],
+        feature_attention_mask=feature_mask[None],
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        suppress_tokens=suppress,
+    )[0, input_ids.shape[0]:]
+    eos = _eos_ids(model)
+    stops = [i for i, token in enumerate(generated.tolist()) if token in eos]
+    answer = generated[: stops[0]] if stops else generated
+    if answer.numel() == 0:
+        raise ValueError(f"{clip_id}: the model's greedy answer is empty (its first token is an EOS)")
+    return answer.long()
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher-forced passes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherForced:
+    """The teacher-forced sequence prompt + y of one clip, with the audio embeddings to gate.
+
+    Attributes:
+        model: Qwen2AudioForConditionalGeneration.
+        embeds: [S + n, d] token embeddings (the placeholder rows are replaced by E(m)).
+        audio_positions: int64 [T], the sequence position of each placeholder.
+        audio: [T, d] E_A.
+        silence: [T, d] E_S.
+        answer: int64 [n], y.
+        prompt_length: S.
+    """
+
+    model: torch.nn.Module
+    embeds: torch.Tensor
+    audio_positions: torch.Tensor
+    audio: torch.Tensor
+    silence: torch.Tensor
+    answer: torch.Tensor
+    prompt_length: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.audio_positions.shape[0])
+
+    @property
+    def answer_rows(self) -> torch.Tensor:
+        """int64 [n]: rows S-1+j, whose logits predict y_j."""
+        return torch.arange(self.answer.shape[0], device=self.answer.device) + self.prompt_length - 1
+
+    def gated_embeds(self, gates: torch.Tensor) -> torch.Tensor:
+        """[B, S + n, d] inputs for gate vectors [B, T]."""
+        m = gates[..., None]
+        audio = m * self.audio + (1 - m) * self.silence
+        batch = gates.shape[0]
+        return self.embeds.expand(batch, -1, -1).index_copy(1, self.audio_positions, audio)
+
+    def run(self, gates: torch.Tensor, output_attentions: bool = False):
+        """The decoder on gate vectors [B, T]; returns transformers' BaseModelOutputWithPast."""
+        batch, length = gates.shape[0], self.embeds.shape[0]
+        positions = torch.arange(length, device=self.embeds.device)[None].expand(batch, -1)
+        return self.model.model.language_model(
+            inputs_embeds=self.gated_embeds(gates),
+            position_ids=positions,
+            use_cache=False,
+            output_attentions=output_attentions,
+        )
+
+    def answer_logp(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B] float64 logp of y from the decoder's last hidden states [B, S + n, d]."""
+        logits = self.model.lm_head(hidden[:, self.answer_rows]).float()
+        token_logp = torch.log_softmax(logits, dim=-1)
+        batch = hidden.shape[0]
+        picked = token_logp.gather(-1, self.answer[None, :, None].expand(batch, -1, 1))[..., 0]
+        return picked.double().sum(-1)
+
+    def logp(self, gates: torch.Tensor) -> torch.Tensor:
+        """[B] float64 logp(m) for gate vectors [B, T]; differentiable in the gates."""
+        return self.answer_logp(self.run(gates).last_hidden_state)
+
+    def gates(self, value: float, batch: int = 1) -> torch.Tensor:
+        return torch.full((batch, self.n_tokens), value, dtype=self.audio.dtype, device=self.audio.device)
+
+    def for_autograd(self) -> "TeacherForced":
+        """A copy whose tensors are normal tensors (not inference tensors), to differentiate through."""
+        return TeacherForced(self.model, self.embeds.clone(), self.audio_positions.clone(), self.audio.clone(),
+                             self.silence.clone(), self.answer.clone(), self.prompt_length)
+
+
+def build_teacher_forced(model: torch.nn.Module, input_ids: torch.Tensor, answer: torch.Tensor,
+                         audio: torch.Tensor, silence: torch.Tensor, clip_id: str) -> TeacherForced:
+    """Embed prompt + y and locate the placeholders; their count must equal T."""
+    audio_id = int(model.config.audio_token_id)
+    positions = torch.nonzero(input_ids == audio_id)[:, 0]
+    if positions.shape[0] != audio.shape[0]:
+        raise ValueError(
+            f"{clip_id}: input_ids hold {positions.shape[0]} audio placeholders (id {audio_id}) but the features "
+            f"give {audio.shape[0]} audio tokens"
+        )
+    sequence = torch.cat([input_ids, answer])
+    embeds = model.get_input_embeddings()(sequence)
+    return TeacherForced(model, embeds, positions, audio, silence, answer, int(input_ids.shape[0]))
+
+
+def _fastv_layer(num_layers: int) -> int:
+    return min(FASTV_LAYER, num_layers - 1)
+
+
+def attention_scores(tf: TeacherForced) -> tuple[float, np.ndarray, np.ndarray]:
+    """One pass at m = 1 with attentions: (logp(1), G [T], FastV [T]).
+
+    G_t = sum over layers, heads and answer rows S-1+j of P[l, h, row, pos(t)]; FastV_t = the mean
+    over heads and prompt rows 0..S-1 of P[K, h, row, pos(t)], K = min(2, layers - 1).
+    """
+    out = tf.run(tf.gates(1.0), output_attentions=True)
+    logp_full = float(tf.answer_logp(out.last_hidden_state)[0])
+    rows, columns = tf.answer_rows, tf.audio_positions
+    global_ = torch.zeros(tf.n_tokens, dtype=torch.float64, device=columns.device)
+    for layer in out.attentions:
+        global_ += layer[0][:, rows][:, :, columns].double().sum(dim=(0, 1))
+    fastv_probs = out.attentions[_fastv_layer(len(out.attentions))][0]
+    fastv = fastv_probs[:, : tf.prompt_length][:, :, columns].double().mean(dim=(0, 1))
+    return logp_full, global_.cpu().numpy(), fastv.cpu().numpy()
+
+
+def occlusion_gates(n_tokens: int, window: int) -> np.ndarray:
+    """[T, T] gate vectors: row t is 1 except 0 on [t - (W-1)//2, t - (W-1)//2 + W) clipped to [0, T)."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"occlusion window must be a positive int, got {window!r}")
+    token = np.arange(n_tokens)
+    start = token[:, None] - (window - 1) // 2
+    off = (token[None, :] >= start) & (token[None, :] < start + window)
+    return (~off).astype(np.float64)
+
+
+def occlusion_scores(tf: TeacherForced, logp_full: float, window: int, chunk: int) -> np.ndarray:
+    """L_t = logp(1) - logp(1 - w_t), the T gate vectors evaluated ``chunk`` at a time; [T] float64."""
+    gates = torch.as_tensor(occlusion_gates(tf.n_tokens, window), dtype=tf.audio.dtype, device=tf.audio.device)
+    logp = torch.cat([tf.logp(gates[start: start + chunk]) for start in range(0, tf.n_tokens, chunk)])
+    return logp_full - logp.cpu().numpy()
+
+
+def integrated_gradients_scores(tf: TeacherForced, steps: int, chunk: int) -> np.ndarray:
+    """L_t = (1/n) sum_i d logp / d m_t at m = (i + 0.5)/n, ``chunk`` steps per backward pass; [T] float64."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"ig_steps must be a positive int, got {steps!r}")
+    tf = tf.for_autograd()
+    total = torch.zeros(tf.n_tokens, dtype=torch.float64, device=tf.audio.device)
+    for start in range(0, steps, chunk):
+        stop = min(start + chunk, steps)
+        alphas = (torch.arange(start, stop, dtype=torch.float64) + 0.5) / steps
+        gates = alphas[:, None].expand(-1, tf.n_tokens).to(device=tf.audio.device, dtype=tf.audio.dtype)
+        gates = gates.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(tf.logp(gates).sum(), gates)
+        total += grad.double().sum(0)
+    return (total / steps).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Fusion, frames and keep (numpy)
+# ----------------------------------------------------------------------------------------------
+
+
+def minmax_normalize(x: np.ndarray) -> np.ndarray:
+    """(x - min) / (max - min) over a clip's valid tokens [T]; all equal: all 0. Returns float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-D array, got shape {x.shape}")
+    span = x.max() - x.min()
+    if not span > 0:
+        return np.zeros_like(x)
+    return (x - x.min()) / span
+
+
+def fuse_scores(local: np.ndarray, global_: np.ndarray, alpha: float) -> np.ndarray:
+    """F = alpha * norm(local) + (1 - alpha) * norm(global_), [T] float64."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    local, global_ = np.asarray(local), np.asarray(global_)
+    if local.shape != global_.shape:
+        raise ValueError(f"local {local.shape} and global_ {global_.shape} must have the same shape")
+    return alpha * minmax_normalize(local) + (1 - alpha) * minmax_normalize(global_)
+
+
+def frame_samples(rate: int) -> int:
+    """Samples per codec frame (2 tokens at ``rate`` tokens/s): 32000 / rate."""
+    if isinstance(rate, bool) or rate not in CODEC_TOKEN_RATES:
+        raise ValueError(f"codec token rate must be one of {CODEC_TOKEN_RATES}, got {rate!r}")
+    return 2 * SAMPLE_RATE // int(rate)
+
+
+def _check_n_samples(n_samples: int) -> int:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
+    return int(n_samples)
+
+
+def token_scores_to_frames(token_scores: np.ndarray, n_samples: int, rate: int) -> np.ndarray:
+    """Overlap-weighted average of token scores over each codec frame.
+
+    Token t covers samples [640 t, 640 (t + 1)); frame f covers [f fs, min((f + 1) fs, n_samples)).
+    A frame that overlaps no token takes the last token's score.
+
+    Args:
+        token_scores: [T] scores of the clip's valid tokens.
+        n_samples: the clip's length.
+        rate: codec token rate, one of 25, 50, 100.
+
+    Returns:
+        [N] float64, N = ceil(n_samples / frame_samples(rate)).
+    """
+    scores = np.asarray(token_scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(f"token_scores must be a non-empty 1-D array, got shape {scores.shape}")
+    n_samples = _check_n_samples(n_samples)
+    size = frame_samples(rate)
+    n_frames = -(-n_samples // size)
+    frame_start = np.arange(n_frames, dtype=np.int64)[:, None] * size
+    frame_end = np.minimum(frame_start + size, n_samples)
+    token_start = np.arange(scores.size, dtype=np.int64)[None, :] * TOKEN_SAMPLES
+    token_end = token_start + TOKEN_SAMPLES
+    overlap = np.clip(np.minimum(frame_end, token_end) - np.maximum(frame_start, token_start), 0, None)
+    coverage = overlap.sum(axis=1)
+    weighted = (overlap * scores[None, :]).sum(axis=1)
+    return np.where(coverage > 0, weighted / np.maximum(coverage, 1), scores[-1])
+
+
+def keep_count(n_frames: int, rho: float | str) -> int:
+    """k = ceil(rho * N), exact for the decimal rho as written (Fraction(str(rho)))."""
+    if isinstance(rho, bool):
+        raise ValueError(f"keep ratio rho must be a number in (0, 1], got {rho!r}")
+    try:
+        fraction = Fraction(str(rho))
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"keep ratio rho must be a number in (0, 1], got {rho!r}") from error
+    if not 0 < fraction <= 1:
+        raise ValueError(f"keep ratio rho must lie in (0, 1], got {rho!r}")
+    return -(-(fraction.numerator * int(n_frames)) // fraction.denominator)
+
+
+def reference_keep(scores_1d: np.ndarray, n_samples: int, rate: int, rho: float | str) -> np.ndarray:
+    """Indices of the kept frames: the k highest frame scores, ties to the earlier frame, in time order.
+
+    Args:
+        scores_1d: [T] token scores of the clip's valid tokens (e.g. ReferenceScores.fused).
+        n_samples: the clip's length; rate: codec token rate; rho: keep ratio in (0, 1].
+
+    Returns:
+        int64 [k], sorted.
+    """
+    frames = token_scores_to_frames(scores_1d, n_samples, rate)
+    k = keep_count(frames.size, rho)
+    order = np.argsort(-frames, kind="stable")
+    return np.sort(order[:k]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def _local_scores(tf: TeacherForced, logp_full: float, estimator: str, window: int, ig_steps: int,
+                  chunk: int) -> np.ndarray:
+    if estimator == "occlusion":
+        with torch.inference_mode():
+            return occlusion_scores(tf, logp_full, window, chunk)
+    return integrated_gradients_scores(tf, ig_steps, chunk)
+
+
+def _check_options(estimator: str, chunk: int, alpha: float, max_new_tokens: int) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+
+
+def score_clip(
+    model: torch.nn.Module,
+    input_ids: TensorLike,
+    features: TensorLike,
+    feature_mask: TensorLike,
+    silence_features: TensorLike,
+    *,
+    estimator: str = "occlusion",
+    window: int = 1,
+    ig_steps: int = 16,
+    alpha: float = 0.5,
+    answer_ids: TensorLike | None = None,
+    max_new_tokens: int = 8,
+    chunk: int = 64,
+    clip_id: str = "clip",
+) -> ReferenceScores:
+    """All scores of one clip (module docstring, steps 1 to 6).
+
+    Args:
+        model: Qwen2AudioForConditionalGeneration, eager attention, eval mode.
+        input_ids: int [S], the prompt with expanded placeholders, no padding.
+        features: float [n_mels, 3000]; feature_mask: int [3000] (as the processor gives them).
+        silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length (same mask).
+        estimator: "occlusion" or "integrated_gradients".
+        window: occlusion window W (tokens); ig_steps: midpoint-rule steps n.
+        alpha: fusion weight of the local score.
+        answer_ids: int [n], used exactly; None: the greedy answer of at most max_new_tokens tokens.
+        chunk: gate vectors (occlusion) or IG steps per decoder batch.
+        clip_id: the name error messages use.
+    """
+    _check_model(model)
+    _check_options(estimator, chunk, alpha, max_new_tokens)
+    device, dtype = _model_device_dtype(model)
+    n_mels = model.config.audio_config.num_mel_bins
+    ids = _vector(input_ids, "input_ids", clip_id, torch.long, device)
+    mask = _vector(feature_mask, "feature_mask", clip_id, torch.long, device)
+    if mask.shape[0] != ENCODER_FRAMES:
+        raise ValueError(f"{clip_id}: feature_mask must have {ENCODER_FRAMES} frames, got {mask.shape[0]}")
+    audio_features = _features(features, "features", clip_id, n_mels, dtype, device)
+    silence_features = _features(silence_features, "silence_features", clip_id, n_mels, dtype, device)
+    timer = _StageTimer()
+    with timer.stage("total"):
+        with torch.inference_mode():
+            with timer.stage("encode"):
+                audio, silence = encode_audio(model, torch.stack([audio_features, silence_features]), mask)
+            with timer.stage("answer"):
+                if answer_ids is None:
+                    answer = greedy_answer(model, ids, audio_features, mask, max_new_tokens, clip_id)
+                else:
+                    answer = _vector(answer_ids, "answer_ids", clip_id, torch.long, device)
+                    if answer.numel() == 0:
+                        raise ValueError(f"{clip_id}: answer_ids is empty")
+            tf = build_teacher_forced(model, ids, answer, audio, silence, clip_id)
+            with timer.stage("attention"):
+                logp_full, global_, fastv = attention_scores(tf)
+            with timer.stage("silence"):
+                logp_silence = float(tf.logp(tf.gates(0.0))[0])
+        with timer.stage("local"):
+            local = _local_scores(tf, logp_full, estimator, window, ig_steps, chunk)
+        with timer.stage("fusion"):
+            fused = fuse_scores(local, global_, alpha)
+    return ReferenceScores(
+        answer_ids=answer.cpu().numpy().astype(np.int64),
+        logp_full=logp_full,
+        logp_silence=logp_silence,
+        local=local,
+        global_=global_,
+        fastv=fastv,
+        fused=fused,
+        seconds=timer.seconds,
+    )
+
+
+def score_clips(
+    model: torch.nn.Module,
+    clips: Sequence[ReferenceClip],
+    *,
+    progress: Callable[[int, ReferenceScores], None] | None = None,
+    **options,
+) -> list[ReferenceScores]:
+    """:func:`score_clip` for each clip, in order; ``options`` as score_clip's keywords.
+
+    ``progress(index, scores)`` is called after each clip (e.g. to append results as they finish).
+    """
+    results = []
+    for index, clip in enumerate(clips):
+        scores = score_clip(model, clip.input_ids, clip.features, clip.feature_mask, clip.silence_features,
+                            answer_ids=clip.answer_ids, clip_id=clip.clip_id, **options)
+        results.append(scores)
+        if progress is not None:
+            progress(index, scores)
+    return results
+
+
+__all__ = [
+    "CODEC_TOKEN_RATES",
+    "ESTIMATORS",
+    "FASTV_LAYER",
+    "ReferenceClip",
+    "ReferenceScores",
+    "TeacherForced",
+    "attention_scores",
+    "build_teacher_forced",
+    "encode_audio",
+    "encoder_output_lengths",
+    "frame_samples",
+    "fuse_scores",
+    "greedy_answer",
+    "integrated_gradients_scores",
+    "keep_count",
+    "minmax_normalize",
+    "occlusion_gates",
+    "occlusion_scores",
+    "reference_keep",
+    "score_clip",
+    "score_clips",
+    "token_scores_to_frames",
+]

@@ -1,0 +1,145 @@
+"""The jitted scoring program: estimators, the attention reduction, buckets, sharding, outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agac_jax.models.qwen2_audio import stack_sown
+from agac_jax.scoring.program import clip_passes, occlusion_gates
+from agac_jax.scoring.scorer import Scorer, ScoringConfig
+from tests.tiny_models import make_scoring_checkpoint
+
+QUESTIONS = ["is there a tone ?", "is there a chirp ?"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_scoring_checkpoint(tmp_path_factory.mktemp("scoring_model"))
+
+
+@pytest.fixture(scope="module")
+def clips():
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (48_000, 67_200)]
+
+
+@pytest.fixture(scope="module")
+def occlusion_scorer(model_dir):
+    return Scorer.from_directory(model_dir, ScoringConfig(batch_size=2, max_new_tokens=4, occlusion_chunk=32))
+
+
+@pytest.fixture(scope="module")
+def occlusion_scores(occlusion_scorer, clips):
+    return occlusion_scorer.score(clips, QUESTIONS)
+
+
+def _clip_inputs(scorer: Scorer, scores, clip):
+    """Re-creates one clip's program inputs outside the program, for direct computations."""
+    batch, _ = scorer._make_batch(scorer.bucket_frames(len(clip)), [clip], [scores.question],
+                                  [scores.answer_ids])
+    model, params = scorer.model, scorer.params
+    audio, n_tok = model.apply({"params": params}, batch["features"][:1], batch["mel_lengths"][:1],
+                               method=model.encode_audio)
+    silence, _ = model.apply({"params": params}, batch["silence_features"][:1], batch["mel_lengths"][:1],
+                             method=model.encode_audio)
+    return clip_passes(model, params, audio[0], silence[0], n_tok[0], jnp.asarray(batch["prompt_ids"][0]),
+                       int(batch["prompt_lengths"][0]), jnp.asarray(batch["answer_ids"][0]),
+                       int(batch["answer_lengths"][0])), int(n_tok[0]), audio.shape[1]
+
+
+def test_occlusion_equals_a_plain_loop(occlusion_scorer, occlusion_scores, clips):
+    scores = occlusion_scores[0]
+    (_, _, logp_of, _, _, _), t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[0])
+    ones = (jnp.arange(t_slots) < t).astype(jnp.float32)
+    logp_of = jax.jit(logp_of)
+    full = float(logp_of(ones))
+    gates = occlusion_gates(ones, 1)
+    loop = np.array([full - float(logp_of(gates[i])) for i in range(t)])
+    np.testing.assert_allclose(scores.local, loop, rtol=0, atol=1e-5 * max(1.0, np.abs(loop).max()))
+    assert scores.logp_full == pytest.approx(full, rel=1e-6)
+
+
+def test_global_score_is_the_direct_reduction_of_sown_maps(occlusion_scorer, occlusion_scores, clips):
+    scores = occlusion_scores[1]
+    (decode, _, _, is_audio, rows, answer_valid), t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[1])
+    ones = (jnp.arange(t_slots) < t).astype(jnp.float32)
+    _, state = decode(ones, sow="attention")
+    maps = np.asarray(stack_sown(state["attention"], "probs", occlusion_scorer.model_config.text.num_hidden_layers))
+    maps = maps[:, 0]  # [layers, heads, q, k]
+    answer_rows = np.asarray(rows)[np.asarray(answer_valid)]
+    audio_positions = np.flatnonzero(np.asarray(is_audio))
+    direct = maps[:, :, answer_rows][..., audio_positions].sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(scores.global_, direct, rtol=1e-5, atol=1e-6)
+    k_layer = min(2, maps.shape[0] - 1)
+    prompt_rows = int(np.asarray(rows)[0]) + 1
+    fastv = maps[k_layer, :, :prompt_rows][..., audio_positions].sum(axis=0).mean(axis=0)
+    np.testing.assert_allclose(scores.fastv, fastv, rtol=1e-5, atol=1e-7)
+
+
+def test_integrated_gradients_completeness(model_dir, clips):
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=2, max_new_tokens=4,
+                                                            estimator="integrated_gradients", ig_steps=64))
+    for s in scorer.score(clips, QUESTIONS):
+        evidence = s.logp_full - s.logp_silence
+        assert abs(evidence) > 0.1, "the test needs a clip whose audio matters"
+        assert s.local.sum() == pytest.approx(evidence, rel=0.02)
+
+
+def test_one_trace_per_bucket_and_answers_given_exactly(occlusion_scorer, occlusion_scores, clips):
+    traces = occlusion_scorer.traces
+    rng = np.random.default_rng(1)
+    same_bucket = [(0.1 * rng.standard_normal(40_000)).astype(np.float32)] * 2
+    occlusion_scorer.score(same_bucket, QUESTIONS)
+    occlusion_scorer.score(same_bucket[:1], QUESTIONS[:1])
+    assert occlusion_scorer.traces == traces
+    longer = [(0.1 * rng.standard_normal(100_000)).astype(np.float32)]
+    given = [[occlusion_scores[0].answer_ids[0]]]
+    result = occlusion_scorer.score(longer, QUESTIONS[:1], answer_ids=given)
+    assert occlusion_scorer.traces == traces + 1
+    np.testing.assert_array_equal(result[0].answer_ids, given[0])
+
+
+def test_outputs_carry_no_full_attention_map(occlusion_scorer):
+    (executable,) = [e for (frames, generate), e in occlusion_scorer._executables.items() if generate]
+    shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(executable.out_info)]
+    assert all(len(shape) <= 2 for shape in shapes), shapes
+
+
+def test_keep_masks_follow_the_fused_score(occlusion_scores):
+    for s in occlusion_scores:
+        for rate, kept in s.keep.items():
+            n = len(s.frames[rate])
+            k = -(-9 * n // 10)
+            assert len(kept) == k
+            threshold = np.sort(s.frames[rate])[::-1][k - 1]
+            assert (s.frames[rate][kept] >= threshold).all()
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1), (4, 2)])
+def test_sharded_equals_unsharded(model_dir, clips, mesh_shape):
+    """Equal within 1e-5 of each quantity's scale: local scores are differences of answer
+    log-probabilities, so their scale is |logp|; keep sets are equal wherever the k-th and
+    (k+1)-th frame scores are not within float32 noise of each other."""
+    many = clips * 4
+    questions = QUESTIONS * 4
+    config = ScoringConfig(batch_size=8, max_new_tokens=4)
+    single = Scorer.from_directory(model_dir, config).score(many, questions)
+    sharded = Scorer.from_directory(model_dir, dataclasses.replace(config, mesh_shape=mesh_shape)).score(many,
+                                                                                                         questions)
+    for a, b in zip(single, sharded):
+        np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
+        assert b.logp_full == pytest.approx(a.logp_full, rel=1e-5)
+        np.testing.assert_allclose(b.local, a.local, rtol=0, atol=1e-5 * abs(a.logp_full))
+        for field in ("global_", "fastv"):
+            x, y = getattr(a, field), getattr(b, field)
+            np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * np.abs(x).max(), err_msg=field)
+        for rate, kept in a.keep.items():
+            ranked = np.sort(a.frames[rate])[::-1]
+            k = len(kept)
+            if k < len(ranked) and ranked[k - 1] - ranked[k] > 1e-3:
+                np.testing.assert_array_equal(b.keep[rate], kept)
