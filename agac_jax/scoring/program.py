@@ -153,7 +153,8 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     audio_positions = jnp.nonzero(is_audio, size=t_slots, fill_value=0)[0]
     global_score = jnp.where(token_valid, jnp.sum(received[:, 0, audio_positions], axis=0), 0.0)
     k_layer = min(spec.fastv_layer, model.config.text.num_hidden_layers - 1)
-    fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions], 0.0)
+    heads = model.config.text.num_attention_heads
+    fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / heads, 0.0)
 
     if spec.estimator == "occlusion":
         local = _occlusion(logp_of, logp_full, ones, token_valid, spec)
@@ -180,7 +181,8 @@ def _layers(collection: Any, num_layers: int) -> list[Any]:
 
 def _query_weights(length: int, rows: Array, answer_valid: Array, prompt_length: Array) -> Array:
     """[length, 2]: column 0 marks the answer-producing rows (global score); column 1 averages the
-    prompt rows (FastV: mean attention received from all prompt queries)."""
+    prompt rows (FastV: mean attention received from all prompt queries; the caller divides the
+    head sum by the number of heads)."""
     answer_rows = jnp.zeros((length,), jnp.float32).at[rows].add(answer_valid.astype(jnp.float32))
     prompt_rows = (jnp.arange(length) < prompt_length).astype(jnp.float32) / prompt_length
     return jnp.stack([answer_rows, prompt_rows], axis=-1)
