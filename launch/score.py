@@ -1,0 +1,100 @@
+"""Scores audio clips asked one question: per-token local, global and fused scores, and the kept frames.
+
+  python -m launch.score --checkpoint=/models/Qwen2-Audio-7B-Instruct --audio=a.wav --audio=b.wav \
+      --question="Is there a dog barking?" --rate=50 --keep=0.7 --output=scores.json --plot=scores.png
+
+One JSON record per clip, in --audio order: a JSON list in --output, or JSON lines on stdout. A file
+that cannot be scored (unreadable, empty, NaN samples, over 30 s, --input_ids not its prompt) gets
+`{"file", "error"}`, its error on stderr, and the others are still scored. Exit codes: 0 all scored,
+1 some clip failed, 2 bad flags or checkpoint. Record fields and figure: agac_jax/scoring/report.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from absl import app, flags
+
+from agac_jax.scoring import report
+from agac_jax.scoring.scorer import METHODS
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory (config, safetensors, tokenizer).")
+flags.DEFINE_multi_string("audio", None, "Audio file to score; repeat for several clips.")
+flags.DEFINE_string("question", None, "The question asked about every clip.")
+flags.DEFINE_integer("rate", 50, "Codec token rate of the selection grid: 25, 50 or 100 tokens/s.")
+flags.DEFINE_string("keep", "0.7", "Keep ratio rho in (0, 1], exact as written (0.7, or a fraction such as 2/3).")
+flags.DEFINE_enum("estimator", "occlusion", report.ESTIMATORS, "Estimator of the local (AAD) score.")
+flags.DEFINE_float("alpha", 0.5, "Fusion weight of the local score (1: AAD alone, 0: attention alone).")
+flags.DEFINE_enum("method", "fused", METHODS, "Frame selection method for the kept frames.")
+flags.DEFINE_string("input_ids", None, "JSON list of prompt ids (or one list per clip) that must equal the "
+                    "prompt built from --question; a clip whose prompt differs fails.")
+flags.DEFINE_string("answer_ids", None, "JSON list of answer ids (or one list per clip) scored instead of the "
+                    "greedy answer.")
+flags.DEFINE_integer("max_new_tokens", 8, "Greedy answer budget, and the most tokens a given answer may have.")
+flags.DEFINE_string("output", None, "JSON file for the records; default: JSON lines on stdout.")
+flags.DEFINE_string("plot", None, "PNG with spectrogram, scores and kept frames, two panels per scored clip.")
+
+REQUIRED = ("checkpoint", "audio", "question")
+
+
+def request_from_flags() -> report.ScoreRequest:
+    """The request the parsed flags describe; raises report.RequestError for a missing or bad value."""
+    missing = [name for name in REQUIRED if FLAGS[name].value is None]
+    if missing:
+        raise report.RequestError(f"missing required flags: {', '.join('--' + name for name in missing)}")
+    n_clips = len(FLAGS.audio)
+    return report.ScoreRequest(
+        checkpoint=FLAGS.checkpoint,
+        audio=tuple(FLAGS.audio),
+        question=FLAGS.question,
+        rate=FLAGS.rate,
+        keep=FLAGS.keep,
+        estimator=FLAGS.estimator,
+        alpha=FLAGS.alpha,
+        method=FLAGS.method,
+        input_ids=report.parse_id_lists(FLAGS.input_ids, "input_ids", n_clips),
+        answer_ids=report.parse_id_lists(FLAGS.answer_ids, "answer_ids", n_clips),
+        max_new_tokens=FLAGS.max_new_tokens,
+        output=FLAGS.output,
+        plot=FLAGS.plot,
+    )
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=report.EXIT_BAD_REQUEST)
+    try:
+        return report.run(request_from_flags())
+    except report.RequestError as error:
+        raise app.UsageError(str(error), exitcode=report.EXIT_BAD_REQUEST) from error
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a flag error exits with code 2 (absl's own parser exits with 1)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(report.EXIT_BAD_REQUEST)
+
+
+def run(argv: list[str]) -> int:
+    """In-process entry point: parses argv (argv[0] is the program name) and returns the exit code."""
+    FLAGS.unparse_flags()
+    try:
+        rest = FLAGS(argv)
+        return main(rest)
+    except flags.Error as error:
+        sys.stderr.write(f"FATAL Flags parsing error: {error}\n")
+        return report.EXIT_BAD_REQUEST
+    except app.UsageError as error:
+        sys.stderr.write(f"{error}\n")
+        return error.exitcode
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
