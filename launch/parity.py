@@ -1,0 +1,50 @@
+"""Cross-framework check of the Flax port against transformers on the same inputs.
+
+  python -m launch.parity --checkpoint DIR [--audio a.wav ...] [--question "..."] [--dump out.npz]
+  python -m launch.parity --random_init CONFIG.json
+
+Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
+greedy tokens must be identical).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory.")
+flags.DEFINE_string("random_init", None, "config.json to build a random transformers model from instead.")
+flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
+flags.DEFINE_multi_string("audio", [], "Audio files (default: two synthetic clips).")
+flags.DEFINE_multi_string("question", [], "One question, or one per clip.")
+flags.DEFINE_integer("max_new_tokens", 8, "Greedy tokens to compare.")
+flags.DEFINE_float("tolerance", 1e-4, "Max relative difference allowed for float quantities.")
+flags.DEFINE_string("dump", None, "Write the Flax side's arrays to this .npz.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from agac_jax.audio.io import load_audio
+    from agac_jax.parity import random_init_directory, run_parity
+
+    if bool(FLAGS.checkpoint) == bool(FLAGS.random_init):
+        raise app.UsageError("give exactly one of --checkpoint and --random_init")
+    directory = FLAGS.checkpoint or random_init_directory(FLAGS.random_init, FLAGS.seed)
+    clips = [load_audio(p) for p in FLAGS.audio] or None
+    report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, FLAGS.tolerance)
+    print(report.table())
+    if FLAGS.dump:
+        np.savez(FLAGS.dump, **report.arrays)
+        print(f"wrote {FLAGS.dump}")
+    if not report.ok:
+        print("parity FAILED", file=sys.stderr)
+        sys.exit(1)
+    print("parity ok")
+
+
+if __name__ == "__main__":
+    app.run(main)
