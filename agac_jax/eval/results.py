@@ -1,0 +1,404 @@
+"""The results store of a sweep: one JSON line per (sample, method, r, rho, seed), and the workdir's config.
+
+Layout of a workdir:
+
+    config.json              the sweep's config and its fingerprint (written by the first run)
+    results.jsonl            per-sample records of a single-process run, or
+    results.{i}.jsonl        those of JAX process i when there are several
+    skipped.json             the items the data set loader left out, and why
+
+Durability: records are appended, flushed and fsynced as they finish. A crash can leave at most a
+truncated last line; reading drops it with a warning, and reopening the file for appending cuts it
+off first, so the next line starts clean. A malformed line anywhere else is not a crash artefact
+and raises `CorruptResultsError` naming the file and line.
+
+Keys: a record is identified by (sample_id, method, rate, rho, seed). When a key occurs more than
+once (a failed record retried by a later run), the last successful record wins, else the last one.
+
+Fingerprint: the SHA-256 of the canonical JSON of the config without its `runtime` section (progress
+display, timeouts, pipelining depth: settings that cannot change a result). A run whose fingerprint
+differs from the workdir's refuses to start, naming the fields that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CONFIG_NAME = "config.json"
+SKIPPED_NAME = "skipped.json"
+SINGLE_RESULTS_NAME = "results.jsonl"
+RESULTS_GLOB = "results*.jsonl"
+RUNTIME_SECTION = "runtime"
+FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
+
+# The methods of DESIGN.md section 4, in table order; the last eight select frames from scores.
+METHODS = ("original", "codec", "fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk")
+SELECTING_METHODS = METHODS[2:]
+
+
+class CorruptResultsError(ValueError):
+    """A results file holds a malformed line that is not a crash's truncated last line."""
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds results of a different config."""
+
+
+class TaskKey(NamedTuple):
+    """What identifies one result: rate is None for `original`; rho is 1.0 for `original` and `codec`."""
+
+    sample_id: str
+    method: str
+    rate: int | None
+    rho: float
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why a record has no compressed answer: the stage (one of FAILURE_STAGES), a type, a message."""
+
+    stage: str
+    error_type: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.stage not in FAILURE_STAGES:
+            raise ValueError(f"Failure.stage must be one of {FAILURE_STAGES}, got {self.stage!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResultRecord:
+    """One (sample, method, r, rho, seed) of a sweep.
+
+    Attributes:
+      dataset: the data set's name, e.g. "synthetic-test".
+      sample_id, clip_id, question, label: the sample; label is "yes" or "no".
+      method: one of the sweep's methods (`original`, `codec`, `fused`, ...).
+      rate: codec token rate r (tokens/s), None for `original`.
+      rho: keep ratio; 1.0 for `original` and `codec`.
+      seed: the sweep seed.
+      answer_original, answer_compressed: the model's replies on the original and compressed clip
+        (None where a failure prevented them).
+      parsed_original, parsed_compressed: those replies parsed to "yes", "no" or "unknown".
+      num_samples: the clip's length at 16 kHz.
+      num_frames, kept_frames: the clip's codec frames at `rate` and how many were kept.
+      audio_tokens_before, audio_tokens_after: Qwen2-Audio audio tokens of the original and the
+        compressed clip.
+      codec_tokens_before, codec_tokens_after: codec tokens of all frames and of the kept frames.
+      prefill_flops_before, prefill_flops_after: decoder prefill FLOPs of the prompt with the
+        original and with the compressed clip.
+      evidence_recall: share of the sample's evidence frames kept; None without evidence.
+      seconds: wall seconds per stage ("load", "score", "select", "codec", "answer"); each batched
+        stage's time is shared equally among the records of its batch.
+      reused: True when the compressed clip equals one already produced in this run for the same
+        sample and rate (identical kept frames, deterministic codec), so its answer was copied.
+      failure: None, or why the compressed answer is missing.
+      process_index: the JAX process that wrote the record.
+    """
+
+    dataset: str
+    sample_id: str
+    clip_id: str
+    question: str
+    label: str
+    method: str
+    rate: int | None
+    rho: float
+    seed: int
+    answer_original: str | None = None
+    answer_compressed: str | None = None
+    parsed_original: str | None = None
+    parsed_compressed: str | None = None
+    num_samples: int | None = None
+    num_frames: int | None = None
+    kept_frames: int | None = None
+    audio_tokens_before: int | None = None
+    audio_tokens_after: int | None = None
+    codec_tokens_before: int | None = None
+    codec_tokens_after: int | None = None
+    prefill_flops_before: int | None = None
+    prefill_flops_after: int | None = None
+    evidence_recall: float | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    reused: bool = False
+    failure: Failure | None = None
+    process_index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.label not in ("yes", "no"):
+            raise ValueError(f"label of record {self.key} must be 'yes' or 'no', got {self.label!r}")
+        if self.failure is None and (self.parsed_original is None or self.parsed_compressed is None):
+            raise ValueError(f"record {self.key} has no failure, so it needs both parsed answers")
+        if self.evidence_recall is not None and math.isnan(self.evidence_recall):
+            object.__setattr__(self, "evidence_recall", None)
+
+    @property
+    def key(self) -> TaskKey:
+        return TaskKey(self.sample_id, self.method, self.rate, float(self.rho), int(self.seed))
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline); NaN never appears."""
+        data = dataclasses.asdict(self)
+        data["schema"] = SCHEMA_VERSION
+        return json.dumps(data, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ResultRecord":
+        """The record of a parsed JSON line; ValueError for another schema or missing fields."""
+        data = dict(data)
+        schema = data.pop("schema", None)
+        if schema != SCHEMA_VERSION:
+            raise ValueError(f"record schema {schema!r} is not {SCHEMA_VERSION}")
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"record has unknown fields {unknown}")
+        failure = data.pop("failure", None)
+        if failure is not None:
+            data["failure"] = Failure(**failure)
+        return cls(**data)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _parse_lines(path: Path, text: str) -> Iterator[ResultRecord]:
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield ResultRecord.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise CorruptResultsError(f"{path}, line {number}: malformed result record ({error})") from error
+    if tail.strip():
+        logger.warning(
+            "%s: dropping a truncated last line (%d bytes), left by an interrupted run", path, len(tail.encode())
+        )
+
+
+def read_records(path: Path | str) -> list[ResultRecord]:
+    """The records of one results file, in file order; a truncated last line is dropped with a warning."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return list(_parse_lines(path, path.read_text(encoding="utf-8")))
+
+
+def results_files(workdir: Path | str) -> list[Path]:
+    """Every results file of a workdir (`results.jsonl`, `results.{i}.jsonl`), sorted by name."""
+    return sorted(Path(workdir).glob(RESULTS_GLOB))
+
+
+def latest_by_key(records: Iterable[ResultRecord]) -> dict[TaskKey, ResultRecord]:
+    """One record per key: the last successful one, else the last one."""
+    chosen: dict[TaskKey, ResultRecord] = {}
+    for record in records:
+        previous = chosen.get(record.key)
+        if previous is None or record.ok or not previous.ok:
+            chosen[record.key] = record
+    return chosen
+
+
+def read_workdir(workdir: Path | str) -> list[ResultRecord]:
+    """All records of all results files of a workdir, one per key (see `latest_by_key`)."""
+    records: list[ResultRecord] = []
+    for path in results_files(workdir):
+        records.extend(read_records(path))
+    return list(latest_by_key(records).values())
+
+
+def done_keys(workdir: Path | str, *, retry_failed: bool = False) -> set[TaskKey]:
+    """Keys that need no more work: every recorded key, or only the successful ones."""
+    return {key for key, record in latest_by_key(_all_records(workdir)).items() if record.ok or not retry_failed}
+
+
+def _all_records(workdir: Path | str) -> Iterator[ResultRecord]:
+    for path in results_files(workdir):
+        yield from read_records(path)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def results_path(workdir: Path | str, process_index: int, process_count: int) -> Path:
+    """`results.jsonl` for a single process, `results.{process_index}.jsonl` for several."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
+    name = SINGLE_RESULTS_NAME if process_count == 1 else f"results.{process_index}.jsonl"
+    return Path(workdir) / name
+
+
+def cut_truncated_tail(path: Path) -> int:
+    """Removes a last line that lacks its newline (a crash's partial write); returns bytes removed."""
+    if not path.is_file():
+        return 0
+    with path.open("rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        handle.seek(0)
+        data = handle.read()
+        keep = data.rfind(b"\n") + 1
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    removed = size - keep
+    logger.warning("%s: cut a truncated last line (%d bytes) left by an interrupted run", path, removed)
+    return removed
+
+
+class ResultsWriter:
+    """Appends records to one results file, flushed and fsynced after every `append`."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_truncated_tail(self.path)
+        self._handle = self.path.open("a", encoding="utf-8")
+        self.written = 0
+
+    def append(self, records: Sequence[ResultRecord]) -> None:
+        """Writes the records as one line each, then flushes and fsyncs once."""
+        if self._handle.closed:
+            raise RuntimeError(f"ResultsWriter for {self.path} is closed")
+        if not records:
+            return
+        self._handle.write("".join(record.to_json() + "\n" for record in records))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self.written += len(records)
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self) -> "ResultsWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- config fingerprint --------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready form of a config value: tuples as lists, mappings with sorted keys."""
+    if isinstance(value, Mapping):
+        return {str(key): _canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def fingerprinted_part(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without its `runtime` section, in canonical form."""
+    return {key: value for key, value in _canonical(config).items() if key != RUNTIME_SECTION}
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of the config without its `runtime` section."""
+    text = json.dumps(fingerprinted_part(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Lines 'field: stored -> current' for every fingerprinted field that differs."""
+    old, new = _flatten(fingerprinted_part(stored)), _flatten(fingerprinted_part(current))
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        before, after = _describe(old, name), _describe(new, name)
+        if before != after:
+            lines.append(f"{name}: {before} -> {after}")
+    return lines
+
+
+def _describe(flat: Mapping[str, Any], name: str) -> str:
+    return json.dumps(flat[name]) if name in flat else "(absent)"
+
+
+def ensure_workdir_config(workdir: Path | str, config: Mapping[str, Any]) -> str:
+    """Stores the config in a new workdir, or checks it against the stored one; returns the fingerprint.
+
+    Raises:
+      ConfigMismatchError: the workdir's config.json has another fingerprint; the message lists the
+        fields that differ and what to do.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / CONFIG_NAME
+    fingerprint = config_fingerprint(config)
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("fingerprint") != fingerprint:
+            differences = config_differences(stored.get("config", {}), config)
+            raise ConfigMismatchError(
+                f"the workdir {workdir} holds results of a different config (fingerprint "
+                f"{str(stored.get('fingerprint'))[:12]} vs {fingerprint[:12]}); refusing to mix them. "
+                "Differences (stored -> current):\n  " + "\n  ".join(differences or ["(unknown)"]) +
+                "\nUse a new --workdir, or rerun with the stored config."
+            )
+        return fingerprint
+    payload = {"fingerprint": fingerprint, "config": _canonical(config)}
+    temporary = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return fingerprint
+
+
+def read_workdir_config(workdir: Path | str) -> dict[str, Any]:
+    """The config stored in a workdir's config.json (FileNotFoundError when there is none)."""
+    path = Path(workdir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not the workdir of a sweep")
+    return json.loads(path.read_text(encoding="utf-8"))["config"]
+
+
+def write_skipped(workdir: Path | str, skipped: Sequence[tuple[str, str]]) -> Path:
+    """Writes the loader's skipped (item, reason) pairs to skipped.json, atomically."""
+    path = Path(workdir) / SKIPPED_NAME
+    temporary = path.with_name(f".{SKIPPED_NAME}.{os.getpid()}.tmp")
+    items = [{"item": item, "reason": reason} for item, reason in skipped]
+    temporary.write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def read_skipped(workdir: Path | str) -> list[tuple[str, str]]:
+    """The (item, reason) pairs of skipped.json; empty when there is none."""
+    path = Path(workdir) / SKIPPED_NAME
+    if not path.is_file():
+        return []
+    return [(entry["item"], entry["reason"]) for entry in json.loads(path.read_text(encoding="utf-8"))]

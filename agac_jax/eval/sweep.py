@@ -1,0 +1,658 @@
+"""The evaluation sweep: score each clip once, compress it every way the config asks, ask again, record.
+
+For each batch of samples (`runtime.batch_samples`):
+1. load the clips (a clip that fails to load, or is longer than 30 s, fails all its records);
+2. answer every original clip (`Scorer.answer`) and, when a frame-selecting method is asked for,
+   score them (one `Scorer.score` call for the batch);
+3. for every pending (method, r, rho, seed) choose the kept frames (`select_frames`); `codec` keeps
+   every frame; `original` needs no codec and its record is written at once;
+4. send each distinct compressed clip through the codec sidecar (`CodecClient`, pipelined), answer
+   the decoded waveforms in batches (`Scorer.answer`) and append the records as they finish.
+
+Decisions:
+- rho = 1 keeps every frame whatever the method, so it is run once per (r, seed) and recorded under
+  `codec` only; the tables and plots use that row as every method's rho = 1 point.
+- Seeds: the data set split is fixed; a seed changes the `random` baseline (its frames are drawn
+  with `selection_seed(seed, sample_id)`, so they do not depend on sharding or order) and, for a
+  stochastic codec, gives an independent codec pass. Everything else is deterministic, so the other
+  methods' std over seeds is 0 with a deterministic codec, which is the honest answer.
+- With `codec.deterministic` (true for the offline backend) a compressed clip is a function of
+  (sample, r, kept frames), so identical ones (another seed of a deterministic method, a method that
+  picks the same frames) are sent and answered once and the other records copy the answer
+  (`reused: true`, codec and answer seconds 0).
+- The original answer comes from `Scorer.answer` on the original clip, the same generation path as
+  the compressed answers, so A.C. compares like with like.
+- Failures (load, score, select, codec, answer) become records with a `failure`; the sweep goes on.
+  A restarted run skips every recorded key; with `runtime.retry_failed` it redoes the failed ones.
+- Several JAX processes: process i takes samples i, i + n, ... and writes `results.{i}.jsonl`;
+  `merge` builds the outputs from every shard. A single process merges at the end by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from agac_jax.audio.io import validate_waveform
+from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
+from agac_jax.data.common import AudioQASample, LoadedDataset
+from agac_jax.eval import metrics, plots, results, tables
+from agac_jax.eval.progress import Progress
+from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
+from agac_jax.prompts import render_prompt
+from agac_jax.scoring.selection import keep_ratio_fraction
+
+DATASETS = ("synthetic", "clotho_aqa", "avhbench")
+MESH_AXES = ("data", "model")
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of a ConfigDict (or a mapping)."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def validate_config(config: Any) -> None:
+    """Raises ValueError naming the first bad field of a sweep config."""
+    if config.dataset.name not in DATASETS:
+        raise ValueError(f"config.dataset.name must be one of {DATASETS}, got {config.dataset.name!r}")
+    unknown = [method for method in config.methods if method not in METHODS]
+    if unknown or not config.methods:
+        raise ValueError(f"config.methods must be a non-empty subset of {METHODS}; unknown: {unknown}")
+    if len(set(config.methods)) != len(config.methods):
+        raise ValueError(f"config.methods has duplicates: {list(config.methods)}")
+    bad_rates = [rate for rate in config.rates if rate not in SUPPORTED_TOKEN_RATES]
+    if bad_rates or not config.rates:
+        raise ValueError(f"config.rates must be a non-empty subset of {SUPPORTED_TOKEN_RATES}; bad: {bad_rates}")
+    for rho in config.rhos:
+        keep_ratio_fraction(rho)
+    if len({float(rho) for rho in config.rhos}) != len(config.rhos) or not config.rhos:
+        raise ValueError(f"config.rhos must be non-empty and distinct, got {list(config.rhos)}")
+    if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"config.seeds must be non-empty and distinct, got {list(config.seeds)}")
+    if any(not isinstance(seed, int) or seed < 0 for seed in config.seeds):
+        raise ValueError(f"config.seeds must be non-negative integers, got {list(config.seeds)}")
+    if tuple(config.mesh.axes) != MESH_AXES:
+        raise ValueError(f"config.mesh.axes must be {MESH_AXES}, got {tuple(config.mesh.axes)}")
+    if config.runtime.batch_samples < 1:
+        raise ValueError(f"config.runtime.batch_samples must be >= 1, got {config.runtime.batch_samples}")
+
+
+def scoring_config(config: Any) -> Any:
+    """The `ScoringConfig` of a sweep config: its scoring section, rates, mesh shape and axis rules."""
+    from agac_jax.scoring.scorer import ScoringConfig
+
+    fields = dict(config_to_dict(config.scoring))
+    fields["buckets_seconds"] = tuple(fields["buckets_seconds"])
+    return ScoringConfig(
+        **fields,
+        rates=tuple(config.rates),
+        mesh_shape=tuple(config.mesh.shape),
+        axis_rules=tuple(tuple(rule) for rule in config.mesh.logical_axis_rules),
+    )
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def load_dataset(dataset: Any) -> tuple[str, LoadedDataset]:
+    """(name for the tables, samples and skipped items) of the config's data set section."""
+    if dataset.name == "synthetic":
+        from agac_jax.data import synthetic
+
+        if dataset.root:
+            loaded = LoadedDataset(samples=list(synthetic.read_split(dataset.root)), skipped=[])
+        else:
+            loaded = LoadedDataset(
+                samples=list(synthetic.generate_split(dataset.split, dataset.num_clips, dataset.generation_seed)),
+                skipped=[],
+            )
+        name = f"synthetic-{dataset.split}"
+    elif dataset.name == "clotho_aqa":
+        from agac_jax.data.clotho_aqa import load_clotho_aqa
+
+        loaded, name = load_clotho_aqa(dataset.root, dataset.split), f"clotho_aqa-{dataset.split}"
+    else:
+        from agac_jax.data.avhbench import load_avhbench
+
+        loaded, name = load_avhbench(dataset.root, dataset.task), "avhbench"
+    if dataset.max_samples:
+        loaded = LoadedDataset(samples=loaded.samples[: dataset.max_samples], skipped=loaded.skipped)
+    return name, loaded
+
+
+def shard_samples(samples: Sequence[AudioQASample], process_index: int, process_count: int) -> list[AudioQASample]:
+    """Samples process_index, process_index + process_count, ... of the data set."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
+    return list(samples[process_index::process_count])
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+
+
+def plan_tasks(sample_id: str, methods: Sequence[str], rates: Sequence[int], rhos: Sequence[float],
+               seeds: Sequence[int]) -> list[TaskKey]:
+    """Every key of one sample: `original` per seed; per (r, seed) `codec` (also standing for every
+    selecting method's rho = 1) and each selecting method at each rho < 1."""
+    selecting = [method for method in methods if method in SELECTING_METHODS]
+    with_codec = "codec" in methods or (selecting and any(float(rho) == 1.0 for rho in rhos))
+    keys = []
+    for seed in seeds:
+        if "original" in methods:
+            keys.append(TaskKey(sample_id, "original", None, 1.0, seed))
+        for rate in rates:
+            if with_codec:
+                keys.append(TaskKey(sample_id, "codec", rate, 1.0, seed))
+            keys += [TaskKey(sample_id, method, rate, float(rho), seed)
+                     for method in selecting for rho in rhos if float(rho) != 1.0]
+    return keys
+
+
+def selection_seed(seed: int, sample_id: str) -> int:
+    """The `random` baseline's seed for one sample: a hash of (seed, sample_id) in [0, 2**31)."""
+    digest = hashlib.sha256(f"{seed}:{sample_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# --- per-sample state ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Sample:
+    """A sample of the current batch and what is known about it so far."""
+
+    sample: AudioQASample
+    tasks: list[TaskKey]
+    waveform: np.ndarray | None = None
+    scores: Any = None
+    answer_original: str | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    text_tokens: int = 0
+
+    @property
+    def parsed_original(self) -> str | None:
+        return None if self.answer_original is None else metrics.parse_answer(self.answer_original)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One distinct compressed clip and the tasks that share it."""
+
+    item: _Sample
+    rate: int
+    kept: np.ndarray
+    tasks: list[tuple[TaskKey, float]]  # (key, seconds spent selecting)
+
+
+@dataclasses.dataclass
+class _Context:
+    """What every stage of a sweep needs."""
+
+    dataset_name: str
+    scorer: Any
+    select_frames: Callable[..., np.ndarray]
+    decoder_shape: metrics.DecoderShape
+    writer: results.ResultsWriter
+    progress: Progress
+    codec_factory: Callable[[], CodecClient]
+    deterministic_codec: bool
+    process_index: int
+    answer_batch: int
+    codec: CodecClient | None = None
+    failed: int = 0
+
+    def codec_client(self) -> CodecClient:
+        if self.codec is None:
+            self.codec = self.codec_factory()
+        return self.codec
+
+
+def _record(ctx: _Context, item: _Sample, key: TaskKey, **fields: Any) -> ResultRecord:
+    sample = item.sample
+    return ResultRecord(
+        dataset=ctx.dataset_name, sample_id=sample.sample_id, clip_id=sample.clip_id, question=sample.question,
+        label=sample.answer, method=key.method, rate=key.rate, rho=key.rho, seed=key.seed,
+        answer_original=item.answer_original, parsed_original=item.parsed_original,
+        num_samples=None if item.waveform is None else int(item.waveform.size),
+        process_index=ctx.process_index, **fields,
+    )
+
+
+def _write(ctx: _Context, records: Sequence[ResultRecord]) -> None:
+    ctx.writer.append(records)
+    ctx.progress.update(len(records))
+
+
+def _fail(ctx: _Context, item: _Sample, keys: Sequence[TaskKey], stage: str, error: BaseException | str,
+          error_type: str | None = None) -> None:
+    """Writes failure records for `keys`; error_type defaults to the exception's class name."""
+    error_type = error_type or type(error).__name__
+    failure = Failure(stage=stage, error_type=error_type, message=str(error))
+    logging.warning("sample %s: %s failed for %d records: %s: %s", item.sample.sample_id, stage, len(keys),
+                    error_type, error)
+    ctx.failed += len(keys)
+    _write(ctx, [_record(ctx, item, key, failure=failure, seconds=dict(item.seconds)) for key in keys])
+
+
+def _prefill_flops(ctx: _Context, item: _Sample, audio_tokens: int) -> int:
+    return metrics.decoder_prefill_flops(ctx.decoder_shape, item.text_tokens + audio_tokens)
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+def _load(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
+    """Loads each clip (once per clip id); returns the samples that loaded, failing the others."""
+    cache: dict[str, np.ndarray | BaseException] = {}
+    loaded = []
+    for item in items:
+        start = time.perf_counter()
+        clip_id = item.sample.clip_id
+        if clip_id not in cache:
+            try:
+                cache[clip_id] = validate_waveform(item.sample.load_waveform(), f"clip {clip_id}").astype(np.float32)
+            except Exception as error:  # noqa: BLE001 - a bad clip is recorded and the sweep goes on
+                cache[clip_id] = error
+        item.seconds["load"] = time.perf_counter() - start
+        if isinstance(cache[clip_id], BaseException):
+            _fail(ctx, item, item.tasks, "load", cache[clip_id])
+        else:
+            item.waveform = cache[clip_id]
+            loaded.append(item)
+    return loaded
+
+
+def _per_item(ctx: _Context, items: Sequence[_Sample], stage: str, run: Callable[[Sequence[_Sample]], list[Any]],
+              keys_of: Callable[[_Sample], list[TaskKey]]) -> list[tuple[_Sample, Any]]:
+    """run(items) for the whole batch; if it raises, item by item, failing keys_of(item) of the items
+    that raise."""
+    start = time.perf_counter()
+    try:
+        outputs = run(items)
+        share = (time.perf_counter() - start) / max(len(items), 1)
+        for item in items:
+            item.seconds[stage] = share
+        return list(zip(items, outputs))
+    except Exception as error:  # noqa: BLE001 - isolate the failing sample
+        logging.warning("%s failed for a batch of %d samples (%s); retrying one by one", stage, len(items), error)
+    done = []
+    for item in items:
+        start = time.perf_counter()
+        try:
+            output = run([item])[0]
+        except Exception as error:  # noqa: BLE001
+            item.seconds[stage] = time.perf_counter() - start
+            _fail(ctx, item, keys_of(item), stage, error)
+            continue
+        item.seconds[stage] = time.perf_counter() - start
+        done.append((item, output))
+    return done
+
+
+def _needs_scores(item: _Sample) -> bool:
+    return any(key.method in SELECTING_METHODS for key in item.tasks)
+
+
+def _answer_original(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
+    """The original answer of each item; returns the items that have one."""
+    answered = _per_item(ctx, items, "answer_original",
+                         lambda batch: ctx.scorer.answer([i.waveform for i in batch], [i.sample.question for i in batch]),
+                         keys_of=lambda item: item.tasks)
+    for item, text in answered:
+        item.answer_original = text
+    return [item for item, _ in answered]
+
+
+def _score(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
+    """Scores the items that have a selecting task; returns those needing none or scored, failing
+    the compressed records of the others."""
+    scored = _per_item(ctx, [item for item in items if _needs_scores(item)], "score",
+                       lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch]),
+                       keys_of=lambda item: [key for key in item.tasks if key.method != "original"])
+    for item, scores in scored:
+        item.scores = scores
+    scored_ids = {id(item) for item, _ in scored}
+    return [item for item in items if id(item) in scored_ids or not _needs_scores(item)]
+
+
+def _write_originals(ctx: _Context, item: _Sample) -> None:
+    keys = [key for key in item.tasks if key.method == "original"]
+    if not keys:
+        return
+    audio_tokens = metrics.qwen2_audio_token_count(item.waveform.size)
+    flops = _prefill_flops(ctx, item, audio_tokens)
+    seconds = {name: item.seconds[name] for name in ("load", "answer_original") if name in item.seconds}
+    _write(ctx, [
+        _record(ctx, item, key, answer_compressed=item.answer_original, parsed_compressed=item.parsed_original,
+                audio_tokens_before=audio_tokens, audio_tokens_after=audio_tokens,
+                prefill_flops_before=flops, prefill_flops_after=flops, seconds=seconds)
+        for key in keys
+    ])
+
+
+def _kept_frames(ctx: _Context, item: _Sample, key: TaskKey) -> np.ndarray:
+    if key.method == "codec":
+        return np.arange(num_frames(item.waveform.size, key.rate), dtype=np.int64)
+    seed = selection_seed(key.seed, item.sample.sample_id)
+    kept = ctx.select_frames(item.scores, item.waveform, key.method, key.rate, key.rho, seed)
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _plan_jobs(ctx: _Context, items: Sequence[_Sample]) -> list[_Job]:
+    """The distinct compressed clips of the batch; selection failures are recorded."""
+    jobs: dict[tuple, _Job] = {}
+    for item in items:
+        for key in item.tasks:
+            if key.method == "original":
+                continue
+            start = time.perf_counter()
+            try:
+                kept = _kept_frames(ctx, item, key)
+            except Exception as error:  # noqa: BLE001
+                _fail(ctx, item, [key], "select", error)
+                continue
+            spent = time.perf_counter() - start
+            identity = (id(item), key.rate, kept.tobytes()) if ctx.deterministic_codec else (id(item), key)
+            job = jobs.setdefault(identity, _Job(item=item, rate=key.rate, kept=kept, tasks=[]))
+            job.tasks.append((key, spent))
+    return list(jobs.values())
+
+
+def _compressed_records(ctx: _Context, job: _Job, reply: CodecReply, answer: str, answer_seconds: float
+                        ) -> list[ResultRecord]:
+    item, n = job.item, int(job.item.waveform.size)
+    total_frames = num_frames(n, job.rate)
+    mask = metrics.keep_mask_from_indices(job.kept, total_frames)
+    counts = metrics.token_counts(n, mask, job.rate)
+    evidence = item.sample.evidence
+    recall = None if evidence is None else metrics.evidence_recall(mask, evidence, n, job.rate)
+    records = []
+    for index, (key, select_seconds) in enumerate(job.tasks):
+        reused = index > 0
+        seconds = {
+            "load": item.seconds.get("load", 0.0), "score": item.seconds.get("score", 0.0),
+            "select": select_seconds, "codec": 0.0 if reused else float(reply.seconds.get("total", 0.0)),
+            "answer": 0.0 if reused else answer_seconds,
+        }
+        records.append(_record(
+            ctx, item, key, answer_compressed=answer, parsed_compressed=metrics.parse_answer(answer),
+            num_frames=total_frames, kept_frames=int(job.kept.size),
+            audio_tokens_before=counts.audio_tokens_before, audio_tokens_after=counts.audio_tokens_after,
+            codec_tokens_before=counts.codec_tokens_before, codec_tokens_after=counts.codec_tokens_after,
+            prefill_flops_before=_prefill_flops(ctx, item, counts.audio_tokens_before),
+            prefill_flops_after=_prefill_flops(ctx, item, counts.audio_tokens_after),
+            evidence_recall=recall, seconds=seconds, reused=reused,
+        ))
+    return records
+
+
+def _answer_compressed(ctx: _Context, ready: list[tuple[_Job, CodecReply]]) -> None:
+    """Answers a batch of decoded clips and writes their records (one by one if the batch fails)."""
+    if not ready:
+        return
+    start = time.perf_counter()
+    try:
+        answers = ctx.scorer.answer([reply.waveform for _, reply in ready], [job.item.sample.question for job, _ in ready])
+        share = (time.perf_counter() - start) / len(ready)
+        _write(ctx, [record for (job, reply), answer in zip(ready, answers)
+                     for record in _compressed_records(ctx, job, reply, answer, share)])
+        return
+    except Exception as error:  # noqa: BLE001
+        logging.warning("answering %d compressed clips failed (%s); retrying one by one", len(ready), error)
+    for job, reply in ready:
+        start = time.perf_counter()
+        try:
+            answer = ctx.scorer.answer([reply.waveform], [job.item.sample.question])[0]
+        except Exception as error:  # noqa: BLE001
+            _fail(ctx, job.item, [key for key, _ in job.tasks], "answer", error)
+            continue
+        _write(ctx, _compressed_records(ctx, job, reply, answer, time.perf_counter() - start))
+
+
+def _compress(ctx: _Context, jobs: Sequence[_Job]) -> None:
+    """Sends the jobs through the codec sidecar and answers the decoded clips as they come back."""
+    if not jobs:
+        return
+    client = ctx.codec_client()
+    requests = (CodecRequest(request_id=index, waveform=job.item.waveform, token_rate=job.rate, kept_frames=job.kept)
+                for index, job in enumerate(jobs))
+    ready: list[tuple[_Job, CodecReply]] = []
+    for reply in client.compress(requests):
+        job = jobs[reply.request_id]
+        if not reply.ok:
+            _fail(ctx, job.item, [key for key, _ in job.tasks], "codec", reply.failure.message,
+                  error_type=reply.failure.error_type)
+            continue
+        ready.append((job, reply))
+        if len(ready) >= ctx.answer_batch:
+            _answer_compressed(ctx, ready)
+            ready = []
+    _answer_compressed(ctx, ready)
+
+
+def _run_batch(ctx: _Context, items: Sequence[_Sample]) -> None:
+    items = _answer_original(ctx, _load(ctx, items))
+    for item in items:
+        _write_originals(ctx, item)
+    _compress(ctx, _plan_jobs(ctx, _score(ctx, items)))
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepOutcome:
+    """What one process did: records written (failed ones among them) and the merged outputs, if any."""
+
+    written: int
+    failed: int
+    pending_before: int
+    results_file: Path
+    merged: "MergeOutputs | None"
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeOutputs:
+    """The files `merge` wrote."""
+
+    summary_csv: Path
+    per_seed_csv: Path
+    tables_md: Path
+    plots: tuple[Path, ...]
+    num_records: int
+
+
+def decoder_shape(model_config: Any) -> metrics.DecoderShape:
+    """The decoder sizes of a `Qwen2AudioConfig`, for prefill FLOPs."""
+    text = model_config.text
+    return metrics.DecoderShape(
+        hidden_size=text.hidden_size, intermediate_size=text.intermediate_size, num_layers=text.num_hidden_layers,
+        num_heads=text.num_attention_heads, num_kv_heads=text.num_key_value_heads,
+        head_dim=text.attention_head_dim, vocab_size=text.vocab_size,
+    )
+
+
+def text_token_count(tokenizer: Any, question: str) -> int:
+    """Prompt tokens of a question besides the audio: the rendered prompt minus its one placeholder."""
+    return len(tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]) - 1
+
+
+def make_scorer(config: Any) -> Any:
+    """The real Scorer of the config's checkpoint."""
+    from agac_jax.scoring.scorer import Scorer
+
+    if not config.model.checkpoint_dir:
+        raise ValueError("config.model.checkpoint_dir is empty: set it to a Hugging Face Qwen2-Audio directory")
+    return Scorer.from_directory(config.model.checkpoint_dir, scoring_config(config))
+
+
+def _codec_factory(config: Any) -> Callable[[], CodecClient]:
+    def start() -> CodecClient:
+        return CodecClient(
+            backend=config.codec.backend, backend_options=config_to_dict(config.codec.options),
+            crossfade_ms=config.codec.crossfade_ms, max_in_flight=config.runtime.codec_max_in_flight,
+            timeout_s=config.runtime.codec_timeout_s, num_threads=config.runtime.codec_num_threads,
+        )
+
+    return start
+
+
+def run_sweep(config: Any, workdir: Path | str, *, scorer: Any = None, process_index: int | None = None,
+              process_count: int | None = None) -> SweepOutcome:
+    """Runs (or resumes) this process's shard of the sweep in `workdir`; merges when it is the only one.
+
+    Args:
+      config: a sweep config (see `configs/synthetic_tiny.py`).
+      workdir: where config.json and the results go.
+      scorer: a ready Scorer for the config's checkpoint (default: loaded from it).
+      process_index, process_count: this process's shard (default: JAX's).
+    Raises:
+      results.ConfigMismatchError: the workdir holds results of another config.
+    """
+    validate_config(config)
+    workdir = Path(workdir)
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    results.ensure_workdir_config(workdir, config_to_dict(config))
+    dataset_name, loaded = load_dataset(config.dataset)
+    if process_index == 0:
+        results.write_skipped(workdir, [(s.item, s.reason) for s in loaded.skipped])
+    done = results.done_keys(workdir, retry_failed=config.runtime.retry_failed)
+    pending = []
+    shard = shard_samples(loaded.samples, process_index, process_count)
+    for sample in shard:
+        keys = plan_tasks(sample.sample_id, config.methods, config.rates, config.rhos, config.seeds)
+        todo = [key for key in keys if key not in done]
+        if todo:
+            pending.append(_Sample(sample=sample, tasks=todo))
+    total = sum(len(item.tasks) for item in pending)
+    logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
+                 process_count, len(shard), total, len(pending))
+    path = results.results_path(workdir, process_index, process_count)
+    written = failed = 0
+    if pending:
+        written, failed = _run_pending(config, dataset_name, pending, path, scorer, process_index, total)
+    merged = merge(workdir) if process_count == 1 else None
+    return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged)
+
+
+def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: Path, scorer: Any,
+                 process_index: int, total: int) -> tuple[int, int]:
+    from agac_jax.scoring.scorer import select_frames
+
+    scorer = make_scorer(config) if scorer is None else scorer
+    for item in pending:
+        item.text_tokens = text_token_count(scorer.tokenizer, item.sample.question)
+    with results.ResultsWriter(path) as writer, Progress(
+        total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
+    ) as progress:
+        ctx = _Context(
+            dataset_name=dataset_name, scorer=scorer, select_frames=select_frames,
+            decoder_shape=decoder_shape(scorer.model_config), writer=writer, progress=progress,
+            codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
+            process_index=process_index, answer_batch=config.scoring.batch_size,
+        )
+        try:
+            for batch in batches(pending, config.runtime.batch_samples):
+                _run_batch(ctx, batch)
+        finally:
+            if ctx.codec is not None:
+                ctx.codec.close()
+        return writer.written, ctx.failed
+
+
+def merge(workdir: Path | str) -> MergeOutputs:
+    """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir."""
+    workdir = Path(workdir)
+    stored = results.read_workdir_config(workdir)
+    records = results.read_workdir(workdir)
+    per_seed = tables.seed_metrics(records)
+    rows = tables.summarize_rows(per_seed)
+    summary_csv = tables.write_summary_csv(rows, workdir / "summary.csv")
+    per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
+    markdown = tables.render_markdown(rows, records, results.read_skipped(workdir),
+                                      codec_backend=stored.get("codec", {}).get("backend"))
+    tables_md = workdir / "tables.md"
+    tables_md.write_text(markdown, encoding="utf-8")
+    written_plots = plots.write_plots(rows, workdir / "plots")
+    logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
+    return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
+                        plots=tuple(written_plots), num_records=len(records))
+
+
+# --- the config every launch config starts from --------------------------------------------------
+
+
+def base_config() -> Any:
+    """The sweep config's fields with DESIGN.md's defaults; launch configs override what they need."""
+    import ml_collections
+
+    from agac_jax.scoring.scorer import DEFAULT_AXIS_RULES
+
+    config = ml_collections.ConfigDict()
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "synthetic"  # synthetic | clotho_aqa | avhbench
+    config.dataset.root = ""  # data set directory; synthetic: a written split, "" generates it in memory
+    config.dataset.split = "test"  # synthetic: train|validation|test; clotho_aqa: train|val|test
+    config.dataset.task = "Audio-driven Video Hallucination"  # avhbench only: the task to evaluate
+    config.dataset.num_clips = 12  # synthetic, generated: clips (1 or 2 questions each)
+    config.dataset.generation_seed = 0  # synthetic, generated: the split's seed (fixed across sweep seeds)
+    config.dataset.max_samples = 0  # evaluate the first N samples only; 0: all
+
+    config.model = ml_collections.ConfigDict()
+    config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
+
+    config.scoring = ml_collections.ConfigDict()  # fields of agac_jax.scoring.scorer.ScoringConfig
+    config.scoring.estimator = "occlusion"  # AAD local score: occlusion | integrated_gradients
+    config.scoring.window = 1  # occlusion window W in audio tokens
+    config.scoring.ig_steps = 16  # integrated gradients: midpoint-rule steps
+    config.scoring.alpha = 0.5  # `fused`: weight of the local (AAD) score; aad uses 1, attention 0
+    config.scoring.fastv_layer = 2  # FastV's decoder layer K
+    config.scoring.max_new_tokens = 8  # greedy answer length limit
+    config.scoring.max_text_tokens = 64  # prompt tokens besides the audio placeholders
+    config.scoring.batch_size = 8  # clips per compiled scoring / answering call
+    config.scoring.occlusion_chunk = 64  # occlusion gate vectors evaluated together (memory bound)
+    config.scoring.buckets_seconds = (5, 10, 20, 30)  # clip length buckets, one compiled program each
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.axes = MESH_AXES  # fixed: batch on 'data', wide parameter axes on 'model'
+    config.mesh.shape = (1, 1)  # devices on (data, model); their product <= local devices
+    config.mesh.logical_axis_rules = DEFAULT_AXIS_RULES  # logical parameter axis -> mesh axis (or None)
+
+    config.methods = METHODS  # of DESIGN.md section 4; rho = 1 of every selecting method is `codec`
+    config.rates = (25, 50, 100)  # codec token rates r (tokens/s; a frame is 2 / r s)
+    config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
+    config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed
+
+    config.codec = ml_collections.ConfigDict()
+    config.codec.backend = "rvq_mel"  # rvq_mel (offline, not SemantiCodec) | semanticodec
+    config.codec.options = ml_collections.ConfigDict()  # backend options, see agac_jax.codec.backends
+    config.codec.deterministic = True  # same input -> same output, so identical compressed clips are shared
+    config.codec.crossfade_ms = 5.0  # raised-cosine crossfade at each cut between kept runs
+
+    config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
+    config.runtime.batch_samples = 8  # samples loaded, answered and scored together
+    config.runtime.codec_max_in_flight = 4  # codec requests pipelined ahead of their replies
+    config.runtime.codec_timeout_s = 300.0  # seconds the sidecar may take for one request
+    config.runtime.codec_num_threads = 1  # torch threads in the sidecar
+    config.runtime.progress_log_every_s = 30.0  # log line interval when stderr is not a terminal
+    config.runtime.retry_failed = False  # redo recorded failures on a restart
+    config.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config

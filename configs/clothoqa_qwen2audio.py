@@ -1,0 +1,62 @@
+"""The poster's ClothoQA grid with Qwen2-Audio-7B-Instruct from a local directory.
+
+    python -m launch.evaluate --config=configs/clothoqa_qwen2audio.py \
+        --config.dataset.root=/data/clotho_aqa \
+        --config.model.checkpoint_dir=/models/Qwen2-Audio-7B-Instruct \
+        --config.codec.options.weights_dir=/models/semanticodec \
+        --workdir=runs/clothoqa_qwen2audio
+
+Data: the yes/no subset of the ClothoAQA test split (`agac_jax.data.clotho_aqa`, released layout under
+dataset.root). Model: a Hugging Face Qwen2-Audio-7B-Instruct directory (config, safetensors, tokenizer,
+preprocessor). Grid: every method of DESIGN.md section 4, r in {25, 50, 100}, rho in {1.0, 0.9, 0.7},
+seeds {0, 1, 2}; codec: SemantiCodec in its sidecar (install the `semanticodec` package and put its
+weights in codec.options.weights_dir; the sidecar says exactly what is missing). SemantiCodec decodes
+by diffusion sampling, so it is not taken as deterministic: each seed is its own codec pass.
+
+For several hosts: `--config.runtime.distributed=True` on every host (jax.distributed.initialize),
+then `python -m launch.evaluate --merge --workdir=...` on a shared workdir.
+
+Variants (`--config=configs/clothoqa_qwen2audio.py:NAME`):
+  default  the grid above;
+  local    the first 10 samples, methods original/codec/fused/random, r = 50, rho in {1.0, 0.9},
+           seeds {0, 1}: checks the setup end to end before the full run.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from agac_jax.eval.sweep import base_config
+
+VARIANTS = ("default", "local")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The sweep config; `arg` picks a variant of VARIANTS (None: default)."""
+    variant = arg or "default"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of clothoqa_qwen2audio; choose one of {VARIANTS}")
+    config = base_config()
+    config.dataset.name = "clotho_aqa"  # yes/no subset, majority label of the three annotators
+    config.dataset.root = ""  # set on the command line: the ClothoAQA directory
+    config.dataset.split = "test"  # train | val | test
+    config.model.checkpoint_dir = ""  # set on the command line: Qwen2-Audio-7B-Instruct, local
+    config.scoring.max_new_tokens = 8  # enough for "Yes." / "No, there is not."
+    config.scoring.batch_size = 8  # clips per compiled call; a multiple of mesh.shape[0]
+    config.scoring.buckets_seconds = (10, 20, 30)  # Clotho clips last 15 to 30 s
+    config.mesh.shape = (1, 1)  # (data, model): e.g. (1, 8) shards the 7B model over 8 devices
+    config.rates = (25, 50, 100)  # the poster's rates
+    config.rhos = (1.0, 0.9, 0.7)  # the poster's ratios; rho = 1 is the SemantiCodec row
+    config.seeds = (0, 1, 2)  # three seeds, as the poster
+    config.codec.backend = "semanticodec"  # the real codec, in the sidecar
+    config.codec.options = ml_collections.ConfigDict()  # semanticodec backend options
+    config.codec.options.weights_dir = ""  # set on the command line: SemantiCodec checkpoints
+    config.codec.deterministic = False  # diffusion decoding: every seed gets its own codec pass
+    config.runtime.codec_timeout_s = 900.0  # SemantiCodec on a 30 s clip is slow on CPU
+    if variant == "local":
+        config.dataset.max_samples = 10  # a setup check
+        config.methods = ("original", "codec", "fused", "random")  # one scored method, one seeded
+        config.rates = (50,)  # one rate
+        config.rhos = (1.0, 0.9)  # rho = 1 is the codec row
+        config.seeds = (0, 1)  # two seeds give a std
+    return config

@@ -1,0 +1,67 @@
+"""Training configuration of the tiny Qwen2-Audio shipped in assets/tiny_qwen2audio.
+
+Reproduce the shipped model (about 10 minutes of compute on 2 quiet CPU cores):
+
+  .venv/bin/python launch/train.py --config=configs/train_tiny.py --workdir=runs/train_tiny \
+      --export=assets/tiny_qwen2audio
+
+Measure its accuracy on the synthetic test split, with the audio and with silence in its place:
+
+  .venv/bin/python launch/train.py --config=configs/train_tiny.py --eval_only=assets/tiny_qwen2audio
+
+Fields can be overridden on the command line, e.g. `--config.optim.steps=200`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # parameter initialisation and batch order
+    c.num_mel_bins = 80  # Whisper log-mel bins (80 or 128); 80 is cheaper
+    c.bucket_seconds = (6, 9, 12)  # frame buckets of the training batches; 12 s holds the longest clip
+
+    c.model = ml_collections.ConfigDict()
+    c.model.audio_d_model = 64  # encoder width
+    c.model.audio_layers = 2  # encoder transformer layers
+    c.model.audio_heads = 4  # encoder attention heads
+    c.model.audio_ffn = 128  # encoder MLP width
+    c.model.max_source_positions = 1500  # encoder position table; 1500 so transformers accepts 30 s inputs
+    c.model.sinusoid_positions = True  # initialise the position table with Whisper's sinusoids
+    c.model.hidden_size = 64  # decoder width
+    c.model.layers = 2  # decoder layers
+    c.model.heads = 4  # decoder query heads
+    c.model.kv_heads = 2  # decoder key/value heads (grouped-query attention)
+    c.model.intermediate_size = 192  # decoder SwiGLU width
+    c.model.max_position_embeddings = 2048  # decoder positions (prompts here are under 400 tokens)
+    c.model.rope_theta = 10000.0  # RoPE base
+
+    c.data = ml_collections.ConfigDict()
+    c.data.seed = 0  # seed of the synthetic splits (generate_split)
+    c.data.train_clips = 2000  # training clips
+    c.data.all_questions = True  # train on every question about each clip (8 existence + order pairs), see all_questions
+    c.data.validation_clips = 80  # validation clips for the progress evaluation
+    c.data.test_clips = 130  # test clips generated for the final evaluation
+    c.data.test_questions = 200  # test questions measured (the first ones of the split)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.steps = 600  # optimiser steps
+    c.optim.batch_clips = 8  # clips per step, each encoded once
+    c.optim.questions_per_clip = 4  # questions per clip and step (so 32 questions a step)
+    c.optim.short_clip_steps = 0  # first steps on the smallest frame bucket only (curriculum)
+    c.optim.peak_learning_rate = 3e-3  # after warmup
+    c.optim.warmup_steps = 50  # linear warmup from 0
+    c.optim.end_learning_rate = 2e-5  # end of the cosine decay
+    c.optim.weight_decay = 0.01  # adamw decoupled weight decay
+    c.optim.grad_clip_norm = 1.0  # global gradient norm clip
+    c.optim.tagging_weight = 1.0  # weight of the auxiliary per-audio-token event tagging loss (0: none)
+
+    c.log_every = 25  # steps between loss lines
+    c.eval_every = 100  # steps between validation evaluations (teacher-forced answer accuracy); 0: none
+    c.checkpoint_every = 100  # steps between orbax checkpoints
+    c.keep_checkpoints = 2  # newest checkpoints kept in the workdir
+    c.eval_batch_size = 25  # questions per generation batch in the final evaluation (features padded to 12 s)
+    c.max_new_tokens = 4  # generation_config.json max_new_tokens
+    return c

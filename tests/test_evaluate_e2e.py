@@ -1,0 +1,214 @@
+"""The sweep end to end: a random-init tiny Qwen2-Audio (HF directory with tokenizer), the real Scorer
+and the offline codec sidecar, on three short synthetic samples.
+
+The full run writes every output; a run resumed from a crash-truncated copy of its results, two
+shards merged, and a changed config are checked against it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import pytest
+
+from agac_jax import checkpoints, train
+from agac_jax.data import synthetic
+from agac_jax.eval import results, sweep
+from agac_jax.eval.results import TaskKey
+from agac_jax.models.qwen2_audio import init_params
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_CLIP_SECONDS = 5.0
+OUTPUTS = ("config.json", "results.jsonl", "skipped.json", "summary.csv", "per_seed.csv", "tables.md")
+PLOTS = ("synthetic-test_accuracy_ac_vs_rho.png", "synthetic-test_tokens_vs_ac.png",
+         "synthetic-test_evidence_recall_vs_rho.png")
+
+
+def load_config_file(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A random-init tiny model saved as a Hugging Face directory with its tokenizer."""
+    directory = tmp_path_factory.mktemp("tiny_model")
+    cfg = load_config_file("train_tiny").get_config()
+    cfg.model.audio_d_model, cfg.model.audio_layers, cfg.model.audio_heads, cfg.model.audio_ffn = 32, 1, 2, 64
+    cfg.model.hidden_size, cfg.model.layers, cfg.model.heads, cfg.model.kv_heads = 32, 2, 2, 1
+    cfg.model.intermediate_size = 64
+    tokenizer = train.build_processor(directory, cfg.num_mel_bins)
+    config = train.model_config(cfg, tokenizer)
+    params = nn.meta.unbox(jax.jit(lambda key: init_params(config, key))(jax.random.key(0)))
+    checkpoints.save_hf_directory(directory, config, params, train.generation_config(config, 3))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    """Three samples of the synthetic test split on clips of at most 5 s, written to disk."""
+    short = [s for s in synthetic.generate_split("test", 40, 0) if s.num_samples <= MAX_CLIP_SECONDS * 16_000]
+    assert len(short) >= 3
+    directory = tmp_path_factory.mktemp("split")
+    synthetic.write_split(directory, short[:3])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def config(model_dir, split_dir):
+    config = sweep.base_config()
+    config.dataset.root = str(split_dir)
+    config.model.checkpoint_dir = str(model_dir)
+    config.scoring.max_new_tokens = 3
+    config.scoring.batch_size = 4
+    config.scoring.buckets_seconds = (6,)
+    config.methods = ("original", "fused", "random")
+    config.rates = (50,)
+    config.rhos = (1.0, 0.5)
+    config.seeds = (0, 1)
+    config.runtime.batch_samples = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def scorer(config):
+    return sweep.make_scorer(config)
+
+
+@pytest.fixture(scope="module")
+def full_run(config, scorer, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    outcome = sweep.run_sweep(config, workdir, scorer=scorer)
+    return workdir, outcome
+
+
+def comparable(records: list[results.ResultRecord]) -> dict[TaskKey, dict]:
+    """Records by key without what legitimately differs between runs: timings and answer sharing."""
+    out = {}
+    for record in records:
+        data = json.loads(record.to_json())
+        for name in ("seconds", "reused", "process_index"):
+            data.pop(name)
+        out[record.key] = data
+    return out
+
+
+def test_plan_covers_the_grid_once_with_rho_1_as_codec():
+    keys = sweep.plan_tasks("s", ("original", "fused", "random"), (25, 50), (1.0, 0.5), (0, 1))
+    assert len(keys) == len(set(keys)) == 2 * (1 + 2 * (1 + 2))
+    assert TaskKey("s", "codec", 25, 1.0, 1) in keys
+    assert not any(key.method in ("fused", "random") and key.rho == 1.0 for key in keys)
+    assert sweep.plan_tasks("s", ("original",), (25,), (1.0,), (0,)) == [TaskKey("s", "original", None, 1.0, 0)]
+
+
+def test_random_seed_depends_on_seed_and_sample_only():
+    assert sweep.selection_seed(0, "a") == sweep.selection_seed(0, "a")
+    assert len({sweep.selection_seed(seed, sample) for seed in (0, 1) for sample in ("a", "b")}) == 4
+    assert all(0 <= sweep.selection_seed(seed, "a") < 2**31 for seed in range(20))
+
+
+def test_shipped_configs_are_valid():
+    for name in ("synthetic_tiny", "clothoqa_qwen2audio", "avhbench"):
+        module = load_config_file(name)
+        for variant in module.VARIANTS:
+            sweep.validate_config(module.get_config(variant))
+        with pytest.raises(ValueError, match="unknown variant"):
+            module.get_config("huge")
+
+
+def test_full_run_writes_every_output(full_run, config, split_dir):
+    workdir, outcome = full_run
+    for name in OUTPUTS:
+        assert (workdir / name).is_file(), name
+    for name in PLOTS:
+        assert (workdir / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    samples = synthetic.read_split(split_dir)
+    expected = {key for s in samples for key in sweep.plan_tasks(s.sample_id, config.methods, config.rates,
+                                                                 config.rhos, config.seeds)}
+    records = results.read_records(workdir / "results.jsonl")
+    assert {r.key for r in records} == expected and len(records) == len(expected) == outcome.written
+    assert outcome.failed == 0 and all(r.ok for r in records)
+    for r in records:
+        if r.method == "original":
+            assert r.answer_compressed == r.answer_original and r.kept_frames is None
+        else:
+            assert r.kept_frames == (r.num_frames if r.method == "codec" else -(-r.num_frames // 2))
+            assert r.codec_tokens_after == 2 * r.kept_frames
+            assert r.prefill_flops_after <= r.prefill_flops_before
+    table = (workdir / "tables.md").read_text()
+    for method, rate, rho in (("original", "—", "1.0"), ("codec", "50", "1.0"), ("fused", "50", "0.5"),
+                              ("random", "50", "0.5")):
+        assert f"| `{method}` | {rate} | {rho} |" in table
+    assert "No failures." in table
+
+
+def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, config, scorer, tmp_path, caplog):
+    workdir, first = full_run
+    lines = (workdir / "results.jsonl").read_text().splitlines(keepends=True)
+    keep = len(lines) // 2
+    shutil.copy(workdir / "config.json", tmp_path / "config.json")
+    (tmp_path / "results.jsonl").write_text("".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])
+    outcome = sweep.run_sweep(config, tmp_path, scorer=scorer)
+    assert "cut a truncated last line" in caplog.text
+    assert outcome.pending_before == outcome.written == len(lines) - keep
+    resumed = results.read_records(tmp_path / "results.jsonl")
+    assert len(resumed) == len(lines)
+    assert comparable(resumed) == comparable(results.read_records(workdir / "results.jsonl"))
+    assert (tmp_path / "summary.csv").read_text() == (workdir / "summary.csv").read_text()
+    again = sweep.run_sweep(config, tmp_path, scorer=scorer)
+    assert again.pending_before == 0 and again.written == 0
+
+
+def test_a_changed_config_is_refused(full_run, config):
+    workdir, _ = full_run
+    changed = config.copy_and_resolve_references()
+    changed.rhos = (1.0, 0.7)
+    with pytest.raises(results.ConfigMismatchError, match=r"rhos: \[1.0, 0.5\] -> \[1.0, 0.7\]"):
+        sweep.run_sweep(changed, workdir)
+    runtime_only = config.copy_and_resolve_references()
+    runtime_only.runtime.progress_log_every_s = 1.0
+    assert sweep.run_sweep(runtime_only, workdir).pending_before == 0
+
+
+def test_two_shards_merge_to_the_single_process_tables(full_run, config, scorer, tmp_path):
+    workdir, _ = full_run
+    for index in (0, 1):
+        outcome = sweep.run_sweep(config, tmp_path, scorer=scorer, process_index=index, process_count=2)
+        assert outcome.merged is None and outcome.results_file.name == f"results.{index}.jsonl"
+    shard_ids = [{r.sample_id for r in results.read_records(tmp_path / f"results.{i}.jsonl")} for i in (0, 1)]
+    assert shard_ids[0] and shard_ids[1] and not shard_ids[0] & shard_ids[1]
+    merged = subprocess.run([sys.executable, "-m", "launch.evaluate", "--merge", f"--workdir={tmp_path}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert (tmp_path / "summary.csv").read_text() == (workdir / "summary.csv").read_text()
+    assert comparable(results.read_workdir(tmp_path)) == comparable(results.read_records(workdir / "results.jsonl"))
+    for name in PLOTS:
+        assert (tmp_path / "plots" / name).is_file()
+
+
+def test_a_clip_that_fails_to_load_is_recorded_and_the_sweep_goes_on(config, scorer, split_dir, tmp_path):
+    broken = tmp_path / "split"
+    shutil.copytree(split_dir, broken)
+    samples = synthetic.read_split(broken)
+    (broken / "audio" / f"{samples[0].clip_id}.wav").unlink()
+    broken_config = config.copy_and_resolve_references()
+    broken_config.dataset.root = str(broken)
+    outcome = sweep.run_sweep(broken_config, tmp_path / "work", scorer=scorer)
+    records = results.read_records(outcome.results_file)
+    failed = [r for r in records if not r.ok]
+    lost = [s.sample_id for s in samples if s.clip_id == samples[0].clip_id]
+    assert {r.sample_id for r in failed} == set(lost)
+    assert all(r.failure.stage == "load" and r.failure.error_type == "FileNotFoundError" for r in failed)
+    assert outcome.failed == len(failed) > 0
+    assert {r.sample_id for r in records if r.ok} == {s.sample_id for s in samples} - set(lost)
+    table = (tmp_path / "work" / "tables.md").read_text()
+    assert f"{len(failed)} failed records" in table and "stage `load`, `FileNotFoundError`" in table
