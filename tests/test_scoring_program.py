@@ -54,9 +54,9 @@ def _clip_inputs(scorer: Scorer, scores, clip):
 
 def test_occlusion_equals_a_plain_loop(occlusion_scorer, occlusion_scores, clips):
     scores = occlusion_scores[0]
-    (_, _, logp_of, _, _, _), t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[0])
+    passes, t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[0])
     ones = (jnp.arange(t_slots) < t).astype(jnp.float32)
-    logp_of = jax.jit(logp_of)
+    logp_of = jax.jit(passes.logp_of)
     full = float(logp_of(ones))
     gates = occlusion_gates(ones, 1)
     loop = np.array([full - float(logp_of(gates[i])) for i in range(t)])
@@ -66,7 +66,8 @@ def test_occlusion_equals_a_plain_loop(occlusion_scorer, occlusion_scores, clips
 
 def test_global_score_is_the_direct_reduction_of_sown_maps(occlusion_scorer, occlusion_scores, clips):
     scores = occlusion_scores[1]
-    (decode, _, _, is_audio, rows, answer_valid), t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[1])
+    passes, t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[1])
+    decode, is_audio, rows, answer_valid = passes.decode, passes.is_audio, passes.rows, passes.answer_valid
     ones = (jnp.arange(t_slots) < t).astype(jnp.float32)
     _, state = decode(ones, sow="attention")
     maps = np.asarray(stack_sown(state["attention"], "probs", occlusion_scorer.model_config.text.num_hidden_layers))
@@ -143,3 +144,19 @@ def test_sharded_equals_unsharded(model_dir, clips, mesh_shape):
             k = len(kept)
             if k < len(ranked) and ranked[k - 1] - ranked[k] > 1e-3:
                 np.testing.assert_array_equal(b.keep[rate], kept)
+
+
+def test_select_frames_for_every_method(occlusion_scores, clips):
+    from agac_jax.scoring.scorer import METHODS, select_frames
+
+    scores, clip = occlusion_scores[1], clips[1]
+    for rate in (25, 50, 100):
+        n = len(scores.frames[rate])
+        for method in METHODS:
+            kept = select_frames(scores, clip, method, rate, 0.7, seed=0)
+            assert len(kept) == -(-7 * n // 10), (method, rate)
+            assert (np.diff(kept) > 0).all() and kept[-1] < n
+        rho_09 = select_frames(scores, clip, "fused", rate, 0.9, seed=0)
+        np.testing.assert_array_equal(rho_09, scores.keep[rate])
+    assert not np.array_equal(select_frames(scores, clip, "random", 50, 0.5, seed=0),
+                              select_frames(scores, clip, "random", 50, 0.5, seed=1))

@@ -59,6 +59,7 @@ class ScoringConfig:
     max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
     batch_size: int = 8  # clips per compiled call (padded up)
     occlusion_chunk: int = 64  # gate vectors per vmapped chunk
+    share_prefix: bool = True  # occlusion re-uses the keys/values before each chunk (exact, ~2x less work)
     buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
@@ -165,12 +166,23 @@ class Scorer:
                 prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
                                         num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
                                         padding_side="left")
-                tokens, n = jax.device_get(generate(self.params, prompts.input_ids, prompts.attention_mask,
-                                                    prompts.input_features,
+                ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
+                tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
                                                     prompts.feature_attention_mask.sum(axis=1)))
                 for j, i in enumerate(idx):
                     texts[i] = self._decode_answer(tokens[j, : int(n[j])])
         return texts
+
+    def _left_pad(self, ids: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Left-pads prompts to the bucket's fixed length, so generation compiles once per bucket."""
+        slots = frames // 4 + self.config.max_text_tokens
+        if ids.shape[1] > slots:
+            raise ValueError(f"a prompt has {ids.shape[1] - frames // 4}+ text tokens; "
+                             f"max_text_tokens={self.config.max_text_tokens}")
+        extra = slots - ids.shape[1]
+        pad_id = self.tokenizer.pad_token_id or 0
+        return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
+                np.pad(mask, ((0, 0), (extra, 0)), constant_values=0))
 
     def _decode_answer(self, tokens: np.ndarray) -> str:
         tokens = [int(t) for t in tokens if int(t) not in self.generation.eos_token_ids]
@@ -238,7 +250,7 @@ class Scorer:
             return self._executables[key], 0.0
         c = self.config
         spec = ProgramSpec(estimator=c.estimator, window=c.window, ig_steps=c.ig_steps,
-                           occlusion_chunk=c.occlusion_chunk, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
+                           occlusion_chunk=c.occlusion_chunk, share_prefix=c.share_prefix, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
                            max_samples=frames * feats.HOP_LENGTH, generate=generate, generation=self.generation)
 
         def program(params, batch):
@@ -284,9 +296,10 @@ class Scorer:
 
 
 def make_mesh(shape: tuple[int, int]) -> Mesh:
-    """A ('data', 'model') mesh over the first data x model devices."""
+    """A ('data', 'model') mesh over this host's first data x model devices (each host scores its own
+    shard of the data set, DESIGN.md section 7)."""
     n = shape[0] * shape[1]
-    devices = jax.devices()
+    devices = jax.local_devices()
     if n > len(devices):
         raise ValueError(f"mesh {shape} needs {n} devices; {len(devices)} available")
     return Mesh(np.asarray(devices[:n]).reshape(shape), ("data", "model"))
@@ -307,24 +320,35 @@ def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> N
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=128)
 def _selector(method: str, rate: int, max_frames: int):
-    def pick(token_scores, fastv, n_tokens, n_samples, waveform, num, den, key):
-        if method == "fastv":
+    """The jitted selection of `method` for clips padded to `max_frames` frames at `rate`."""
+
+    def pick(local, global_, fused, fastv, n_tokens, n_samples, waveform, num, den, key):
+        valid = jnp.arange(local.shape[0]) < n_tokens
+        if method in ALPHA_OF_METHOD and ALPHA_OF_METHOD[method] is not None:
+            token_scores = selection.fuse(local, global_, valid, ALPHA_OF_METHOD[method])
+        elif method == "fastv":
             token_scores = fastv
-        frame_scores, valid = selection.tokens_to_frames(token_scores, n_tokens, n_samples, rate, max_frames)
-        k = selection.keep_count(jnp.sum(valid), num, den)
+        else:
+            token_scores = fused
+        frame_scores, frame_valid = selection.tokens_to_frames(token_scores, n_tokens, n_samples, rate, max_frames)
+        k = selection.keep_count(jnp.sum(frame_valid), num, den)
         if method == "random":
-            frame_scores = baselines.random_scores(key, valid)
+            frame_scores = baselines.random_scores(key, frame_valid)
         elif method == "uniform":
-            frame_scores = baselines.evenly_spaced_scores(valid, k)
+            frame_scores = baselines.evenly_spaced_scores(frame_valid, k)
         elif method == "energy":
             frame_scores = baselines.energy_scores(waveform, n_samples, rate, max_frames)
         elif method == "segment_topk":
-            return baselines.segment_topk_keep(frame_scores, valid, k, rate)
-        return selection.topk_keep(frame_scores, valid, k)
+            return baselines.segment_topk_keep(frame_scores, frame_valid, k, rate)
+        return selection.topk_keep(frame_scores, frame_valid, k)
 
     return jax.jit(pick)
+
+
+def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(np.asarray(x, np.float32), (0, n - len(x)))
 
 
 def select_frames(scores: ClipScores, waveform: np.ndarray, method: str, rate: int, rho: float | str,
@@ -333,18 +357,20 @@ def select_frames(scores: ClipScores, waveform: np.ndarray, method: str, rate: i
 
     fused / aad / attention: the fused score with alpha 0.5 / 1 / 0; fastv: FastV's score; random:
     seeded; uniform: evenly spaced; energy: frame RMS; segment_topk: the fused score's top-k within
-    1 s segments.
+    1 s segments. Inputs are padded to the clip's 5 s bucket, so selection compiles once per
+    (method, rate, bucket), not once per clip length.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r}; expected one of {METHODS}")
     num, den = selection.keep_ratio_fraction(rho)
-    valid = np.ones(scores.num_tokens, bool)
-    alpha = ALPHA_OF_METHOD.get(method)
-    token_scores = scores.fused
-    if alpha is not None:
-        token_scores = np.asarray(selection.fuse(scores.local, scores.global_, valid, alpha))
-    max_frames = selection.static_num_frames(scores.n_samples, rate)
+    if len(waveform) != scores.n_samples:
+        raise ValueError(f"waveform has {len(waveform)} samples; the scores are for {scores.n_samples}")
+    bucket_samples = -(-scores.n_samples // 80_000) * 80_000
+    max_frames = selection.static_num_frames(bucket_samples, rate)
+    max_tokens = bucket_samples // 640
     mask = _selector(method, rate, max_frames)(
-        token_scores, scores.fastv, scores.num_tokens, scores.n_samples, np.asarray(waveform, np.float32),
+        _pad_to(scores.local, max_tokens), _pad_to(scores.global_, max_tokens), _pad_to(scores.fused, max_tokens),
+        _pad_to(scores.fastv, max_tokens), scores.num_tokens, scores.n_samples, _pad_to(waveform, bucket_samples),
         num, den, jax.random.key(seed))
-    return selection.kept_indices(np.asarray(mask))
+    n_frames = selection.static_num_frames(scores.n_samples, rate)
+    return selection.kept_indices(np.asarray(mask)[:n_frames])
