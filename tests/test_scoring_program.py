@@ -121,15 +121,21 @@ def test_keep_masks_follow_the_fused_score(occlusion_scores):
             assert (s.frames[rate][kept] >= threshold).all()
 
 
+@pytest.fixture(scope="module")
+def unsharded_batch_of_8(model_dir, clips):
+    return Scorer.from_directory(model_dir, ScoringConfig(batch_size=8, max_new_tokens=4)).score(clips * 4,
+                                                                                               QUESTIONS * 4)
+
+
 @pytest.mark.parametrize("mesh_shape", [(8, 1), (4, 2)])
-def test_sharded_equals_unsharded(model_dir, clips, mesh_shape):
+def test_sharded_equals_unsharded(model_dir, clips, unsharded_batch_of_8, mesh_shape):
     """Equal within 1e-5 of each quantity's scale: local scores are differences of answer
     log-probabilities, so their scale is |logp|; keep sets are equal wherever the k-th and
     (k+1)-th frame scores are not within float32 noise of each other."""
     many = clips * 4
     questions = QUESTIONS * 4
     config = ScoringConfig(batch_size=8, max_new_tokens=4)
-    single = Scorer.from_directory(model_dir, config).score(many, questions)
+    single = unsharded_batch_of_8
     sharded = Scorer.from_directory(model_dir, dataclasses.replace(config, mesh_shape=mesh_shape)).score(many,
                                                                                                          questions)
     for a, b in zip(single, sharded):

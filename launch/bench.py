@@ -1,0 +1,70 @@
+"""Benchmark of the jitted JAX scoring program against the PyTorch reference (agac_jax/bench/scoring_bench.py).
+
+  .venv/bin/python launch/bench.py --out=bench/results/scoring_cpu.json
+  .venv/bin/python launch/bench.py --quick --out=/tmp/bench_quick.json
+  .venv/bin/python launch/bench.py --parts=whole,flops --estimators=occlusion
+
+Writes the results as JSON (with the machine's description) and prints a short table last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from absl import app, flags
+
+from agac_jax.bench import scoring_bench
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Tiny random models, one repeat, few sizes (a smoke run).")
+flags.DEFINE_string("out", "bench/results/scoring.json", "Where the JSON results go.")
+flags.DEFINE_list("parts", list(scoring_bench.PARTS), f"Parts to run, of {', '.join(scoring_bench.PARTS)}.")
+flags.DEFINE_list("estimators", None, "Local-score estimators (default: occlusion and integrated_gradients).")
+flags.DEFINE_list("models", None, "Models of the `whole` part: tiny, mid (default both).")
+flags.DEFINE_integer("repeats", None, "Repeats of the cheap measurements (default 3; 1 with --quick).")
+flags.DEFINE_integer("slow_repeats", None, "Repeats of the mid-size model and long clips (default 2).")
+flags.DEFINE_list("batch_sizes", None, "Batch sizes of the `batch` part (default 1,2,4,8,16,32).")
+flags.DEFINE_string("tiny_model", None, "Directory of the small model (default assets/tiny_qwen2audio; a random "
+                                        "model of its shape when it does not exist).")
+
+
+def build_config() -> scoring_bench.BenchConfig:
+    overrides = {}
+    if FLAGS.estimators:
+        overrides["estimators"] = tuple(FLAGS.estimators)
+    if FLAGS.models:
+        overrides["whole_models"] = tuple(FLAGS.models)
+    if FLAGS.repeats is not None:
+        overrides["repeats"] = FLAGS.repeats
+    if FLAGS.slow_repeats is not None:
+        overrides["slow_repeats"] = FLAGS.slow_repeats
+    if FLAGS.batch_sizes:
+        overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
+    if FLAGS.tiny_model:
+        overrides["tiny_model"] = FLAGS.tiny_model
+    if FLAGS.quick:
+        return scoring_bench.BenchConfig.quick(**overrides)
+    return dataclasses.replace(scoring_bench.BenchConfig(), **overrides)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        config = build_config()
+        results = scoring_bench.run_benchmark(config, FLAGS.parts, log=lambda line: print(line, flush=True))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = scoring_bench.write_results(results, FLAGS.out)
+    print(f"wrote {path}")
+    print(scoring_bench.format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,72 @@
+"""One tiny run of the scoring benchmark: the output schema, the JSON file and the table (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from agac_jax.bench import scoring_bench
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    config = scoring_bench.BenchConfig.quick(whole_models=("tiny",), estimators=("occlusion",),
+                                             whole_clips={"tiny": 1, "mid": 1}, layer_memory_check=False)
+    return scoring_bench.run_benchmark(config, ("whole", "flops", "gpu"), workdir=tmp_path_factory.mktemp("bench"),
+                                       log=lambda line: None)
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_machine_and_parts(results):
+    assert results["schema"] == scoring_bench.SCHEMA
+    machine = results["machine"]
+    for key in ("platform", "cpu_count", "jax", "torch", "device_kind", "jax_backend"):
+        assert machine[key], key
+    assert set(results["parts"]) == {"whole", "flops", "gpu"}
+    assert results["config"]["label"] == "quick"
+
+
+def test_whole_scoring_schema(results):
+    whole = results["parts"]["whole"]
+    assert whole["clip_seconds"] == pytest.approx(4.99)
+    model = whole["models"]["tiny"]
+    assert model["shipped"] is False and model["parameters"] > 0
+    case = model["estimators"]["occlusion"]
+    for key in ("jax_s_per_clip", "jax_program_s_per_clip", "torch_s_per_clip", "torch_over_jax", "compile_s"):
+        assert _positive(case[key]), key
+    assert case["bucket_frames"] == 500
+    assert case["max_relative_difference"]["local"] < 1e-3  # same clips, answers and estimator
+
+
+def test_flops_and_memory_schema(results):
+    flops = results["parts"]["flops"]
+    assert _positive(flops["ceiling"]["jax_gflops"]) and _positive(flops["ceiling"]["torch_gflops"])
+    (program,) = flops["programs"]
+    for key in ("xla_flops", "analytic_flops", "analytic_gflops_per_s", "device_s_per_batch"):
+        assert _positive(program[key]), key
+    assert program["memory"]["peak_bytes"] == sum(program["memory"][k] for k in
+                                                  ("temp_bytes", "argument_bytes", "output_bytes"))
+    assert program["doubled_layers"] is None  # the compile for twice the layers is left out here
+    assert program["attention_maps"]["sequence"] == 125 + 64 + 2  # T slots + max_text_tokens + max_new_tokens
+
+
+def test_gpu_note_json_and_table(results, tmp_path):
+    gpu = results["parts"]["gpu"]
+    if gpu["platform"] != "gpu":
+        assert gpu["status"] == scoring_bench.GPU_NOT_MEASURED
+    path = scoring_bench.write_results(results, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text())["parts"].keys() == results["parts"].keys()
+    table = scoring_bench.format_table(results)
+    assert "1 whole" in table and "4 flops" in table and table.splitlines()[-1].startswith("total")
+
+
+def test_bad_parts_and_config_are_refused():
+    with pytest.raises(ValueError, match="unknown parts"):
+        scoring_bench.run_benchmark(scoring_bench.BenchConfig.quick(), ("whole", "nope"))
+    with pytest.raises(ValueError, match="estimator"):
+        scoring_bench.BenchConfig(estimators=("gradients",))
