@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.max_source_positions = 1500  # encoder position table; 1500 so transformers accepts 30 s inputs
     c.model.sinusoid_positions = True  # initialise the position table with Whisper's sinusoids
     c.model.hidden_size = 64  # decoder width
-    c.model.layers = 2  # decoder layers
+    c.model.layers = 3  # decoder layers: reading the question, listening, answering
     c.model.heads = 4  # decoder query heads
     c.model.kv_heads = 2  # decoder key/value heads (grouped-query attention)
     c.model.intermediate_size = 192  # decoder SwiGLU width
@@ -41,26 +41,28 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.seed = 0  # seed of the synthetic splits (generate_split)
     c.data.train_clips = 2000  # training clips
-    c.data.all_questions = True  # train on every question about each clip (8 existence + order pairs), see all_questions
+    c.data.all_questions = True  # every question about each clip (8 existence + order pairs); see all_questions
     c.data.validation_clips = 80  # validation clips for the progress evaluation
     c.data.test_clips = 130  # test clips generated for the final evaluation
     c.data.test_questions = 200  # test questions measured (the first ones of the split)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.steps = 600  # optimiser steps
+    c.optim.steps = 1800  # optimiser steps
     c.optim.batch_clips = 8  # clips per step, each encoded once
     c.optim.questions_per_clip = 4  # questions per clip and step (so 32 questions a step)
-    c.optim.short_clip_steps = 0  # first steps on the smallest frame bucket only (curriculum)
+    c.optim.short_clip_steps = 150  # first steps on the smallest frame bucket only (curriculum)
     c.optim.peak_learning_rate = 3e-3  # after warmup
     c.optim.warmup_steps = 50  # linear warmup from 0
     c.optim.end_learning_rate = 2e-5  # end of the cosine decay
     c.optim.weight_decay = 0.01  # adamw decoupled weight decay
     c.optim.grad_clip_norm = 1.0  # global gradient norm clip
     c.optim.tagging_weight = 1.0  # weight of the auxiliary per-audio-token event tagging loss (0: none)
+    c.optim.reading_weight = 1.0  # weight of the auxiliary loss reading the question's classes (0: none)
+    c.optim.listening_weight = 1.0  # weight of the auxiliary loss recalling the clip's events in order (0: none)
 
     c.log_every = 25  # steps between loss lines
-    c.eval_every = 100  # steps between validation evaluations (teacher-forced answer accuracy); 0: none
-    c.checkpoint_every = 100  # steps between orbax checkpoints
+    c.eval_every = 200  # steps between validation evaluations (teacher-forced answer accuracy); 0: none
+    c.checkpoint_every = 200  # steps between orbax checkpoints
     c.keep_checkpoints = 2  # newest checkpoints kept in the workdir
     c.eval_batch_size = 25  # questions per generation batch in the final evaluation (features padded to 12 s)
     c.max_new_tokens = 4  # generation_config.json max_new_tokens
