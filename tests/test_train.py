@@ -1,0 +1,182 @@
+"""Training the tiny model: data encoding, batch order, loss decrease, and resuming from orbax checkpoints."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from agac_jax import train
+from agac_jax.data import synthetic
+from agac_jax.tokenizer import IM_END
+from configs.train_tiny import get_config
+
+
+def small_config():
+    """A model and schedule small enough for a few steps in a test; one 5 s frame bucket."""
+    cfg = get_config()
+    cfg.bucket_seconds = (5,)
+    cfg.model.update(audio_d_model=16, audio_layers=1, audio_heads=2, audio_ffn=32, hidden_size=32, layers=1,
+                     heads=2, kv_heads=1, intermediate_size=64)
+    cfg.optim.update(steps=6, batch_clips=2, questions_per_clip=2, peak_learning_rate=1e-2, warmup_steps=1,
+                     end_learning_rate=1e-3)
+    cfg.update(log_every=1, eval_every=0, checkpoint_every=3, keep_checkpoints=2)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[synthetic.Sample]:
+    """Four questions about clips of at most 5 s: the training set (and the unused validation set)."""
+    short = [s for s in synthetic.generate_split("train", 40, seed=7) if s.num_samples <= 5 * synthetic.SAMPLE_RATE]
+    assert len(short) >= 4
+    return short[:4]
+
+
+@pytest.fixture(scope="module")
+def trained(samples, tmp_path_factory) -> tuple[Path, train.TrainResult]:
+    workdir = tmp_path_factory.mktemp("train")
+    return workdir, train.train(small_config(), workdir, samples, samples)
+
+
+def test_training_set_targets_are_answer_then_im_end(samples, tmp_path: Path) -> None:
+    tokenizer = train.build_processor(tmp_path, 80)
+    data = train.encode_training_set(tokenizer, samples, 80, (4, 5))
+    assert data.features.dtype == np.float16 and data.features.shape[1] == 80
+    for i, sample in enumerate(samples):
+        targets = data.input_ids[i][data.target_mask[i] > 0].tolist()
+        assert targets == [tokenizer.convert_tokens_to_ids(sample.answer), tokenizer.convert_tokens_to_ids(IM_END)]
+        assert data.bucket_lengths[int(data.buckets[i])] >= data.attention_mask[i].sum()
+        assert sample.num_samples <= data.buckets[i] * 160
+    same_bucket = np.flatnonzero(data.buckets == data.buckets[0])
+    batch = data.batch(same_bucket)
+    assert batch["features"].dtype == np.float32 and batch["features"].shape[2] == data.buckets[0]
+    clips = np.unique(data.clip_index[same_bucket])[::-1]
+    shared = data.batch(same_bucket, clips)
+    assert shared["features"].shape[0] == len(clips)
+    np.testing.assert_array_equal(clips[shared["question_clip"]], data.clip_index[same_bucket])
+    with pytest.raises(ValueError, match="clips lacks"):
+        data.batch(same_bucket, clips[:0])
+    train.save_training_set(tmp_path / "set.npz", data)
+    again = train.load_training_set(tmp_path / "set.npz")
+    assert again.bucket_lengths == data.bucket_lengths
+    np.testing.assert_array_equal(again.input_ids, data.input_ids)
+
+
+def test_batches_hold_one_bucket_and_depend_only_on_seed_and_step() -> None:
+    buckets = np.repeat([600, 900, 1200], [10, 7, 5])
+    per_epoch = [train.batch_indices(buckets, 3, seed=1, step=s) for s in range(5)]
+    assert len(train.epoch_batches(buckets, 3, 1, 0)) == 3 + 2 + 1
+    flat = np.concatenate(per_epoch + [train.batch_indices(buckets, 3, seed=1, step=5)])
+    assert len(set(flat.tolist())) == len(flat)
+    for indices in per_epoch:
+        assert len(np.unique(buckets[indices])) == 1
+    np.testing.assert_array_equal(train.batch_indices(buckets, 3, 1, 7), train.batch_indices(buckets, 3, 1, 7))
+    with pytest.raises(ValueError, match="batch_size=11"):
+        train.epoch_batches(buckets, 11, 1, 0)
+
+
+def test_all_questions_agree_with_the_benchmark_answers() -> None:
+    samples = synthetic.generate_split("validation", 12, seed=3)
+    pool = train.all_questions(samples)
+    answers = {(s.clip_id, s.question): s.answer for s in pool}
+    for sample in samples:
+        assert answers[(sample.clip_id, sample.question)] == sample.answer
+    for clip_id in {s.clip_id for s in samples}:
+        mine = [s for s in pool if s.clip_id == clip_id]
+        events = mine[0].events
+        existence = [s for s in mine if s.kind == synthetic.EXISTENCE]
+        order = [s for s in mine if s.kind == synthetic.ORDER]
+        assert len(existence) == len(synthetic.EVENT_CLASSES)
+        assert sum(s.answer == "yes" for s in existence) == len(events)
+        assert len(order) == len(events) * (len(events) - 1)
+        assert sum(s.answer == "yes" for s in order) == len(order) // 2
+
+
+def test_step_batch_draws_questions_of_its_clips(samples, tmp_path: Path) -> None:
+    tokenizer = train.build_processor(tmp_path, 80)
+    data = train.encode_training_set(tokenizer, train.all_questions(samples), 80, (12,))
+    clips, questions = train.step_batch(data, 2, 3, seed=0, step=4)
+    assert len(clips) == 2 and len(questions) == 6
+    np.testing.assert_array_equal(data.clip_index[questions], np.repeat(clips, 3))
+    assert all(len(set(questions[i : i + 3].tolist())) == 3 for i in (0, 3))
+    again = train.step_batch(data, 2, 3, seed=0, step=4)
+    np.testing.assert_array_equal(again[1], questions)
+
+
+def test_audio_token_labels_follow_the_event_intervals() -> None:
+    events = (synthetic.Event("siren", 0.10, 0.50, 10.0), synthetic.Event("low tone", 1.0, 1.2, 10.0))
+    labels = train.audio_token_labels(events, num_tokens=40, length=50)
+    siren, low = synthetic.EVENT_CLASSES.index("siren"), synthetic.EVENT_CLASSES.index("low tone")
+    expected = np.full(50, train.BACKGROUND_LABEL)
+    expected[2:12] = siren  # token centres 0.1, 0.14, ..., 0.46 s
+    expected[25:30] = low  # token centres 1.02 .. 1.18 s
+    expected[40:] = -1
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_question_labels_name_the_asked_classes() -> None:
+    classes = synthetic.EVENT_CLASSES
+    assert train.question_labels("is there a siren ?") == (classes.index("siren"), train.BACKGROUND_LABEL)
+    order = synthetic.order_question("click train", "low tone")
+    assert train.question_labels(order) == (classes.index("click train"), classes.index("low tone"))
+    with pytest.raises(ValueError, match="not a question"):
+        train.question_labels("is there a dog ?")
+
+
+def test_event_ranks_give_each_class_its_place_in_time() -> None:
+    events = (synthetic.Event("siren", 2.0, 2.5, 10.0), synthetic.Event("low tone", 0.5, 1.0, 10.0))
+    ranks = train.event_ranks(events)
+    expected = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
+    expected[synthetic.EVENT_CLASSES.index("low tone")] = 1
+    expected[synthetic.EVENT_CLASSES.index("siren")] = 2
+    np.testing.assert_array_equal(ranks, expected)
+
+
+def test_tagging_loss_ignores_invalid_tokens() -> None:
+    tagger = train.init_tagger(4)
+    audio = np.ones((1, 3, 4), np.float32)
+    uniform = np.log(train.BACKGROUND_LABEL + 1)
+    np.testing.assert_allclose(train.tagging_loss(tagger, audio, np.array([[0, 8, -1]])), uniform, rtol=1e-6)
+    tagger["bias"] = tagger["bias"].at[0].set(5.0)
+    assert train.tagging_loss(tagger, audio, np.array([[0, -1, -1]])) < 0.1
+
+
+def test_whisper_sinusoids() -> None:
+    table = train.whisper_sinusoids(1500, 64)
+    assert table.shape == (1500, 64)
+    np.testing.assert_allclose(table[0], np.r_[np.zeros(32), np.ones(32)])
+    np.testing.assert_allclose(table[:, :32] ** 2 + table[:, 32:] ** 2, 1.0, rtol=1e-5)
+
+
+def test_a_few_steps_lower_the_loss(trained) -> None:
+    _, result = trained
+    losses = [record["loss"] for record in result.history if "loss" in record]
+    assert result.step == 6 and len(losses) == 6
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_checkpoints_restore_step_parameters_and_optimizer(trained) -> None:
+    workdir, result = trained
+    saved = train.complete_checkpoints(workdir)
+    assert [p.name for p in saved] == ["step_0000003", "step_0000006"]
+    optimizer = train.make_optimizer(small_config().optim)
+    step, config, trainable, opt_state = train.restore_checkpoint(saved[-1], optimizer)
+    assert step == 6 and config == result.config
+    jax.tree.map(np.testing.assert_array_equal, trainable["model"], jax.device_get(result.params))
+    assert trainable["tagger"]["kernel"].shape == (config.text.hidden_size, len(synthetic.EVENT_CLASSES) + 1)
+    counts = [np.asarray(leaf) for leaf in jax.tree.leaves(opt_state) if np.asarray(leaf).dtype == np.int32]
+    assert counts and all(int(c) == 6 for c in counts)
+
+
+def test_resumed_training_equals_the_uninterrupted_run(trained, samples) -> None:
+    workdir, result = trained
+    shutil.rmtree(train.complete_checkpoints(workdir)[-1])
+    resumed = train.train(small_config(), workdir, samples, samples)
+    assert resumed.step == 6
+    assert [record["step"] for record in resumed.history if "loss" in record] == [4, 5, 6]
+    assert [p.name for p in train.complete_checkpoints(workdir)] == ["step_0000003", "step_0000006"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 jax.device_get(resumed.params), jax.device_get(result.params))
