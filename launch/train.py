@@ -7,7 +7,7 @@
 Training resumes from the newest complete checkpoint in --workdir. After training (or with
 --eval_only=DIR for a Hugging Face directory) the test questions are answered by greedy generation
 with the audio and with silence in its place; the numbers are logged and written as JSON to
---results (default {workdir}/eval.json, or {DIR}/../eval_{name}.json with --eval_only).
+--results (default {workdir}/eval.json, or runs/eval_{name}.json with --eval_only).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.eval_only:
         directory = Path(FLAGS.eval_only)
         results = evaluate_directory(cfg, directory)
-        write_results(Path(FLAGS.results or directory.parent / f"eval_{directory.name}.json"), results)
+        write_results(Path(FLAGS.results or f"runs/eval_{directory.name}.json"), results)
         return
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required for training (or pass --eval_only=DIR)")
