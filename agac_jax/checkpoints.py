@@ -75,12 +75,8 @@ LEGACY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("multi_modal_projector.", "model.multi_modal_projector."),
 )
 
-_TO_FLAX: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    SAME: lambda w: w,
-    LINEAR: lambda w: w.T,
-    CONV: lambda w: w.transpose(2, 1, 0),
-}
-_TO_HF: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+# Each transform is its own inverse, so export applies the same table backwards.
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     SAME: lambda w: w,
     LINEAR: lambda w: w.T,
     CONV: lambda w: w.transpose(2, 1, 0),
@@ -185,10 +181,10 @@ def convert_hf_state(state: Mapping[str, np.ndarray], config: Qwen2AudioConfig) 
             unexpected.append(raw_key)
             continue
         path, transform = mapped
-        array = _TO_FLAX[transform](np.asarray(value))
+        array = _TRANSFORMS[transform](np.asarray(value))
         if tuple(array.shape) != want[path]:
             misshaped.append(f"{raw_key}: checkpoint {tuple(np.asarray(value).shape)}, "
-                             f"model expects {_TO_HF[transform](np.zeros(want[path], np.int8)).shape}")
+                             f"model expects {_TRANSFORMS[transform](np.zeros(want[path], np.int8)).shape}")
             misshaped_paths.add(path)
             continue
         flat[path] = np.ascontiguousarray(array, dtype=np.float32)
@@ -230,7 +226,7 @@ def flax_to_hf_state(params: Params) -> dict[str, np.ndarray]:
     state = {}
     for path, value in flatten(_unbox(params)).items():
         key, transform = flax_to_hf_key(path)
-        state[key] = np.ascontiguousarray(_TO_HF[transform](np.asarray(value, dtype=np.float32)))
+        state[key] = np.ascontiguousarray(_TRANSFORMS[transform](np.asarray(value, dtype=np.float32)))
     if "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"].copy()
     return state

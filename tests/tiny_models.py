@@ -59,8 +59,6 @@ def make_scoring_checkpoint(directory: Path, name: str = "gqa3_mel80", seed: int
                             words: tuple[str, ...] = ("is", "there", "a", "tone", "chirp", "?", "yes", "no")) -> Path:
     """A tiny random Qwen2-Audio directory with a word tokenizer, processor files and a generation
     config, so the whole pipeline (prompts, scoring, generation) runs on it as on a real checkpoint."""
-    import json
-
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
@@ -78,5 +76,4 @@ def make_scoring_checkpoint(directory: Path, name: str = "gqa3_mel80", seed: int
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                                                max_new_tokens=4)
     model.save_pretrained(directory)
-    json.loads((directory / "config.json").read_text())
     return directory
