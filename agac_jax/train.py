@@ -71,9 +71,10 @@ from agac_jax.data.common import NO, YES
 from agac_jax.eval.metrics import UNKNOWN, parse_answer
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
 from agac_jax.models.generate import GenerationSettings, jitted_generate
+from agac_jax.models.decoder import LayerCache, init_cache
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask, init_params
 from agac_jax.prompts import build_prompts, expand_audio_placeholders, render_prompt
-from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, save_processor_files
+from agac_jax.tokenizer import AUDIO_EOS, AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, save_processor_files
 
 Params = Any
 Batch = dict[str, np.ndarray]
@@ -85,6 +86,7 @@ PROCESSOR_DIR = "processor"
 META_NAME = "meta.json"
 OPT_STATE_NAME = "opt_state"
 PROMPT_LENGTH_QUANTUM = 64
+SET_FORMAT = 2  # version of the cached training-set files (2: suffix_start)
 
 
 # --- model -----------------------------------------------------------------------------------------
@@ -164,6 +166,8 @@ class TrainingSet:
       input_ids: int32 [N, L] prompt, answer word and `<|im_end|>`, right-padded with the pad id.
       attention_mask: int32 [N, L] 1 on tokens.
       target_mask: float32 [N, L] 1 on the answer tokens (the positions the loss predicts).
+      suffix_start: int32 [N] the first position after `<|audio_eos|>`: tokens before it (system turn,
+        audio) are the same for every question about a clip, the question starts here.
       kinds: [N] question kinds ("existence" / "order").
       buckets: int32 [N] the frame bucket of each question's clip.
       bucket_lengths: frame bucket -> token length of its longest question.
@@ -180,6 +184,7 @@ class TrainingSet:
     input_ids: np.ndarray
     attention_mask: np.ndarray
     target_mask: np.ndarray
+    suffix_start: np.ndarray
     kinds: np.ndarray
     buckets: np.ndarray
     bucket_lengths: dict[int, int]
@@ -190,22 +195,39 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.clip_index)
 
+    @functools.cached_property
+    def prefix_lengths(self) -> dict[int, int]:
+        """frame bucket -> the longest shared prefix (`suffix_start`) of its questions."""
+        return {int(b): int(self.suffix_start[self.buckets == b].max()) for b in np.unique(self.buckets)}
+
+    @functools.cached_property
+    def suffix_length(self) -> int:
+        """The longest question suffix (question, assistant turn, answer) of the set."""
+        return int((self.attention_mask.sum(1) - self.suffix_start).max())
+
     def batch(self, questions: np.ndarray, clips: np.ndarray | None = None) -> Batch:
-        """Model inputs for `questions` (all of one bucket P) about `clips`.
+        """Model inputs for `questions` (all of one bucket P) about `clips`, split at `suffix_start`.
+
+        Every clip's prefix (system turn and audio, the same for all its questions) is decoded once;
+        each question's suffix attends to its clip's prefix (see `forward`). Shapes are fixed per
+        bucket (prefix length `prefix_lengths[P]`, suffix length `suffix_length`), so each bucket
+        compiles once.
 
         Args:
           questions: [B] question indices.
           clips: [C] the clips whose features the batch carries, each encoded once; every question's
             clip must be among them. None: one copy of its clip per question (C = B).
         Returns:
-          input_ids, attention_mask, target_mask [B, L]; features float32 [C, mels, P]; mel_lengths [C];
-          question_clip [B] int32, the position in `clips` of each question's clip; token_labels
-          int32 [C, P // 4]; question_labels int32 [B, 2]; event_ranks int32 [B, 8] (of each question's clip).
+          prefix_ids, prefix_mask [C, Lp] (right-padded); suffix_ids, suffix_mask, target_mask [B, Ls]
+          (target_mask 1 on the answer tokens); suffix_start [B]; features float32 [C, mels, P];
+          mel_lengths [C]; question_clip [B] int32, the position in `clips` of each question's clip;
+          token_labels int32 [C, P // 4]; question_labels int32 [B, 2]; event_ranks int32 [B, 8] (of
+          each question's clip).
         """
         frames = np.unique(self.buckets[questions])
         if len(frames) != 1:
             raise ValueError(f"a batch must hold questions of one frame bucket, got buckets {frames.tolist()}")
-        frames, length = int(frames[0]), self.bucket_lengths[int(frames[0])]
+        frames = int(frames[0])
         own = self.clip_index[questions]
         if clips is None:
             clips, question_clip = own, np.arange(len(questions))
@@ -215,10 +237,24 @@ class TrainingSet:
             if missing:
                 raise ValueError(f"clips lacks the clips {missing} of the batch's questions")
             question_clip = np.asarray([position[int(c)] for c in own])
+        prefix_length, suffix_length = self.prefix_lengths[frames], self.suffix_length
+        # A question of each clip supplies the clip's prefix (they all share it).
+        representative = np.empty(len(clips), np.int64)
+        representative[question_clip] = questions
+        starts = self.suffix_start[questions]
+        prefix_mask = (np.arange(prefix_length)[None, :] < self.suffix_start[representative][:, None])
+        gather = starts[:, None] + np.arange(suffix_length)[None, :]
+        width = self.input_ids.shape[1]
+        inside = gather < width
+        gather = np.minimum(gather, width - 1)
+        rows = questions[:, None]
         return {
-            "input_ids": self.input_ids[questions, :length],
-            "attention_mask": self.attention_mask[questions, :length],
-            "target_mask": self.target_mask[questions, :length],
+            "prefix_ids": np.where(prefix_mask, self.input_ids[representative, :prefix_length], 0).astype(np.int32),
+            "prefix_mask": prefix_mask.astype(np.int32),
+            "suffix_ids": np.where(inside, self.input_ids[rows, gather], 0).astype(np.int32),
+            "suffix_mask": np.where(inside, self.attention_mask[rows, gather], 0).astype(np.int32),
+            "target_mask": np.where(inside, self.target_mask[rows, gather], 0).astype(np.float32),
+            "suffix_start": starts.astype(np.int32),
             "features": self.features[clips, :, :frames].astype(np.float32),
             "mel_lengths": self.mel_lengths[clips],
             "question_clip": question_clip.astype(np.int32),
@@ -341,6 +377,14 @@ def encode_training_set(
     prompts = expand_audio_placeholders([render_prompt(tokenizer, s.question) for s in samples], num_tokens)
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     rows = [p + answer_token_ids(tokenizer, s.answer) for p, s in zip(prompt_ids, samples)]
+    audio_eos = tokenizer.convert_tokens_to_ids(AUDIO_EOS)
+    suffix_start = np.asarray([p.index(audio_eos) + 1 for p in prompt_ids], np.int32)
+    first_of_clip: dict[int, int] = {}
+    for i, clip in enumerate(clip_index.tolist()):
+        j = first_of_clip.setdefault(clip, i)
+        if prompt_ids[i][: suffix_start[i]] != prompt_ids[j][: suffix_start[j]]:
+            raise ValueError(f"questions {j} and {i} of one clip differ before {AUDIO_EOS}: the template "
+                             "must put the audio before the question")
     length = max(map(len, rows))
     input_ids = np.full((len(rows), length), tokenizer.pad_token_id, np.int32)
     attention_mask = np.zeros((len(rows), length), np.int32)
@@ -362,6 +406,7 @@ def encode_training_set(
         input_ids=input_ids,
         attention_mask=attention_mask,
         target_mask=target_mask,
+        suffix_start=suffix_start,
         kinds=np.asarray([s.kind for s in samples]),
         buckets=buckets,
         bucket_lengths={int(b): int(lengths[buckets == b].max()) for b in np.unique(buckets)},
@@ -425,16 +470,26 @@ def batch_indices(buckets: np.ndarray, batch_size: int, seed: int, step: int, sh
 
 
 def step_batch(data: TrainingSet, batch_clips: int, questions_per_clip: int, seed: int, step: int,
-               short_steps: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               short_steps: int = 0, order_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The clips [batch_clips] and questions [batch_clips * questions_per_clip] of step `step`.
 
     Clips follow `batch_indices` over the clips' buckets; each clip's questions are drawn from its
-    own, without replacement while it has enough. A function of (seed, step) only.
+    own, without replacement while it has enough. `order_share` of them (rounded) come from the
+    clip's order questions when it has any (a clip asks 8 existence questions and at most 6 order
+    ones, and order is the harder kind). A function of (seed, step) only.
     """
     clips = batch_indices(data.clip_buckets(), batch_clips, seed, step, short_steps)
     pools = data.questions_by_clip()
     rng = np.random.default_rng([seed, step, 1])
-    questions = [rng.choice(pools[c], questions_per_clip, replace=len(pools[c]) < questions_per_clip) for c in clips]
+    questions = []
+    for clip in clips:
+        pool = pools[clip]
+        is_order = data.kinds[pool] == synthetic.ORDER
+        wanted = int(round(questions_per_clip * order_share)) if is_order.any() else 0
+        parts = [(pool[is_order], wanted), (pool[~is_order], questions_per_clip - wanted)]
+        for members, count in parts:
+            if count:
+                questions.append(rng.choice(members, count, replace=len(members) < count))
     return clips, np.concatenate(questions)
 
 
@@ -448,32 +503,50 @@ def _step_batch(buckets: np.ndarray, batch_size: int, seed: int, step: int) -> n
 
 
 def forward(model: Qwen2AudioForConditionalGeneration, params: Params, batch: Batch) -> tuple[jax.Array, ...]:
-    """Teacher-forced logits [B, L, vocab], the clips' projected audio embeddings [C, P // 4, D] and the
-    input of the last decoder layer [B, L, D].
+    """Teacher-forced logits of the question suffixes [B, Ls, vocab], the clips' projected audio
+    embeddings [C, P // 4, D] and the input of the last decoder layer on the suffixes [B, Ls, D].
 
-    The model's own stages, as its `__call__` chains them, except that each clip is encoded once
-    and its audio embeddings go to every question about it (`batch["question_clip"]`).
+    The model's own stages, as its `__call__` chains them, with the prompt split at `suffix_start`:
+    each clip is encoded and its prefix (system turn and audio tokens) decoded once into a KV
+    cache; each question's suffix (question, assistant turn, answer) then runs on a copy of its
+    clip's cache at its true positions. Under causal attention this equals decoding every question
+    in full (`tests/test_train.py` checks it) for a fraction of the cost, as a clip's questions
+    differ only after its audio.
     """
     variables = {"params": params}
+    text = model.config.text
     audio, num_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
+    prefix_ids, prefix_mask = batch["prefix_ids"], batch["prefix_mask"]
+    suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+    (c, lp), (b, ls) = prefix_ids.shape, suffix_ids.shape
+    prefix = model.apply(variables, prefix_ids, audio, num_tokens, method=model.embed_prompt)
+    cache = init_cache(text, c, lp + ls, prefix.dtype)
+    mask = jnp.concatenate([causal_mask(prefix_mask), jnp.zeros((c, lp, ls), bool)], axis=2)
+    positions = jnp.broadcast_to(jnp.arange(lp), prefix_ids.shape)
+    _, cache = model.apply(variables, prefix, positions, mask, cache, 0, method=model.decode)
     which = batch["question_clip"]
-    ids = batch["input_ids"]
-    embeds = model.apply(variables, ids, audio[which], num_tokens[which], method=model.embed_prompt)
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    before_last = f"layers_{model.config.text.num_hidden_layers - 2}"
+    cache = tuple(LayerCache(layer.k[which], layer.v[which]) for layer in cache)
+    suffix = model.apply(variables, suffix_ids, method=lambda m, ids: m.language_model.embed(ids))
+    sees_prefix = jnp.arange(lp)[None, None, :] < batch["suffix_start"][:, None, None]
+    mask = jnp.concatenate([jnp.broadcast_to(sees_prefix, (b, ls, lp)), causal_mask(suffix_mask)], axis=2)
+    positions = batch["suffix_start"][:, None] + jnp.arange(ls)[None, :]
+    before_last = f"layers_{text.num_hidden_layers - 2}"
     (hidden, _), state = model.apply(
-        variables, embeds, positions, causal_mask(batch["attention_mask"]), method=model.decode,
+        variables, suffix, positions, mask, cache, lp, method=model.decode,
         capture_intermediates=lambda module, name: module.name == before_last and name == "__call__")
-    if model.config.text.num_hidden_layers >= 2:
+    if text.num_hidden_layers >= 2:
         middle = state["intermediates"]["language_model"][before_last]["__call__"][0][0]
     else:
-        middle = embeds
+        middle = suffix
     return model.apply(variables, hidden, method=model.logits), audio, middle
 
 
 def answer_loss_from_logits(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy per answer token, and correct [B]: the first answer token is the argmax."""
-    ids = batch["input_ids"]
+    """Mean cross-entropy per answer token, and correct [B]: the first answer token is the argmax.
+
+    logits [B, Ls, vocab] of the suffixes; batch["suffix_ids"] and batch["target_mask"] [B, Ls].
+    """
+    ids = batch["suffix_ids"]
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     targets = ids[:, 1:]
     weights = batch["target_mask"][:, 1:]
@@ -711,7 +784,7 @@ def _split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBas
     if samples is not None:
         return encode(samples)
     buckets = "-".join(str(b) for b in cfg.bucket_seconds)
-    name = f"{split}_clips{num_clips}_seed{cfg.data.seed}_mel{cfg.num_mel_bins}_buckets{buckets}.npz"
+    name = f"{split}_clips{num_clips}_seed{cfg.data.seed}_mel{cfg.num_mel_bins}_buckets{buckets}_v{SET_FORMAT}.npz"
     if split == "train" and cfg.data.all_questions:
         name = "all_" + name
     generated = lambda: synthetic.generate_split(split, num_clips, cfg.data.seed)  # noqa: E731
@@ -762,7 +835,7 @@ def train(
     tick = time.perf_counter()
     while step < cfg.optim.steps:
         clips, questions = step_batch(train_set, cfg.optim.batch_clips, cfg.optim.questions_per_clip, cfg.seed, step,
-                                      cfg.optim.short_clip_steps)
+                                      cfg.optim.short_clip_steps, cfg.optim.order_share)
         batch = train_set.batch(questions, clips)
         trainable, opt_state, metrics = train_step(trainable, opt_state, batch)
         step += 1

@@ -180,3 +180,38 @@ def test_resumed_training_equals_the_uninterrupted_run(trained, samples) -> None
     assert [p.name for p in train.complete_checkpoints(workdir)] == ["step_0000003", "step_0000006"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  jax.device_get(resumed.params), jax.device_get(result.params))
+
+
+def test_shared_prefix_forward_equals_decoding_each_question_in_full(samples, tmp_path: Path) -> None:
+    """`forward` decodes a clip's prefix once and its questions' suffixes on the cache: the logits must
+    equal the model's own teacher-forced pass over each whole prompt."""
+    cfg = small_config()
+    tokenizer = train.build_processor(tmp_path, 80)
+    data = train.encode_training_set(tokenizer, train.all_questions(samples[:2]), 80, (12,))
+    config = train.model_config(cfg, tokenizer)
+    params = train.initial_params(config, seed=3)
+    questions = np.arange(len(data))[::3]
+    clips = np.unique(data.clip_index[questions])
+    batch = data.batch(questions, clips)
+    assert batch["prefix_ids"].shape[0] == len(clips) < len(questions)
+    logits, _, _ = train.forward(train.Qwen2AudioForConditionalGeneration(config), params, batch)
+    model = train.Qwen2AudioForConditionalGeneration(config)
+    full = model.apply({"params": params}, data.input_ids[questions], data.attention_mask[questions],
+                       data.features[data.clip_index[questions]].astype(np.float32),
+                       data.mel_lengths[data.clip_index[questions]])
+    for row, question in enumerate(questions):
+        start, length = int(data.suffix_start[question]), int(data.attention_mask[question].sum())
+        np.testing.assert_allclose(np.asarray(logits[row, : length - start]), np.asarray(full[row, start:length]),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(batch["suffix_ids"][row, : length - start], data.input_ids[question, start:length])
+
+
+def test_step_batch_draws_the_asked_share_of_order_questions(samples, tmp_path: Path) -> None:
+    tokenizer = train.build_processor(tmp_path, 80)
+    data = train.encode_training_set(tokenizer, train.all_questions(samples), 80, (12,))
+    clips, questions = train.step_batch(data, 2, 4, seed=0, step=1, order_share=0.5)
+    for i, clip in enumerate(clips):
+        mine = questions[4 * i : 4 * i + 4]
+        assert (data.clip_index[mine] == clip).all()
+        has_order = (data.kinds[data.clip_index == clip] == synthetic.ORDER).any()
+        assert (data.kinds[mine] == synthetic.ORDER).sum() == (2 if has_order else 0)
