@@ -4,8 +4,14 @@ Each request is a synthetic clip of --clip_seconds with every other frame kept (
 sent through ``CodecClient.compress`` with pipelining. One warm-up request per rate loads the codec
 first. Prints a table and writes JSON.
 
+With --pipeline_config, it also measures how much of the codec's time the sweep's pipelining hides
+behind the scoring program (agac_jax/bench/pipeline_bench.py): the sweep runs once waiting for each
+batch's codec work and once pipelined, after a warm-up.
+
   python launch/bench_codec.py --output=runs/bench_codec.json
   python launch/bench_codec.py --backends=semanticodec --weights_dir=/data/semanticodec
+  python launch/bench_codec.py --backends= --pipeline_config=configs/synthetic_tiny.py \
+      --output=bench/results/codec_pipeline_cpu_2cores.json
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from agac_jax.codec import BackendUnavailableError, CodecClient, CodecRequest, num_frames
 from agac_jax.codec.synthetic import SIGNAL_KINDS, make_signal
@@ -33,6 +40,8 @@ flags.DEFINE_integer("max_in_flight", 4, "Client pipelining depth.")
 flags.DEFINE_integer("num_threads", 1, "torch threads in the sidecar.")
 flags.DEFINE_string("weights_dir", None, "semanticodec weights directory.")
 flags.DEFINE_string("output", "runs/bench_codec.json", "Where the JSON goes.")
+config_flags.DEFINE_config_file("pipeline_config", None, "A sweep config: also measure the codec pipelining on it.")
+flags.DEFINE_string("pipeline_workdir", "runs/bench_codec_pipeline", "Scratch directory of the pipelining runs.")
 
 
 def clip_requests(rate: int, count: int, prefix: str) -> list[CodecRequest]:
@@ -88,16 +97,33 @@ def print_table(results: dict[str, dict[str, object]]) -> None:
                   f"{row['encode_s']:9.4f} {row['decode_s']:9.4f}")
 
 
+def machine_description() -> dict[str, object]:
+    import os
+    import platform
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version()}
+
+
 def main(argv: list[str]) -> None:
     del argv
     results = {backend: measure_backend(backend) for backend in FLAGS.backends}
-    print_table(results)
     names = ("requests", "clip_seconds", "keep_every", "max_in_flight", "num_threads")
-    settings = {name: FLAGS[name].value for name in names}
+    report = {"settings": {name: FLAGS[name].value for name in names}, "results": results,
+              "machine": machine_description()}
+    if FLAGS.pipeline_config is not None:
+        from agac_jax.bench import pipeline_bench
+
+        report["pipeline"] = pipeline_bench.measure(FLAGS.pipeline_config, FLAGS.pipeline_workdir)
+        report["pipeline"]["config"] = FLAGS.pipeline_config.to_dict()
     output = Path(FLAGS.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+    output.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {output}")
+    if results:
+        print_table(results)
+    if "pipeline" in report:
+        print(pipeline_bench.format_summary(report["pipeline"]))
 
 
 if __name__ == "__main__":

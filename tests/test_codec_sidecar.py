@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from agac_jax.codec import CodecClient, CodecReply, CodecRequest, SidecarError, join_frames, num_frames
+from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.codec.protocol import ProtocolError, read_message, write_message
 from agac_jax.codec.rvq_mel import RvqMelCodec
 from agac_jax.codec.service import CodecService
@@ -205,3 +207,48 @@ def test_exception_in_the_with_block_closes_the_client() -> None:
 def test_an_unstartable_sidecar_is_a_clear_error() -> None:
     with pytest.raises(SidecarError, match="failed to start"):
         CodecClient(backend="rvq_mel", python="/bin/false")
+
+
+def test_pipeline_works_through_its_backlog_while_the_caller_is_busy() -> None:
+    """Six requests, at most two at the sidecar: all come back while the caller never waits on them."""
+    requests = [CodecRequest(i, make_signal("chirp_up", 1.0, seed=i), 50, np.arange(0, 25, 2)) for i in range(6)]
+    with CodecClient(backend="rvq_mel") as direct:
+        expected = {reply.request_id: reply for reply in direct.compress(requests)}
+    with CodecPipeline(lambda: CodecClient(backend="rvq_mel", max_in_flight=2), max_backlog=3) as pipeline:
+        started = time.perf_counter()
+        for request in requests:
+            pipeline.submit(request)
+        assert time.perf_counter() - started < 0.5 and pipeline.pending == 6 and pipeline.over_backlog
+        got = {}
+        deadline = time.monotonic() + 120
+        while len(got) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the caller's own work; it only ever takes what is ready
+            got.update({reply.request_id: reply for reply in pipeline.replies(block=False)})
+        assert pipeline.pending == 0 and not pipeline.over_backlog and pipeline.wait_seconds == 0.0
+        pid = pipeline.client.sidecar_pid
+    assert sorted(got) == list(range(6))
+    for i, reply in got.items():
+        np.testing.assert_array_equal(reply.tokens, expected[i].tokens)
+    assert not alive(pid)
+
+
+def test_pipeline_recovers_a_killed_sidecar_on_its_thread_and_closes_with_work_pending() -> None:
+    x = make_signal("chirp_down", 12.0, seed=11, snr_db=10.0)
+    kept = np.arange(0, num_frames(x.size, 25), 2)
+    with CodecPipeline(lambda: CodecClient(backend="rvq_mel")) as pipeline:
+        pipeline.submit(CodecRequest("ref", x, 25, kept))
+        (reference,) = pipeline.replies(block=True)
+        first_pid = pipeline.client.sidecar_pid
+        pipeline.submit(CodecRequest("again", x, 25, kept))
+        while pipeline.client.in_flight == 0:  # handed to the sidecar by the pipeline's thread
+            time.sleep(0.001)
+        os.kill(first_pid, signal.SIGKILL)
+        (retried,) = pipeline.replies(block=True)
+        assert retried.ok and retried.attempts == 2 and pipeline.client.restarts == 1
+        np.testing.assert_array_equal(retried.tokens, reference.tokens)
+        for i in range(3):
+            pipeline.submit(CodecRequest(f"left{i}", x, 25, kept))
+        second_pid = pipeline.client.sidecar_pid
+    assert not alive(first_pid) and not alive(second_pid)
+    with pytest.raises(TypeError, match="CodecRequest"):
+        CodecPipeline(lambda: CodecClient(backend="rvq_mel")).submit("not a request")

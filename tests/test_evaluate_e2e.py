@@ -168,6 +168,19 @@ def test_resume_after_a_crash_matches_the_uninterrupted_run(full_run, config, sc
     assert again.pending_before == 0 and again.written == 0
 
 
+def test_waiting_for_each_batch_records_what_the_pipelined_run_records(full_run, config, scorer, tmp_path):
+    """The default run queues a batch's compressed clips and scores the next batch meanwhile; waiting
+    for each batch instead must give the same records (order and timings aside)."""
+    workdir, pipelined = full_run
+    sequential = config.copy_and_resolve_references()
+    sequential.runtime.pipeline_codec = False
+    outcome = sweep.run_sweep(sequential, tmp_path, scorer=scorer)
+    assert comparable(results.read_records(tmp_path / "results.jsonl")) == comparable(
+        results.read_records(workdir / "results.jsonl"))
+    for timing in (pipelined.timing, outcome.timing):
+        assert timing["codec"] > 0 and 0 <= timing["codec_wait"] < timing["wall"]
+
+
 def test_a_changed_config_is_refused(full_run, config):
     workdir, _ = full_run
     changed = config.copy_and_resolve_references()

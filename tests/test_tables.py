@@ -139,6 +139,17 @@ def test_markdown_table_and_problems(rows):
     assert "`fused` 1" in text
 
 
+def test_terminal_table_has_the_poster_columns_and_evidence_recall(rows):
+    text = tables.terminal_table(rows)
+    lines = text.splitlines()
+    assert lines[1].split() == ["Method", "r", "rho", "Acc", "F1", "A.C.", "dAcc", "Ev.recall", "Tokens"]
+    fused = next(line for line in lines if line.split()[:3] == ["fused", "25", "0.5"])
+    assert " ".join(fused.split()[3:]) == ("50.0 ± 0.00 65.0 ± 21.21 62.5 ± 53.03 +0.0 ± 0.00 75.0 ± 0.00 "
+                                           "50.0 ± 0.00")
+    original = next(line for line in lines if line.split()[0] == "original")
+    assert original.split()[1:3] == ["-", "1.0"] and len({len(line) for line in lines[1:len(rows) + 2]}) == 1
+
+
 def test_plots_are_written_as_png(rows, tmp_path):
     written = plots.write_plots(rows, tmp_path / "plots")
     names = sorted(path.name for path in written)

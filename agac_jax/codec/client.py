@@ -309,13 +309,27 @@ class CodecClient:
                 yield self._done.popleft()
         yield from self.results()
 
-    def _pump(self) -> None:
-        """Handles one event (a reply or a sidecar stop) or the head request's timeout."""
+    def poll(self, max_wait_s: float) -> list[CodecReply]:
+        """Handles sidecar events for at most ``max_wait_s`` (less once a reply arrives) and returns
+        the replies completed so far, without blocking on the rest. Timeouts and restarts apply as
+        in ``results()``."""
+        self._check_open()
+        if self._pending and not self._done:
+            self._pump(max_wait_s)
+        replies = list(self._done)
+        self._done.clear()
+        return replies
+
+    def _pump(self, max_wait_s: float | None = None) -> None:
+        """Handles one event (a reply or a sidecar stop) or the head request's timeout; with
+        ``max_wait_s``, returns after that long if neither came."""
         remaining = self._head_since + self.timeout_s - time.monotonic()
+        wait = remaining if max_wait_s is None else min(remaining, max_wait_s)
         try:
-            generation, message = self._events.get(timeout=max(0.0, remaining))
+            generation, message = self._events.get(timeout=max(0.0, wait))
         except queue.Empty:
-            self._recover("Timeout", f"no reply within {self.timeout_s} s")
+            if wait >= remaining:
+                self._recover("Timeout", f"no reply within {self.timeout_s} s")
             return
         if generation != self._generation:
             return

@@ -6,8 +6,11 @@ For each batch of samples (`runtime.batch_samples`):
    score them (one `Scorer.score` call for the batch);
 3. for every pending (method, r, rho, seed) choose the kept frames (`select_frames`); `codec` keeps
    every frame; `original` needs no codec and its record is written at once;
-4. send each distinct compressed clip through the codec sidecar (`CodecClient`, pipelined), answer
-   the decoded waveforms in batches (`Scorer.answer`) and append the records as they finish.
+4. queue each distinct compressed clip for the codec sidecar (`CodecPipeline`, a `CodecClient` on a
+   background thread) and go on with the next batch: the sidecar compresses while the scoring
+   program runs; decoded waveforms are answered in full batches (`Scorer.answer`) as they come
+   back, and their records appended. At the end, the rest are awaited and answered
+   (`runtime.pipeline_codec = False` waits for each batch's clips before the next batch instead).
 
 Decisions:
 - rho = 1 keeps every frame whatever the method, so it is run once per (r, seed) and recorded under
@@ -43,6 +46,7 @@ from absl import logging
 
 from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
+from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample, LoadedDataset
 from agac_jax.eval import metrics, plots, results, tables
 from agac_jax.eval.progress import Progress
@@ -202,7 +206,7 @@ class _Job:
 
 @dataclasses.dataclass
 class _Context:
-    """What every stage of a sweep needs."""
+    """What every stage of a sweep needs, and the compressed clips in flight."""
 
     dataset_name: str
     scorer: Any
@@ -214,12 +218,19 @@ class _Context:
     deterministic_codec: bool
     process_index: int
     answer_batch: int
-    codec: CodecClient | None = None
+    pipelined: bool = True
+    max_backlog: int = 256
+    codec: CodecPipeline | None = None
     failed: int = 0
+    jobs: dict[int, _Job] = dataclasses.field(default_factory=dict)  # request id -> job, in the codec
+    ready: list[tuple[_Job, CodecReply]] = dataclasses.field(default_factory=list)  # decoded, not answered
+    next_request: int = 0
+    codec_seconds: float = 0.0  # sidecar time of the replies (its own timing)
+    codec_wait_seconds: float = 0.0  # time this thread was blocked waiting for replies
 
-    def codec_client(self) -> CodecClient:
+    def codec_pipeline(self) -> CodecPipeline:
         if self.codec is None:
-            self.codec = self.codec_factory()
+            self.codec = CodecPipeline(self.codec_factory, self.max_backlog)
         return self.codec
 
 
@@ -425,32 +436,52 @@ def _answer_compressed(ctx: _Context, ready: list[tuple[_Job, CodecReply]]) -> N
         _write(ctx, _compressed_records(ctx, job, reply, answer, time.perf_counter() - start))
 
 
-def _compress(ctx: _Context, jobs: Sequence[_Job]) -> None:
-    """Sends the jobs through the codec sidecar and answers the decoded clips as they come back."""
+def _submit(ctx: _Context, jobs: Sequence[_Job]) -> None:
+    """Queues the jobs for the codec sidecar (returns at once; see `CodecPipeline`)."""
     if not jobs:
         return
-    client = ctx.codec_client()
-    requests = (CodecRequest(request_id=index, waveform=job.item.waveform, token_rate=job.rate, kept_frames=job.kept)
-                for index, job in enumerate(jobs))
-    ready: list[tuple[_Job, CodecReply]] = []
-    for reply in client.compress(requests):
-        job = jobs[reply.request_id]
-        if not reply.ok:
-            _fail(ctx, job.item, [key for key, _ in job.tasks], "codec", reply.failure.message,
-                  error_type=reply.failure.error_type)
-            continue
-        ready.append((job, reply))
-        if len(ready) >= ctx.answer_batch:
-            _answer_compressed(ctx, ready)
-            ready = []
-    _answer_compressed(ctx, ready)
+    pipeline = ctx.codec_pipeline()
+    for job in jobs:
+        request_id, ctx.next_request = ctx.next_request, ctx.next_request + 1
+        ctx.jobs[request_id] = job
+        pipeline.submit(CodecRequest(request_id=request_id, waveform=job.item.waveform, token_rate=job.rate,
+                                     kept_frames=job.kept))
+
+
+def _collect(ctx: _Context, max_pending: int) -> None:
+    """Answers decoded clips in full batches as they come back, waiting while more than `max_pending`
+    codec requests are out; with `max_pending` 0 it returns only when all are back and answered."""
+    if ctx.codec is None:
+        return
+    while True:
+        must_wait = ctx.codec.pending > max_pending
+        for reply in ctx.codec.replies(block=must_wait):
+            job = ctx.jobs.pop(reply.request_id)
+            ctx.codec_seconds += float(reply.seconds.get("total", 0.0)) if reply.seconds else 0.0
+            if reply.ok:
+                ctx.ready.append((job, reply))
+            else:
+                _fail(ctx, job.item, [key for key, _ in job.tasks], "codec", reply.failure.message,
+                      error_type=reply.failure.error_type)
+        while len(ctx.ready) >= ctx.answer_batch:
+            batch, ctx.ready = ctx.ready[: ctx.answer_batch], ctx.ready[ctx.answer_batch :]
+            _answer_compressed(ctx, batch)
+        if not must_wait:
+            break
+    if max_pending == 0 and ctx.ready:
+        batch, ctx.ready = ctx.ready, []
+        _answer_compressed(ctx, batch)
 
 
 def _run_batch(ctx: _Context, items: Sequence[_Sample]) -> None:
+    """Loads, answers and scores a batch and queues its compressed clips. Pipelined, the codec works
+    on them while the next batch is scored, and decoded clips are answered as full batches form;
+    otherwise the batch's clips are all compressed and answered before this returns."""
     items = _answer_original(ctx, _load(ctx, items))
     for item in items:
         _write_originals(ctx, item)
-    _compress(ctx, _plan_jobs(ctx, _score(ctx, items)))
+    _submit(ctx, _plan_jobs(ctx, _score(ctx, items)))
+    _collect(ctx, ctx.max_backlog if ctx.pipelined else 0)
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -465,6 +496,7 @@ class SweepOutcome:
     pending_before: int
     results_file: Path
     merged: "MergeOutputs | None"
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # see `_run_pending`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,6 +508,7 @@ class MergeOutputs:
     tables_md: Path
     plots: tuple[Path, ...]
     num_records: int
+    rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
 
 
 def decoder_shape(model_config: Any) -> metrics.DecoderShape:
@@ -546,14 +579,22 @@ def run_sweep(config: Any, workdir: Path | str, *, scorer: Any = None, process_i
                  process_count, len(shard), total, len(pending))
     path = results.results_path(workdir, process_index, process_count)
     written = failed = 0
+    timing: dict[str, float] = {}
     if pending:
-        written, failed = _run_pending(config, dataset_name, pending, path, scorer, process_index, total)
+        written, failed, timing = _run_pending(config, dataset_name, pending, path, scorer, process_index, total)
     merged = merge(workdir) if process_count == 1 else None
-    return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged)
+    return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged,
+                        timing=timing)
 
 
 def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: Path, scorer: Any,
-                 process_index: int, total: int) -> tuple[int, int]:
+                 process_index: int, total: int) -> tuple[int, int, dict[str, float]]:
+    """Runs the pending samples; returns (records written, failed, timing).
+
+    timing: `wall` seconds of the loop (the scorer already loaded), `codec_wait` seconds this thread
+    was blocked on codec replies, `codec` the sidecar's own seconds summed over the replies; so
+    `wall - codec_wait` is this thread's busy time (loading, scoring, selecting, answering).
+    """
     from agac_jax.scoring.scorer import select_frames
 
     scorer = make_scorer(config) if scorer is None else scorer
@@ -567,14 +608,20 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
             decoder_shape=decoder_shape(scorer.model_config), writer=writer, progress=progress,
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
             process_index=process_index, answer_batch=config.scoring.batch_size,
+            pipelined=config.runtime.pipeline_codec, max_backlog=config.runtime.codec_max_backlog,
         )
+        started = time.perf_counter()
         try:
             for batch in batches(pending, config.runtime.batch_samples):
                 _run_batch(ctx, batch)
+            _collect(ctx, 0)
         finally:
             if ctx.codec is not None:
+                ctx.codec_wait_seconds = ctx.codec.wait_seconds
                 ctx.codec.close()
-        return writer.written, ctx.failed
+        timing = {"wall": time.perf_counter() - started, "codec_wait": ctx.codec_wait_seconds,
+                  "codec": ctx.codec_seconds}
+        return writer.written, ctx.failed, timing
 
 
 def merge(workdir: Path | str) -> MergeOutputs:
@@ -593,7 +640,7 @@ def merge(workdir: Path | str) -> MergeOutputs:
     written_plots = plots.write_plots(rows, workdir / "plots")
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
-                        plots=tuple(written_plots), num_records=len(records))
+                        plots=tuple(written_plots), num_records=len(records), rows=tuple(rows))
 
 
 # --- the config every launch config starts from --------------------------------------------------
@@ -628,7 +675,7 @@ def base_config() -> Any:
     config.scoring.max_new_tokens = 8  # greedy answer length limit
     config.scoring.max_text_tokens = 64  # prompt tokens besides the audio placeholders
     config.scoring.batch_size = 8  # clips per compiled scoring / answering call
-    config.scoring.occlusion_chunk = 64  # occlusion gate vectors evaluated together (memory bound)
+    config.scoring.occlusion_chunk = 16  # occlusion gate vectors evaluated together (memory; smaller shares more prefix)
     config.scoring.buckets_seconds = (5, 10, 20, 30)  # clip length buckets, one compiled program each
 
     config.mesh = ml_collections.ConfigDict()
@@ -649,7 +696,9 @@ def base_config() -> Any:
 
     config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
     config.runtime.batch_samples = 8  # samples loaded, answered and scored together
-    config.runtime.codec_max_in_flight = 4  # codec requests pipelined ahead of their replies
+    config.runtime.codec_max_in_flight = 4  # codec requests sent to the sidecar ahead of their replies
+    config.runtime.pipeline_codec = True  # compress a batch while the next one is scored (False: one after the other)
+    config.runtime.codec_max_backlog = 256  # compressed clips queued or in the codec before the sweep waits for them
     config.runtime.codec_timeout_s = 300.0  # seconds the sidecar may take for one request
     config.runtime.codec_num_threads = 1  # torch threads in the sidecar
     config.runtime.progress_log_every_s = 30.0  # log line interval when stderr is not a terminal

@@ -310,6 +310,33 @@ def dataset_table(dataset: str, rows: Sequence[RowSummary], codec_backend: str |
     return "\n".join(lines) + "\n"
 
 
+TERMINAL_COLUMNS = (("Method", 14), ("r", 4), ("rho", 4), ("Acc", 12), ("F1", 12), ("A.C.", 12), ("dAcc", 12),
+                    ("Ev.recall", 12), ("Tokens", 12))
+
+
+def terminal_table(rows: Sequence[RowSummary]) -> str:
+    """The poster's table as fixed-width text for a terminal: per data set, one line per (method, r, rho)
+    with accuracy, F1, answer consistency, accuracy change, evidence recall and codec tokens kept, in %
+    (mean ± std over seeds). tables.md holds every column."""
+    by_dataset: dict[str, list[RowSummary]] = {}
+    for row in rows:
+        by_dataset.setdefault(row.dataset, []).append(row)
+    out = []
+    for dataset, members in by_dataset.items():
+        seeds = sorted({seed for row in members for seed in row.seeds})
+        out += [f"{dataset}: % mean ± std over seeds {seeds}; rho = 1 of every selecting method is the codec row",
+                " ".join(f"{name:>{width}s}" for name, width in TERMINAL_COLUMNS)]
+        for row in members:
+            s = row.summaries
+            cells = (row.method, "-" if row.rate is None else str(row.rate), format_rho(row.rho),
+                     format_percent(s["accuracy"]), format_percent(s["f1"]), format_percent(s["answer_consistency"]),
+                     "-" if row.method == "original" else format_percent(s["delta_accuracy"], signed=True),
+                     format_percent(s["evidence_recall"]), format_percent(s["codec_tokens_kept"]))
+            out.append(" ".join(f"{cell:>{width}s}" for cell, (_, width) in zip(cells, TERMINAL_COLUMNS)))
+        out.append("")
+    return "\n".join(out)
+
+
 def _failure_lines(records: Sequence[ResultRecord]) -> list[str]:
     failed = [record for record in records if not record.ok]
     if not failed:
