@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.generation_seed = 0  # the split is fixed; sweep seeds do not change it
     config.model.checkpoint_dir = str(REPO_ROOT / "assets" / "tiny_qwen2audio")  # the shipped tiny model
     config.scoring.max_new_tokens = 4  # the tiny model answers one word and <|im_end|>
+    config.scoring.max_text_tokens = 32  # the synthetic prompts have 25 to 29 text tokens
     config.scoring.batch_size = 8  # clips per compiled call
     config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
     config.rates = (25, 50, 100)  # every SemantiCodec rate

@@ -52,7 +52,7 @@ def test_flops_and_memory_schema(results):
     assert program["memory"]["peak_bytes"] == sum(program["memory"][k] for k in
                                                   ("temp_bytes", "argument_bytes", "output_bytes"))
     assert program["doubled_layers"] is None  # the compile for twice the layers is left out here
-    assert program["attention_maps"]["sequence"] == 125 + 64 + 2  # T slots + max_text_tokens + max_new_tokens
+    assert program["attention_maps"]["sequence"] == 125 + 32 + 2  # T slots + max_text_tokens + max_new_tokens
 
 
 def test_gpu_note_json_and_table(results, tmp_path):

@@ -12,7 +12,8 @@ import torch
 
 from agac_jax import checkpoints
 from agac_jax.models.generate import GenerationSettings, jitted_generate
-from agac_jax.models.qwen2_audio import (Qwen2AudioForConditionalGeneration, check_placeholder_count,
+from agac_jax.models.decoder import init_cache
+from agac_jax.models.qwen2_audio import (Qwen2AudioForConditionalGeneration, causal_mask, check_placeholder_count,
                                          prompt_positions, stack_sown)
 from agac_jax.models.audio_encoder import conv_output_lengths
 from tests.tiny_models import TINY_CONFIGS, load_hf_eager, make_hf_checkpoint
@@ -158,3 +159,35 @@ def test_bfloat16_compute_stays_finite_and_close(tiny):
     assert bf16.dtype == jnp.float32 and np.isfinite(np.asarray(bf16)).all()
     rel = np.abs(np.asarray(bf16) - np.asarray(f32)).max() / np.abs(np.asarray(f32)).max()
     assert rel < 5e-2, f"bfloat16 logits differ by {rel:.3f} relative"
+
+
+def test_output_rows_equal_the_full_pass_on_those_rows_with_and_without_a_cache(tiny):
+    """`decode(..., output_rows=R)` computes the last layer for rows R only; the hidden states must be
+    the full pass's on R, and the cache the same keys and values."""
+    loaded, _ = tiny
+    config = loaded.config
+    model = Qwen2AudioForConditionalGeneration(config)
+    variables = {"params": loaded.params}
+    rng = np.random.default_rng(5)
+    b, s, d = 2, 12, config.text.hidden_size
+    embeds = jnp.asarray(rng.standard_normal((b, s, d)).astype(np.float32))
+    positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+    mask = causal_mask(jnp.ones((b, s), jnp.int32))
+    rows = jnp.asarray([[3, 7, 11], [0, 5, 6]])
+    full, _ = model.apply(variables, embeds, positions, mask, method=model.decode)
+    picked, _ = model.apply(variables, embeds, positions, mask, output_rows=rows, method=model.decode)
+    assert picked.shape == (b, 3, d)
+    assert_close(picked, np.take_along_axis(np.asarray(full), np.asarray(rows)[..., None], axis=1), "output rows")
+    cache = init_cache(config.text, b, s, jnp.float32)
+    _, cache_full = model.apply(variables, embeds[:, :5], positions[:, :5], mask[:, :5], cache, 0, method=model.decode)
+    tail_mask = mask[:, 5:]
+    (full_tail, kv_full), (rows_tail, kv_rows) = (
+        model.apply(variables, embeds[:, 5:], positions[:, 5:], tail_mask, cache_full, 5, output_rows=r,
+                    method=model.decode) for r in (None, rows[:, 1:] - 5))
+    assert_close(rows_tail, np.take_along_axis(np.asarray(full_tail), np.asarray(rows[:, 1:] - 5)[..., None], axis=1),
+                 "output rows after a cache")
+    for a, e in zip(jax.tree.leaves(kv_rows), jax.tree.leaves(kv_full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        model.apply(variables, embeds, positions, mask, query_weights=jnp.ones((b, s, 1)), output_rows=rows,
+                    method=model.decode)

@@ -105,6 +105,9 @@ class BenchConfig:
     layer_memory_check: bool = True  # `flops`: also compile each program for twice the decoder layers
     matmul_repeats: int = 10
     max_new_tokens: int = 8
+    max_text_tokens: int = 32  # prompt slots besides the audio: the bench's prompts have 25 text tokens
+    reference_chunk: int = 16  # gate vectors (or IG steps) per batch of the PyTorch reference: of 16, 32, 64 and
+    #                            128 its fastest on the mid model here (2.17, 2.25, 2.35, 3.19 s per 5 s clip)
     tiny_model: str | None = str(SHIPPED_TINY)  # None or missing: a random model of its shape
     tiny_spec: str = "tiny_random"
     mid_spec: str = "mid_random"
@@ -274,7 +277,8 @@ class BenchContext:
         return ModelEntry(role, directory, f"random {spec}{note}", False)
 
     def scorer(self, entry: ModelEntry, **overrides: Any) -> Scorer:
-        config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, **overrides)
+        config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, max_text_tokens=self.config.max_text_tokens,
+                               **overrides)
         return Scorer(entry.loaded(), entry.tokenizer(), config)
 
 
@@ -305,7 +309,7 @@ def reference_inputs(hf: Any, clip: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], estimator: str,
-                    config: ScoringConfig) -> tuple[float, list[Any]]:
+                    config: ScoringConfig, chunk: int) -> tuple[float, list[Any]]:
     """(wall seconds, ReferenceScores) of the PyTorch reference on each clip with the JAX answer ids,
     the log-mel features included as in `Scorer.score`."""
     from agac_jax.reference import torch_scores
@@ -313,7 +317,7 @@ def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], 
     def run() -> list[Any]:
         return [torch_scores.score_clip(hf, s.input_ids, **reference_inputs(hf, clip), estimator=estimator,
                                         window=config.window, ig_steps=config.ig_steps, alpha=config.alpha,
-                                        answer_ids=s.answer_ids, chunk=config.occlusion_chunk,
+                                        answer_ids=s.answer_ids, chunk=chunk,
                                         clip_id=f"clip {i}")
                 for i, (clip, s) in enumerate(zip(clips, scores))]
 
@@ -374,7 +378,7 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
                 jax_walls.append(wall)
                 jax_runs.append(run)
             else:
-                wall, refs = reference_timed(hf, clips, first, estimator, scorer.config)
+                wall, refs = reference_timed(hf, clips, first, estimator, scorer.config, c.reference_chunk)
                 torch_walls.append(wall)
         ctx.log(f"whole: {entry.role} {estimator}: repeat {r + 1}/{repeats}: jax {jax_walls[-1]:.2f} s, "
                 f"torch {torch_walls[-1]:.2f} s")
@@ -564,9 +568,15 @@ def analytic_program_flops(scorer: Scorer, frames: int) -> float:
     per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
     per_clip += decoder_flops(model.text, seq - a, seq, 1) + a * decoder_flops(model.text, 1, seq, 1)
     teacher_forced = decoder_flops(model.text, seq, seq, a)
-    if c.estimator == "occlusion":
+    if c.estimator == "occlusion" and c.share_prefix:
         chunk = min(c.occlusion_chunk, t_slots)
-        passes = 2 + -(-t_slots // chunk) * chunk
+        occluded = 0.0
+        for first in range(0, t_slots, chunk):
+            start = max(min(scorer.audio_offset, seq - a - t_slots) + first - (c.window - 1) // 2, 0)
+            occluded += min(chunk, t_slots - first) * decoder_flops(model.text, seq - start, seq, a)
+        return c.batch_size * (per_clip + 2 * teacher_forced + occluded)
+    if c.estimator == "occlusion":
+        passes = 2 + t_slots
     else:
         passes = 2 + 3 * c.ig_steps
     return c.batch_size * (per_clip + passes * teacher_forced)

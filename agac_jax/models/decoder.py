@@ -93,6 +93,7 @@ class DecoderSelfAttention(nn.Module):
         cache: LayerCache | None = None,
         cache_index: Array | None = None,
         query_weights: Array | None = None,
+        query_rows: Array | None = None,
     ) -> tuple[Array, LayerCache | None]:
         """One attention step.
 
@@ -103,17 +104,23 @@ class DecoderSelfAttention(nn.Module):
           cache: this layer's keys/values, written at [cache_index, cache_index + S).
           cache_index: int scalar, where the new positions go in the cache.
           query_weights: [B, S, W] W weightings of the query rows for the sown `received` reduction.
+          query_rows: [B, R] int, the only new positions whose outputs are wanted: queries are
+            computed for them alone (keys and values for all S). None: all S.
 
         Returns:
-          ([B, S, D], the updated cache or None).
+          ([B, S, D] or [B, R, D], the updated cache or None).
         """
         c = self.config
         b, s, _ = x.shape
         hd, nh, nkv = c.attention_head_dim, c.num_attention_heads, c.num_key_value_heads
-        q = _dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"), True)(x).reshape(b, s, nh, hd)
         k = _dense(nkv * hd, "k_proj", self.dtype, ("embed", "kv_heads"), True)(x).reshape(b, s, nkv, hd)
         v = _dense(nkv * hd, "v_proj", self.dtype, ("embed", "kv_heads"), True)(x).reshape(b, s, nkv, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        if query_rows is not None:
+            x, cos, sin, mask = (_take_rows(a, query_rows) for a in (x, cos, sin, mask))
+            s = query_rows.shape[1]
+        q = _dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"), True)(x).reshape(b, s, nh, hd)
+        q = apply_rotary(q, cos, sin)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
@@ -129,6 +136,11 @@ class DecoderSelfAttention(nn.Module):
         probs = probs.astype(self.dtype).reshape(b, nkv, c.kv_groups, s, k.shape[1])
         out = jnp.einsum("bngqk,bknd->bqngd", probs, v.astype(self.dtype)).reshape(b, s, nh * hd)
         return _dense(c.hidden_size, "o_proj", self.dtype, ("heads", "embed"), False)(out), cache
+
+
+def _take_rows(a: Array, rows: Array) -> Array:
+    """a [B, S, ...], rows [B, R] -> [B, R, ...]."""
+    return jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
 
 
 class MLP(nn.Module):
@@ -150,12 +162,14 @@ class DecoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, query_weights=None):
-        """x: [B, S, D] -> ([B, S, D], cache). Arguments as `DecoderSelfAttention`."""
+    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, query_weights=None, query_rows=None):
+        """x: [B, S, D] -> ([B, S, D] or [B, R, D] with query_rows, cache). Arguments as `DecoderSelfAttention`."""
         c = self.config
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
         h, cache = DecoderSelfAttention(c, self.dtype, name="self_attn")(h, cos, sin, mask, cache, cache_index,
-                                                                         query_weights)
+                                                                         query_weights, query_rows)
+        if query_rows is not None:
+            x = _take_rows(x, query_rows)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + MLP(c, self.dtype, name="mlp")(h), cache
@@ -195,13 +209,24 @@ class Decoder(nn.Module):
         cache: tuple[LayerCache, ...] | None = None,
         cache_index: Array | None = None,
         query_weights: Array | None = None,
+        output_rows: Array | None = None,
     ) -> tuple[Array, tuple[LayerCache, ...] | None]:
-        """inputs_embeds [B, S, D], positions [B, S], mask [B, S, K] -> (normed hidden [B, S, D], cache)."""
+        """inputs_embeds [B, S, D], positions [B, S], mask [B, S, K] -> (normed hidden [B, S, D], cache).
+
+        output_rows: [B, R] int, the only positions whose hidden states are wanted (e.g. the rows that
+        predict an answer): the last layer computes queries, attention output and MLP for them alone
+        and the result is [B, R, D]. Every layer still writes all S keys and values to the cache.
+        """
         c = self.config
+        if output_rows is not None and query_weights is not None:
+            raise ValueError("output_rows and query_weights cannot be combined")
         cos, sin = rotary_cos_sin(positions, c.attention_head_dim, c.rope_theta, self.dtype)
         x = inputs_embeds.astype(self.dtype)
         new_cache = []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, query_weights)
+            rows = output_rows if i == last else None
+            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, query_weights,
+                                   rows)
             new_cache.append(layer_cache)
         return self.norm(x), (tuple(new_cache) if cache is not None else None)

@@ -113,9 +113,10 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         cache: tuple[LayerCache, ...] | None = None,
         cache_index: Array | None = None,
         query_weights: Array | None = None,
+        output_rows: Array | None = None,
     ) -> tuple[Array, tuple[LayerCache, ...] | None]:
         """The decoder on embeddings: see `Decoder.__call__`."""
-        return self.language_model(inputs_embeds, positions, mask, cache, cache_index, query_weights)
+        return self.language_model(inputs_embeds, positions, mask, cache, cache_index, query_weights, output_rows)
 
     def logits(self, hidden: Array) -> Array:
         """[..., D] -> [..., vocab] in float32."""

@@ -34,12 +34,13 @@ class ProgramSpec:
     estimator: str = "occlusion"
     window: int = 1  # occlusion: tokens gated off around t
     ig_steps: int = 16  # integrated gradients: midpoint-rule steps
-    occlusion_chunk: int = 64  # gate vectors evaluated together (bounds memory)
+    occlusion_chunk: int = 16  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
     fastv_layer: int = 2  # FastV's K; clamped to the last layer of smaller decoders
     rates: tuple[int, ...] = (25, 50, 100)
     max_samples: int = 480_000  # clip samples the frame grids are sized for (the bucket)
     generate: bool = True  # False: every clip of the batch comes with its answer ids
     share_prefix: bool = True  # occlusion re-uses the full pass's keys/values before each chunk
+    audio_offset: int = 0  # a lower bound of every prompt's first audio placeholder position
     generation: GenerationSettings = GenerationSettings()
 
     def __post_init__(self):
@@ -100,9 +101,10 @@ class ClipPasses(NamedTuple):
 
     decode: Any  # (gate [T], query_weights=None, sow=None) -> (hidden [L, D], sown state or None)
     decode_cached: Any  # (gate, query_weights, sow) -> (hidden, sown state, KV cache of every layer)
-    answer_logp: Any  # (hidden [L - offset, D], offset=0) -> logp of the answer
+    answer_logp: Any  # (hidden [L - offset, D], offset=0) or (hidden [A, D], gathered=True) -> logp of the answer
     logp_of: Any  # gate -> logp
-    suffix_logp: Any  # (gate, start: static int, cache) -> logp, recomputing positions >= start only
+    suffix_logp: Any  # (gate, start: static int, cache) -> logp, recomputing positions >= start only (and in
+    #                   the last layer only the answer-producing rows)
     is_audio: Array  # [L] bool
     rows: Array  # [A] answer-producing rows
     answer_valid: Array  # [A] bool
@@ -129,9 +131,9 @@ def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_leng
         mixed = gate[:, None] * audio + (1.0 - gate[:, None]) * silence
         return jnp.where(is_audio[:, None], mixed[ordinal].astype(token_embeds.dtype), token_embeds)
 
-    def run(embeds, start, cache, query_weights=None, sow=None):
+    def run(embeds, start, cache, query_weights=None, sow=None, output_rows=None):
         args = (embeds[None, start:], positions[:, start:], mask[:, start:], cache,
-                None if cache is None else start, query_weights)
+                None if cache is None else start, query_weights, output_rows)
         if sow:
             (hidden, cache), state = model.apply(variables, *args, method=model.decode, mutable=[sow])
         else:
@@ -146,17 +148,18 @@ def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_leng
         cache = init_cache(model.config.text, 1, s + a, model.config.dtype)
         return run(gated_embeds(gate), 0, cache, query_weights, sow)
 
-    def answer_logp(hidden, offset=0):
-        logits = model.apply(variables, hidden[rows - offset], method=model.logits)
+    def answer_logp(hidden, offset=0, gathered=False):
+        logits = model.apply(variables, hidden if gathered else hidden[rows - offset], method=model.logits)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), answer_ids[:, None], axis=-1)[:, 0]
         return jnp.sum(jnp.where(answer_valid, logp, 0.0))
 
     def logp_of(gate):
-        return answer_logp(decode(gate)[0])
+        hidden, _, _ = run(gated_embeds(gate), 0, None, output_rows=rows[None])
+        return answer_logp(hidden, gathered=True)
 
     def suffix_logp(gate, start, cache):
-        hidden, _, _ = run(gated_embeds(gate), start, cache)
-        return answer_logp(hidden, start)
+        hidden, _, _ = run(gated_embeds(gate), start, cache, output_rows=(rows - start)[None])
+        return answer_logp(hidden, gathered=True)
 
     return ClipPasses(decode, decode_cached, answer_logp, logp_of, suffix_logp, is_audio, rows, answer_valid)
 
@@ -185,7 +188,8 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     if spec.estimator == "integrated_gradients":
         local = _integrated_gradients(passes.logp_of, ones, token_valid, spec)
     elif spec.share_prefix:
-        local = _occlusion_shared_prefix(passes.suffix_logp, cache, logp_full, ones, token_valid, spec)
+        local = _occlusion_shared_prefix(passes.suffix_logp, cache, logp_full, ones, token_valid, spec,
+                                         min(spec.audio_offset, s - t_slots))
     else:
         local = _occlusion(passes.logp_of, logp_full, ones, token_valid, spec)
 
@@ -236,20 +240,23 @@ def _occlusion(logp_of, logp_full, ones, token_valid, spec: ProgramSpec) -> Arra
     return jnp.where(token_valid, logp_full - logps, 0.0)
 
 
-def _occlusion_shared_prefix(suffix_logp, cache, logp_full, ones, token_valid, spec: ProgramSpec) -> Array:
+def _occlusion_shared_prefix(suffix_logp, cache, logp_full, ones, token_valid, spec: ProgramSpec,
+                             audio_offset: int) -> Array:
     """Occlusion that re-uses the full pass's keys and values before the first occluded position.
 
-    Gates are grouped in chunks of consecutive tokens; a chunk whose first gate switches off token j
-    recomputes positions from j on (audio token j sits at sequence position >= j, so j is a static
-    lower bound of the first position any gate of the chunk touches). Exact: a causal decoder's
-    states before that position are those of the full pass. About half the work of `_occlusion`.
+    Gates are grouped in chunks of `occlusion_chunk` consecutive tokens; a chunk whose first gate
+    switches off token j recomputes sequence positions from audio_offset + j on: audio token j sits
+    at position (first placeholder) + j >= audio_offset + j, so this static start is at or before
+    the first position any gate of the chunk touches. Exact: a causal decoder's states before that
+    position are those of the full pass. With chunks of c gates over T tokens and L positions the
+    work is about T * (L - audio_offset - T / 2) token passes, against T * L without sharing.
     """
     gates = occlusion_gates(ones, spec.window)
     t = gates.shape[0]
     chunk = min(spec.occlusion_chunk, t)
     logps = []
     for first in range(0, t, chunk):
-        start = max(first - (spec.window - 1) // 2, 0)
+        start = max(audio_offset + first - (spec.window - 1) // 2, 0)
         logps.append(jax.vmap(lambda g, start=start: suffix_logp(g, start, cache))(gates[first:first + chunk]))
     return jnp.where(token_valid, logp_full - jnp.concatenate(logps), 0.0)
 

@@ -58,7 +58,7 @@ class ScoringConfig:
     max_new_tokens: int = 8  # greedy answer budget
     max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
     batch_size: int = 8  # clips per compiled call (padded up)
-    occlusion_chunk: int = 64  # gate vectors per vmapped chunk
+    occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
     share_prefix: bool = True  # occlusion re-uses the keys/values before each chunk (exact, ~2x less work)
     buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
@@ -104,6 +104,7 @@ class Scorer:
         self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
         self.params = jax.device_put(loaded.params, self.param_shardings)
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
+        self.audio_offset = self._first_audio_position("")
         self._executables: dict[tuple[int, bool], Any] = {}
 
     @classmethod
@@ -184,6 +185,14 @@ class Scorer:
         return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
                 np.pad(mask, ((0, 0), (extra, 0)), constant_values=0))
 
+    def _first_audio_position(self, question: str) -> int:
+        """Where the first audio placeholder sits in the prompt of `question` (the template's prefix;
+        the empty question gives a lower bound even for templates that put the question first)."""
+        prompts = build_prompts(self.tokenizer, [question], [np.zeros(feats.SAMPLE_RATE, np.float32)],
+                                num_mel_bins=self.model_config.audio.num_mel_bins,
+                                pad_to_frames=feats.FRAMES_PER_SECOND, padding_side="right")
+        return int(np.argmax(prompts.input_ids[0] == self.model_config.audio_token_id))
+
     def _decode_answer(self, tokens: np.ndarray) -> str:
         tokens = [int(t) for t in tokens if int(t) not in self.generation.eos_token_ids]
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
@@ -215,6 +224,10 @@ class Scorer:
                              f"max_text_tokens={c.max_text_tokens}")
         prompt_ids = np.zeros((bs, s_slots), np.int32)
         prompt_ids[:, : prompts.input_ids.shape[1]] = prompts.input_ids * prompts.attention_mask
+        first_audio = np.argmax(prompt_ids == self.model_config.audio_token_id, axis=1)
+        if first_audio.min() < self.audio_offset:
+            raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
+                             f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
         silence, _ = feats.batch_log_mel([np.zeros_like(x) for x in clips], n_mels, pad_to_frames=frames)
         answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
         answer_lengths = np.full((bs,), -1, np.int32)
@@ -250,7 +263,8 @@ class Scorer:
             return self._executables[key], 0.0
         c = self.config
         spec = ProgramSpec(estimator=c.estimator, window=c.window, ig_steps=c.ig_steps,
-                           occlusion_chunk=c.occlusion_chunk, share_prefix=c.share_prefix, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
+                           occlusion_chunk=c.occlusion_chunk, share_prefix=c.share_prefix,
+                           audio_offset=self.audio_offset, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
                            max_samples=frames * feats.HOP_LENGTH, generate=generate, generation=self.generation)
 
         def program(params, batch):
