@@ -17,7 +17,10 @@ from agac_jax.data import avhbench, clotho_aqa
 from agac_jax.data import synthetic
 from agac_jax.data.common import SAMPLE_RATE, AudioQASample, AudioSource, WavFile
 
-FFMPEG = shutil.which("ffmpeg")
+try:
+    FFMPEG = avhbench.find_ffmpeg()
+except avhbench.FfmpegNotFoundError:
+    FFMPEG = None
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed; audio extraction not tested")
 
 

@@ -15,6 +15,7 @@ from agac_jax.audio.features import (
     MAX_FRAMES,
     MAX_SAMPLES,
     audio_token_count,
+    silence_log_mel,
     batch_log_mel,
     bucket_frames,
     bucket_seconds,
@@ -177,3 +178,10 @@ def test_batch_log_mel_names_clip_longer_than_bucket() -> None:
     clips = [np.zeros(100, np.float32), np.zeros(80_001, np.float32)]
     with pytest.raises(ValueError, match=r"waveforms\[1\].*bucket"):
         batch_log_mel(clips, 128, pad_to_frames=500)
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_silence_log_mel_is_the_log_mel_of_zeros(n_mels):
+    zeros = [np.zeros(n, np.float32) for n in (16_000, 33_333, 80_000)]
+    expected, _ = batch_log_mel(zeros, n_mels, pad_to_frames=500)
+    np.testing.assert_array_equal(silence_log_mel(3, n_mels, 500), expected)

@@ -205,6 +205,18 @@ def check_pad_to_frames(pad_to_frames: int) -> int:
     return int(pad_to_frames)
 
 
+SILENCE_LOG_MEL = -1.5  # every frame of zeros: log10 clamps to -10 everywhere, (x + 4) / 4 = -1.5
+
+
+def silence_log_mel(batch: int, num_mel_bins: int, pad_to_frames: int) -> np.ndarray:
+    """float32 [batch, num_mel_bins, pad_to_frames]: the log-mel of zeros (any length), without the STFT.
+
+    Equal to `batch_log_mel` of all-zero clips (tested): with no energy anywhere, the clamp to the
+    maximum minus 8 leaves the constant log10 floor, which Whisper's scaling maps to -1.5.
+    """
+    return np.full((batch, num_mel_bins, check_pad_to_frames(pad_to_frames)), SILENCE_LOG_MEL, np.float32)
+
+
 def batch_log_mel(
     waveforms: Sequence[np.ndarray],
     num_mel_bins: int = 128,

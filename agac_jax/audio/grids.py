@@ -1,4 +1,10 @@
-"""The Qwen2-Audio time grids: 16 kHz samples, 100 mel frames per second, 25 audio tokens per second."""
+"""The time grids, defined once: 16 kHz samples, 100 mel frames and 25 audio tokens per second
+(Qwen2-Audio), and the codec's token rates r with 2 tokens per frame of 2 / r seconds (SemantiCodec).
+
+Pure constants (no imports), so the codec sidecar, the data loaders and the scoring program share them.
+The PyTorch reference (`agac_jax.reference.torch_scores`) keeps its own copies on purpose: it is an
+independent implementation to check this one against.
+"""
 
 SAMPLE_RATE = 16_000
 N_FFT = 400
@@ -8,3 +14,5 @@ MAX_SAMPLES = MAX_SECONDS * SAMPLE_RATE
 MAX_FRAMES = MAX_SAMPLES // HOP_LENGTH
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH
 SAMPLES_PER_AUDIO_TOKEN = 4 * HOP_LENGTH
+CODEC_TOKEN_RATES = (25, 50, 100)
+CODEC_TOKENS_PER_FRAME = 2

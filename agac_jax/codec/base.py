@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-SUPPORTED_TOKEN_RATES = (25, 50, 100)
-TOKENS_PER_FRAME = 2
+from agac_jax.audio.grids import CODEC_TOKEN_RATES as SUPPORTED_TOKEN_RATES
+from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
+from agac_jax.audio.grids import SAMPLE_RATE
 
 
 class UnsupportedTokenRateError(ValueError):

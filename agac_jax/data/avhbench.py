@@ -54,11 +54,19 @@ class AudioExtractionError(RuntimeError):
 
 
 def find_ffmpeg(ffmpeg: str | None = None) -> str:
-    """The ffmpeg executable to use: `ffmpeg` if given, else the one on PATH.
+    """The ffmpeg executable to use: `ffmpeg` if given, else the one on PATH, else the static build of
+    the `imageio-ffmpeg` package (pinned in requirements.txt, so a fresh set-up always has one).
 
     Raises FfmpegNotFoundError, saying how to install it, when there is none.
     """
     found = shutil.which(ffmpeg or "ffmpeg")
+    if found is None and ffmpeg is None:
+        try:
+            import imageio_ffmpeg
+
+            found = imageio_ffmpeg.get_ffmpeg_exe()
+        except (ImportError, RuntimeError):
+            found = None
     if found is None:
         raise FfmpegNotFoundError(
             f"ffmpeg executable {ffmpeg or 'ffmpeg'!r} not found: AVHBench audio is the soundtrack of its "

@@ -18,7 +18,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import soundfile
 
-SAMPLE_RATE = 16_000
+from agac_jax.audio.grids import SAMPLE_RATE
+
 YES = "yes"
 NO = "no"
 ANSWERS = (YES, NO)

@@ -228,7 +228,7 @@ class Scorer:
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
                              f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
-        silence, _ = feats.batch_log_mel([np.zeros_like(x) for x in clips], n_mels, pad_to_frames=frames)
+        silence = feats.silence_log_mel(bs, n_mels, frames)
         answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
         answer_lengths = np.full((bs,), -1, np.int32)
         if answers is not None:

@@ -26,10 +26,10 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-SAMPLE_RATE = 16_000
-TOKEN_SAMPLES = 640
-CODEC_TOKEN_RATES = (25, 50, 100)
-TOKENS_PER_FRAME = 2
+from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE
+from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
+from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN as TOKEN_SAMPLES
+
 MAX_RHO_DENOMINATOR = 10_000
 
 
