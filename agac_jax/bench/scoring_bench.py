@@ -106,7 +106,7 @@ class BenchConfig:
     matmul_repeats: int = 10
     max_new_tokens: int = 8
     max_text_tokens: int = 32  # prompt slots besides the audio: the bench's prompts have 25 text tokens
-    occlusion_chunks: tuple[int, ...] = (16, 32, 64)  # gate vectors per batch tried on each side (`whole`, occlusion):
+    occlusion_chunks: tuple[int, ...] = (8, 16, 32, 64)  # gate vectors per batch tried on each side (`whole`, occlusion):
     #                                                   each side is timed at its fastest, so neither is handicapped
     tiny_model: str | None = str(SHIPPED_TINY)  # None or missing: a random model of its shape
     tiny_spec: str = "tiny_random"
