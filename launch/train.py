@@ -44,6 +44,12 @@ def evaluate_directory(cfg: ml_collections.ConfigDict, directory: Path) -> dict:
     return evaluate(cfg, loaded.config, loaded.params, loaded.generation_config, tokenizer)
 
 
+def eval_frames(cfg: ml_collections.ConfigDict) -> int:
+    """Mel frames every test clip is padded to: one second past the largest training bucket, so that the
+    encoder reads real padding frames past every clip's end, as in transformers' 30 s input."""
+    return 100 * (max(cfg.bucket_seconds) + 1)
+
+
 def evaluate(cfg: ml_collections.ConfigDict, config: Qwen2AudioConfig, params: Any, generation: dict,
              tokenizer: PreTrainedTokenizerBase) -> dict:
     """{"audio": ..., "silence": ...}: `GenerationEval.summary()` and seconds, on the test questions."""
@@ -51,8 +57,8 @@ def evaluate(cfg: ml_collections.ConfigDict, config: Qwen2AudioConfig, params: A
     results = {}
     for name, silence in (("audio", False), ("silence", True)):
         started = time.perf_counter()
-        outcome = train.evaluate_generation(config, params, generation, tokenizer, samples,
-                                            100 * max(cfg.bucket_seconds), cfg.eval_batch_size, silence=silence)
+        outcome = train.evaluate_generation(config, params, generation, tokenizer, samples, eval_frames(cfg),
+                                            cfg.eval_batch_size, silence=silence)
         results[name] = {**outcome.summary(), "seconds": time.perf_counter() - started}
         logging.info("test accuracy with %s: %.3f (%s), %d unknown of %d", name, outcome.accuracy,
                      ", ".join(f"{k} {v:.3f}" for k, v in outcome.accuracy_by_kind.items()), outcome.num_unknown,

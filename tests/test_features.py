@@ -19,6 +19,8 @@ from agac_jax.audio.features import (
     batch_log_mel,
     bucket_frames,
     bucket_seconds,
+    encoder_bucket_frames,
+    encoder_frames_needed,
     feat_extract_output_lengths,
     log_mel,
     mel_filter_bank,
@@ -132,6 +134,14 @@ def test_token_counts_equal_qwen2_audio_encoder_arithmetic() -> None:
     assert audio_token_count(3000) == 750
     assert audio_token_count(50) == 12
     assert isinstance(audio_token_count(370), int)
+
+
+def test_encoder_buckets_hold_the_frames_the_encoder_reads() -> None:
+    assert [encoder_frames_needed(v) for v in (1, 2, 3, 498, 499, 500)] == [3, 3, 5, 499, 501, 501]
+    assert encoder_bucket_frames(79_680) == 500  # 498 valid frames: the 499th is read
+    assert encoder_bucket_frames(79_681) == 1000  # 499 valid frames: frames 499 and 500 are read
+    assert encoder_bucket_frames(80_000, buckets=(5, 10)) == 1000
+    assert encoder_bucket_frames(479_000, buckets=(5, 10)) == 3000  # no bucket holds it: the 30 s input
 
 
 def test_bucket_seconds_boundaries() -> None:

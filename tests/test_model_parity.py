@@ -15,6 +15,7 @@ from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.decoder import init_cache
 from agac_jax.models.qwen2_audio import (Qwen2AudioForConditionalGeneration, causal_mask, check_placeholder_count,
                                          prompt_positions, stack_sown)
+from agac_jax.audio.features import encoder_frames_needed
 from agac_jax.models.audio_encoder import conv_output_lengths
 from tests.tiny_models import TINY_CONFIGS, load_hf_eager, make_hf_checkpoint
 
@@ -93,17 +94,24 @@ def _hf_encoder_mask(hf, mask):
                                      attention_mask=valid)
 
 
-def test_short_mel_inputs_equal_full_length_on_valid_positions(tiny):
-    """Any even frame count that holds one frame past the valid end gives transformers' 30 s result."""
+@pytest.mark.parametrize("valid", [634, 635])
+def test_short_mel_inputs_equal_full_length_on_valid_positions(tiny, valid):
+    """Any even frame count holding the frames the encoder reads (`encoder_frames_needed`: one past the
+    valid end for even counts, two for odd) gives transformers' 30 s result; one frame fewer does not."""
     loaded, hf = tiny
     config = loaded.config
-    ids, att, features, mask, n_tokens = make_batch(config, [634], seed=1)
+    ids, att, features, mask, n_tokens = make_batch(config, [valid], seed=1)
     full = hf_forward(hf, ids, att, features, mask).logits.numpy()
     model = Qwen2AudioForConditionalGeneration(config)
     forward = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
-    for frames in (636, 640, 1000):
+    needed = encoder_frames_needed(valid)
+    assert needed == valid + (1 if valid % 2 == 0 else 2)
+    for frames in (needed + needed % 2, 640, 1000):
         short = forward(loaded.params, ids, att, features[:, :, :frames], mask.sum(-1))
         assert_close(np.asarray(short)[0], full[0], f"logits from {frames} mel frames")
+    if valid % 2:  # valid + 1 frames (even) reads conv padding where transformers reads a padding frame
+        short = np.asarray(forward(loaded.params, ids, att, features[:, :, : valid + 1], mask.sum(-1)))[0]
+        assert np.abs(short - full[0]).max() > 1e-3 * np.abs(full[0]).max()
 
 
 def test_greedy_generation_is_token_for_token_equal(tiny):

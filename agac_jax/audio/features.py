@@ -286,5 +286,33 @@ def bucket_seconds(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECO
 
 
 def bucket_frames(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS) -> int:
-    """The frame bucket (pad_to_frames) for a clip of n_samples: ``100 * bucket_seconds``."""
+    """The frame bucket (pad_to_frames) for a clip of n_samples: ``100 * bucket_seconds``.
+
+    It holds the clip's samples, not always the frames the encoder reads past them: training uses it
+    (its buckets are its own); inference uses `encoder_bucket_frames`, which equals transformers.
+    """
     return bucket_seconds(n_samples, buckets) * FRAMES_PER_SECOND
+
+
+def encoder_frames_needed(num_valid: int) -> int:
+    """Mel frames the audio encoder reads to compute the valid positions of a clip of `num_valid` frames.
+
+    conv1 (kernel 3, stride 1, padding 1) and conv2 (kernel 3, stride 2, padding 1) leave
+    P = (V - 1) // 2 + 1 valid positions; the last reads conv1 outputs up to 2P - 1, which read frames
+    up to 2P. So 2P + 1 frames: one past the valid end for even V, two for odd V. With fewer, the
+    convolutions' zero padding stands in for the padding frames of transformers' 30 s input and the
+    last audio token differs.
+    """
+    return 2 * ((num_valid - 1) // 2 + 1) + 1
+
+
+def encoder_bucket_frames(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS) -> int:
+    """The smallest bucket (in frames) whose features give the encoder exactly transformers' 30 s result
+    on every valid position of a clip of n_samples (`encoder_frames_needed`); the full 3000 frames when
+    no bucket of `buckets` does (the 30 s input is the reference itself)."""
+    valid = num_valid_frames(n_samples)
+    needed = encoder_frames_needed(valid)
+    for seconds in sorted(buckets):
+        if needed <= seconds * FRAMES_PER_SECOND:
+            return int(seconds) * FRAMES_PER_SECOND
+    return MAX_FRAMES

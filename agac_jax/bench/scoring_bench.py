@@ -16,8 +16,8 @@ Parts (`PARTS`), each a function of a `BenchContext` returning a JSON-ready dict
   subprocess (XLA_FLAGS must be set before jax is imported).
 - `gpu`: the accelerator the run used, or `GPU_NOT_MEASURED`.
 
-Clips are "n s" clips one mel frame (10 ms) short of n s: a clip of exactly 5 s needs a 501st frame
-(`Scorer.bucket_frames`) and is scored in the 10 s bucket.
+Clips are "n s" clips two mel frames (20 ms) short of n s: the encoder reads up to two frames past a
+clip's end (`features.encoder_frames_needed`), so a clip of exactly 5 s is scored in the 10 s bucket.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ SAMPLE_RATE = 16_000
 GPU_NOT_MEASURED = "not measured: no GPU in this session"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_TINY = REPO_ROOT / "assets" / "tiny_qwen2audio"
-CLIP_SHORTFALL_SAMPLES = feats.HOP_LENGTH  # "n s" clips are one mel frame short of n s
+CLIP_SHORTFALL_SAMPLES = 2 * feats.HOP_LENGTH  # "n s" clips are two mel frames short of n s
 WORKER_COMMAND = "import sys; from agac_jax.bench.scoring_bench import worker_main; worker_main(sys.argv[1:])"
 
 # transformers Qwen2AudioConfig keyword arguments of the random models.
@@ -214,7 +214,7 @@ class ModelEntry:
 
 
 def clip_samples(seconds: int) -> int:
-    """Samples of a nominal `seconds` clip: one mel frame short, so it fits the `seconds` bucket."""
+    """Samples of a nominal `seconds` clip: two mel frames short, so it fits the `seconds` bucket."""
     return seconds * SAMPLE_RATE - CLIP_SHORTFALL_SAMPLES
 
 
@@ -325,13 +325,18 @@ def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], 
 
 
 def relative_differences(scores: list[ClipScores], refs: list[Any]) -> dict[str, float]:
-    """Largest JAX - reference differences: local relative to |logp(1)|, global and FastV to their max."""
-    local = max(float(np.abs(s.local - r.local).max() / max(abs(r.logp_full), 1e-9)) for s, r in zip(scores, refs))
+    """Largest JAX - reference differences: local in nats (`local_abs`) and relative to the clip's
+    log-probability scale max(|logp(1)|, |logp(0)|) (a confident model's local scores are differences
+    of log-probabilities near 0, where float32 leaves ~1e-7 nats of noise), global and FastV relative
+    to their max."""
+    local_abs = max(float(np.abs(s.local - r.local).max()) for s, r in zip(scores, refs))
+    local = max(float(np.abs(s.local - r.local).max() / max(abs(r.logp_full), abs(r.logp_silence), 1e-9))
+                for s, r in zip(scores, refs))
     glob = max(float(np.abs(s.global_ - r.global_).max() / max(np.abs(r.global_).max(), 1e-9))
                for s, r in zip(scores, refs))
     fastv = max(float(np.abs(s.fastv - r.fastv).max() / max(np.abs(r.fastv).max(), 1e-9))
                 for s, r in zip(scores, refs))
-    return dict(local=local, global_=glob, fastv=fastv)
+    return dict(local=local, local_abs=local_abs, global_=glob, fastv=fastv)
 
 
 def check_answers(scores: list[ClipScores]) -> None:

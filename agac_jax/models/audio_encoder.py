@@ -6,8 +6,10 @@ in `agac_jax.checkpoints` stays a plain renaming.
 Variable length: transformers requires exactly 2 x max_source_positions mel frames (30 s). This port
 takes any even number of frames P up to that, and masks attention keys past each clip's valid length
 exactly as transformers does. On valid positions the outputs equal transformers' run on the same clip
-padded to 30 s, provided the features hold at least one frame past the valid end (conv1 reads it):
-`agac_jax.audio.features` pads with the same values Whisper's feature extractor gives padding.
+padded to 30 s, provided the features hold every frame the convolutions read for the last valid
+position: one past the valid end for an even number of valid frames, two for an odd one
+(`agac_jax.audio.features.encoder_frames_needed`). `agac_jax.audio.features` pads with the same values
+Whisper's feature extractor gives padding.
 """
 
 from __future__ import annotations

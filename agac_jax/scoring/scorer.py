@@ -115,15 +115,11 @@ class Scorer:
         return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config)
 
     def bucket_frames(self, n_samples: int) -> int:
-        """Mel frames of the bucket for a clip: the smallest bucket with one frame past the clip's end
-        (conv1 reads it), or the full 3000."""
-        valid = feats.num_valid_frames(n_samples)
-        for seconds in sorted(self.config.buckets_seconds):
-            if valid + 1 <= seconds * feats.FRAMES_PER_SECOND:
-                return seconds * feats.FRAMES_PER_SECOND
-        if valid <= feats.MAX_FRAMES:
-            return feats.MAX_FRAMES
-        raise ValueError(f"a clip of {n_samples} samples is longer than 30 s; split it with split_windows")
+        """Mel frames of the bucket for a clip: the smallest that holds every frame the encoder reads
+        for the clip's valid positions (`features.encoder_bucket_frames`), or the full 3000."""
+        if n_samples > feats.MAX_SAMPLES:
+            raise ValueError(f"a clip of {n_samples} samples is longer than 30 s; split it with split_windows")
+        return feats.encoder_bucket_frames(n_samples, self.config.buckets_seconds)
 
     def score(self, clips: Sequence[np.ndarray], questions: Sequence[str],
               answer_ids: Sequence[Sequence[int]] | None = None) -> list[ClipScores]:
