@@ -5,9 +5,9 @@ synthetic vocabulary and the Qwen2-Audio chat template (`agac_jax.tokenizer.save
 Each training question is rendered exactly as at inference (`agac_jax.prompts.render_prompt`) and
 followed by its answer word and `<|im_end|>`. Sequences are right-padded, so positions 0..S-1 equal
 the positions that left-padded greedy generation derives for the real tokens. A step takes
-`batch_clips` clips and `questions_per_clip` questions about each; each clip is encoded once and its
-audio embeddings are spliced into all its questions (the model's own stages, as `__call__` chains
-them).
+`batch_clips` clips and `questions_per_clip` questions about each; each clip is encoded once, its
+prompt prefix (system turn and audio) decoded once into a KV cache, and each question decoded on a
+copy of that cache (`forward`; the model's own stages, as `__call__` chains them).
 
 Questions: by default (`data.all_questions`) every question the benchmark's templates can ask about a
 training clip (`all_questions`): the 8 existence questions and the order question of every ordered
