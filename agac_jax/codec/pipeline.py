@@ -29,6 +29,7 @@ from agac_jax.codec.client import CodecClient
 from agac_jax.codec.protocol import CodecReply, CodecRequest
 
 _POLL_S = 0.05
+_NO_REQUEST = object()
 
 
 class CodecPipeline:
@@ -66,30 +67,23 @@ class CodecPipeline:
         return self.pending > self.max_backlog
 
     def _run(self) -> None:
+        """Feeds the client while it has room (waiting briefly for work only when it is idle), else
+        pumps its replies into the outbox. A None in the inbox stops the thread."""
         client = self.client
         try:
             while not self._stop.is_set():
-                fed = False
-                while client.in_flight < client.max_in_flight:
+                if client.in_flight < client.max_in_flight:
                     try:
-                        request = self._inbox.get_nowait()
+                        request = self._inbox.get(timeout=_POLL_S) if not client.in_flight else self._inbox.get_nowait()
                     except queue.Empty:
-                        break
+                        request = _NO_REQUEST
                     if request is None:
                         return
-                    client.submit(request)
-                    fed = True
-                if client.in_flight:
-                    for reply in client.poll(_POLL_S):
-                        self._outbox.put(reply)
-                elif not fed:
-                    try:
-                        request = self._inbox.get(timeout=_POLL_S)
-                    except queue.Empty:
+                    if request is not _NO_REQUEST:
+                        client.submit(request)
                         continue
-                    if request is None:
-                        return
-                    client.submit(request)
+                for reply in client.poll(_POLL_S):
+                    self._outbox.put(reply)
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
             self._error = error
 
