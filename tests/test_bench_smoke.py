@@ -41,6 +41,9 @@ def test_whole_scoring_schema(results):
         assert _positive(case[key]), key
     assert case["bucket_frames"] == 500
     assert case["max_relative_difference"]["local"] < 1e-3  # same clips, answers and estimator
+    work = case["work"]
+    assert work["torch_over_jax"] > 1  # the reference encodes 30 s and shares no prefix
+    assert work["jax_gflops_per_s"] == pytest.approx(work["jax_flops_per_clip"] / case["jax_s_per_clip"] / 1e9)
 
 
 def test_flops_and_memory_schema(results):

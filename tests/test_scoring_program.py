@@ -91,6 +91,16 @@ def test_integrated_gradients_completeness(model_dir, clips):
         assert s.local.sum() == pytest.approx(evidence, rel=0.02)
 
 
+def test_integrated_gradients_from_the_cached_prefix_equal_full_passes(model_dir, clips):
+    config = ScoringConfig(batch_size=2, max_new_tokens=4, estimator="integrated_gradients", ig_steps=4)
+    shared = Scorer.from_directory(model_dir, config)
+    assert shared.audio_offset > 0, "the test needs a template with text before the audio"
+    full = Scorer.from_directory(model_dir, dataclasses.replace(config, share_prefix=False))
+    for a, b in zip(shared.score(clips, QUESTIONS), full.score(clips, QUESTIONS)):
+        np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
+        np.testing.assert_allclose(a.local, b.local, rtol=0, atol=1e-5 * np.abs(b.local).max())
+
+
 def test_one_trace_per_bucket_and_answers_given_exactly(occlusion_scorer, occlusion_scores, clips):
     traces = occlusion_scorer.traces
     rng = np.random.default_rng(1)

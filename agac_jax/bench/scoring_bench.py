@@ -403,6 +403,10 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
     frames = scorer.bucket_frames(len(clips[0]))
     ctx.programs.append(ProgramRecord(f"{entry.role} {estimator}", entry, scorer, frames, n_clips, median(jax_runs)))
     jax_s, torch_s = median(jax_walls) / n_clips, median(torch_walls) / n_clips
+    jax_flops = analytic_program_flops(scorer, frames) / n_clips
+    torch_flops = float(np.mean([reference_clip_flops(scorer, s) for s in first]))
+    work = dict(jax_flops_per_clip=jax_flops, torch_flops_per_clip=torch_flops, torch_over_jax=torch_flops / jax_flops,
+                jax_gflops_per_s=jax_flops / jax_s / 1e9, torch_gflops_per_s=torch_flops / torch_s / 1e9)
     return dict(clips=n_clips, repeats=repeats, jax_chunk=jax_chunk, torch_chunk=torch_chunk,
                 chunk_tuning_s={side: {str(k): v for k, v in times.items()} for side, times in tuning.items()},
                 jax_s_per_clip=jax_s,
@@ -410,7 +414,7 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
                 torch_over_jax=torch_s / jax_s, compile_s=compile_seconds, first_call_s=first_wall,
                 bucket_frames=frames, answer_tokens=[len(s.answer_ids) for s in first],
                 torch_stage_s_per_clip={k: float(np.mean([r.seconds[k] for r in refs])) for k in refs[0].seconds},
-                max_relative_difference=relative_differences(first, refs))
+                max_relative_difference=relative_differences(first, refs), work=work)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -558,15 +562,27 @@ def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
                 torch_gflops=flops / median(torch_times) / 1e9)
 
 
-def decoder_flops(text: Any, n_query: int, n_key: int, head_rows: int) -> float:
+def decoder_flops(text: Any, n_query: int, n_key: int, head_rows: int, last_rows: int | None = None,
+                  backward: bool = False) -> float:
     """Multiply-add FLOPs (x2) of the decoder on n_query positions attending to n_key keys, plus the
-    LM head on head_rows rows."""
+    LM head on head_rows rows.
+
+    last_rows: the last layer computes keys and values for every position but queries, output and MLP
+    for these rows only (the program's answer-rows-only last layer). backward: the gradient with
+    respect to the inputs instead, as `jax.grad` of a gate or torch's autograd.grad of the gates
+    computes it: one product per weight matmul (no weight gradients), two per attention product.
+    """
     d, heads, kv = text.hidden_size, text.num_attention_heads, text.num_key_value_heads
     head_dim = text.head_dim or d // heads
-    projections = 2 * n_query * d * (2 * heads * head_dim + 2 * kv * head_dim)
-    mlp = 2 * n_query * 3 * d * text.intermediate_size
-    attention = 2 * 2 * n_query * n_key * heads * head_dim
-    return text.num_hidden_layers * (projections + mlp + attention) + 2 * head_rows * d * text.vocab_size
+
+    def layer(rows: int) -> float:
+        query_side = 2 * rows * d * 2 * heads * head_dim + 2 * rows * 3 * d * text.intermediate_size
+        key_side = 2 * n_query * d * 2 * kv * head_dim
+        attention = 2 * 2 * rows * n_key * heads * head_dim
+        return query_side + key_side + (2 if backward else 1) * attention
+
+    last = layer(n_query if last_rows is None else last_rows)
+    return (text.num_hidden_layers - 1) * layer(n_query) + last + 2 * head_rows * d * text.vocab_size
 
 
 def encoder_flops(audio: Any, frames: int, text_width: int) -> float:
@@ -580,26 +596,45 @@ def encoder_flops(audio: Any, frames: int, text_width: int) -> float:
 
 def analytic_program_flops(scorer: Scorer, frames: int) -> float:
     """FLOPs of the scoring program on one batch at its padded shapes: two encoder passes, greedy
-    prefill and steps, the full and silence passes, the estimator's passes (backward = 2 forward)."""
+    prefill and steps, the full and silence passes, and the estimator's passes, each recomputing the
+    positions from its shared prefix on, the last layer on the answer rows only."""
     c, model = scorer.config, scorer.model_config
     t_slots = frames // 4
     seq = t_slots + c.max_text_tokens + c.max_new_tokens
     a = c.max_new_tokens
     per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
     per_clip += decoder_flops(model.text, seq - a, seq, 1) + a * decoder_flops(model.text, 1, seq, 1)
-    teacher_forced = decoder_flops(model.text, seq, seq, a)
-    if c.estimator == "occlusion" and c.share_prefix:
+    per_clip += decoder_flops(model.text, seq, seq, a)  # the full pass (attention maps, cache)
+    offset = min(scorer.audio_offset, seq - a - t_slots) if c.share_prefix else 0
+
+    def pass_from(start: int, backward: bool = False) -> float:
+        return decoder_flops(model.text, seq - start, seq, a, last_rows=a, backward=backward)
+
+    per_clip += pass_from(0)  # silence
+    if c.estimator == "integrated_gradients":
+        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True))
+    elif c.share_prefix:
         chunk = min(c.occlusion_chunk, t_slots)
-        occluded = 0.0
         for first in range(0, t_slots, chunk):
-            start = max(min(scorer.audio_offset, seq - a - t_slots) + first - (c.window - 1) // 2, 0)
-            occluded += min(chunk, t_slots - first) * decoder_flops(model.text, seq - start, seq, a)
-        return c.batch_size * (per_clip + 2 * teacher_forced + occluded)
-    if c.estimator == "occlusion":
-        passes = 2 + t_slots
+            start = max(offset + first - (c.window - 1) // 2, 0)
+            per_clip += min(chunk, t_slots - first) * pass_from(start)
     else:
-        passes = 2 + 3 * c.ig_steps
-    return c.batch_size * (per_clip + passes * teacher_forced)
+        per_clip += t_slots * pass_from(0)
+    return c.batch_size * per_clip
+
+
+def reference_clip_flops(scorer: Scorer, clip: ClipScores) -> float:
+    """FLOPs of `torch_scores.score_clip` on one clip given its answer: the encoder on audio and silence
+    padded to 30 s, the attention and silence passes and the estimator's passes over the unpadded
+    prompt + answer (every layer on every row), as the reference runs them."""
+    c, model = scorer.config, scorer.model_config
+    a = len(clip.answer_ids)
+    seq = len(clip.input_ids) + a
+    full = decoder_flops(model.text, seq, seq, a)
+    flops = 2 * encoder_flops(model.audio, feats.MAX_FRAMES, model.text.hidden_size) + 2 * full
+    if c.estimator == "integrated_gradients":
+        return flops + c.ig_steps * (full + decoder_flops(model.text, seq, seq, a, backward=True))
+    return flops + clip.num_tokens * full
 
 
 def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
@@ -864,6 +899,9 @@ def _whole_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
                          f"jax {r['jax_s_per_clip']:.3f} s/clip, torch {r['torch_s_per_clip']:.3f} s/clip, "
                          f"torch/jax {r['torch_over_jax']:.2f}x, compile {r['compile_s']:.1f} s, "
                          f"max rel diff local {r['max_relative_difference']['local']:.1e}"))
+            w = r["work"]
+            rows.append(("", "  = work x rate", f"analytic FLOPs torch/jax {w['torch_over_jax']:.2f}x, rate jax "
+                         f"{w['jax_gflops_per_s']:.0f} / torch {w['torch_gflops_per_s']:.0f} GFLOP/s"))
 
 
 def _bucket_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:

@@ -39,7 +39,8 @@ class ProgramSpec:
     rates: tuple[int, ...] = (25, 50, 100)
     max_samples: int = 480_000  # clip samples the frame grids are sized for (the bucket)
     generate: bool = True  # False: every clip of the batch comes with its answer ids
-    share_prefix: bool = True  # occlusion re-uses the full pass's keys/values before each chunk
+    share_prefix: bool = True  # occlusion and IG re-use the full pass's keys/values before the audio (and
+    #                            occlusion before each chunk's first gate)
     audio_offset: int = 0  # a lower bound of every prompt's first audio placeholder position
     generation: GenerationSettings = GenerationSettings()
 
@@ -185,11 +186,16 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     heads = model.config.text.num_attention_heads
     fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / heads, 0.0)
 
+    audio_offset = min(spec.audio_offset, s - t_slots)
     if spec.estimator == "integrated_gradients":
-        local = _integrated_gradients(passes.logp_of, ones, token_valid, spec)
+        if spec.share_prefix:  # positions before the first audio token do not depend on the gate
+            local = _integrated_gradients(lambda gate: passes.suffix_logp(gate, audio_offset, cache), ones,
+                                          token_valid, spec)
+        else:
+            local = _integrated_gradients(passes.logp_of, ones, token_valid, spec)
     elif spec.share_prefix:
         local = _occlusion_shared_prefix(passes.suffix_logp, cache, logp_full, ones, token_valid, spec,
-                                         min(spec.audio_offset, s - t_slots))
+                                         audio_offset)
     else:
         local = _occlusion(passes.logp_of, logp_full, ones, token_valid, spec)
 

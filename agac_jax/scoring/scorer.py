@@ -59,7 +59,7 @@ class ScoringConfig:
     max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
     batch_size: int = 8  # clips per compiled call (padded up)
     occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
-    share_prefix: bool = True  # occlusion re-uses the keys/values before each chunk (exact, ~2x less work)
+    share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
     buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
