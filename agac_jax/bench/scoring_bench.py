@@ -898,7 +898,8 @@ def _whole_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
             rows.append((f"1 whole {part['clip_seconds']:.2f}s", f"{name} {_short(est)} B={r['clips']}",
                          f"jax {r['jax_s_per_clip']:.3f} s/clip, torch {r['torch_s_per_clip']:.3f} s/clip, "
                          f"torch/jax {r['torch_over_jax']:.2f}x, compile {r['compile_s']:.1f} s, "
-                         f"max rel diff local {r['max_relative_difference']['local']:.1e}"))
+                         f"max diff local {r['max_relative_difference']['local_abs']:.1e} nats "
+                         f"({r['max_relative_difference']['local']:.1e} of |logp|)"))
             w = r["work"]
             rows.append(("", "  = work x rate", f"analytic FLOPs torch/jax {w['torch_over_jax']:.2f}x, rate jax "
                          f"{w['jax_gflops_per_s']:.0f} / torch {w['torch_gflops_per_s']:.0f} GFLOP/s"))
