@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 
 from agac_jax.models.qwen2_audio import stack_sown
 from agac_jax.scoring.program import clip_passes, occlusion_gates
+from agac_jax.scoring import scorer as scorer_module
 from agac_jax.scoring.scorer import Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
 
@@ -99,6 +101,19 @@ def test_integrated_gradients_from_the_cached_prefix_equal_full_passes(model_dir
     for a, b in zip(shared.score(clips, QUESTIONS), full.score(clips, QUESTIONS)):
         np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
         np.testing.assert_allclose(a.local, b.local, rtol=0, atol=1e-5 * np.abs(b.local).max())
+
+
+def test_cpu_memory_budget_warns_and_a_program_larger_than_the_host_is_refused(model_dir, occlusion_scorer,
+                                                                             occlusion_scores, clips, caplog):
+    (temp,) = occlusion_scorer.program_memory.values()
+    assert temp > 0
+    budget = 0.5 * temp / scorer_module._host_memory_bytes()
+    config = dataclasses.replace(occlusion_scorer.config, cpu_memory_budget=budget)
+    with caplog.at_level(logging.WARNING, logger=scorer_module.__name__):
+        Scorer.from_directory(model_dir, config).score(clips[:1], QUESTIONS[:1])
+    assert scorer_module.CPU_LEAN_SCHEDULER_FLAG in caplog.text and "GiB of temporaries" in caplog.text
+    with pytest.raises(MemoryError, match="500-frame bucket needs"):
+        scorer_module._check_cpu_memory(scorer_module._host_memory_bytes() + 1, 0.25, 500)
 
 
 def test_one_trace_per_bucket_and_answers_given_exactly(occlusion_scorer, occlusion_scores, clips):
