@@ -132,8 +132,16 @@ def _check_model(model: torch.nn.Module) -> None:
         )
 
 
+def _tensor(x: TensorLike, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tensor of x; read-only arrays (e.g. from jax.device_get) are copied, never aliased."""
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        x = x if x.flags.writeable else x.copy()
+    return torch.as_tensor(x).to(device=device, dtype=dtype)
+
+
 def _vector(x: TensorLike, name: str, clip_id: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=dtype)
+    tensor = _tensor(x, dtype, device)
     if tensor.ndim != 1:
         raise ValueError(f"{clip_id}: {name} must be 1-D, got shape {tuple(tensor.shape)}")
     return tensor
@@ -141,7 +149,7 @@ def _vector(x: TensorLike, name: str, clip_id: str, dtype: torch.dtype, device: 
 
 def _features(x: TensorLike, name: str, clip_id: str, n_mels: int, dtype: torch.dtype,
               device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(device=device, dtype=dtype)
+    tensor = _tensor(x, dtype, device)
     if tensor.shape != (n_mels, ENCODER_FRAMES):
         raise ValueError(
             f"{clip_id}: {name} must have shape ({n_mels}, {ENCODER_FRAMES}) (the processor's 30 s padding), "
