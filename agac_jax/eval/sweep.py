@@ -676,7 +676,7 @@ def base_config() -> Any:
     config.scoring.max_text_tokens = 64  # prompt tokens besides the audio placeholders
     config.scoring.batch_size = 8  # clips per compiled scoring / answering call
     config.scoring.occlusion_chunk = 16  # occlusion gate vectors evaluated together (memory; smaller shares more prefix)
-    config.scoring.cpu_memory_budget = 0.25  # CPU: programs above this share of RAM use XLA's lean scheduler
+    config.scoring.cpu_memory_budget = 0.25  # CPU: warn above this share of RAM (naming the lean-scheduler flag)
     config.scoring.buckets_seconds = (5, 10, 20, 30)  # clip length buckets, one compiled program each
 
     config.mesh = ml_collections.ConfigDict()
