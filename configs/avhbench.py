@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from agac_jax.eval.sweep import base_config
+from configs.common import base_config
 
 VARIANTS = ("default", "local")
 

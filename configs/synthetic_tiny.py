@@ -26,7 +26,7 @@ from pathlib import Path
 
 import ml_collections
 
-from agac_jax.eval.sweep import base_config
+from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "local")

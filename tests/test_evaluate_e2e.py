@@ -21,6 +21,7 @@ import pytest
 from agac_jax import checkpoints, train
 from agac_jax.data import synthetic
 from agac_jax.eval import results, sweep
+from configs import common
 from agac_jax.eval.results import TaskKey
 from agac_jax.models.qwen2_audio import init_params
 
@@ -65,7 +66,7 @@ def split_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def config(model_dir, split_dir):
-    config = sweep.base_config()
+    config = common.base_config()
     config.dataset.root = str(split_dir)
     config.model.checkpoint_dir = str(model_dir)
     config.scoring.max_new_tokens = 3

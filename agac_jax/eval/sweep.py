@@ -52,10 +52,10 @@ from agac_jax.eval import metrics, plots, results, tables
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
 from agac_jax.prompts import render_prompt
+from agac_jax.scoring.scorer import MESH_AXES
 from agac_jax.scoring.selection import keep_ratio_fraction
 
 DATASETS = ("synthetic", "clotho_aqa", "avhbench")
-MESH_AXES = ("data", "model")
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -641,68 +641,3 @@ def merge(workdir: Path | str) -> MergeOutputs:
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
                         plots=tuple(written_plots), num_records=len(records), rows=tuple(rows))
-
-
-# --- the config every launch config starts from --------------------------------------------------
-
-
-def base_config() -> Any:
-    """The sweep config's fields with DESIGN.md's defaults; launch configs override what they need."""
-    import ml_collections
-
-    from agac_jax.scoring.scorer import DEFAULT_AXIS_RULES
-
-    config = ml_collections.ConfigDict()
-
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "synthetic"  # synthetic | clotho_aqa | avhbench
-    config.dataset.root = ""  # data set directory; synthetic: a written split, "" generates it in memory
-    config.dataset.split = "test"  # synthetic: train|validation|test; clotho_aqa: train|val|test
-    config.dataset.task = "Audio-driven Video Hallucination"  # avhbench only: the task to evaluate
-    config.dataset.num_clips = 12  # synthetic, generated: clips (1 or 2 questions each)
-    config.dataset.generation_seed = 0  # synthetic, generated: the split's seed (fixed across sweep seeds)
-    config.dataset.max_samples = 0  # evaluate the first N samples only; 0: all
-
-    config.model = ml_collections.ConfigDict()
-    config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
-
-    config.scoring = ml_collections.ConfigDict()  # fields of agac_jax.scoring.scorer.ScoringConfig
-    config.scoring.estimator = "occlusion"  # AAD local score: occlusion | integrated_gradients
-    config.scoring.window = 1  # occlusion window W in audio tokens
-    config.scoring.ig_steps = 16  # integrated gradients: midpoint-rule steps
-    config.scoring.alpha = 0.5  # `fused`: weight of the local (AAD) score; aad uses 1, attention 0
-    config.scoring.fastv_layer = 2  # FastV's decoder layer K
-    config.scoring.max_new_tokens = 8  # greedy answer length limit
-    config.scoring.max_text_tokens = 64  # prompt tokens besides the audio placeholders
-    config.scoring.batch_size = 8  # clips per compiled scoring / answering call
-    config.scoring.occlusion_chunk = 16  # occlusion gate vectors evaluated together (memory; smaller shares more prefix)
-    config.scoring.cpu_memory_budget = 0.25  # CPU: warn above this share of RAM (naming the lean-scheduler flag)
-    config.scoring.buckets_seconds = (5, 10, 20, 30)  # clip length buckets, one compiled program each
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.axes = MESH_AXES  # fixed: batch on 'data', wide parameter axes on 'model'
-    config.mesh.shape = (1, 1)  # devices on (data, model); their product <= local devices
-    config.mesh.logical_axis_rules = DEFAULT_AXIS_RULES  # logical parameter axis -> mesh axis (or None)
-
-    config.methods = METHODS  # of DESIGN.md section 4; rho = 1 of every selecting method is `codec`
-    config.rates = (25, 50, 100)  # codec token rates r (tokens/s; a frame is 2 / r s)
-    config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
-    config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed
-
-    config.codec = ml_collections.ConfigDict()
-    config.codec.backend = "rvq_mel"  # rvq_mel (offline, not SemantiCodec) | semanticodec
-    config.codec.options = ml_collections.ConfigDict()  # backend options, see agac_jax.codec.backends
-    config.codec.deterministic = True  # same input -> same output, so identical compressed clips are shared
-    config.codec.crossfade_ms = 5.0  # raised-cosine crossfade at each cut between kept runs
-
-    config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
-    config.runtime.batch_samples = 8  # samples loaded, answered and scored together
-    config.runtime.codec_max_in_flight = 4  # codec requests sent to the sidecar ahead of their replies
-    config.runtime.pipeline_codec = True  # compress a batch while the next one is scored (False: one after the other)
-    config.runtime.codec_max_backlog = 256  # compressed clips queued or in the codec before the sweep waits for them
-    config.runtime.codec_timeout_s = 300.0  # seconds the sidecar may take for one request
-    config.runtime.codec_num_threads = 1  # torch threads in the sidecar
-    config.runtime.progress_log_every_s = 30.0  # log line interval when stderr is not a terminal
-    config.runtime.retry_failed = False  # redo recorded failures on a restart
-    config.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
-    return config

@@ -31,6 +31,7 @@ from agac_jax.prompts import build_prompts
 from agac_jax.scoring import baselines, selection
 from agac_jax.scoring.program import ProgramSpec, score_batch
 
+MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
 DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", "data"),
@@ -351,7 +352,7 @@ def make_mesh(shape: tuple[int, int]) -> Mesh:
     devices = jax.local_devices()
     if n > len(devices):
         raise ValueError(f"mesh {shape} needs {n} devices; {len(devices)} available")
-    return Mesh(np.asarray(devices[:n]).reshape(shape), ("data", "model"))
+    return Mesh(np.asarray(devices[:n]).reshape(shape), MESH_AXES)
 
 
 def param_shardings(config, mesh: Mesh, rules) -> Any:

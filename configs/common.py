@@ -1,0 +1,73 @@
+"""The fields every sweep config starts from (big_vision's `configs/common.py`).
+
+Launch configs (`configs/*.py: get_config(arg)`) call `base_config()` and override what they need.
+Scoring defaults are not restated here: each comes from `agac_jax.scoring.scorer.ScoringConfig`,
+where it is written once and commented.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from agac_jax.eval.results import METHODS
+from agac_jax.scoring.scorer import MESH_AXES, ScoringConfig
+
+_SCORING = ScoringConfig()
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The sweep config's fields with DESIGN.md's defaults."""
+    config = ml_collections.ConfigDict()
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "synthetic"  # a name of agac_jax.data.DATASETS: synthetic | clotho_aqa | avhbench
+    config.dataset.root = ""  # data set directory; synthetic: a written split, "" generates it in memory
+    config.dataset.split = "test"  # synthetic: train|validation|test; clotho_aqa: train|val|test
+    config.dataset.task = "Audio-driven Video Hallucination"  # avhbench only: the task to evaluate
+    config.dataset.num_clips = 12  # synthetic, generated: clips (1 or 2 questions each)
+    config.dataset.generation_seed = 0  # synthetic, generated: the split's seed (fixed across sweep seeds)
+    config.dataset.max_samples = 0  # evaluate the first N samples only; 0: all
+
+    config.model = ml_collections.ConfigDict()
+    config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
+
+    config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
+    config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion | integrated_gradients
+    config.scoring.window = _SCORING.window  # occlusion window W in audio tokens
+    config.scoring.ig_steps = _SCORING.ig_steps  # integrated gradients: midpoint-rule steps
+    config.scoring.alpha = _SCORING.alpha  # `fused`: weight of the local (AAD) score; aad uses 1, attention 0
+    config.scoring.fastv_layer = _SCORING.fastv_layer  # FastV's decoder layer K
+    config.scoring.max_new_tokens = _SCORING.max_new_tokens  # greedy answer length limit
+    config.scoring.max_text_tokens = _SCORING.max_text_tokens  # prompt tokens besides the audio placeholders
+    config.scoring.batch_size = _SCORING.batch_size  # clips per compiled scoring / answering call
+    config.scoring.occlusion_chunk = _SCORING.occlusion_chunk  # occlusion gate vectors evaluated together
+    config.scoring.cpu_memory_budget = _SCORING.cpu_memory_budget  # CPU: warn above this share of RAM
+    config.scoring.buckets_seconds = _SCORING.buckets_seconds  # clip length buckets, one compiled program each
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.axes = MESH_AXES  # fixed: batch on 'data', wide parameter axes on 'model'
+    config.mesh.shape = _SCORING.mesh_shape  # devices on (data, model); their product <= local devices
+    config.mesh.logical_axis_rules = _SCORING.axis_rules  # logical parameter axis -> mesh axis (or None)
+
+    config.methods = METHODS  # of DESIGN.md section 4; rho = 1 of every selecting method is `codec`
+    config.rates = _SCORING.rates  # codec token rates r (tokens/s; a frame is 2 / r s)
+    config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
+    config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed
+
+    config.codec = ml_collections.ConfigDict()
+    config.codec.backend = "rvq_mel"  # rvq_mel (offline, not SemantiCodec) | semanticodec
+    config.codec.options = ml_collections.ConfigDict()  # backend options, see agac_jax.codec.backends
+    config.codec.deterministic = True  # same input -> same output, so identical compressed clips are shared
+    config.codec.crossfade_ms = 5.0  # raised-cosine crossfade at each cut between kept runs
+
+    config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
+    config.runtime.batch_samples = 8  # samples loaded, answered and scored together
+    config.runtime.codec_max_in_flight = 4  # codec requests sent to the sidecar ahead of their replies
+    config.runtime.pipeline_codec = True  # compress a batch while the next one is scored (False: one after the other)
+    config.runtime.codec_max_backlog = 256  # compressed clips queued or in the codec before the sweep waits for them
+    config.runtime.codec_timeout_s = 300.0  # seconds the sidecar may take for one request
+    config.runtime.codec_num_threads = 1  # torch threads in the sidecar
+    config.runtime.progress_log_every_s = 30.0  # log line interval when stderr is not a terminal
+    config.runtime.retry_failed = False  # redo recorded failures on a restart
+    config.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config
