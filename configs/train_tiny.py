@@ -3,12 +3,20 @@
 Reproduce the shipped model (16 minutes on the 2 CPU cores of the development machine, set-up of the
 data, compilation and the final evaluation included):
 
-  .venv/bin/python launch/train.py --config=configs/train_tiny.py --workdir=runs/train_tiny \
+  .venv/bin/python -m launch.train --config=configs/train_tiny.py --workdir=runs/train_tiny \
       --export=assets/tiny_qwen2audio
 
 Measure its accuracy on the synthetic test split, with the audio and with silence in its place:
 
-  .venv/bin/python launch/train.py --config=configs/train_tiny.py --eval_only=assets/tiny_qwen2audio
+  .venv/bin/python -m launch.train --config=configs/train_tiny.py --eval_only=assets/tiny_qwen2audio
+
+A smoke run of the whole path (train, checkpoint, evaluate) on a small model and few clips:
+
+  .venv/bin/python -m launch.train --config=configs/train_tiny.py:local --workdir=/tmp/agac_train_local
+
+Variants (`--config=configs/train_tiny.py:NAME`):
+  default  the shipped model's training, exactly;
+  local    a 1-layer, 32-wide model, 40 training clips, 6 steps, 20 test questions.
 
 Fields can be overridden on the command line, e.g. `--config.optim.steps=200`.
 """
@@ -17,8 +25,14 @@ from __future__ import annotations
 
 import ml_collections
 
+VARIANTS = ("default", "local")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The training config; `arg` picks a variant of VARIANTS (None: default)."""
+    variant = arg or "default"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of train_tiny; choose one of {VARIANTS}")
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter initialisation and batch order
     c.num_mel_bins = 80  # Whisper log-mel bins (80 or 128); 80 is cheaper
@@ -65,7 +79,26 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 25  # steps between loss lines
     c.eval_every = 400  # steps between validation evaluations (teacher-forced answer accuracy); 0: none
     c.checkpoint_every = 400  # steps between orbax checkpoints
-    c.keep_checkpoints = 2  # newest checkpoints kept in the workdir
-    c.eval_batch_size = 25  # questions per generation batch in the final evaluation (features padded to 12 s)
+    c.keep_checkpoints = 2  # newest checkpoints kept in the workdir (0: all)
+    c.eval_batch_size = 25  # questions per generation batch in the final evaluation (features padded to 13 s)
     c.max_new_tokens = 4  # generation_config.json max_new_tokens
+
+    if variant == "local":
+        c.model.update(audio_d_model=16, audio_layers=1, audio_heads=2, audio_ffn=32)  # a 1-layer encoder
+        c.model.update(hidden_size=32, layers=1, heads=2, kv_heads=1, intermediate_size=64)  # a 1-layer decoder
+        c.data.train_clips = 40  # a few seconds of feature computation
+        c.data.validation_clips = 8  # one validation batch or two
+        c.data.test_clips = 16  # enough clips for test_questions
+        c.data.test_questions = 20  # a short final evaluation
+        c.optim.steps = 6  # a smoke run: two checkpoints
+        c.optim.batch_clips = 2  # clips per step
+        c.optim.questions_per_clip = 2  # questions per clip and step
+        c.optim.short_clip_steps = 0  # every bucket from the first step
+        c.optim.peak_learning_rate = 1e-2  # a visible loss drop within 6 steps
+        c.optim.warmup_steps = 1  # warm up in one step
+        c.optim.end_learning_rate = 1e-3  # end of the short decay
+        c.log_every = 1  # a loss line every step
+        c.eval_every = 0  # no validation during the smoke run
+        c.checkpoint_every = 3  # checkpoints at steps 3 and 6
+        c.eval_batch_size = 10  # two generation batches of the 20 test questions
     return c

@@ -18,12 +18,13 @@ import flax.linen as nn
 import jax
 import pytest
 
-from agac_jax import checkpoints, train
+from agac_jax import checkpoints
 from agac_jax.data import synthetic
 from agac_jax.eval import results, sweep
 from configs import common
 from agac_jax.eval.results import TaskKey
 from agac_jax.models.qwen2_audio import init_params
+from agac_jax.training import model as train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_CLIP_SECONDS = 5.0
@@ -47,10 +48,10 @@ def model_dir(tmp_path_factory) -> Path:
     cfg.model.audio_d_model, cfg.model.audio_layers, cfg.model.audio_heads, cfg.model.audio_ffn = 32, 1, 2, 64
     cfg.model.hidden_size, cfg.model.layers, cfg.model.heads, cfg.model.kv_heads = 32, 2, 2, 1
     cfg.model.intermediate_size = 64
-    tokenizer = train.build_processor(directory, cfg.num_mel_bins)
-    config = train.model_config(cfg, tokenizer)
+    tokenizer = train_model.build_processor(directory, cfg.num_mel_bins)
+    config = train_model.model_config(cfg, tokenizer)
     params = nn.meta.unbox(jax.jit(lambda key: init_params(config, key))(jax.random.key(0)))
-    checkpoints.save_hf_directory(directory, config, params, train.generation_config(config, 3))
+    checkpoints.save_hf_directory(directory, config, params, train_model.generation_config(config, 3))
     return directory
 
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-from agac_jax import checkpoints, train
+from agac_jax import checkpoints
 from agac_jax.data import synthetic
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration as FlaxQwen2Audio
 from agac_jax.prompts import render_prompt
 from agac_jax.tokenizer import AUDIO_TOKEN, IM_END
+from agac_jax.training.evaluation import evaluate_generation
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny_qwen2audio"
 RTOL = 1e-4  # relative to the largest logit magnitude
@@ -70,7 +71,7 @@ def test_flax_logits_equal_transformers_on_a_processor_prompt(loaded, test_sampl
 def test_shipped_model_answers_existence_questions(loaded, tokenizer, test_samples) -> None:
     existence = [s for s in test_samples if s.kind == synthetic.EXISTENCE][:8]
     assert len(existence) == 8 and {s.answer for s in existence} == {"yes", "no"}
-    outcome = train.evaluate_generation(loaded.config, loaded.params, loaded.generation_config, tokenizer, existence,
-                                        pad_to_frames=1200, batch_size=8)
+    outcome = evaluate_generation(loaded.config, loaded.params, loaded.generation_config, tokenizer, existence,
+                                  pad_to_frames=1200, batch_size=8)
     assert outcome.num_unknown == 0
     assert outcome.accuracy >= 7 / 8, outcome.predictions

@@ -9,21 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from agac_jax import train
 from agac_jax.data import synthetic
+from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
 from agac_jax.tokenizer import IM_END
+from agac_jax.training import checkpointing, data as train_data, loop, losses, model, steps
 from configs.train_tiny import get_config
 
 
 def small_config():
-    """A model and schedule small enough for a few steps in a test; one 5 s frame bucket."""
-    cfg = get_config()
+    """The config's `local` variant (a 1-layer model, 6 steps, checkpoints at 3 and 6) on one 5 s frame bucket."""
+    cfg = get_config("local")
     cfg.bucket_seconds = (5,)
-    cfg.model.update(audio_d_model=16, audio_layers=1, audio_heads=2, audio_ffn=32, hidden_size=32, layers=1,
-                     heads=2, kv_heads=1, intermediate_size=64)
-    cfg.optim.update(steps=6, batch_clips=2, questions_per_clip=2, peak_learning_rate=1e-2, warmup_steps=1,
-                     end_learning_rate=1e-3)
-    cfg.update(log_every=1, eval_every=0, checkpoint_every=3, keep_checkpoints=2)
     return cfg
 
 
@@ -36,14 +32,14 @@ def samples() -> list[synthetic.Sample]:
 
 
 @pytest.fixture(scope="module")
-def trained(samples, tmp_path_factory) -> tuple[Path, train.TrainResult]:
+def trained(samples, tmp_path_factory) -> tuple[Path, loop.TrainResult]:
     workdir = tmp_path_factory.mktemp("train")
-    return workdir, train.train(small_config(), workdir, samples, samples)
+    return workdir, loop.train(small_config(), workdir, samples, samples)
 
 
 def test_training_set_targets_are_answer_then_im_end(samples, tmp_path: Path) -> None:
-    tokenizer = train.build_processor(tmp_path, 80)
-    data = train.encode_training_set(tokenizer, samples, 80, (4, 5))
+    tokenizer = model.build_processor(tmp_path, 80)
+    data = train_data.encode_training_set(tokenizer, samples, 80, (4, 5))
     assert data.features.dtype == np.float16 and data.features.shape[1] == 80
     for i, sample in enumerate(samples):
         targets = data.input_ids[i][data.target_mask[i] > 0].tolist()
@@ -59,28 +55,28 @@ def test_training_set_targets_are_answer_then_im_end(samples, tmp_path: Path) ->
     np.testing.assert_array_equal(clips[shared["question_clip"]], data.clip_index[same_bucket])
     with pytest.raises(ValueError, match="clips lacks"):
         data.batch(same_bucket, clips[:0])
-    train.save_training_set(tmp_path / "set.npz", data)
-    again = train.load_training_set(tmp_path / "set.npz")
+    train_data.save_training_set(tmp_path / "set.npz", data)
+    again = train_data.load_training_set(tmp_path / "set.npz")
     assert again.bucket_lengths == data.bucket_lengths
     np.testing.assert_array_equal(again.input_ids, data.input_ids)
 
 
 def test_batches_hold_one_bucket_and_depend_only_on_seed_and_step() -> None:
     buckets = np.repeat([600, 900, 1200], [10, 7, 5])
-    per_epoch = [train.batch_indices(buckets, 3, seed=1, step=s) for s in range(5)]
-    assert len(train.epoch_batches(buckets, 3, 1, 0)) == 3 + 2 + 1
-    flat = np.concatenate(per_epoch + [train.batch_indices(buckets, 3, seed=1, step=5)])
+    per_epoch = [train_data.batch_indices(buckets, 3, seed=1, step=s) for s in range(5)]
+    assert len(train_data.epoch_batches(buckets, 3, 1, 0)) == 3 + 2 + 1
+    flat = np.concatenate(per_epoch + [train_data.batch_indices(buckets, 3, seed=1, step=5)])
     assert len(set(flat.tolist())) == len(flat)
     for indices in per_epoch:
         assert len(np.unique(buckets[indices])) == 1
-    np.testing.assert_array_equal(train.batch_indices(buckets, 3, 1, 7), train.batch_indices(buckets, 3, 1, 7))
+    np.testing.assert_array_equal(train_data.batch_indices(buckets, 3, 1, 7), train_data.batch_indices(buckets, 3, 1, 7))
     with pytest.raises(ValueError, match="batch_size=11"):
-        train.epoch_batches(buckets, 11, 1, 0)
+        train_data.epoch_batches(buckets, 11, 1, 0)
 
 
 def test_all_questions_agree_with_the_benchmark_answers() -> None:
     samples = synthetic.generate_split("validation", 12, seed=3)
-    pool = train.all_questions(samples)
+    pool = train_data.all_questions(samples)
     answers = {(s.clip_id, s.question): s.answer for s in pool}
     for sample in samples:
         assert answers[(sample.clip_id, sample.question)] == sample.answer
@@ -96,21 +92,21 @@ def test_all_questions_agree_with_the_benchmark_answers() -> None:
 
 
 def test_step_batch_draws_questions_of_its_clips(samples, tmp_path: Path) -> None:
-    tokenizer = train.build_processor(tmp_path, 80)
-    data = train.encode_training_set(tokenizer, train.all_questions(samples), 80, (12,))
-    clips, questions = train.step_batch(data, 2, 3, seed=0, step=4)
+    tokenizer = model.build_processor(tmp_path, 80)
+    data = train_data.encode_training_set(tokenizer, train_data.all_questions(samples), 80, (12,))
+    clips, questions = train_data.step_batch(data, 2, 3, seed=0, step=4)
     assert len(clips) == 2 and len(questions) == 6
     np.testing.assert_array_equal(data.clip_index[questions], np.repeat(clips, 3))
     assert all(len(set(questions[i : i + 3].tolist())) == 3 for i in (0, 3))
-    again = train.step_batch(data, 2, 3, seed=0, step=4)
+    again = train_data.step_batch(data, 2, 3, seed=0, step=4)
     np.testing.assert_array_equal(again[1], questions)
 
 
 def test_audio_token_labels_follow_the_event_intervals() -> None:
     events = (synthetic.Event("siren", 0.10, 0.50, 10.0), synthetic.Event("low tone", 1.0, 1.2, 10.0))
-    labels = train.audio_token_labels(events, num_tokens=40, length=50)
+    labels = train_data.audio_token_labels(events, num_tokens=40, length=50)
     siren, low = synthetic.EVENT_CLASSES.index("siren"), synthetic.EVENT_CLASSES.index("low tone")
-    expected = np.full(50, train.BACKGROUND_LABEL)
+    expected = np.full(50, train_data.BACKGROUND_LABEL)
     expected[2:12] = siren  # token centres 0.1, 0.14, ..., 0.46 s
     expected[25:30] = low  # token centres 1.02 .. 1.18 s
     expected[40:] = -1
@@ -119,16 +115,16 @@ def test_audio_token_labels_follow_the_event_intervals() -> None:
 
 def test_question_labels_name_the_asked_classes() -> None:
     classes = synthetic.EVENT_CLASSES
-    assert train.question_labels("is there a siren ?") == (classes.index("siren"), train.BACKGROUND_LABEL)
+    assert train_data.question_labels("is there a siren ?") == (classes.index("siren"), train_data.BACKGROUND_LABEL)
     order = synthetic.order_question("click train", "low tone")
-    assert train.question_labels(order) == (classes.index("click train"), classes.index("low tone"))
+    assert train_data.question_labels(order) == (classes.index("click train"), classes.index("low tone"))
     with pytest.raises(ValueError, match="not a question"):
-        train.question_labels("is there a dog ?")
+        train_data.question_labels("is there a dog ?")
 
 
 def test_event_ranks_give_each_class_its_place_in_time() -> None:
     events = (synthetic.Event("siren", 2.0, 2.5, 10.0), synthetic.Event("low tone", 0.5, 1.0, 10.0))
-    ranks = train.event_ranks(events)
+    ranks = train_data.event_ranks(events)
     expected = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
     expected[synthetic.EVENT_CLASSES.index("low tone")] = 1
     expected[synthetic.EVENT_CLASSES.index("siren")] = 2
@@ -136,16 +132,16 @@ def test_event_ranks_give_each_class_its_place_in_time() -> None:
 
 
 def test_tagging_loss_ignores_invalid_tokens() -> None:
-    tagger = train.init_tagger(4)
+    tagger = losses.init_tagger(4)
     audio = np.ones((1, 3, 4), np.float32)
-    uniform = np.log(train.BACKGROUND_LABEL + 1)
-    np.testing.assert_allclose(train.tagging_loss(tagger, audio, np.array([[0, 8, -1]])), uniform, rtol=1e-6)
+    uniform = np.log(train_data.BACKGROUND_LABEL + 1)
+    np.testing.assert_allclose(losses.tagging_loss(tagger, audio, np.array([[0, 8, -1]])), uniform, rtol=1e-6)
     tagger["bias"] = tagger["bias"].at[0].set(5.0)
-    assert train.tagging_loss(tagger, audio, np.array([[0, -1, -1]])) < 0.1
+    assert losses.tagging_loss(tagger, audio, np.array([[0, -1, -1]])) < 0.1
 
 
 def test_whisper_sinusoids() -> None:
-    table = train.whisper_sinusoids(1500, 64)
+    table = model.whisper_sinusoids(1500, 64)
     assert table.shape == (1500, 64)
     np.testing.assert_allclose(table[0], np.r_[np.zeros(32), np.ones(32)])
     np.testing.assert_allclose(table[:, :32] ** 2 + table[:, 32:] ** 2, 1.0, rtol=1e-5)
@@ -153,17 +149,18 @@ def test_whisper_sinusoids() -> None:
 
 def test_a_few_steps_lower_the_loss(trained) -> None:
     _, result = trained
-    losses = [record["loss"] for record in result.history if "loss" in record]
-    assert result.step == 6 and len(losses) == 6
-    assert losses[-1] < losses[0] - 0.5, losses
+    values = [record["loss"] for record in result.history if "loss" in record]
+    assert result.step == 6 and len(values) == 6
+    assert values[-1] < values[0] - 0.5, values
 
 
 def test_checkpoints_restore_step_parameters_and_optimizer(trained) -> None:
     workdir, result = trained
-    saved = train.complete_checkpoints(workdir)
-    assert [p.name for p in saved] == ["step_0000003", "step_0000006"]
-    optimizer = train.make_optimizer(small_config().optim)
-    step, config, trainable, opt_state = train.restore_checkpoint(saved[-1], optimizer)
+    manager = checkpointing.checkpoint_manager(workdir)
+    assert list(manager.all_steps()) == [3, 6]
+    assert all(checkpointing.step_path(workdir, s).is_dir() for s in (3, 6))
+    optimizer = steps.make_optimizer(small_config().optim)
+    step, config, trainable, opt_state = checkpointing.restore_checkpoint(manager, optimizer)
     assert step == 6 and config == result.config
     jax.tree.map(np.testing.assert_array_equal, trainable["model"], jax.device_get(result.params))
     assert trainable["tagger"]["kernel"].shape == (config.text.hidden_size, len(synthetic.EVENT_CLASSES) + 1)
@@ -173,11 +170,11 @@ def test_checkpoints_restore_step_parameters_and_optimizer(trained) -> None:
 
 def test_resumed_training_equals_the_uninterrupted_run(trained, samples) -> None:
     workdir, result = trained
-    shutil.rmtree(train.complete_checkpoints(workdir)[-1])
-    resumed = train.train(small_config(), workdir, samples, samples)
+    shutil.rmtree(checkpointing.step_path(workdir, 6))  # as if the run had been killed before step 6's save
+    resumed = loop.train(small_config(), workdir, samples, samples)
     assert resumed.step == 6
     assert [record["step"] for record in resumed.history if "loss" in record] == [4, 5, 6]
-    assert [p.name for p in train.complete_checkpoints(workdir)] == ["step_0000003", "step_0000006"]
+    assert list(checkpointing.checkpoint_manager(workdir).all_steps()) == [3, 6]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  jax.device_get(resumed.params), jax.device_get(result.params))
 
@@ -186,17 +183,17 @@ def test_shared_prefix_forward_equals_decoding_each_question_in_full(samples, tm
     """`forward` decodes a clip's prefix once and its questions' suffixes on the cache: the logits must
     equal the model's own teacher-forced pass over each whole prompt."""
     cfg = small_config()
-    tokenizer = train.build_processor(tmp_path, 80)
-    data = train.encode_training_set(tokenizer, train.all_questions(samples[:2]), 80, (12,))
-    config = train.model_config(cfg, tokenizer)
-    params = train.initial_params(config, seed=3)
+    tokenizer = model.build_processor(tmp_path, 80)
+    data = train_data.encode_training_set(tokenizer, train_data.all_questions(samples[:2]), 80, (12,))
+    config = model.model_config(cfg, tokenizer)
+    params = model.initial_params(config, seed=3)
     questions = np.arange(len(data))[::3]
     clips = np.unique(data.clip_index[questions])
     batch = data.batch(questions, clips)
     assert batch["prefix_ids"].shape[0] == len(clips) < len(questions)
-    logits, _, _ = train.forward(train.Qwen2AudioForConditionalGeneration(config), params, batch)
-    model = train.Qwen2AudioForConditionalGeneration(config)
-    full = model.apply({"params": params}, data.input_ids[questions], data.attention_mask[questions],
+    flax_model = Qwen2AudioForConditionalGeneration(config)
+    logits, _, _ = losses.forward(flax_model, params, batch)
+    full = flax_model.apply({"params": params}, data.input_ids[questions], data.attention_mask[questions],
                        data.features[data.clip_index[questions]].astype(np.float32),
                        data.mel_lengths[data.clip_index[questions]])
     for row, question in enumerate(questions):
@@ -207,9 +204,9 @@ def test_shared_prefix_forward_equals_decoding_each_question_in_full(samples, tm
 
 
 def test_step_batch_draws_the_asked_share_of_order_questions(samples, tmp_path: Path) -> None:
-    tokenizer = train.build_processor(tmp_path, 80)
-    data = train.encode_training_set(tokenizer, train.all_questions(samples), 80, (12,))
-    clips, questions = train.step_batch(data, 2, 4, seed=0, step=1, order_share=0.5)
+    tokenizer = model.build_processor(tmp_path, 80)
+    data = train_data.encode_training_set(tokenizer, train_data.all_questions(samples), 80, (12,))
+    clips, questions = train_data.step_batch(data, 2, 4, seed=0, step=1, order_share=0.5)
     for i, clip in enumerate(clips):
         mine = questions[4 * i : 4 * i + 4]
         assert (data.clip_index[mine] == clip).all()

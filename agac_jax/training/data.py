@@ -1,0 +1,412 @@
+"""The training data: questions with their answers as token ids, the features of their clips, the
+auxiliary targets, and the batch order.
+
+Each training question is rendered exactly as at inference (`agac_jax.prompts.render_prompt`) and
+followed by its answer word and `<|im_end|>`. Sequences are right-padded, so positions 0..S-1 equal
+the positions that left-padded greedy generation derives for the real tokens.
+
+Questions: by default (`data.all_questions`) every question the benchmark's templates can ask about a
+training clip (`all_questions`): the 8 existence questions and the order question of every ordered
+pair of its events, answered from the clip's events. The benchmark's own questions are balanced, so
+neither the question nor the audio alone says anything about the answer; a small model trained on
+them alone stays at chance for hundreds of steps.
+
+Log-mel features of the training clips are computed once (`batch_log_mel`, padded to the largest
+frame bucket) and kept as float16 to halve their memory; a batch is cast back to float32. Each
+question belongs to the frame bucket of its clip (`agac_jax.audio.features.bucket_frames`); a batch
+holds questions of one bucket only, cut to that bucket's frames and token length, so short clips
+cost less and each bucket compiles once. Cutting the features is exact: every frame of
+`batch_log_mel` equals the 30 s reference at its index whatever the padding. Encoded splits are
+cached in the workdir as .npz (`split_set`).
+
+Batch order is a function of (seed, step) only (`step_batch`), so a resumed run sees the batches the
+interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from agac_jax.audio.features import audio_token_count, batch_log_mel, bucket_frames
+from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN
+from agac_jax.data import synthetic
+from agac_jax.data.common import NO, YES
+from agac_jax.prompts import expand_audio_placeholders, render_prompt
+from agac_jax.tokenizer import AUDIO_EOS, IM_END
+
+Batch = dict[str, np.ndarray]
+
+SET_FORMAT = 2  # version of the cached training-set files (2: suffix_start)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """Questions with their answers as token ids, and the features of their clips.
+
+    Attributes:
+      features: float16 [C, num_mel_bins, F] log-mel features of the C clips (F the largest bucket).
+      mel_lengths: int32 [C] valid frames of each clip.
+      clip_index: int32 [N] the clip of each of the N questions.
+      input_ids: int32 [N, L] prompt, answer word and `<|im_end|>`, right-padded with the pad id.
+      attention_mask: int32 [N, L] 1 on tokens.
+      target_mask: float32 [N, L] 1 on the answer tokens (the positions the loss predicts).
+      suffix_start: int32 [N] the first position after `<|audio_eos|>`: tokens before it (system turn,
+        audio) are the same for every question about a clip, the question starts here.
+      kinds: [N] question kinds ("existence" / "order").
+      buckets: int32 [N] the frame bucket of each question's clip.
+      bucket_lengths: frame bucket -> token length of its longest question.
+      token_labels: int8 [C, F // 4] the event class of each audio token of each clip (see
+        `audio_token_labels`), -1 past the clip's valid tokens.
+      question_labels: int8 [N, 2] the classes a question names (see `question_labels`).
+      event_ranks: int8 [C, 8] per class of EVENT_CLASSES, 0 when the clip lacks it, else its place
+        (1, 2, 3) in the clip's time order.
+    """
+
+    features: np.ndarray
+    mel_lengths: np.ndarray
+    clip_index: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    target_mask: np.ndarray
+    suffix_start: np.ndarray
+    kinds: np.ndarray
+    buckets: np.ndarray
+    bucket_lengths: dict[int, int]
+    token_labels: np.ndarray
+    question_labels: np.ndarray
+    event_ranks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.clip_index)
+
+    @functools.cached_property
+    def prefix_lengths(self) -> dict[int, int]:
+        """frame bucket -> the longest shared prefix (`suffix_start`) of its questions."""
+        return {int(b): int(self.suffix_start[self.buckets == b].max()) for b in np.unique(self.buckets)}
+
+    @functools.cached_property
+    def suffix_length(self) -> int:
+        """The longest question suffix (question, assistant turn, answer) of the set."""
+        return int((self.attention_mask.sum(1) - self.suffix_start).max())
+
+    def batch(self, questions: np.ndarray, clips: np.ndarray | None = None) -> Batch:
+        """Model inputs for `questions` (all of one bucket P) about `clips`, split at `suffix_start`.
+
+        Every clip's prefix (system turn and audio, the same for all its questions) is decoded once;
+        each question's suffix attends to its clip's prefix (see `losses.forward`). Shapes are fixed per
+        bucket (prefix length `prefix_lengths[P]`, suffix length `suffix_length`), so each bucket
+        compiles once.
+
+        Args:
+          questions: [B] question indices.
+          clips: [C] the clips whose features the batch carries, each encoded once; every question's
+            clip must be among them. None: one copy of its clip per question (C = B).
+        Returns:
+          prefix_ids, prefix_mask [C, Lp] (right-padded); suffix_ids, suffix_mask, target_mask [B, Ls]
+          (target_mask 1 on the answer tokens); suffix_start [B]; features float32 [C, mels, P];
+          mel_lengths [C]; question_clip [B] int32, the position in `clips` of each question's clip;
+          token_labels int32 [C, P // 4]; question_labels int32 [B, 2]; event_ranks int32 [B, 8] (of
+          each question's clip).
+        """
+        frames = np.unique(self.buckets[questions])
+        if len(frames) != 1:
+            raise ValueError(f"a batch must hold questions of one frame bucket, got buckets {frames.tolist()}")
+        frames = int(frames[0])
+        own = self.clip_index[questions]
+        if clips is None:
+            clips, question_clip = own, np.arange(len(questions))
+        else:
+            position = {int(c): i for i, c in enumerate(clips)}
+            missing = sorted(set(own.tolist()) - set(position))
+            if missing:
+                raise ValueError(f"clips lacks the clips {missing} of the batch's questions")
+            question_clip = np.asarray([position[int(c)] for c in own])
+        prefix_length, suffix_length = self.prefix_lengths[frames], self.suffix_length
+        # A question of each clip supplies the clip's prefix (they all share it).
+        representative = np.empty(len(clips), np.int64)
+        representative[question_clip] = questions
+        starts = self.suffix_start[questions]
+        prefix_mask = (np.arange(prefix_length)[None, :] < self.suffix_start[representative][:, None])
+        gather = starts[:, None] + np.arange(suffix_length)[None, :]
+        width = self.input_ids.shape[1]
+        inside = gather < width
+        gather = np.minimum(gather, width - 1)
+        rows = questions[:, None]
+        return {
+            "prefix_ids": np.where(prefix_mask, self.input_ids[representative, :prefix_length], 0).astype(np.int32),
+            "prefix_mask": prefix_mask.astype(np.int32),
+            "suffix_ids": np.where(inside, self.input_ids[rows, gather], 0).astype(np.int32),
+            "suffix_mask": np.where(inside, self.attention_mask[rows, gather], 0).astype(np.int32),
+            "target_mask": np.where(inside, self.target_mask[rows, gather], 0).astype(np.float32),
+            "suffix_start": starts.astype(np.int32),
+            "features": self.features[clips, :, :frames].astype(np.float32),
+            "mel_lengths": self.mel_lengths[clips],
+            "question_clip": question_clip.astype(np.int32),
+            "token_labels": self.token_labels[clips, : frames // 4].astype(np.int32),
+            "question_labels": self.question_labels[questions].astype(np.int32),
+            "event_ranks": self.event_ranks[own].astype(np.int32),
+        }
+
+    def questions_by_clip(self) -> list[np.ndarray]:
+        """[C] arrays: the question indices of each clip."""
+        order = np.argsort(self.clip_index, kind="stable")
+        bounds = np.searchsorted(self.clip_index[order], np.arange(len(self.mel_lengths) + 1))
+        return [order[bounds[c] : bounds[c + 1]] for c in range(len(self.mel_lengths))]
+
+    def clip_buckets(self) -> np.ndarray:
+        """[C] the frame bucket of each clip (0 for a clip without questions)."""
+        out = np.zeros(len(self.mel_lengths), np.int32)
+        out[self.clip_index] = self.buckets
+        return out
+
+
+BACKGROUND_LABEL = len(synthetic.EVENT_CLASSES)
+
+
+def audio_token_labels(events: Sequence[synthetic.Event], num_tokens: int, length: int) -> np.ndarray:
+    """int8 [length]: per audio token (40 ms), the index in EVENT_CLASSES of the event holding its
+    centre, BACKGROUND_LABEL (8) where none does, -1 from `num_tokens` (the clip's valid tokens) on."""
+    centres = (np.arange(length) + 0.5) * SAMPLES_PER_AUDIO_TOKEN / synthetic.SAMPLE_RATE
+    labels = np.full(length, BACKGROUND_LABEL, np.int8)
+    for event in events:
+        labels[(centres >= event.start_s) & (centres < event.end_s)] = synthetic.EVENT_CLASSES.index(event.label)
+    labels[num_tokens:] = -1
+    return labels
+
+
+def question_labels(question: str) -> tuple[int, int]:
+    """The classes a benchmark question names, as EVENT_CLASSES indices: (class, BACKGROUND_LABEL) for
+    an existence question, (first, second) for an order question."""
+    classes = synthetic.EVENT_CLASSES
+    for i, label in enumerate(classes):
+        if question == synthetic.existence_question(label):
+            return i, BACKGROUND_LABEL
+    for (i, first), (j, second) in itertools.permutations(enumerate(classes), 2):
+        if question == synthetic.order_question(first, second):
+            return i, j
+    raise ValueError(f"{question!r} is not a question of the synthetic benchmark")
+
+
+def event_ranks(events: Sequence[synthetic.Event]) -> np.ndarray:
+    """int8 [8]: per class of EVENT_CLASSES, 0 if absent, else its place (1, 2, ...) among the events by start."""
+    ranks = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
+    for place, event in enumerate(sorted(events, key=lambda e: e.start_s), start=1):
+        ranks[synthetic.EVENT_CLASSES.index(event.label)] = place
+    return ranks
+
+
+def all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]:
+    """Every question the benchmark's templates can ask about each clip of `samples`, answered from its events.
+
+    Per clip: the existence question of each of the 8 classes (so a clip with k events answers "yes"
+    k times in 8, which lets the audio alone predict the answer in part and gives training a signal
+    before the model has learnt to read the question), and the order question of every ordered
+    pair of its events. Clips keep their first-seen order.
+    """
+    clips: dict[str, synthetic.Sample] = {}
+    for sample in samples:
+        clips.setdefault(sample.clip_id, sample)
+    out = []
+    for clip_id, sample in clips.items():
+        by_label = {event.label: event for event in sample.events}
+        starts = {label: event.start_s for label, event in by_label.items()}
+        for label in synthetic.EVENT_CLASSES:
+            present = label in by_label
+            out.append(dataclasses.replace(
+                sample, sample_id=f"{clip_id}-all-{synthetic.EXISTENCE}-{label}", kind=synthetic.EXISTENCE,
+                question=synthetic.existence_question(label), answer=YES if present else NO,
+                evidence=(by_label[label].interval,) if present else ()))
+        for first, second in itertools.permutations(by_label, 2):
+            out.append(dataclasses.replace(
+                sample, sample_id=f"{clip_id}-all-{synthetic.ORDER}-{first}-{second}", kind=synthetic.ORDER,
+                question=synthetic.order_question(first, second),
+                answer=YES if starts[first] < starts[second] else NO,
+                evidence=tuple(sorted((by_label[first].interval, by_label[second].interval)))))
+    return out
+
+
+def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+    """The ids the model is taught to produce: the answer word, then `<|im_end|>`."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+        raise ValueError(f"answer {answer!r} is not one word of the tokenizer's vocabulary (ids {ids})")
+    return ids + [tokenizer.convert_tokens_to_ids(IM_END)]
+
+
+def encode_training_set(
+    tokenizer: PreTrainedTokenizerBase,
+    samples: Sequence[synthetic.Sample],
+    num_mel_bins: int,
+    bucket_seconds: Sequence[int],
+) -> TrainingSet:
+    """Computes each clip's features once and each question's ids (prompt + answer) once.
+
+    `bucket_seconds`: the frame buckets in seconds (e.g. (6, 9, 12)); the largest must hold every clip.
+    """
+    if not samples:
+        raise ValueError("samples is empty: nothing to train on")
+    clip_order: dict[str, int] = {}
+    waveforms: list[np.ndarray] = []
+    clip_events: list[Sequence[synthetic.Event]] = []
+    for sample in samples:
+        if sample.clip_id not in clip_order:
+            clip_order[sample.clip_id] = len(waveforms)
+            waveforms.append(sample.load_waveform())
+            clip_events.append(sample.events)
+    clip_buckets = np.asarray([bucket_frames(w.size, bucket_seconds) for w in waveforms], np.int32)
+    features, feature_mask = batch_log_mel(waveforms, num_mel_bins, int(clip_buckets.max()))
+    mel_lengths = feature_mask.sum(-1).astype(np.int32)
+    clip_index = np.asarray([clip_order[s.clip_id] for s in samples], np.int32)
+    num_tokens = audio_token_count(mel_lengths[clip_index]).tolist()
+    prompts = expand_audio_placeholders([render_prompt(tokenizer, s.question) for s in samples], num_tokens)
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    rows = [p + answer_token_ids(tokenizer, s.answer) for p, s in zip(prompt_ids, samples)]
+    audio_eos = tokenizer.convert_tokens_to_ids(AUDIO_EOS)
+    suffix_start = np.asarray([p.index(audio_eos) + 1 for p in prompt_ids], np.int32)
+    first_of_clip: dict[int, int] = {}
+    for i, clip in enumerate(clip_index.tolist()):
+        j = first_of_clip.setdefault(clip, i)
+        if prompt_ids[i][: suffix_start[i]] != prompt_ids[j][: suffix_start[j]]:
+            raise ValueError(f"questions {j} and {i} of one clip differ before {AUDIO_EOS}: the template "
+                             "must put the audio before the question")
+    length = max(map(len, rows))
+    input_ids = np.full((len(rows), length), tokenizer.pad_token_id, np.int32)
+    attention_mask = np.zeros((len(rows), length), np.int32)
+    target_mask = np.zeros((len(rows), length), np.float32)
+    for i, (row, prompt) in enumerate(zip(rows, prompt_ids)):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+        target_mask[i, len(prompt) : len(row)] = 1.0
+    buckets = clip_buckets[clip_index]
+    lengths = attention_mask.sum(1)
+    max_tokens = features.shape[-1] // 4
+    clip_tokens = audio_token_count(mel_lengths)
+    token_labels = np.stack([audio_token_labels(events, int(n), max_tokens)
+                             for events, n in zip(clip_events, clip_tokens)])
+    return TrainingSet(
+        features=features.astype(np.float16),
+        mel_lengths=mel_lengths,
+        clip_index=clip_index,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        target_mask=target_mask,
+        suffix_start=suffix_start,
+        kinds=np.asarray([s.kind for s in samples]),
+        buckets=buckets,
+        bucket_lengths={int(b): int(lengths[buckets == b].max()) for b in np.unique(buckets)},
+        token_labels=token_labels,
+        question_labels=np.asarray([question_labels(s.question) for s in samples], np.int8),
+        event_ranks=np.stack([event_ranks(events) for events in clip_events]),
+    )
+
+
+def save_training_set(path: str | Path, data: TrainingSet) -> None:
+    """Writes the encoded set as one .npz, so a resumed or repeated run skips the feature computation."""
+    arrays = {f.name: getattr(data, f.name) for f in dataclasses.fields(data) if f.name != "bucket_lengths"}
+    lengths = np.asarray(sorted(data.bucket_lengths.items()), np.int64)
+    np.savez(Path(path), bucket_lengths=lengths, **arrays)
+
+
+def load_training_set(path: str | Path) -> TrainingSet:
+    """Reads what `save_training_set` wrote."""
+    with np.load(Path(path)) as f:
+        arrays = {name: f[name] for name in f.files}
+    lengths = {int(b): int(n) for b, n in arrays.pop("bucket_lengths")}
+    return TrainingSet(bucket_lengths=lengths, **arrays)
+
+
+def cached_training_set(path: Path, encode: Callable[[], TrainingSet]) -> TrainingSet:
+    """`load_training_set(path)` if it exists, else `encode()` saved to `path`."""
+    if path.is_file():
+        return load_training_set(path)
+    data = encode()
+    save_training_set(path, data)
+    return data
+
+
+def epoch_batches(buckets: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """One epoch's batches: each bucket's questions shuffled and cut into full batches, batches shuffled.
+
+    A bucket's remainder (fewer than batch_size questions) sits this epoch out; the shuffle differs
+    every epoch, so no question is left out for long.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batches = []
+    for bucket in np.unique(buckets):
+        members = rng.permutation(np.flatnonzero(buckets == bucket))
+        batches += [members[i : i + batch_size] for i in range(0, len(members) - batch_size + 1, batch_size)]
+    if not batches:
+        raise ValueError(f"batch_size={batch_size} exceeds the questions of every frame bucket "
+                         f"(sizes {np.unique(buckets, return_counts=True)[1].tolist()})")
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def batch_indices(buckets: np.ndarray, batch_size: int, seed: int, step: int, short_steps: int = 0) -> np.ndarray:
+    """The questions of step `step`, a function of (seed, step) only, so a resumed run sees the same batches.
+
+    The first `short_steps` steps draw from the smallest frame bucket only (a curriculum: short clips
+    dilute the question less among the audio tokens and cost less); later steps from every bucket.
+    """
+    if step < short_steps:
+        members = np.flatnonzero(buckets == buckets.min())
+        return members[_step_batch(buckets[members], batch_size, seed, step)]
+    return _step_batch(buckets, batch_size, seed, step - short_steps)
+
+
+def step_batch(data: TrainingSet, batch_clips: int, questions_per_clip: int, seed: int, step: int,
+               short_steps: int = 0, order_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The clips [batch_clips] and questions [batch_clips * questions_per_clip] of step `step`.
+
+    Clips follow `batch_indices` over the clips' buckets; each clip's questions are drawn from its
+    own, without replacement while it has enough. `order_share` of them (rounded) come from the
+    clip's order questions when it has any (a clip asks 8 existence questions and at most 6 order
+    ones, and order is the harder kind). A function of (seed, step) only.
+    """
+    clips = batch_indices(data.clip_buckets(), batch_clips, seed, step, short_steps)
+    pools = data.questions_by_clip()
+    rng = np.random.default_rng([seed, step, 1])
+    questions = []
+    for clip in clips:
+        pool = pools[clip]
+        is_order = data.kinds[pool] == synthetic.ORDER
+        wanted = int(round(questions_per_clip * order_share)) if is_order.any() else 0
+        parts = [(pool[is_order], wanted), (pool[~is_order], questions_per_clip - wanted)]
+        for members, count in parts:
+            if count:
+                questions.append(rng.choice(members, count, replace=len(members) < count))
+    return clips, np.concatenate(questions)
+
+
+def _step_batch(buckets: np.ndarray, batch_size: int, seed: int, step: int) -> np.ndarray:
+    steps_per_epoch = len(epoch_batches(buckets, batch_size, seed, 0))
+    epoch, offset = divmod(step, steps_per_epoch)
+    return epoch_batches(buckets, batch_size, seed, epoch)[offset]
+
+
+
+def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase, workdir: Path, split: str,
+              num_clips: int, samples: Sequence[synthetic.Sample] | None) -> TrainingSet:
+    """The encoded synthetic split (cached in the workdir), or the given samples encoded (not cached)."""
+
+    def encode(chosen: Sequence[synthetic.Sample]) -> TrainingSet:
+        return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds)
+
+    if samples is not None:
+        return encode(samples)
+    buckets = "-".join(str(b) for b in cfg.bucket_seconds)
+    name = f"{split}_clips{num_clips}_seed{cfg.data.seed}_mel{cfg.num_mel_bins}_buckets{buckets}_v{SET_FORMAT}.npz"
+    if split == "train" and cfg.data.all_questions:
+        name = "all_" + name
+    generated = lambda: synthetic.generate_split(split, num_clips, cfg.data.seed)  # noqa: E731
+    if split == "train" and cfg.data.all_questions:
+        return cached_training_set(workdir / name, lambda: encode(all_questions(generated())))
+    return cached_training_set(workdir / name, lambda: encode(generated()))
+

@@ -1,0 +1,159 @@
+"""The teacher-forced forward pass of a training batch, the answer loss, and the training-only heads
+with their auxiliary losses.
+
+A step takes `batch_clips` clips and `questions_per_clip` questions about each; each clip is encoded
+once, its prompt prefix (system turn and audio) decoded once into a KV cache, and each question
+decoded on a copy of that cache (`forward`; the model's own stages, as `__call__` chains them).
+
+Loss: the teacher-forced cross-entropy of the answer tokens, plus three training-only auxiliary
+losses whose linear heads are discarded (never exported): `tagging_loss` (the event class of every
+audio token, from the known event intervals, on the projected audio embeddings), `reading_loss`
+(the classes the question names) and `listening_loss` (each class's place in the clip's time order),
+both read at the last prompt position from the input of the last decoder layer. They teach the
+encoder to tell the events apart and the decoder to bring the question and the events to the
+position that answers; the last layer then only has to combine them. No loss touches the
+attention maps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from agac_jax.data import synthetic
+from agac_jax.models.decoder import LayerCache, init_cache
+from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask
+from agac_jax.training.data import BACKGROUND_LABEL, Batch
+
+Params = Any
+
+
+def forward(model: Qwen2AudioForConditionalGeneration, params: Params, batch: Batch) -> tuple[jax.Array, ...]:
+    """Teacher-forced logits of the question suffixes [B, Ls, vocab], the clips' projected audio
+    embeddings [C, P // 4, D] and the input of the last decoder layer on the suffixes [B, Ls, D].
+
+    The model's own stages, as its `__call__` chains them, with the prompt split at `suffix_start`:
+    each clip is encoded and its prefix (system turn and audio tokens) decoded once into a KV
+    cache; each question's suffix (question, assistant turn, answer) then runs on a copy of its
+    clip's cache at its true positions. Under causal attention this equals decoding every question
+    in full (`tests/test_train.py` checks it) for a fraction of the cost, as a clip's questions
+    differ only after its audio.
+    """
+    variables = {"params": params}
+    text = model.config.text
+    audio, num_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
+    prefix_ids, prefix_mask = batch["prefix_ids"], batch["prefix_mask"]
+    suffix_ids, suffix_mask = batch["suffix_ids"], batch["suffix_mask"]
+    (c, lp), (b, ls) = prefix_ids.shape, suffix_ids.shape
+    prefix = model.apply(variables, prefix_ids, audio, num_tokens, method=model.embed_prompt)
+    cache = init_cache(text, c, lp + ls, prefix.dtype)
+    mask = jnp.concatenate([causal_mask(prefix_mask), jnp.zeros((c, lp, ls), bool)], axis=2)
+    positions = jnp.broadcast_to(jnp.arange(lp), prefix_ids.shape)
+    _, cache = model.apply(variables, prefix, positions, mask, cache, 0, method=model.decode)
+    which = batch["question_clip"]
+    cache = tuple(LayerCache(layer.k[which], layer.v[which]) for layer in cache)
+    suffix = model.apply(variables, suffix_ids, method=lambda m, ids: m.language_model.embed(ids))
+    sees_prefix = jnp.arange(lp)[None, None, :] < batch["suffix_start"][:, None, None]
+    mask = jnp.concatenate([jnp.broadcast_to(sees_prefix, (b, ls, lp)), causal_mask(suffix_mask)], axis=2)
+    positions = batch["suffix_start"][:, None] + jnp.arange(ls)[None, :]
+    before_last = f"layers_{text.num_hidden_layers - 2}"
+    (hidden, _), state = model.apply(
+        variables, suffix, positions, mask, cache, lp, method=model.decode,
+        capture_intermediates=lambda module, name: module.name == before_last and name == "__call__")
+    if text.num_hidden_layers >= 2:
+        middle = state["intermediates"]["language_model"][before_last]["__call__"][0][0]
+    else:
+        middle = suffix
+    return model.apply(variables, hidden, method=model.logits), audio, middle
+
+
+def answer_loss_from_logits(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy per answer token, and correct [B]: the first answer token is the argmax.
+
+    logits [B, Ls, vocab] of the suffixes; batch["suffix_ids"] and batch["target_mask"] [B, Ls].
+    """
+    ids = batch["suffix_ids"]
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    targets = ids[:, 1:]
+    weights = batch["target_mask"][:, 1:]
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    first = jnp.argmax(weights, axis=1)
+    predicted = jnp.argmax(logits[:, :-1], axis=-1)
+    rows = jnp.arange(targets.shape[0])
+    return loss, predicted[rows, first] == targets[rows, first]
+
+
+def answer_loss(model: Qwen2AudioForConditionalGeneration, params: Params, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced answer loss and correct [B] (see `answer_loss_from_logits`)."""
+    return answer_loss_from_logits(forward(model, params, batch)[0], batch)
+
+
+def init_tagger(hidden_size: int) -> Params:
+    """The training-only event tagger: a linear map from audio embeddings to the 8 classes + background."""
+    return {"kernel": jnp.zeros((hidden_size, BACKGROUND_LABEL + 1)), "bias": jnp.zeros((BACKGROUND_LABEL + 1,))}
+
+
+def init_reader(hidden_size: int) -> Params:
+    """The training-only question reader: two linear maps from a hidden state to the classes a question names."""
+    return {"kernel": jnp.zeros((hidden_size, 2, BACKGROUND_LABEL + 1)), "bias": jnp.zeros((2, BACKGROUND_LABEL + 1))}
+
+
+def reading_loss(reader: Params, middle: jax.Array, batch: Batch) -> jax.Array:
+    """Mean cross-entropy of the two classes the question names (`question_labels`), read from the
+    last decoder layer's input [B, L, D] at the last prompt position.
+
+    An auxiliary objective: the answer needs both the audio and the question, neither informative
+    alone, so the answer loss alone gives the decoder almost no signal to bring the question to
+    the position that answers. The reader is not part of the model and is not exported.
+    """
+    last = jnp.argmax(batch["target_mask"], axis=1) - 1
+    h = middle[jnp.arange(middle.shape[0]), last].astype(jnp.float32)
+    logits = jnp.einsum("bd,dkc->bkc", h, reader["kernel"]) + reader["bias"]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["question_labels"][..., None], axis=-1))
+
+
+MAX_RANK = 3
+
+
+def init_listener(hidden_size: int) -> Params:
+    """The training-only listener: per class, a linear map from a hidden state to its rank (0 absent .. 3)."""
+    n = len(synthetic.EVENT_CLASSES)
+    return {"kernel": jnp.zeros((hidden_size, n, MAX_RANK + 1)), "bias": jnp.zeros((n, MAX_RANK + 1))}
+
+
+def listening_loss(listener: Params, middle: jax.Array, batch: Batch) -> jax.Array:
+    """Mean cross-entropy of each class's rank in the clip (`event_ranks`), read like `reading_loss`.
+
+    With the question (reading) and the clip's events in time order (listening) both at the
+    answering position, the last layer only has to combine them.
+    """
+    last = jnp.argmax(batch["target_mask"], axis=1) - 1
+    h = middle[jnp.arange(middle.shape[0]), last].astype(jnp.float32)
+    logits = jnp.einsum("bd,dkc->bkc", h, listener["kernel"]) + listener["bias"]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, batch["event_ranks"][..., None], axis=-1))
+
+
+def init_auxiliary(hidden_size: int) -> Params:
+    """The training-only heads: {"tagger": `init_tagger`, "reader": `init_reader`, "listener": `init_listener`}."""
+    return {"tagger": init_tagger(hidden_size), "reader": init_reader(hidden_size),
+            "listener": init_listener(hidden_size)}
+
+
+def tagging_loss(tagger: Params, audio: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of the event class of each valid audio token (labels [C, T], -1 invalid).
+
+    An auxiliary objective from the synthetic benchmark's event intervals: it teaches the encoder
+    to tell the classes apart before the decoder has learnt to ask for them. The tagger is not
+    part of the model and is not exported.
+    """
+    logits = audio.astype(jnp.float32) @ tagger["kernel"] + tagger["bias"]
+    valid = labels >= 0
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
