@@ -8,6 +8,12 @@
 Outputs in --workdir: config.json, results.jsonl (results.{i}.jsonl with several JAX processes),
 summary.csv, per_seed.csv, tables.md and plots/*.png. See agac_jax/eval/sweep.py. When the outputs
 are built, the poster-format table (with evidence recall) is printed to stdout.
+
+One run per results file: a second run on the same workdir (and process index) exits at once naming
+the first (agac_jax/eval/lock.py); --merge waits for no one and refuses while a run still writes,
+unless --allow_partial. A user error (bad config value, missing input, full disk, workdir in use)
+ends with one `error: ...` line on stderr and exit code 2; --verbose or AGAC_TRACEBACK=1 shows its
+traceback (agac_jax/errors.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from agac_jax import errors
 from agac_jax.eval import sweep, tables
 
 FLAGS = flags.FLAGS
@@ -27,6 +34,8 @@ config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sweep co
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the config, results and tables go; a rerun resumes here.", required=True)
 flags.DEFINE_bool("merge", False, "Only build the tables and plots from the results files already in --workdir.")
+flags.DEFINE_bool("allow_partial", False, "With --merge: build the tables from the records there even while a run "
+                  "still writes a shard of --workdir.")
 
 
 def print_outputs(outputs: sweep.MergeOutputs) -> None:
@@ -36,15 +45,27 @@ def print_outputs(outputs: sweep.MergeOutputs) -> None:
         print(f"  {path}")
 
 
+def check_config(config) -> None:
+    """The sweep's own validation, as a user error (`errors.ConfigError`) naming the bad field."""
+    try:
+        sweep.validate_config(config)
+    except ValueError as error:
+        raise errors.ConfigError(f"bad config: {error}") from error
+    if not config.model.checkpoint_dir:
+        raise errors.ConfigError("bad config: config.model.checkpoint_dir is empty; set it to a Hugging Face "
+                                 "Qwen2-Audio directory (--config.model.checkpoint_dir=DIR)")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.merge:
-        outputs = sweep.merge(FLAGS.workdir)
+        outputs = sweep.merge(FLAGS.workdir, allow_partial=FLAGS.allow_partial)
         logging.info("wrote %s, %s and %d plots", outputs.summary_csv, outputs.tables_md, len(outputs.plots))
         print_outputs(outputs)
         return
     config = FLAGS.config
+    check_config(config)
     if config.runtime.distributed:
         import jax
 
@@ -60,4 +81,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(errors.main(main))

@@ -21,9 +21,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from agac_jax.eval import atomic  # noqa: E402
 from agac_jax.eval.tables import RowSummary  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    """The PNG replaces `path` atomically (a kill leaves the previous figure or the new one)."""
+    with atomic.atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
 
 
 def _safe_name(name: str) -> str:
@@ -83,7 +90,7 @@ def _rho_panels(rows: Sequence[RowSummary], metrics_and_labels: Sequence[tuple[s
         figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small")
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     plt.close(figure)
     return path
 
@@ -132,7 +139,7 @@ def plot_tokens_vs_ac(rows: Sequence[RowSummary], dataset: str, out_dir: Path) -
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small", ncol=2)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _save(figure, path)
     plt.close(figure)
     return path
 

@@ -7,10 +7,15 @@ Layout of a workdir:
     results.{i}.jsonl        those of JAX process i when there are several
     skipped.json             the items the data set loader left out, and why
 
-Durability: records are appended, flushed and fsynced as they finish. A crash can leave at most a
-truncated last line; reading drops it with a warning, and reopening the file for appending cuts it
-off first, so the next line starts clean. A malformed line anywhere else is not a crash artefact
-and raises `CorruptResultsError` naming the file and line.
+Durability: records are appended with unbuffered writes and fsynced as they finish. A crash can
+leave at most a truncated last line; reading drops it with a warning, and reopening the file for
+appending cuts it off first, so the next line starts clean. A malformed line anywhere else is not a
+crash artefact and raises `CorruptResultsError` naming the file and line. A full disk (ENOSPC,
+EDQUOT) during an append cuts the file back to its last complete record at once and raises
+`DiskFullError` naming the file and the free space; the run is resumed by rerunning it.
+
+One writer per results file: `agac_jax.eval.lock.RunLock` (taken by `sweep.run_sweep`);
+`ResultsWriter.append` stops when that lock has been taken over by another process.
 
 Keys: a record is identified by (sample_id, method, rate, rho, seed). When a key occurs more than
 once (a failed record retried by a later run), the last successful record wins, else the last one.
@@ -23,6 +28,7 @@ differs from the workdir's refuses to start, naming the fields that differ.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -31,6 +37,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from agac_jax import errors
+from agac_jax.eval import atomic, lock
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +56,23 @@ METHODS = ("original", "codec", "fused", "aad", "attention", "random", "uniform"
 SELECTING_METHODS = METHODS[2:]
 
 
-class CorruptResultsError(ValueError):
+class CorruptResultsError(errors.UserError, ValueError):
     """A results file holds a malformed line that is not a crash's truncated last line."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError, ValueError):
     """The workdir holds results of a different config."""
+
+
+class NotAWorkdirError(errors.UserError, FileNotFoundError):
+    """The directory has no config.json: it is not the workdir of a sweep."""
+
+
+class DiskFullError(errors.UserError, OSError):
+    """The disk filled up while records were appended; the file was cut back to its last full record."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class TaskKey(NamedTuple):
@@ -187,7 +207,11 @@ def _parse_lines(path: Path, text: str) -> Iterator[ResultRecord]:
         try:
             yield ResultRecord.from_dict(json.loads(line))
         except (json.JSONDecodeError, TypeError, ValueError) as error:
-            raise CorruptResultsError(f"{path}, line {number}: malformed result record ({error})") from error
+            raise CorruptResultsError(
+                f"{path}, line {number}: malformed result record ({error}); this is not a line cut by an "
+                "interrupted run (only the last line can be): the file was edited or mixed with another file. "
+                "Move it away, or remove that line, and rerun"
+            ) from error
     if tail.strip():
         logger.warning(
             "%s: dropping a truncated last line (%d bytes), left by an interrupted run", path, len(tail.encode())
@@ -269,29 +293,65 @@ def cut_truncated_tail(path: Path) -> int:
 
 
 class ResultsWriter:
-    """Appends records to one results file, flushed and fsynced after every `append`."""
+    """Appends records to one results file, fsynced after every `append`.
+
+    Writes go straight to the file descriptor (no Python buffer that could flush a piece of a line
+    later). When the disk fills up mid-append, the file is cut back to its size before the append
+    and `DiskFullError` names the file and the free space; if even that fails, the next writer's
+    `cut_truncated_tail` removes the partial line.
+    """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_truncated_tail(self.path)
-        self._handle = self.path.open("a", encoding="utf-8")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self.written = 0
 
     def append(self, records: Sequence[ResultRecord]) -> None:
-        """Writes the records as one line each, then flushes and fsyncs once."""
-        if self._handle.closed:
+        """Writes the records as one line each, then fsyncs once.
+
+        Raises:
+          DiskFullError: no space left (the file holds only the complete records written before).
+          lock.LockLostError: another process took over this file's lock (see `agac_jax.eval.lock`).
+        """
+        if self._fd is None:
             raise RuntimeError(f"ResultsWriter for {self.path} is closed")
+        run_lock = lock.held_by_this_process(self.path)
+        if run_lock is not None:
+            run_lock.check()
         if not records:
             return
-        self._handle.write("".join(record.to_json() + "\n" for record in records))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        data = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
+        before = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._cut_back(before)
+            raise DiskFullError(
+                error.errno,
+                f"{errors.disk_full_message(self.path, 'appending records to')}; the {self.written} records "
+                f"written by this run and all before them are kept, the {len(records)} being written are not",
+                str(self.path),
+            ) from error
         self.written += len(records)
 
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as error:  # the next run's cut_truncated_tail removes the partial line
+            logger.warning("%s: could not cut a partial record after a full disk (%s)", self.path, error)
+
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "ResultsWriter":
         return self
@@ -367,14 +427,12 @@ def ensure_workdir_config(workdir: Path | str, config: Mapping[str, Any]) -> str
             raise ConfigMismatchError(
                 f"the workdir {workdir} holds results of a different config (fingerprint "
                 f"{str(stored.get('fingerprint'))[:12]} vs {fingerprint[:12]}); refusing to mix them. "
-                "Differences (stored -> current):\n  " + "\n  ".join(differences or ["(unknown)"]) +
-                "\nUse a new --workdir, or rerun with the stored config."
+                "Differences (stored -> current): " + "; ".join(differences or ["(unknown)"]) +
+                ". Use a new --workdir, or rerun with the stored config."
             )
         return fingerprint
     payload = {"fingerprint": fingerprint, "config": _canonical(config)}
-    temporary = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    atomic.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return fingerprint
 
 
@@ -382,18 +440,15 @@ def read_workdir_config(workdir: Path | str) -> dict[str, Any]:
     """The config stored in a workdir's config.json (FileNotFoundError when there is none)."""
     path = Path(workdir) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {workdir} is not the workdir of a sweep")
+        raise NotAWorkdirError(f"{path} not found: {workdir} is not the workdir of a sweep")
     return json.loads(path.read_text(encoding="utf-8"))["config"]
 
 
 def write_skipped(workdir: Path | str, skipped: Sequence[tuple[str, str]]) -> Path:
     """Writes the loader's skipped (item, reason) pairs to skipped.json, atomically."""
     path = Path(workdir) / SKIPPED_NAME
-    temporary = path.with_name(f".{SKIPPED_NAME}.{os.getpid()}.tmp")
     items = [{"item": item, "reason": reason} for item, reason in skipped]
-    temporary.write_text(json.dumps(items, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic.write_text(path, json.dumps(items, indent=1) + "\n")
 
 
 def read_skipped(workdir: Path | str) -> list[tuple[str, str]]:

@@ -49,6 +49,7 @@ from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, Codec
 from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample, LoadedDataset
 from agac_jax.eval import metrics, plots, results, tables
+from agac_jax.eval import atomic, lock
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
 from agac_jax.prompts import render_prompt
@@ -90,6 +91,9 @@ def validate_config(config: Any) -> None:
         raise ValueError(f"config.mesh.axes must be {MESH_AXES}, got {tuple(config.mesh.axes)}")
     if config.runtime.batch_samples < 1:
         raise ValueError(f"config.runtime.batch_samples must be >= 1, got {config.runtime.batch_samples}")
+    if config.dataset.name == "synthetic" and not config.dataset.root and config.dataset.num_clips < 1:
+        raise ValueError(f"config.dataset.num_clips must be >= 1 (clips of the generated synthetic split), "
+                         f"got {config.dataset.num_clips}")
 
 
 def scoring_config(config: Any) -> Any:
@@ -557,12 +561,21 @@ def run_sweep(config: Any, workdir: Path | str, *, scorer: Any = None, process_i
       process_index, process_count: this process's shard (default: JAX's).
     Raises:
       results.ConfigMismatchError: the workdir holds results of another config.
+      lock.LockHeldError: another live process writes this shard's results file (see `lock.RunLock`).
     """
     validate_config(config)
     workdir = Path(workdir)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     results.ensure_workdir_config(workdir, config_to_dict(config))
+    path = results.results_path(workdir, process_index, process_count)
+    with lock.RunLock(path):  # a second writer of this results file refuses here, before any work
+        return _run_locked(config, workdir, path, scorer, process_index, process_count)
+
+
+def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_index: int,
+                process_count: int) -> SweepOutcome:
+    """`run_sweep` under the lock of its results file `path`."""
     dataset_name, loaded = load_dataset(config.dataset)
     if process_index == 0:
         results.write_skipped(workdir, [(s.item, s.reason) for s in loaded.skipped])
@@ -577,7 +590,6 @@ def run_sweep(config: Any, workdir: Path | str, *, scorer: Any = None, process_i
     total = sum(len(item.tasks) for item in pending)
     logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
                  process_count, len(shard), total, len(pending))
-    path = results.results_path(workdir, process_index, process_count)
     written = failed = 0
     timing: dict[str, float] = {}
     if pending:
@@ -624,9 +636,24 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
         return writer.written, ctx.failed, timing
 
 
-def merge(workdir: Path | str) -> MergeOutputs:
-    """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir."""
+def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
+    """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir.
+
+    Each output is replaced atomically (`atomic`): a kill leaves the previous file or the new one.
+
+    Args:
+      allow_partial: merge the records that are there even while a run still writes a shard (its
+        lock is held by a live process; this process's own lock does not count).
+    Raises:
+      lock.LockHeldError: a live writer holds a shard of the workdir and allow_partial is False.
+    """
     workdir = Path(workdir)
+    if not allow_partial:
+        writers = lock.held_locks(workdir)
+        if writers:
+            raise lock.LockHeldError(
+                f"cannot merge {workdir} yet: a run is still writing {lock.describe_holders(writers)}. Wait for "
+                "it to finish, or pass --allow_partial to build the tables from the records written so far")
     stored = results.read_workdir_config(workdir)
     records = results.read_workdir(workdir)
     per_seed = tables.seed_metrics(records)
@@ -635,8 +662,7 @@ def merge(workdir: Path | str) -> MergeOutputs:
     per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
     markdown = tables.render_markdown(rows, records, results.read_skipped(workdir),
                                       codec_backend=stored.get("codec", {}).get("backend"))
-    tables_md = workdir / "tables.md"
-    tables_md.write_text(markdown, encoding="utf-8")
+    tables_md = atomic.write_text(workdir / "tables.md", markdown)
     written_plots = plots.write_plots(rows, workdir / "plots")
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agac_jax.eval import metrics
+from agac_jax.eval import atomic, metrics
 from agac_jax.eval.results import METHODS, ResultRecord
 
 GroupKey = tuple[str, str, "int | None", float]
@@ -213,12 +213,13 @@ def _csv_value(value: object) -> object:
 
 
 def write_summary_csv(rows: Sequence[RowSummary], path: Path | str) -> Path:
-    """summary.csv: one line per row; `{metric}_mean`, `{metric}_std` as fractions; empty = undefined."""
+    """summary.csv (written atomically): one line per row; `{metric}_mean`, `{metric}_std` as fractions;
+    empty = undefined."""
     path = Path(path)
     header = ["dataset", "method", "rate", "rho", "num_seeds", "samples_per_seed"]
     header += [f"{name}_{part}" for name in RATIO_METRICS for part in ("mean", "std")]
     header += ["unknown", "failures"]
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:
@@ -231,10 +232,10 @@ def write_summary_csv(rows: Sequence[RowSummary], path: Path | str) -> Path:
 
 
 def write_per_seed_csv(per_seed: Sequence[SeedMetrics], path: Path | str) -> Path:
-    """per_seed.csv: every SeedMetrics field, fractions; empty = undefined."""
+    """per_seed.csv (written atomically): every SeedMetrics field, fractions; empty = undefined."""
     path = Path(path)
     names = [field.name for field in dataclasses.fields(SeedMetrics)]
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic.atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(names)
         for item in per_seed:
