@@ -4,14 +4,20 @@
   python -m launch.parity --random_init CONFIG.json
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
-greedy tokens must be identical).
+greedy tokens must be identical); 2 with one `error: ...` line for a user error (a missing or
+unreadable checkpoint or audio file, a checkpoint that does not fit the model; agac_jax/errors.py).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from absl import app, flags
+
+from agac_jax import errors
 
 flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory.")
 flags.DEFINE_string("random_init", None, "config.json to build a random transformers model from instead.")
@@ -47,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(errors.main(main))

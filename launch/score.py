@@ -6,7 +6,9 @@
 One JSON record per clip, in --audio order: a JSON list in --output, or JSON lines on stdout. A file
 that cannot be scored (unreadable, empty, NaN samples, over 30 s, --input_ids not its prompt) gets
 `{"file", "error"}`, its error on stderr, and the others are still scored. Exit codes: 0 all scored,
-1 some clip failed, 2 bad flags or checkpoint. Record fields and figure: agac_jax/scoring/report.py.
+1 some clip failed, 2 bad flags or checkpoint, or another user error (a full disk, an unwritable
+--output: one `error: ...` line, see agac_jax/errors.py). Record fields and figure:
+agac_jax/scoring/report.py.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
+from agac_jax import errors
 from agac_jax.scoring import report
 from agac_jax.scoring.scorer import METHODS
 
@@ -97,4 +100,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(errors.main(main), flags_parser=parse_flags)
