@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags
 
 from agac_jax.bench import scoring_bench
+from agac_jax.bench.context import BenchConfig
+from agac_jax.bench.report import format_table, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny random models, one repeat, few sizes (a smoke run).")
@@ -32,7 +34,7 @@ flags.DEFINE_string("tiny_model", None, "Directory of the small model (default a
                                         "model of its shape when it does not exist).")
 
 
-def build_config() -> scoring_bench.BenchConfig:
+def build_config() -> BenchConfig:
     overrides = {}
     if FLAGS.estimators:
         overrides["estimators"] = tuple(FLAGS.estimators)
@@ -47,8 +49,8 @@ def build_config() -> scoring_bench.BenchConfig:
     if FLAGS.tiny_model:
         overrides["tiny_model"] = FLAGS.tiny_model
     if FLAGS.quick:
-        return scoring_bench.BenchConfig.quick(**overrides)
-    return dataclasses.replace(scoring_bench.BenchConfig(), **overrides)
+        return BenchConfig.quick(**overrides)
+    return dataclasses.replace(BenchConfig(), **overrides)
 
 
 def main(argv: list[str]) -> int:
@@ -60,9 +62,9 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = scoring_bench.write_results(results, FLAGS.out)
+    path = write_results(results, FLAGS.out)
     print(f"wrote {path}")
-    print(scoring_bench.format_table(results))
+    print(format_table(results))
     return 0
 
 

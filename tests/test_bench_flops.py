@@ -1,6 +1,6 @@
 """The benchmark's analytic FLOP model against XLA's own count of the same decoder passes.
 
-`scoring_bench.decoder_flops` turns measured seconds into GFLOP/s and the torch/JAX work ratio, so it
+`agac_jax.eval.flops.decoder_flops` turns measured seconds into GFLOP/s and the torch/JAX work ratio, so it
 must count what the programs compute: every layer on every row or the last layer on the answer rows
 only, and the input-gradient backward pass of integrated gradients (no weight gradients). XLA's
 count adds the element-wise operations (norms, softmax, RoPE, SiLU), about 1% at these sizes, and
@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from agac_jax.bench.scoring_bench import decoder_flops
+from agac_jax.eval.flops import DecoderShape, decoder_flops
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask, init_params
 
 LENGTH, ANSWER = 256, 8
 TEXT = TextConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2)
+SHAPE = DecoderShape.from_text_config(TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def xla_flops(fn, *args) -> float:
 def test_forward_and_input_gradient_counts_match_xla(answer_logp, answer_rows_only):
     gate, embeds = jnp.ones((LENGTH,)), jax.random.normal(jax.random.key(1), (LENGTH, TEXT.hidden_size))
     last_rows = ANSWER if answer_rows_only else None
-    forward = decoder_flops(TEXT, LENGTH, LENGTH, ANSWER, last_rows=last_rows)
-    backward = decoder_flops(TEXT, LENGTH, LENGTH, ANSWER, last_rows=last_rows, backward=True)
+    forward = decoder_flops(SHAPE, LENGTH, LENGTH, ANSWER, last_rows=last_rows)
+    backward = decoder_flops(SHAPE, LENGTH, LENGTH, ANSWER, last_rows=last_rows, backward=True)
 
     xla_forward = xla_flops(lambda g, e: answer_logp(g, e, answer_rows_only), gate, embeds)
     xla_both = xla_flops(jax.grad(lambda g, e: answer_logp(g, e, answer_rows_only)), gate, embeds)

@@ -7,12 +7,13 @@ import math
 
 import pytest
 
-from agac_jax.bench import scoring_bench
+from agac_jax.bench import report, scoring_bench
+from agac_jax.bench.context import BenchConfig
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    config = scoring_bench.BenchConfig.quick(whole_models=("tiny",), estimators=("occlusion",),
+    config = BenchConfig.quick(whole_models=("tiny",), estimators=("occlusion",),
                                              whole_clips={"tiny": 1, "mid": 1}, layer_memory_check=False)
     return scoring_bench.run_benchmark(config, ("whole", "flops", "gpu"), workdir=tmp_path_factory.mktemp("bench"),
                                        log=lambda line: None)
@@ -62,14 +63,14 @@ def test_gpu_note_json_and_table(results, tmp_path):
     gpu = results["parts"]["gpu"]
     if gpu["platform"] != "gpu":
         assert gpu["status"] == scoring_bench.GPU_NOT_MEASURED
-    path = scoring_bench.write_results(results, tmp_path / "out" / "bench.json")
+    path = report.write_results(results, tmp_path / "out" / "bench.json")
     assert json.loads(path.read_text())["parts"].keys() == results["parts"].keys()
-    table = scoring_bench.format_table(results)
+    table = report.format_table(results)
     assert "1 whole" in table and "4 flops" in table and table.splitlines()[-1].startswith("total")
 
 
 def test_bad_parts_and_config_are_refused():
     with pytest.raises(ValueError, match="unknown parts"):
-        scoring_bench.run_benchmark(scoring_bench.BenchConfig.quick(), ("whole", "nope"))
+        scoring_bench.run_benchmark(BenchConfig.quick(), ("whole", "nope"))
     with pytest.raises(ValueError, match="estimator"):
-        scoring_bench.BenchConfig(estimators=("gradients",))
+        BenchConfig(estimators=("gradients",))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from agac_jax.eval import metrics
+from agac_jax.eval import flops, metrics
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_delta_accuracy_pairs_seeds() -> None:
         metrics.delta_accuracy([0.7], [0.7, 0.8])
 
 
-TINY = metrics.DecoderShape(
+TINY = flops.DecoderShape(
     hidden_size=4, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=2, vocab_size=10
 )
 
@@ -118,15 +118,15 @@ TINY = metrics.DecoderShape(
 def test_prefill_flops_by_hand() -> None:
     # Per token: q 4*4 + k 4*2 + v 4*2 + o 4*4 = 48 MACs, MLP 3*4*8 = 96 MACs: 144 * 3 tokens = 432.
     # Attention, causal: 2 heads * head_dim 2 * (1 + 2 + 3) pairs * 2 products = 48. LM head 4 * 10 a row.
-    assert metrics.decoder_prefill_flops(TINY, 3) == 2 * (432 + 48 + 40)
-    assert metrics.decoder_prefill_flops(TINY, 3, lm_head_rows="all") == 2 * (432 + 48 + 120)
-    assert metrics.decoder_prefill_flops(TINY, 3, causal=False) == 2 * (432 + 2 * 2 * 2 * 9 + 40)
+    assert flops.decoder_prefill_flops(TINY, 3) == 2 * (432 + 48 + 40)
+    assert flops.decoder_prefill_flops(TINY, 3, lm_head_rows="all") == 2 * (432 + 48 + 120)
+    assert flops.decoder_prefill_flops(TINY, 3, causal=False) == 2 * (432 + 2 * 2 * 2 * 9 + 40)
 
 
 def test_prefill_flops_of_qwen2_7b_match_its_parameter_count() -> None:
     """For one token, the matmul FLOPs are 2 x (the published 6.5 B non-embedding parameters,
     biases and norms aside) plus the LM head."""
-    shape = metrics.DecoderShape(
+    shape = flops.DecoderShape(
         hidden_size=3584,
         intermediate_size=18944,
         num_layers=28,
@@ -135,22 +135,22 @@ def test_prefill_flops_of_qwen2_7b_match_its_parameter_count() -> None:
         head_dim=128,
         vocab_size=152064,
     )
-    flops = metrics.decoder_prefill_flops(shape, 1)
-    non_embedding = flops / 2 - 3584 * 152064
+    count = flops.decoder_prefill_flops(shape, 1)
+    non_embedding = count / 2 - 3584 * 152064
     assert 6.45e9 < non_embedding < 6.6e9
 
 
 def test_decoder_shape_names_bad_fields() -> None:
     with pytest.raises(ValueError, match="num_kv_heads"):
-        metrics.DecoderShape(
+        flops.DecoderShape(
             hidden_size=4, intermediate_size=8, num_layers=1, num_heads=3, num_kv_heads=2, head_dim=2, vocab_size=10
         )
     with pytest.raises(ValueError, match="hidden_size"):
-        metrics.DecoderShape(
+        flops.DecoderShape(
             hidden_size=0, intermediate_size=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=2, vocab_size=10
         )
     with pytest.raises(ValueError, match="lm_head_rows"):
-        metrics.decoder_prefill_flops(TINY, 3, lm_head_rows="first")  # type: ignore[arg-type]
+        flops.decoder_prefill_flops(TINY, 3, lm_head_rows="first")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("seconds", "tokens"), [(1.0, 25), (10.0, 250), (30.0, 750), (0.04, 1)])

@@ -9,10 +9,8 @@ Conventions, decided here:
 - Summaries across seeds: mean and sample standard deviation (ddof = 1). The standard deviation of
   a single seed is NaN: one run says nothing about the spread, and 0 would claim it does.
 - Delta accuracy: per-seed differences compressed - original (paired by seed), then summarised.
-- Prefill FLOPs: 2 FLOPs per multiply-accumulate; counted are the matrix products (q, k, v, o
-  projections, the SwiGLU MLP's three products, the attention scores QK^T and the weighted sum
-  PV, the LM head); norms, rotary embeddings, softmax, activations, biases and the embedding
-  lookup are not.
+- Prefill FLOPs of a record: `agac_jax.eval.flops.decoder_prefill_flops` (the project's one FLOP
+  model).
 - Evidence frames: frame j of the codec grid (rate r tokens/s, 2 tokens a frame, so 32000 / r
   samples a frame; the last frame is clipped to the clip's end) is an evidence frame when at least
   `min_overlap` (default one half) of its samples lie inside the union of the evidence intervals.
@@ -28,7 +26,6 @@ import dataclasses
 import math
 import re
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
@@ -183,62 +180,6 @@ def delta_accuracy(compressed: Sequence[float], original: Sequence[float]) -> Se
 
 
 # --- cost ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoderShape:
-    """The sizes of a Qwen2-style decoder (GQA attention, SwiGLU MLP)."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DecoderShape.{field.name} must be a positive integer, got {value!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"DecoderShape.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
-            )
-
-
-def decoder_prefill_flops(
-    shape: DecoderShape,
-    sequence_length: int,
-    *,
-    lm_head_rows: Literal["last", "all"] = "last",
-    causal: bool = True,
-) -> int:
-    """FLOPs of one prefill pass over `sequence_length` tokens (2 FLOPs per multiply-accumulate).
-
-    Args:
-      shape: the decoder's sizes.
-      sequence_length: prompt tokens, audio tokens included.
-      lm_head_rows: "last" applies the LM head to the last row only (what generation needs),
-        "all" to every row.
-      causal: True counts query i against its i + 1 visible keys only (L (L + 1) / 2 pairs);
-        False counts the full L x L score matrix.
-    """
-    if not isinstance(sequence_length, int) or sequence_length < 1:
-        raise ValueError(f"sequence_length must be a positive integer, got {sequence_length!r}")
-    if lm_head_rows not in ("last", "all"):
-        raise ValueError(f"lm_head_rows must be 'last' or 'all', got {lm_head_rows!r}")
-    length = sequence_length
-    d, heads, kv_heads, head_dim = shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
-    projections = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2
-    mlp = 3 * d * shape.intermediate_size
-    query_key_pairs = length * (length + 1) // 2 if causal else length * length
-    attention = 2 * heads * head_dim * query_key_pairs
-    per_layer = length * (projections + mlp) + attention
-    head_rows = 1 if lm_head_rows == "last" else length
-    macs = shape.num_layers * per_layer + head_rows * d * shape.vocab_size
-    return 2 * macs
 
 
 def qwen2_audio_token_count(num_samples: int) -> int:

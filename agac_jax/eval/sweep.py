@@ -48,7 +48,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
 from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample, LoadedDataset
-from agac_jax.eval import metrics, plots, results, tables
+from agac_jax.eval import flops, metrics, plots, results, tables
 from agac_jax.eval import atomic, lock
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
@@ -215,7 +215,7 @@ class _Context:
     dataset_name: str
     scorer: Any
     select_frames: Callable[..., np.ndarray]
-    decoder_shape: metrics.DecoderShape
+    decoder_shape: flops.DecoderShape
     writer: results.ResultsWriter
     progress: Progress
     codec_factory: Callable[[], CodecClient]
@@ -266,7 +266,7 @@ def _fail(ctx: _Context, item: _Sample, keys: Sequence[TaskKey], stage: str, err
 
 
 def _prefill_flops(ctx: _Context, item: _Sample, audio_tokens: int) -> int:
-    return metrics.decoder_prefill_flops(ctx.decoder_shape, item.text_tokens + audio_tokens)
+    return flops.decoder_prefill_flops(ctx.decoder_shape, item.text_tokens + audio_tokens)
 
 
 # --- stages --------------------------------------------------------------------------------------
@@ -515,16 +515,6 @@ class MergeOutputs:
     rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
 
 
-def decoder_shape(model_config: Any) -> metrics.DecoderShape:
-    """The decoder sizes of a `Qwen2AudioConfig`, for prefill FLOPs."""
-    text = model_config.text
-    return metrics.DecoderShape(
-        hidden_size=text.hidden_size, intermediate_size=text.intermediate_size, num_layers=text.num_hidden_layers,
-        num_heads=text.num_attention_heads, num_kv_heads=text.num_key_value_heads,
-        head_dim=text.attention_head_dim, vocab_size=text.vocab_size,
-    )
-
-
 def text_token_count(tokenizer: Any, question: str) -> int:
     """Prompt tokens of a question besides the audio: the rendered prompt minus its one placeholder."""
     return len(tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]) - 1
@@ -617,7 +607,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
     ) as progress:
         ctx = _Context(
             dataset_name=dataset_name, scorer=scorer, select_frames=select_frames,
-            decoder_shape=decoder_shape(scorer.model_config), writer=writer, progress=progress,
+            decoder_shape=flops.DecoderShape.from_text_config(scorer.model_config.text),
+            writer=writer, progress=progress,
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
             process_index=process_index, answer_batch=config.scoring.batch_size,
             pipelined=config.runtime.pipeline_codec, max_backlog=config.runtime.codec_max_backlog,

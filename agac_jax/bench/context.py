@@ -1,0 +1,265 @@
+"""What every part of the scoring benchmark shares: the run's sizes (`BenchConfig`), the benchmarked
+models (`MODEL_SPECS`, `ModelEntry`), the clips, the context a part runs in (`BenchContext`) and the
+timing helpers.
+
+Clips are "n s" clips two mel frames (20 ms) short of n s: the encoder reads up to two frames past a
+clip's end (`features.encoder_frames_needed`), so a clip of exactly 5 s is scored in the 10 s bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from agac_jax import checkpoints
+from agac_jax.audio import features as feats
+from agac_jax.audio.grids import SAMPLE_RATE
+from agac_jax.data import synthetic
+from agac_jax.scoring.program import ESTIMATORS
+from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_TINY = REPO_ROOT / "assets" / "tiny_qwen2audio"
+CLIP_SHORTFALL_SAMPLES = 2 * feats.HOP_LENGTH  # "n s" clips are two mel frames short of n s
+
+# transformers Qwen2AudioConfig keyword arguments of the random models.
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    # The shape of configs/train_tiny.py (the shipped tiny model), random weights.
+    "tiny_random": dict(
+        audio_config=dict(num_mel_bins=80, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
+                          d_model=64),
+        text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    ),
+    "mid_random": dict(
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=1024,
+                          d_model=256),
+        text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
+    ),
+    # --quick stand-ins for the two.
+    "micro_random": dict(
+        audio_config=dict(num_mel_bins=80, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,
+                          d_model=16),
+        text_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False),
+    ),
+    "small_random": dict(
+        audio_config=dict(num_mel_bins=80, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          d_model=32),
+        text_config=dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Sizes and repeats of a run. `quick()` gives the CI smoke sizes."""
+
+    label: str = "full"  # recorded with the results; "quick" for --quick
+    repeats: int = 3  # alternating repeats of the cheap measurements
+    slow_repeats: int = 2  # repeats of the mid-size model and of long clips
+    padded_repeats: int = 1  # repeats of a clip padded to 30 s (one program for every length)
+    whole_models: tuple[str, ...] = ("tiny", "mid")  # roles measured by the `whole` part
+    whole_clips: dict[str, int] = dataclasses.field(default_factory=lambda: {"tiny": 4, "mid": 2})
+    estimators: tuple[str, ...] = ESTIMATORS
+    clip_seconds: int = 5  # nominal clip length of `whole`, `batch`, `flops` and `sharding`
+    bucket_seconds: tuple[int, ...] = (5, 10, 20, 30)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    batch_budget_seconds: float = 60.0  # a batch size predicted to take longer than this is not run
+    sharding_meshes: tuple[tuple[int, int], ...] = ((8, 1), (4, 2))
+    sharding_devices: int = 8
+    matmul_size: int = 2048
+    layer_memory_check: bool = True  # `flops`: also compile each program for twice the decoder layers
+    matmul_repeats: int = 10
+    max_new_tokens: int = 8
+    max_text_tokens: int = 32  # prompt slots besides the audio: the bench's prompts have 25 text tokens
+    occlusion_chunks: tuple[int, ...] = (8, 16, 32, 64)  # gate vectors per batch tried on each side (`whole`, occlusion):
+    #                                                   each side is timed at its fastest, so neither is handicapped
+    tiny_model: str | None = str(SHIPPED_TINY)  # None or missing: a random model of its shape
+    tiny_spec: str = "tiny_random"
+    mid_spec: str = "mid_random"
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> "BenchConfig":
+        """Tiny sizes for a smoke run: random micro models, one repeat, two buckets, batches 1 and 2."""
+        fields = dict(label="quick", repeats=1, slow_repeats=1, padded_repeats=1,
+                      whole_clips={"tiny": 2, "mid": 1}, bucket_seconds=(5, 10), batch_sizes=(1, 2),
+                      sharding_meshes=((2, 1),), sharding_devices=2, matmul_size=512,
+                      matmul_repeats=3, max_new_tokens=2, tiny_model=None, tiny_spec="micro_random",
+                      mid_spec="small_random", occlusion_chunks=(16,))
+        fields.update(overrides)
+        return cls(**fields)
+
+    def __post_init__(self):
+        for role in self.whole_models:
+            if role not in ("tiny", "mid"):
+                raise ValueError(f"whole_models holds {role!r}; expected 'tiny' or 'mid'")
+        for estimator in self.estimators:
+            if estimator not in ESTIMATORS:
+                raise ValueError(f"estimator {estimator!r}; expected one of {ESTIMATORS}")
+        for spec in (self.tiny_spec, self.mid_spec):
+            if spec not in MODEL_SPECS:
+                raise ValueError(f"model spec {spec!r}; expected one of {sorted(MODEL_SPECS)}")
+        if min(self.repeats, self.slow_repeats, self.padded_repeats) < 1:
+            raise ValueError("repeats, slow_repeats and padded_repeats must be >= 1")
+
+
+def make_random_checkpoint(directory: Path, spec_name: str, seed: int = 0) -> Path:
+    """A random Qwen2-Audio directory of `MODEL_SPECS[spec_name]` with a word tokenizer over the
+    synthetic benchmark's vocabulary, processor files and a generation config (the recipe of
+    tests/tiny_models.make_scoring_checkpoint)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
+
+    spec = MODEL_SPECS[spec_name]
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = save_processor_files(directory, synthetic.VOCABULARY,
+                                     num_mel_bins=spec["audio_config"]["num_mel_bins"])
+    text = dict(spec["text_config"], vocab_size=len(tokenizer))
+    torch.manual_seed(seed)
+    config = Qwen2AudioConfig(**dict(spec, text_config=text,
+                                     audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)))
+    model = Qwen2AudioForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+                                               pad_token_id=tokenizer.pad_token_id, max_new_tokens=8)
+    model.save_pretrained(directory)
+    return directory
+
+
+@dataclasses.dataclass
+class ModelEntry:
+    """One benchmarked model: its directory, how it was made, and its loaded halves (lazily)."""
+
+    role: str
+    directory: Path
+    description: str
+    shipped: bool
+    _loaded: checkpoints.LoadedModel | None = None
+    _tokenizer: Any = None
+    _torch: Any = None
+
+    def loaded(self) -> checkpoints.LoadedModel:
+        if self._loaded is None:
+            self._loaded = checkpoints.load_hf_directory(self.directory)
+        return self._loaded
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory))
+        return self._tokenizer
+
+    def torch_model(self) -> Any:
+        """transformers' model with eager attention, in eval mode, on CUDA when torch has it."""
+        if self._torch is None:
+            import torch
+            from transformers import Qwen2AudioForConditionalGeneration
+
+            model = Qwen2AudioForConditionalGeneration.from_pretrained(self.directory, attn_implementation="eager")
+            self._torch = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        return self._torch
+
+    def summary(self) -> dict[str, Any]:
+        text, audio = self.loaded().config.text, self.loaded().config.audio
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.loaded().params))
+        return dict(description=self.description, shipped=self.shipped, directory=str(self.directory),
+                    parameters=n_params, decoder=dict(width=text.hidden_size, layers=text.num_hidden_layers,
+                                                      heads=text.num_attention_heads,
+                                                      kv_heads=text.num_key_value_heads,
+                                                      intermediate=text.intermediate_size,
+                                                      vocab=text.vocab_size),
+                    encoder=dict(d_model=audio.d_model, layers=audio.encoder_layers, mel_bins=audio.num_mel_bins))
+
+
+def clip_samples(seconds: int) -> int:
+    """Samples of a nominal `seconds` clip: two mel frames short, so it fits the `seconds` bucket."""
+    return seconds * SAMPLE_RATE - CLIP_SHORTFALL_SAMPLES
+
+
+def make_clips(count: int, seconds: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """`count` clips (a tone burst in noise) of `clip_samples(seconds)` and an existence question each."""
+    rng = np.random.default_rng(seed)
+    n = clip_samples(seconds)
+    t = np.arange(n) / SAMPLE_RATE
+    clips, questions = [], []
+    for i in range(count):
+        onset = rng.uniform(0.0, 0.6) * t[-1]
+        burst = (t >= onset) & (t < onset + 0.3 * t[-1])
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) * burst
+        clips.append((tone + 0.02 * rng.standard_normal(n)).astype(np.float32))
+        questions.append(synthetic.existence_question(synthetic.EVENT_CLASSES[i % len(synthetic.EVENT_CLASSES)]))
+    return clips, questions
+
+
+@dataclasses.dataclass
+class ProgramRecord:
+    """A compiled scoring program measured by a part, for the `flops` part."""
+
+    label: str
+    entry: ModelEntry
+    scorer: Scorer
+    frames: int
+    batch_size: int
+    device_seconds: float  # median warm run of the executable on one batch
+
+
+class BenchContext:
+    """The run's config, its models (made on first use in `workdir`) and the programs measured."""
+
+    def __init__(self, config: BenchConfig, workdir: Path, log: Callable[[str], None] = print):
+        self.config = config
+        self.workdir = workdir
+        self.log = log
+        self.programs: list[ProgramRecord] = []
+        self._models: dict[str, ModelEntry] = {}
+
+    def model(self, role: str) -> ModelEntry:
+        if role not in self._models:
+            self._models[role] = self._make_model(role)
+        return self._models[role]
+
+    def _make_model(self, role: str) -> ModelEntry:
+        c = self.config
+        if role == "tiny" and c.tiny_model and (Path(c.tiny_model) / "config.json").exists():
+            return ModelEntry(role, Path(c.tiny_model), f"shipped trained model {c.tiny_model}", True)
+        spec = c.tiny_spec if role == "tiny" else c.mid_spec
+        directory = make_random_checkpoint(self.workdir / spec, spec, seed=c.seed)
+        note = ""
+        if role == "tiny" and c.tiny_model:
+            note = f" (fallback: {c.tiny_model} does not exist)"
+        return ModelEntry(role, directory, f"random {spec}{note}", False)
+
+    def scorer(self, entry: ModelEntry, **overrides: Any) -> Scorer:
+        config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, max_text_tokens=self.config.max_text_tokens,
+                               **overrides)
+        return Scorer(entry.loaded(), entry.tokenizer(), config)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def score_timed(scorer: Scorer, clips: list[np.ndarray], questions: list[str]) -> tuple[float, float, list[ClipScores]]:
+    """(wall seconds, executable seconds, results) of one `Scorer.score` call."""
+    wall, results = timed(lambda: scorer.score(clips, questions))
+    run = sum(r.seconds["run"] for r in results)
+    return wall, run, results
+

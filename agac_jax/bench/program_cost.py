@@ -1,0 +1,170 @@
+"""Part `flops` of the scoring benchmark: the 2048 x 2048 fp32 matmul ceiling and, for every program
+a part measured, XLA's FLOP count and the analytic one (`agac_jax.eval.flops`), the achieved rate,
+and the memory the executable needs; plus the analytic work of each side of the `whole` part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from agac_jax.audio import features as feats
+from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
+from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
+from agac_jax.models.qwen2_audio import init_params
+from agac_jax.scoring.scorer import ClipScores, Scorer
+
+
+def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
+    """Median GFLOP/s of a size x size fp32 matmul in JAX and in torch, alternating."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((size, size)).astype(np.float32) for _ in range(2))
+    ja, jb = jax.device_put(a), jax.device_put(b)
+    product = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(product(ja, jb))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+
+    def torch_mm() -> None:
+        torch.mm(ta, tb)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    torch_mm()
+    jax_times, torch_times = [], []
+    for _ in range(repeats):
+        jax_times.append(timed(lambda: jax.block_until_ready(product(ja, jb)))[0])
+        torch_times.append(timed(torch_mm)[0])
+    flops = 2.0 * size ** 3
+    return dict(size=size, repeats=repeats, flops=flops, jax_gflops=flops / median(jax_times) / 1e9,
+                torch_gflops=flops / median(torch_times) / 1e9)
+
+def analytic_program_flops(scorer: Scorer, frames: int) -> float:
+    """FLOPs of the scoring program on one batch at its padded shapes: two encoder passes, greedy
+    prefill and steps, the full and silence passes, and the estimator's passes, each recomputing the
+    positions from its shared prefix on, the last layer on the answer rows only."""
+    c, model = scorer.config, scorer.model_config
+    text = DecoderShape.from_text_config(model.text)
+    t_slots = frames // 4
+    seq = t_slots + c.max_text_tokens + c.max_new_tokens
+    a = c.max_new_tokens
+    per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
+    per_clip += decoder_flops(text, seq - a, seq, 1) + a * decoder_flops(text, 1, seq, 1)
+    per_clip += decoder_flops(text, seq, seq, a)  # the full pass (attention maps, cache)
+    offset = min(scorer.audio_offset, seq - a - t_slots) if c.share_prefix else 0
+
+    def pass_from(start: int, backward: bool = False) -> float:
+        return decoder_flops(text, seq - start, seq, a, last_rows=a, backward=backward)
+
+    per_clip += pass_from(0)  # silence
+    if c.estimator == "integrated_gradients":
+        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True))
+    elif c.share_prefix:
+        chunk = min(c.occlusion_chunk, t_slots)
+        for first in range(0, t_slots, chunk):
+            start = max(offset + first - (c.window - 1) // 2, 0)
+            per_clip += min(chunk, t_slots - first) * pass_from(start)
+    else:
+        per_clip += t_slots * pass_from(0)
+    return c.batch_size * per_clip
+
+
+def reference_clip_flops(scorer: Scorer, clip: ClipScores) -> float:
+    """FLOPs of `torch_scores.score_clip` on one clip given its answer: the encoder on audio and silence
+    padded to 30 s, the attention and silence passes and the estimator's passes over the unpadded
+    prompt + answer (every layer on every row), as the reference runs them."""
+    c, model = scorer.config, scorer.model_config
+    text = DecoderShape.from_text_config(model.text)
+    a = len(clip.answer_ids)
+    seq = len(clip.input_ids) + a
+    full = decoder_flops(text, seq, seq, a)
+    flops = 2 * encoder_flops(model.audio, feats.MAX_FRAMES, model.text.hidden_size) + 2 * full
+    if c.estimator == "integrated_gradients":
+        return flops + c.ig_steps * (full + decoder_flops(text, seq, seq, a, backward=True))
+    return flops + clip.num_tokens * full
+
+
+def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
+    """Bytes of fp32 attention maps of the program's sequence: all layers for the batch (L H S^2 4 B),
+    and all layers for one occlusion chunk of gate vectors per clip."""
+    c, text = scorer.config, scorer.model_config.text
+    seq = frames // 4 + c.max_text_tokens + c.max_new_tokens
+    all_layers = float(text.num_hidden_layers * text.num_attention_heads * seq ** 2 * 4 * c.batch_size)
+    chunk = min(c.occlusion_chunk, frames // 4) if c.estimator == "occlusion" else c.ig_steps
+    return dict(sequence=seq, all_layers_batch=all_layers, all_layers_batch_times_chunk=all_layers * chunk,
+                one_layer_batch_times_chunk=all_layers * chunk / text.num_hidden_layers)
+
+
+def program_cost(record: ProgramRecord, ceiling_gflops: float, clip_seconds: int,
+                 layer_memory_check: bool) -> dict[str, Any]:
+    executable = record.scorer._executables[(record.frames, True)]
+    cost = executable.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", float("nan")))
+    analytic = analytic_program_flops(record.scorer, record.frames)
+    memory = executable.memory_analysis()
+    peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    maps = attention_map_bytes(record.scorer, record.frames)
+    xla_rate = xla_flops / record.device_seconds / 1e9
+    analytic_rate = analytic / record.device_seconds / 1e9
+    deeper = doubled_layers_memory(record, clip_seconds) if layer_memory_check else None
+    return dict(label=record.label, batch_size=record.batch_size, bucket_frames=record.frames,
+                device_s_per_batch=record.device_seconds, xla_flops=xla_flops, analytic_flops=analytic,
+                xla_over_analytic=xla_flops / analytic, xla_gflops_per_s=xla_rate,
+                analytic_gflops_per_s=analytic_rate, fraction_of_ceiling=analytic_rate / ceiling_gflops,
+                memory=dict(temp_bytes=memory.temp_size_in_bytes, argument_bytes=memory.argument_size_in_bytes,
+                            output_bytes=memory.output_size_in_bytes, peak_bytes=peak),
+                attention_maps=maps, doubled_layers=deeper,
+                temp_growth_over_added_layer_maps=None if deeper is None else
+                (deeper["temp_bytes"] - memory.temp_size_in_bytes) / max(maps["all_layers_batch_times_chunk"], 1.0))
+
+
+def doubled_layers_memory(record: ProgramRecord, clip_seconds: int) -> dict[str, Any]:
+    """Memory of the same program for the model with twice the decoder layers (random weights, compiled,
+    not run): a program that held every layer's attention maps would grow its temporaries by the
+    added layers' maps."""
+    loaded = record.entry.loaded()
+    text = dataclasses.replace(loaded.config.text, num_hidden_layers=2 * loaded.config.text.num_hidden_layers)
+    config = dataclasses.replace(loaded.config, text=text)
+    params = nn.meta.unbox(init_params(config, jax.random.key(0)))
+    deeper = Scorer(dataclasses.replace(loaded, config=config, params=params), record.scorer.tokenizer,
+                    record.scorer.config)
+    clips, questions = make_clips(record.batch_size, clip_seconds, 0)
+    batch, _ = deeper._make_batch(record.frames, clips, questions, None)
+    executable, compile_seconds = deeper._compiled(record.frames, True, batch)
+    memory = executable.memory_analysis()
+    return dict(layers=text.num_hidden_layers, temp_bytes=memory.temp_size_in_bytes,
+                argument_bytes=memory.argument_size_in_bytes, compile_s=compile_seconds)
+
+
+def bench_flops(ctx: BenchContext) -> dict[str, Any]:
+    c = ctx.config
+    ceiling = matmul_ceiling(c.matmul_size, c.matmul_repeats)
+    ctx.log(f"flops: matmul ceiling jax {ceiling['jax_gflops']:.1f} GFLOP/s, torch {ceiling['torch_gflops']:.1f}")
+    if not ctx.programs:
+        ctx.programs.append(measure_program(ctx, ctx.model("tiny"), "occlusion"))
+    programs = [program_cost(record, ceiling["jax_gflops"], c.clip_seconds, c.layer_memory_check)
+                for record in ctx.programs]
+    return dict(ceiling=ceiling, programs=programs,
+                note="xla_flops: executable.cost_analysis() (a while loop of unknown trip count, e.g. greedy "
+                     "generation, counts once); analytic_flops: matmuls and attention at the program's padded "
+                     "shapes; rates use the median warm executable time of the `whole` part")
+
+
+def measure_program(ctx: BenchContext, entry: ModelEntry, estimator: str) -> ProgramRecord:
+    """A warm executable time on its own, for a `flops` part run without `whole`."""
+    c = ctx.config
+    n = c.whole_clips.get(entry.role, 2)
+    clips, questions = make_clips(n, c.clip_seconds, c.seed)
+    scorer = ctx.scorer(entry, estimator=estimator, batch_size=n)
+    scorer.score(clips, questions)
+    runs = [score_timed(scorer, clips, questions)[1] for _ in range(c.repeats)]
+    return ProgramRecord(f"{entry.role} {estimator}", entry, scorer, scorer.bucket_frames(len(clips[0])), n,
+                         median(runs))
+

@@ -1,0 +1,117 @@
+"""The scoring benchmark's outputs: the results JSON and the plain-text table of each part's headline
+numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_results(results: dict[str, Any], path: Path | str) -> Path:
+    """Writes `run_benchmark`'s results as indented JSON to `path` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=json_default) + "\n")
+    return path
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps`'s `default` for numpy scalars and arrays, tuples and paths."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A short plain-text table of the headline numbers of each part that ran."""
+    m = results["machine"]
+    lines = [f"agac-jax scoring benchmark: {m['jax_backend']} ({m['device_kind']}), {m['usable_cpus']} CPUs, "
+             f"load {m['load_average'][0]:.1f}, jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} threads)"]
+    rows: list[tuple[str, str, str]] = []
+    parts = results["parts"]
+    if "whole" in parts:
+        _whole_rows(parts["whole"], rows)
+    if "buckets" in parts:
+        _bucket_rows(parts["buckets"], rows)
+    if "batch" in parts:
+        _batch_rows(parts["batch"], rows)
+    if "flops" in parts:
+        _flops_rows(parts["flops"], rows)
+    if "sharding" in parts:
+        _sharding_rows(parts["sharding"], rows)
+    if "gpu" in parts:
+        rows.append(("6 gpu", "", parts["gpu"]["status"]))
+    widths = [max(len(r[i]) for r in rows + [("part", "case", "result")]) for i in range(2)]
+    lines.append(f"{'part':<{widths[0]}}  {'case':<{widths[1]}}  result")
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    lines.append(f"total {results['total_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _whole_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    for role, model in part["models"].items():
+        name = f"{role}{' (shipped)' if model['shipped'] else ' (random)'}"
+        for est, r in model["estimators"].items():
+            rows.append((f"1 whole {part['clip_seconds']:.2f}s", f"{name} {_short(est)} B={r['clips']}",
+                         f"jax {r['jax_s_per_clip']:.3f} s/clip, torch {r['torch_s_per_clip']:.3f} s/clip, "
+                         f"torch/jax {r['torch_over_jax']:.2f}x, compile {r['compile_s']:.1f} s, "
+                         f"max diff local {r['max_relative_difference']['local_abs']:.1e} nats "
+                         f"({r['max_relative_difference']['local']:.1e} of |logp|)"))
+            w = r["work"]
+            rows.append(("", "  = work x rate", f"analytic FLOPs torch/jax {w['torch_over_jax']:.2f}x, rate jax "
+                         f"{w['jax_gflops_per_s']:.0f} / torch {w['torch_gflops_per_s']:.0f} GFLOP/s"))
+
+
+def _bucket_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    for est, r in part["estimators"].items():
+        cells = ", ".join(f"{s}s {v['bucketed_s_per_clip']:.2f}/{v['padded30_s_per_clip']:.2f}"
+                          for s, v in r["lengths"].items())
+        tail = f"; 10s/30s {r['ratio_10s_over_30s']:.2f}" if "ratio_10s_over_30s" in r else ""
+        rows.append(("2 buckets", f"{_short(est)} bucketed/padded30 s/clip", cells + tail))
+
+
+def _batch_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    cells = ", ".join(f"B={b} {v['s_per_clip']:.3f}" for b, v in part["sizes"].items())
+    capped = f"; capped at B={part['capped']['at']}" if part["capped"] else ""
+    rows.append(("3 batch", "occ s/clip", cells + capped))
+    sweep = part["sweep"]
+    rows.append(("3 batch", "traces over sweep", f"{sweep['traces_after_second_sweep']} for {sweep['buckets']} buckets "
+                 f"(two sweeps)"))
+
+
+def _flops_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    c = part["ceiling"]
+    rows.append(("4 flops", f"matmul {c['size']} fp32", f"jax {c['jax_gflops']:.1f} GFLOP/s, "
+                                                        f"torch {c['torch_gflops']:.1f} GFLOP/s"))
+    for p in part["programs"]:
+        rows.append(("4 flops", p["label"], f"{p['analytic_gflops_per_s']:.1f} GFLOP/s analytic "
+                     f"({100 * p['fraction_of_ceiling']:.0f}% of ceiling; XLA count {p['xla_gflops_per_s']:.1f}), "
+                     f"peak {p['memory']['peak_bytes'] / 2**20:.0f} MiB" + _layer_memory_cell(p)))
+
+
+def _layer_memory_cell(program: dict[str, Any]) -> str:
+    deeper = program["doubled_layers"]
+    if deeper is None:
+        return ""
+    growth = (deeper["temp_bytes"] - program["memory"]["temp_bytes"]) / 2**20
+    held = program["attention_maps"]["all_layers_batch_times_chunk"] / 2**20
+    return f"; 2x layers: temp {growth:+.0f} MiB (held maps would add {held:.0f} MiB)"
+
+
+def _sharding_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    for mesh, r in part["meshes"].items():
+        diff = max(r["max_abs_difference"].values())
+        rows.append(("5 sharding", f"mesh {mesh} of {part['forced_devices']}",
+                     f"{r['s_per_clip']:.3f} s/clip, {r['over_one_device']:.2f}x 1 device, max abs diff {diff:.1e}"))
+
+
+def _short(estimator: str) -> str:
+    return {"occlusion": "occ", "integrated_gradients": "IG"}.get(estimator, estimator)
+

@@ -1,0 +1,241 @@
+"""The timed parts of the scoring benchmark.
+
+- `whole`: seconds per clip of the whole scoring of a batch (both encoder passes, the answer, the AAD
+  estimator, the attention reduction, fusion, keep masks) by `Scorer.score` (warm; the compile apart)
+  against `torch_scores.score_clip` per clip on the same clips with the JAX answer ids, medians over
+  repeats that alternate the two; each side's occlusion at its fastest chunk of
+  `BenchConfig.occlusion_chunks`; the ratio split into work (`program_cost`) times rate.
+- `buckets`: JAX seconds per clip of 5, 10, 20 and 30 s clips in their length bucket, against the
+  same clip padded to 30 s (a Scorer with the single bucket 30 s, as transformers pads).
+- `batch`: batch scaling of the warm program and the number of traces over a sweep of buckets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from agac_jax.audio import features as feats
+from agac_jax.audio.grids import SAMPLE_RATE
+from agac_jax.bench.context import (BenchContext, ModelEntry, ProgramRecord, clip_samples, make_clips, median,
+                                    score_timed, timed)
+from agac_jax.bench.program_cost import analytic_program_flops, reference_clip_flops
+from agac_jax.reference import torch_scores
+from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
+
+
+def reference_inputs(hf: Any, clip: np.ndarray) -> dict[str, np.ndarray]:
+    """The reference's inputs of one clip: 30 s padded features and mask, as the processor gives them."""
+    n_mels = hf.config.audio_config.num_mel_bins
+    features, _ = feats.log_mel(clip, n_mels, pad_to_samples=feats.MAX_SAMPLES)
+    silence, _ = feats.log_mel(np.zeros_like(clip), n_mels, pad_to_samples=feats.MAX_SAMPLES)
+    mask = (np.arange(feats.MAX_FRAMES) < feats.num_valid_frames(len(clip))).astype(np.int64)
+    return dict(features=features, feature_mask=mask, silence_features=silence)
+
+
+def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], estimator: str,
+                    config: ScoringConfig, chunk: int) -> tuple[float, list[Any]]:
+    """(wall seconds, ReferenceScores) of the PyTorch reference on each clip with the JAX answer ids,
+    the log-mel features included as in `Scorer.score`."""
+
+    def run() -> list[Any]:
+        return [torch_scores.score_clip(hf, s.input_ids, **reference_inputs(hf, clip), estimator=estimator,
+                                        window=config.window, ig_steps=config.ig_steps, alpha=config.alpha,
+                                        answer_ids=s.answer_ids, chunk=chunk,
+                                        clip_id=f"clip {i}")
+                for i, (clip, s) in enumerate(zip(clips, scores))]
+
+    return timed(run)
+
+
+def relative_differences(scores: list[ClipScores], refs: list[Any]) -> dict[str, float]:
+    """Largest JAX - reference differences: local in nats (`local_abs`) and relative to the clip's
+    log-probability scale max(|logp(1)|, |logp(0)|) (a confident model's local scores are differences
+    of log-probabilities near 0, where float32 leaves ~1e-7 nats of noise), global and FastV relative
+    to their max."""
+    local_abs = max(float(np.abs(s.local - r.local).max()) for s, r in zip(scores, refs))
+    local = max(float(np.abs(s.local - r.local).max() / max(abs(r.logp_full), abs(r.logp_silence), 1e-9))
+                for s, r in zip(scores, refs))
+    glob = max(float(np.abs(s.global_ - r.global_).max() / max(np.abs(r.global_).max(), 1e-9))
+               for s, r in zip(scores, refs))
+    fastv = max(float(np.abs(s.fastv - r.fastv).max() / max(np.abs(r.fastv).max(), 1e-9))
+                for s, r in zip(scores, refs))
+    return dict(local=local, local_abs=local_abs, global_=glob, fastv=fastv)
+
+
+def check_answers(scores: list[ClipScores]) -> None:
+    empty = [i for i, s in enumerate(scores) if len(s.answer_ids) == 0]
+    if empty:
+        raise RuntimeError(f"clips {empty}: the model's greedy answer is empty (first token EOS); the reference "
+                           "cannot score an empty answer; change --seed")
+
+
+def bench_whole(ctx: BenchContext) -> dict[str, Any]:
+    c = ctx.config
+    models = {}
+    for role in c.whole_models:
+        entry = ctx.model(role)
+        estimators = {est: whole_case(ctx, entry, est, c.whole_clips[role]) for est in c.estimators}
+        models[role] = dict(entry.summary(), estimators=estimators)
+    return dict(clip_seconds=clip_samples(c.clip_seconds) / SAMPLE_RATE, models=models,
+                note="jax: Scorer.score wall time (log-mel, prompts, greedy answer, program) per clip; torch: "
+                     "log-mel + torch_scores.score_clip per clip given the JAX answer ids (no generation)")
+
+
+def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: int) -> dict[str, Any]:
+    """One model and estimator: alternating JAX / torch repeats on the same batch of clips."""
+    c = ctx.config
+    repeats = c.repeats if entry.role == "tiny" else c.slow_repeats
+    clips, questions = make_clips(n_clips, c.clip_seconds, c.seed)
+    chunks = c.occlusion_chunks if estimator == "occlusion" else (c.occlusion_chunks[0],)
+    tuning: dict[str, dict[int, float]] = {"jax": {}, "torch": {}}
+    candidates = {}
+    for chunk in chunks:
+        ctx.log(f"whole: {entry.role} {estimator}: compiling (chunk {chunk})")
+        candidate = ctx.scorer(entry, estimator=estimator, batch_size=n_clips, occlusion_chunk=chunk)
+        first_wall, _, first = score_timed(candidate, clips, questions)
+        tuning["jax"][chunk] = score_timed(candidate, clips, questions)[0]
+        candidates[chunk] = (candidate, first_wall, first)
+    jax_chunk = min(tuning["jax"], key=tuning["jax"].get)
+    scorer, first_wall, first = candidates[jax_chunk]
+    check_answers(first)
+    compile_seconds = sum(s.seconds["compile"] for s in first)
+    hf = entry.torch_model()
+    for chunk in chunks if estimator == "occlusion" else (scorer.config.ig_steps,):  # IG: every step in one batch
+        tuning["torch"][chunk] = reference_timed(hf, clips, first, estimator, scorer.config, chunk)[0]
+    torch_chunk = min(tuning["torch"], key=tuning["torch"].get)
+    ctx.log(f"whole: {entry.role} {estimator}: chunk {jax_chunk} (jax), {torch_chunk} (torch), the fastest of "
+            f"{list(chunks)}")
+    jax_walls, jax_runs, torch_walls, refs = [], [], [], []
+    for r in range(repeats):
+        steps = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+        for step in steps:
+            if step == "jax":
+                wall, run, scores = score_timed(scorer, clips, questions)
+                jax_walls.append(wall)
+                jax_runs.append(run)
+            else:
+                wall, refs = reference_timed(hf, clips, first, estimator, scorer.config, torch_chunk)
+                torch_walls.append(wall)
+        ctx.log(f"whole: {entry.role} {estimator}: repeat {r + 1}/{repeats}: jax {jax_walls[-1]:.2f} s, "
+                f"torch {torch_walls[-1]:.2f} s")
+    frames = scorer.bucket_frames(len(clips[0]))
+    ctx.programs.append(ProgramRecord(f"{entry.role} {estimator}", entry, scorer, frames, n_clips, median(jax_runs)))
+    jax_s, torch_s = median(jax_walls) / n_clips, median(torch_walls) / n_clips
+    jax_flops = analytic_program_flops(scorer, frames) / n_clips
+    torch_flops = float(np.mean([reference_clip_flops(scorer, s) for s in first]))
+    work = dict(jax_flops_per_clip=jax_flops, torch_flops_per_clip=torch_flops, torch_over_jax=torch_flops / jax_flops,
+                jax_gflops_per_s=jax_flops / jax_s / 1e9, torch_gflops_per_s=torch_flops / torch_s / 1e9)
+    return dict(clips=n_clips, repeats=repeats, jax_chunk=jax_chunk, torch_chunk=torch_chunk,
+                chunk_tuning_s={side: {str(k): v for k, v in times.items()} for side, times in tuning.items()},
+                jax_s_per_clip=jax_s,
+                jax_program_s_per_clip=median(jax_runs) / n_clips, torch_s_per_clip=torch_s,
+                torch_over_jax=torch_s / jax_s, compile_s=compile_seconds, first_call_s=first_wall,
+                bucket_frames=frames, answer_tokens=[len(s.answer_ids) for s in first],
+                torch_stage_s_per_clip={k: float(np.mean([r.seconds[k] for r in refs])) for k in refs[0].seconds},
+                max_relative_difference=relative_differences(first, refs), work=work)
+
+
+def bench_buckets(ctx: BenchContext) -> dict[str, Any]:
+    c = ctx.config
+    entry = ctx.model("tiny")
+    estimators = {}
+    for estimator in c.estimators:
+        bucketed = ctx.scorer(entry, estimator=estimator, batch_size=1)
+        padded = ctx.scorer(entry, estimator=estimator, batch_size=1, buckets_seconds=(30,))
+        lengths = {str(s): bucket_case(ctx, bucketed, padded, s, estimator) for s in c.bucket_seconds}
+        result: dict[str, Any] = dict(lengths=lengths, traces_bucketed=bucketed.traces, traces_padded=padded.traces)
+        if "10" in lengths and "30" in lengths:
+            ratio = lengths["10"]["bucketed_s_per_clip"] / lengths["30"]["bucketed_s_per_clip"]
+            result.update(ratio_10s_over_30s=ratio, meets_40_percent=bool(ratio <= 0.4))
+        estimators[estimator] = result
+    return dict(model=entry.description, batch_size=1, estimators=estimators,
+                note="padded: the same clip scored by a Scorer whose only bucket is 30 s (transformers' padding); "
+                     "a 30 s clip runs the same program shape either way")
+
+
+def bucket_case(ctx: BenchContext, bucketed: Scorer, padded: Scorer, seconds: int, estimator: str) -> dict[str, Any]:
+    """One clip length: warm seconds in its bucket and padded to 30 s (compiles excluded)."""
+    c = ctx.config
+    clips, questions = make_clips(1, seconds, c.seed + seconds)
+    frames = bucketed.bucket_frames(len(clips[0]))
+    same_program = frames == feats.MAX_FRAMES
+    first_b = warm_up(bucketed, clips, questions)
+    first_p = first_b if same_program else warm_up(padded, clips, questions)
+    repeats_b = c.repeats if seconds <= 10 else c.slow_repeats
+    repeats_p = 0 if same_program else c.padded_repeats
+    walls_b, walls_p = [], []
+    for r in range(max(repeats_b, repeats_p)):
+        if r < repeats_b:
+            walls_b.append(score_timed(bucketed, clips, questions)[0])
+        if r < repeats_p:
+            walls_p.append(score_timed(padded, clips, questions)[0])
+    walls_p = walls_p or walls_b
+    ctx.log(f"buckets: {estimator} {seconds} s: bucketed {median(walls_b):.2f} s, padded {median(walls_p):.2f} s")
+    tokens = int(feats.audio_token_count(feats.num_valid_frames(len(clips[0]))))
+    return dict(clip_s=len(clips[0]) / SAMPLE_RATE, tokens=tokens, bucket_frames=frames,
+                repeats_bucketed=len(walls_b), repeats_padded=len(walls_p),
+                bucketed_s_per_clip=median(walls_b), padded30_s_per_clip=median(walls_p),
+                bucketed_over_padded=median(walls_b) / median(walls_p), first_call_bucketed_s=first_b,
+                first_call_padded_s=first_p, same_program=same_program)
+
+
+def warm_up(scorer: Scorer, clips: list[np.ndarray], questions: list[str]) -> float:
+    """Seconds of the first call (compile included) when the Scorer has not compiled the clips' bucket;
+    0.0 (and no call) when it has."""
+    if (scorer.bucket_frames(len(clips[0])), True) in scorer._executables:
+        return 0.0
+    return score_timed(scorer, clips, questions)[0]
+
+
+def bench_batch(ctx: BenchContext) -> dict[str, Any]:
+    c = ctx.config
+    entry = ctx.model("tiny")
+    sizes: dict[str, Any] = {}
+    capped = None
+    last_scorer = None
+    for size in c.batch_sizes:
+        if sizes:
+            prev = sizes[str(max(int(k) for k in sizes))]
+            predicted = prev["compile_s"] + prev["s_per_clip"] * size * (c.repeats + 1)
+            if predicted > c.batch_budget_seconds:
+                reason = f"batch {size} predicted {predicted:.0f} s > budget {c.batch_budget_seconds:.0f} s"
+                capped = dict(at=size, predicted_s=predicted, budget_s=c.batch_budget_seconds, reason=reason)
+                ctx.log(f"batch: capped: {capped['reason']}")
+                break
+        last_scorer = ctx.scorer(entry, estimator="occlusion", batch_size=size)
+        sizes[str(size)] = batch_case(ctx, last_scorer, size)
+    sweep = trace_sweep(ctx, entry)
+    return dict(model=entry.description, estimator="occlusion", clip_s=clip_samples(c.clip_seconds) / SAMPLE_RATE,
+                sizes=sizes, capped=capped, sweep=sweep)
+
+
+def batch_case(ctx: BenchContext, scorer: Scorer, size: int) -> dict[str, Any]:
+    c = ctx.config
+    clips, questions = make_clips(size, c.clip_seconds, c.seed)
+    first_wall, _, first = score_timed(scorer, clips, questions)
+    walls = [score_timed(scorer, clips, questions)[0] for _ in range(c.repeats)]
+    ctx.log(f"batch: {size}: {median(walls) / size:.3f} s per clip")
+    return dict(s_per_batch=median(walls), s_per_clip=median(walls) / size,
+                compile_s=sum(s.seconds["compile"] for s in first), first_call_s=first_wall, traces=scorer.traces)
+
+
+def trace_sweep(ctx: BenchContext, entry: ModelEntry) -> dict[str, Any]:
+    """Clips of every bucket length, scored twice through one Scorer: one trace per bucket."""
+    c = ctx.config
+    lengths = tuple(s for s in c.bucket_seconds if s <= 10) or c.bucket_seconds[:1]
+    scorer = ctx.scorer(entry, estimator="occlusion", batch_size=2)
+    clips, questions = [], []
+    for i, seconds in enumerate(lengths * 3):
+        clip, question = make_clips(1, seconds, c.seed + i)
+        clips += clip
+        questions += question
+    scorer.score(clips, questions)
+    after_first = scorer.traces
+    scorer.score(clips, questions)
+    buckets = len({scorer.bucket_frames(len(x)) for x in clips})
+    return dict(clip_lengths_s=[len(x) / SAMPLE_RATE for x in clips], batch_size=2, buckets=buckets,
+                traces_after_first_sweep=after_first, traces_after_second_sweep=scorer.traces,
+                one_trace_per_bucket=bool(after_first == scorer.traces == buckets))
+
