@@ -227,3 +227,37 @@ def test_a_clip_that_fails_to_load_is_recorded_and_the_sweep_goes_on(config, sco
     assert {r.sample_id for r in records if r.ok} == {s.sample_id for s in samples} - set(lost)
     table = (tmp_path / "work" / "tables.md").read_text()
     assert f"{len(failed)} failed records" in table and "stage `load`, `FileNotFoundError`" in table
+
+
+class _CountingScorer:
+    """The real scorer, with a record of how the sweep calls it."""
+
+    def __init__(self, scorer):
+        self._scorer = scorer
+        self.answered: dict[str, list[str]] = {}
+        self.scored: list[tuple[str, str]] = []  # (question, scored answer text)
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+    def answers(self, clips, questions):
+        out = self._scorer.answers(clips, questions)
+        for question, (text, _) in zip(questions, out):
+            self.answered.setdefault(question, []).append(text)
+        return out
+
+    def score(self, clips, questions, answer_ids=None):
+        assert answer_ids is not None, "the sweep must score the answer it generated, not generate it again"
+        out = self._scorer.score(clips, questions, answer_ids=answer_ids)
+        self.scored += [(q, s.answer_text) for q, s in zip(questions, out)]
+        return out
+
+
+def test_each_original_answer_is_generated_once_and_scored_as_it_is(config, scorer, tmp_path):
+    counting = _CountingScorer(scorer)
+    outcome = sweep.run_sweep(config, tmp_path, scorer=counting)
+    assert outcome.failed == 0 and counting.scored
+    originals = {r.question: r.answer_original for r in results.read_workdir(tmp_path) if r.method == "original"}
+    for question, text in counting.scored:
+        assert text == originals[question]
+        assert counting.answered[question][0] == text  # the first answer of a question is the original's

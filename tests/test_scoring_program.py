@@ -178,7 +178,8 @@ def test_sharded_equals_unsharded(model_dir, clips, unsharded_batch_of_8, mesh_s
 
 
 def test_select_frames_for_every_method(occlusion_scores, clips):
-    from agac_jax.scoring.scorer import METHODS, select_frames
+    from agac_jax.scoring.methods import NAMES as METHODS
+    from agac_jax.scoring.methods import select_frames
 
     scores, clip = occlusion_scores[1], clips[1]
     for rate in (25, 50, 100):
@@ -191,3 +192,29 @@ def test_select_frames_for_every_method(occlusion_scores, clips):
         np.testing.assert_array_equal(rho_09, scores.keep[rate])
     assert not np.array_equal(select_frames(scores, clip, "random", 50, 0.5, seed=0),
                               select_frames(scores, clip, "random", 50, 0.5, seed=1))
+
+
+def test_select_batch_equals_each_clip_alone(occlusion_scores, clips):
+    """One batched call (clips of different lengths, padded together) keeps what each clip alone keeps."""
+    from agac_jax.scoring.methods import NAMES, select_batch, select_frames
+
+    assert len({len(c) for c in clips}) > 1
+    for method in NAMES:
+        for rate in (25, 100):
+            batched = select_batch(occlusion_scores, clips, method, rate, 0.7, [3, 4, 5][: len(clips)])
+            for scores, clip, seed, kept in zip(occlusion_scores, clips, (3, 4, 5), batched):
+                np.testing.assert_array_equal(kept, select_frames(scores, clip, method, rate, 0.7, seed),
+                                              err_msg=f"{method} r={rate}")
+
+
+def test_select_batch_refuses_bad_input(occlusion_scores, clips):
+    from agac_jax.scoring.methods import select_batch
+
+    with pytest.raises(ValueError, match="method='loudest'"):
+        select_batch(occlusion_scores[:1], clips[:1], "loudest", 50, 0.5, [0])
+    with pytest.raises(ValueError, match="samples"):
+        select_batch(occlusion_scores[:1], [clips[0][:-1]], "fused", 50, 0.5, [0])
+    with pytest.raises(ValueError):
+        select_batch(occlusion_scores[:1], clips[:1], "fused", 30, 0.5, [0])
+    with pytest.raises(ValueError):
+        select_batch(occlusion_scores[:1], clips[:1], "fused", 50, 0.0, [0])

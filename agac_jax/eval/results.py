@@ -41,6 +41,8 @@ from typing import Any, NamedTuple
 from agac_jax import errors
 from agac_jax.eval import atomic, lock
 
+from agac_jax.scoring.methods import NAMES as SELECTION_METHOD_NAMES
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -52,7 +54,7 @@ RUNTIME_SECTION = "runtime"
 FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
 
 # The methods of DESIGN.md section 4, in table order; the last eight select frames from scores.
-METHODS = ("original", "codec", "fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk")
+METHODS = ("original", "codec") + SELECTION_METHOD_NAMES  # `original`: no codec; `codec`: rho = 1
 SELECTING_METHODS = METHODS[2:]
 
 

@@ -4,7 +4,8 @@ For each batch of samples (`runtime.batch_samples`):
 1. load the clips (a clip that fails to load, or is longer than 30 s, fails all its records);
 2. answer every original clip (`Scorer.answer`) and, when a frame-selecting method is asked for,
    score them (one `Scorer.score` call for the batch);
-3. for every pending (method, r, rho, seed) choose the kept frames (`select_frames`); `codec` keeps
+3. for every pending (method, r, rho, seed) choose the kept frames of the batch's samples in one
+   call (`methods.select_batch`); `codec` keeps
    every frame; `original` needs no codec and its record is written at once;
 4. queue each distinct compressed clip for the codec sidecar (`CodecPipeline`, a `CodecClient` on a
    background thread) and go on with the next batch: the sidecar compresses while the scoring
@@ -23,12 +24,16 @@ Decisions:
   (sample, r, kept frames), so identical ones (another seed of a deterministic method, a method that
   picks the same frames) are sent and answered once and the other records copy the answer
   (`reused: true`, codec and answer seconds 0).
-- The original answer comes from `Scorer.answer` on the original clip, the same generation path as
-  the compressed answers, so A.C. compares like with like.
+- The original answer comes from `Scorer.answers` on the original clip, the same generation path as
+  the compressed answers, so A.C. compares like with like; it is generated once, and its tokens are
+  what the scoring program scores (`Scorer.score(..., answer_ids=...)`).
 - Failures (load, score, select, codec, answer) become records with a `failure`; the sweep goes on.
   A restarted run skips every recorded key; with `runtime.retry_failed` it redoes the failed ones.
-- Several JAX processes: process i takes samples i, i + n, ... and writes `results.{i}.jsonl`;
-  `merge` builds the outputs from every shard. A single process merges at the end by itself.
+- Several JAX processes: process i takes the samples whose id hashes to i modulo n
+  (`distributed.shard_of`: order-independent), writes `results.{i}.jsonl` and its manifest
+  `shard.{i}-of-{n}.json`; `merge` builds the outputs from every shard and refuses while one is
+  missing or incomplete. A resume with another process count re-shards by key (every recorded key
+  is skipped, whoever wrote it). A single process merges at the end by itself.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
 from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample, LoadedDataset
-from agac_jax.eval import flops, metrics, plots, results, tables
+from agac_jax.eval import distributed, flops, metrics, plots, results, tables
 from agac_jax.eval import atomic, lock
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
@@ -140,10 +145,11 @@ def load_dataset(dataset: Any) -> tuple[str, LoadedDataset]:
 
 
 def shard_samples(samples: Sequence[AudioQASample], process_index: int, process_count: int) -> list[AudioQASample]:
-    """Samples process_index, process_index + process_count, ... of the data set."""
+    """The samples of process `process_index`'s shard, in data set order: those whose id hashes to it
+    (`distributed.shard_of`), so the data set's order never moves a sample to another shard."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} must lie in [0, process_count={process_count})")
-    return list(samples[process_index::process_count])
+    return [sample for sample in samples if distributed.shard_of(sample.sample_id, process_count) == process_index]
 
 
 # --- tasks ---------------------------------------------------------------------------------------
@@ -190,6 +196,7 @@ class _Sample:
     waveform: np.ndarray | None = None
     scores: Any = None
     answer_original: str | None = None
+    answer_ids: np.ndarray | None = None  # the original answer's tokens, scored as they are
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     text_tokens: int = 0
 
@@ -214,7 +221,7 @@ class _Context:
 
     dataset_name: str
     scorer: Any
-    select_frames: Callable[..., np.ndarray]
+    select_batch: Callable[..., list[np.ndarray]]
     decoder_shape: flops.DecoderShape
     writer: results.ResultsWriter
     progress: Progress
@@ -327,10 +334,10 @@ def _needs_scores(item: _Sample) -> bool:
 def _answer_original(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
     """The original answer of each item; returns the items that have one."""
     answered = _per_item(ctx, items, "answer_original",
-                         lambda batch: ctx.scorer.answer([i.waveform for i in batch], [i.sample.question for i in batch]),
+                         lambda batch: ctx.scorer.answers([i.waveform for i in batch], [i.sample.question for i in batch]),
                          keys_of=lambda item: item.tasks)
-    for item, text in answered:
-        item.answer_original = text
+    for item, (text, ids) in answered:
+        item.answer_original, item.answer_ids = text, ids
     return [item for item, _ in answered]
 
 
@@ -338,7 +345,8 @@ def _score(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
     """Scores the items that have a selecting task; returns those needing none or scored, failing
     the compressed records of the others."""
     scored = _per_item(ctx, [item for item in items if _needs_scores(item)], "score",
-                       lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch]),
+                       lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch],
+                                                      answer_ids=[i.answer_ids for i in batch]),
                        keys_of=lambda item: [key for key in item.tasks if key.method != "original"])
     for item, scores in scored:
         item.scores = scores
@@ -361,30 +369,57 @@ def _write_originals(ctx: _Context, item: _Sample) -> None:
     ])
 
 
-def _kept_frames(ctx: _Context, item: _Sample, key: TaskKey) -> np.ndarray:
-    if key.method == "codec":
-        return np.arange(num_frames(item.waveform.size, key.rate), dtype=np.int64)
-    seed = selection_seed(key.seed, item.sample.sample_id)
-    kept = ctx.select_frames(item.scores, item.waveform, key.method, key.rate, key.rho, seed)
-    return np.asarray(kept, dtype=np.int64)
+def _select(ctx: _Context, members: Sequence[tuple[_Sample, TaskKey]]) -> list[np.ndarray]:
+    """Kept frames of one (method, rate, rho, seed) for several samples, in one batched call."""
+    method, rate, rho, seed = members[0][1].method, members[0][1].rate, members[0][1].rho, members[0][1].seed
+    if method == "codec":
+        return [np.arange(num_frames(item.waveform.size, rate), dtype=np.int64) for item, _ in members]
+    kept = ctx.select_batch([item.scores for item, _ in members], [item.waveform for item, _ in members], method,
+                            rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _ in members])
+    return [np.asarray(k, dtype=np.int64) for k in kept]
+
+
+def _kept_frames(ctx: _Context, items: Sequence[_Sample]) -> dict[tuple[int, TaskKey], tuple[np.ndarray, float]]:
+    """(kept frames, seconds) of every compressed task of the batch, keyed by (id(item), key); a
+    (method, rate, rho, seed) is selected for all samples at once, and sample by sample if that
+    fails, recording the samples whose selection fails."""
+    groups: dict[tuple, list[tuple[_Sample, TaskKey]]] = {}
+    for item in items:
+        for key in item.tasks:
+            if key.method != "original":
+                groups.setdefault((key.method, key.rate, key.rho, key.seed), []).append((item, key))
+    kept: dict[tuple[int, TaskKey], tuple[np.ndarray, float]] = {}
+    for members in groups.values():
+        start = time.perf_counter()
+        try:
+            frames = _select(ctx, members)
+        except Exception as error:  # noqa: BLE001 - isolate the failing sample
+            logging.warning("selection failed for %d samples (%s); retrying one by one", len(members), error)
+        else:
+            share = (time.perf_counter() - start) / len(members)
+            kept.update({(id(item), key): (f, share) for (item, key), f in zip(members, frames)})
+            continue
+        for item, key in members:
+            start = time.perf_counter()
+            try:
+                kept[(id(item), key)] = (_select(ctx, [(item, key)])[0], time.perf_counter() - start)
+            except Exception as error:  # noqa: BLE001
+                _fail(ctx, item, [key], "select", error)
+    return kept
 
 
 def _plan_jobs(ctx: _Context, items: Sequence[_Sample]) -> list[_Job]:
-    """The distinct compressed clips of the batch; selection failures are recorded."""
+    """The distinct compressed clips of the batch, in sample and task order; selection failures are
+    recorded."""
+    kept = _kept_frames(ctx, items)
     jobs: dict[tuple, _Job] = {}
     for item in items:
         for key in item.tasks:
-            if key.method == "original":
+            if (id(item), key) not in kept:
                 continue
-            start = time.perf_counter()
-            try:
-                kept = _kept_frames(ctx, item, key)
-            except Exception as error:  # noqa: BLE001
-                _fail(ctx, item, [key], "select", error)
-                continue
-            spent = time.perf_counter() - start
-            identity = (id(item), key.rate, kept.tobytes()) if ctx.deterministic_codec else (id(item), key)
-            job = jobs.setdefault(identity, _Job(item=item, rate=key.rate, kept=kept, tasks=[]))
+            frames, spent = kept[(id(item), key)]
+            identity = (id(item), key.rate, frames.tobytes()) if ctx.deterministic_codec else (id(item), key)
+            job = jobs.setdefault(identity, _Job(item=item, rate=key.rate, kept=frames, tasks=[]))
             job.tasks.append((key, spent))
     return list(jobs.values())
 
@@ -571,22 +606,42 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
         results.write_skipped(workdir, [(s.item, s.reason) for s in loaded.skipped])
     done = results.done_keys(workdir, retry_failed=config.runtime.retry_failed)
     pending = []
+    planned = 0
     shard = shard_samples(loaded.samples, process_index, process_count)
     for sample in shard:
         keys = plan_tasks(sample.sample_id, config.methods, config.rates, config.rhos, config.seeds)
+        planned += len(keys)
         todo = [key for key in keys if key not in done]
         if todo:
             pending.append(_Sample(sample=sample, tasks=todo))
     total = sum(len(item.tasks) for item in pending)
     logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
                  process_count, len(shard), total, len(pending))
+    manifest = _start_shard(workdir, process_index, process_count, planned, total)
     written = failed = 0
     timing: dict[str, float] = {}
     if pending:
         written, failed, timing = _run_pending(config, dataset_name, pending, path, scorer, process_index, total)
+    distributed.write_manifest(workdir, dataclasses.replace(manifest, complete=True, written=written, failed=failed))
     merged = merge(workdir) if process_count == 1 else None
     return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged,
                         timing=timing)
+
+
+def _start_shard(workdir: Path, process_index: int, process_count: int, planned: int, pending: int
+                 ) -> distributed.ShardManifest:
+    """Writes this process's manifest, incomplete until its shard is done; process 0 first removes the
+    manifests of an earlier run with another process count (a resume re-shards by key)."""
+    if process_index == 0:
+        stale = distributed.remove_stale_manifests(workdir, process_count)
+        if stale:
+            logging.warning("re-sharding %s by key over %d processes (it was run with %s): every recorded key is "
+                            "kept and skipped; removed %s", workdir, process_count,
+                            sorted({m.process_count for m in stale}), ", ".join(m.name for m in stale))
+    manifest = distributed.ShardManifest(process_index=process_index, process_count=process_count, planned=planned,
+                                         pending_before=pending, complete=False)
+    distributed.write_manifest(workdir, manifest)
+    return manifest
 
 
 def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: Path, scorer: Any,
@@ -597,7 +652,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
     was blocked on codec replies, `codec` the sidecar's own seconds summed over the replies; so
     `wall - codec_wait` is this thread's busy time (loading, scoring, selecting, answering).
     """
-    from agac_jax.scoring.scorer import select_frames
+    from agac_jax.scoring.methods import select_batch
 
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
@@ -606,7 +661,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
         ctx = _Context(
-            dataset_name=dataset_name, scorer=scorer, select_frames=select_frames,
+            dataset_name=dataset_name, scorer=scorer, select_batch=select_batch,
             decoder_shape=flops.DecoderShape.from_text_config(scorer.model_config.text),
             writer=writer, progress=progress,
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
@@ -634,9 +689,12 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
 
     Args:
       allow_partial: merge the records that are there even while a run still writes a shard (its
-        lock is held by a live process; this process's own lock does not count).
+        lock is held by a live process; this process's own lock does not count), or while a shard
+        is missing or incomplete (`distributed.shard_problems`; then logged).
     Raises:
       lock.LockHeldError: a live writer holds a shard of the workdir and allow_partial is False.
+      distributed.IncompleteShardsError: a shard's manifest is missing or not complete, or its records
+        are not all here, and allow_partial is False; the message names each such shard.
     """
     workdir = Path(workdir)
     if not allow_partial:
@@ -647,6 +705,7 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
                 "it to finish, or pass --allow_partial to build the tables from the records written so far")
     stored = results.read_workdir_config(workdir)
     records = results.read_workdir(workdir)
+    distributed.check_shards(workdir, [record.sample_id for record in records], allow_partial=allow_partial)
     per_seed = tables.seed_metrics(records)
     rows = tables.summarize_rows(per_seed)
     summary_csv = tables.write_summary_csv(rows, workdir / "summary.csv")

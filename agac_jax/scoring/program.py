@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.decoder import init_cache
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask
-from agac_jax.scoring import selection
+from agac_jax.scoring import methods, selection
 
 Array = jax.Array
 ESTIMATORS = ("occlusion", "integrated_gradients")
@@ -202,13 +202,14 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     fused = selection.fuse(local, global_score, token_valid, alpha)
     out = dict(local=local, global_=global_score, fastv=fastv, fused=fused, token_valid=token_valid,
                logp_full=logp_full, logp_silence=logp_silence)
+    clip = methods.ClipInputs(local=local, global_=global_score, fused=fused, fastv=fastv, n_tokens=n_tokens,
+                              n_samples=n_samples, waveform=jnp.zeros((0,), jnp.float32))
     for r in spec.rates:
         max_frames = selection.static_num_frames(spec.max_samples, r)
-        frame_scores, frame_valid = selection.tokens_to_frames(fused, n_tokens, n_samples, r, max_frames)
-        k = selection.keep_count(jnp.sum(frame_valid), keep_num, keep_den)
-        out[f"frames_{r}"] = frame_scores
-        out[f"frame_valid_{r}"] = frame_valid
-        out[f"keep_{r}"] = selection.topk_keep(frame_scores, frame_valid, k)
+        out[f"frames_{r}"], out[f"keep_{r}"] = methods.clip_keep_mask(
+            "fused", clip, rate=r, max_frames=max_frames, keep_num=keep_num, keep_den=keep_den,
+            key=jax.random.key(0))
+        out[f"frame_valid_{r}"] = selection.frame_valid_mask(n_samples, r, max_frames)
     return out
 
 

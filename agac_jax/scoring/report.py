@@ -2,7 +2,7 @@
 
 `run(request)` is the whole of `python -m launch.score`: it checks the request, reads the clips (a
 clip that cannot be used becomes an error record `{"file", "error"}` and the others go on), scores
-the readable ones in one `Scorer.score` call, selects the kept frames with `select_frames`, writes
+the readable ones in one `Scorer.score` call, selects the kept frames with `methods.select_batch`, writes
 the records (a JSON list to `request.output`, or JSON lines to stdout) and the figure, and returns
 the exit code: 0, or `EXIT_CLIP_FAILED` when any clip failed. A bad request raises `RequestError`
 (the command line turns it into exit code `EXIT_BAD_REQUEST`).
@@ -37,7 +37,9 @@ from agac_jax.audio.grids import SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
 from agac_jax.audio.io import load_audio
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
-from agac_jax.scoring.scorer import METHODS, ClipScores, Scorer, ScoringConfig, select_frames
+from agac_jax.scoring.methods import NAMES as METHODS
+from agac_jax.scoring.methods import select_batch
+from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
 
 ESTIMATORS = ("occlusion", "integrated_gradients")
@@ -252,8 +254,8 @@ def _score_indices(outcomes: list[ClipOutcome], indices: list[int], scorer: Scor
     clips = [outcomes[i].waveform for i in indices]
     answers = None if request.answer_ids is None else [list(request.answer_ids[i]) for i in indices]
     results = scorer.score(clips, [request.question] * len(clips), answer_ids=answers)
-    keeps = [select_frames(scores, clip, request.method, request.rate, request.keep, seed=SELECTION_SEED)
-             for scores, clip in zip(results, clips)]
+    keeps = select_batch(results, clips, request.method, request.rate, request.keep,
+                         [SELECTION_SEED] * len(clips))
     for i, scores, keep in zip(indices, results, keeps):
         outcomes[i].scores, outcomes[i].keep = scores, keep
 

@@ -3,7 +3,7 @@
 `Scorer.score(clips, questions)` groups clips by length bucket, builds prompts and features for each
 bucket, pads the batch to `batch_size` (padded slots are copies whose results are dropped), and runs
 the jitted program of `agac_jax.scoring.program`, compiled once per (bucket, answers given or not).
-`select_frames` turns one clip's scores into the kept frames of any method of DESIGN.md section 4.
+`agac_jax.scoring.methods.select_batch` turns the scores into the kept frames of any method of DESIGN.md section 4.
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ _log = logging.getLogger(__name__)
 # scores at once: 4.1 GiB of temporaries for one 30 s clip on the tiny model, 0.34 GiB without it. The
 # flag is read from XLA_FLAGS only (a per-compile option does not reach the scheduler).
 CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-METHODS = ("fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk")
-ALPHA_OF_METHOD = {"fused": None, "aad": 1.0, "attention": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +155,15 @@ class Scorer:
 
     def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
         """The greedy answer text for each clip (e.g. a decoded, compressed clip); no scoring."""
+        return [text for text, _ in self.answers(clips, questions)]
+
+    def answers(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+        """(text, token ids before the first EOS) of each clip's greedy answer. The ids can be handed to
+        `score(..., answer_ids=...)`, so that a clip's answer is generated once and scored as it is."""
         if len(clips) != len(questions):
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
         clips = [validate_waveform(np.asarray(c), f"clip {i}") for i, c in enumerate(clips)]
-        texts: list[str] = [""] * len(clips)
+        texts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * len(clips)
         by_bucket: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
             by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
@@ -179,8 +182,15 @@ class Scorer:
                 tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
                                                     prompts.feature_attention_mask.sum(axis=1)))
                 for j, i in enumerate(idx):
-                    texts[i] = self._decode_answer(tokens[j, : int(n[j])])
+                    ids = self._answer_ids(tokens[j, : int(n[j])])
+                    texts[i] = (self._decode_answer(ids), ids)
         return texts
+
+    def _answer_ids(self, tokens: np.ndarray) -> np.ndarray:
+        """The generated tokens before the first EOS (what the scoring program scores)."""
+        tokens = np.asarray(tokens, np.int32)
+        ends = np.flatnonzero(np.isin(tokens, self.generation.eos_token_ids))
+        return tokens[: ends[0]] if ends.size else tokens
 
     def _left_pad(self, ids: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads prompts to the bucket's fixed length, so generation compiles once per bucket."""
@@ -243,8 +253,8 @@ class Scorer:
             answers = list(answers) + [answers[0]] * pad
             for j, ans in enumerate(answers):
                 ans = np.asarray(ans, np.int32)
-                if not 1 <= len(ans) <= c.max_new_tokens:
-                    raise ValueError(f"answer {j} has {len(ans)} tokens; expected 1..max_new_tokens="
+                if len(ans) > c.max_new_tokens:
+                    raise ValueError(f"answer {j} has {len(ans)} tokens; expected at most max_new_tokens="
                                      f"{c.max_new_tokens}")
                 answer_ids[j, : len(ans)] = ans
                 answer_lengths[j] = len(ans)
@@ -368,59 +378,3 @@ def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> N
     spec = [axis if axis is None or shape[i] % mesh.shape[axis] == 0 else None
             for i, axis in enumerate(tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec)))]
     return NamedSharding(mesh, PartitionSpec(*spec))
-
-
-@functools.lru_cache(maxsize=128)
-def _selector(method: str, rate: int, max_frames: int):
-    """The jitted selection of `method` for clips padded to `max_frames` frames at `rate`."""
-
-    def pick(local, global_, fused, fastv, n_tokens, n_samples, waveform, num, den, key):
-        valid = jnp.arange(local.shape[0]) < n_tokens
-        if method in ALPHA_OF_METHOD and ALPHA_OF_METHOD[method] is not None:
-            token_scores = selection.fuse(local, global_, valid, ALPHA_OF_METHOD[method])
-        elif method == "fastv":
-            token_scores = fastv
-        else:
-            token_scores = fused
-        frame_scores, frame_valid = selection.tokens_to_frames(token_scores, n_tokens, n_samples, rate, max_frames)
-        k = selection.keep_count(jnp.sum(frame_valid), num, den)
-        if method == "random":
-            frame_scores = baselines.random_scores(key, frame_valid)
-        elif method == "uniform":
-            frame_scores = baselines.evenly_spaced_scores(frame_valid, k)
-        elif method == "energy":
-            frame_scores = baselines.energy_scores(waveform, n_samples, rate, max_frames)
-        elif method == "segment_topk":
-            return baselines.segment_topk_keep(frame_scores, frame_valid, k, rate)
-        return selection.topk_keep(frame_scores, frame_valid, k)
-
-    return jax.jit(pick)
-
-
-def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
-    return np.pad(np.asarray(x, np.float32), (0, n - len(x)))
-
-
-def select_frames(scores: ClipScores, waveform: np.ndarray, method: str, rate: int, rho: float | str,
-                  seed: int) -> np.ndarray:
-    """Sorted kept frame indices of `method` at codec rate `rate` and keep ratio `rho`.
-
-    fused / aad / attention: the fused score with alpha 0.5 / 1 / 0; fastv: FastV's score; random:
-    seeded; uniform: evenly spaced; energy: frame RMS; segment_topk: the fused score's top-k within
-    1 s segments. Inputs are padded to the clip's 5 s bucket, so selection compiles once per
-    (method, rate, bucket), not once per clip length.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}; expected one of {METHODS}")
-    num, den = selection.keep_ratio_fraction(rho)
-    if len(waveform) != scores.n_samples:
-        raise ValueError(f"waveform has {len(waveform)} samples; the scores are for {scores.n_samples}")
-    bucket_samples = -(-scores.n_samples // 80_000) * 80_000
-    max_frames = selection.static_num_frames(bucket_samples, rate)
-    max_tokens = bucket_samples // 640
-    mask = _selector(method, rate, max_frames)(
-        _pad_to(scores.local, max_tokens), _pad_to(scores.global_, max_tokens), _pad_to(scores.fused, max_tokens),
-        _pad_to(scores.fastv, max_tokens), scores.num_tokens, scores.n_samples, _pad_to(waveform, bucket_samples),
-        num, den, jax.random.key(seed))
-    n_frames = selection.static_num_frames(scores.n_samples, rate)
-    return selection.kept_indices(np.asarray(mask)[:n_frames])

@@ -1,0 +1,188 @@
+"""The frame-selection methods of DESIGN.md section 4, as one registry and one batched path.
+
+`METHODS` maps a method's name to how it scores the codec frames of one clip and how it keeps k of
+them. `clip_keep_mask` is that rule for one padded clip, pure JAX; the scoring program calls it for
+its own `fused` keep masks, and `select_batch` vmaps it over the clips of a batch, jitted once per
+(method, rate, padded frames, batch slots). The sweep, `launch.score` and the benchmark all select
+through `select_batch`, so there is one selection path.
+
+Adding a method is adding an entry to `METHODS` (and its tests); `original` and `codec` are not
+selection methods (no frame is dropped) and live in `agac_jax.eval.results.METHODS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agac_jax.audio import grids
+from agac_jax.scoring import baselines, selection
+
+Array = jax.Array
+
+
+class ClipInputs(NamedTuple):
+    """One clip's scores padded to T token slots and its waveform padded to N samples."""
+
+    local: Array  # [T] AAD share of the audio evidence
+    global_: Array  # [T] attention received from the answer-producing rows
+    fused: Array  # [T] the program's fusion at the config's alpha
+    fastv: Array  # [T] FastV's attention at layer K
+    n_tokens: Array  # [] valid tokens
+    n_samples: Array  # [] valid samples
+    waveform: Array  # [N] float32
+
+
+class FrameContext(NamedTuple):
+    """What a frame scorer may use besides the clip: the frame grid, the keep count and a PRNG key."""
+
+    rate: int  # static codec token rate
+    max_frames: int  # static
+    frame_valid: Array  # [F] bool
+    k: Array  # [] frames to keep
+    key: Array  # PRNG key of this clip
+
+
+def _token_rule(token_scores: Callable[[ClipInputs], Array]) -> Callable[[ClipInputs, FrameContext], Array]:
+    """Frame scores by overlap-weighted averaging of token scores (DESIGN.md section 3)."""
+
+    def frame_scores(clip: ClipInputs, ctx: FrameContext) -> Array:
+        scores, _ = selection.tokens_to_frames(token_scores(clip), clip.n_tokens, clip.n_samples, ctx.rate,
+                                               ctx.max_frames)
+        return scores
+
+    return frame_scores
+
+
+def _fused_at(clip: ClipInputs, alpha: float) -> Array:
+    valid = jnp.arange(clip.local.shape[0]) < clip.n_tokens
+    return selection.fuse(clip.local, clip.global_, valid, alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A selection method: frame scores of one clip, then which k frames of them it keeps."""
+
+    frame_scores: Callable[[ClipInputs, FrameContext], Array]  # -> [F] float32
+    keep: Callable[[Array, FrameContext], Array] = (
+        lambda scores, ctx: selection.topk_keep(scores, ctx.frame_valid, ctx.k))  # -> [F] bool
+    uses_scores: bool = True  # reads the model's scores (False: a model-free baseline)
+
+
+METHODS: dict[str, Method] = {
+    "fused": Method(_token_rule(lambda c: c.fused)),
+    "aad": Method(_token_rule(lambda c: _fused_at(c, 1.0))),
+    "attention": Method(_token_rule(lambda c: _fused_at(c, 0.0))),
+    "random": Method(lambda c, ctx: baselines.random_scores(ctx.key, ctx.frame_valid), uses_scores=False),
+    "uniform": Method(lambda c, ctx: baselines.evenly_spaced_scores(ctx.frame_valid, ctx.k), uses_scores=False),
+    "energy": Method(lambda c, ctx: baselines.energy_scores(c.waveform, c.n_samples, ctx.rate, ctx.max_frames),
+                     uses_scores=False),
+    "fastv": Method(_token_rule(lambda c: c.fastv)),
+    "segment_topk": Method(_token_rule(lambda c: c.fused),
+                           keep=lambda scores, ctx: baselines.segment_topk_keep(scores, ctx.frame_valid, ctx.k,
+                                                                                ctx.rate)),
+}
+NAMES = tuple(METHODS)
+
+
+def check_method(method: str) -> Method:
+    """The registry entry of `method`; ValueError naming the choices otherwise."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; expected one of {NAMES}")
+    return METHODS[method]
+
+
+def clip_keep_mask(method: str, clip: ClipInputs, *, rate: int, max_frames: int, keep_num: Array,
+                   keep_den: Array, key: Array) -> tuple[Array, Array]:
+    """(frame scores [F], keep mask [F] bool) of `method` for one padded clip; pure JAX, vmappable.
+
+    k = ceil(rho * N) of the clip's N valid frames, rho = keep_num / keep_den (exact).
+    """
+    frame_valid = selection.frame_valid_mask(clip.n_samples, rate, max_frames)
+    k = selection.keep_count(jnp.sum(frame_valid), keep_num, keep_den)
+    ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=frame_valid, k=k, key=key)
+    entry = METHODS[method]
+    scores = entry.frame_scores(clip, ctx)
+    return scores, entry.keep(scores, ctx) & frame_valid
+
+
+@functools.lru_cache(maxsize=256)
+def _batched(method: str, rate: int, max_frames: int) -> Callable[..., Array]:
+    """The jitted keep masks of `method` for a batch of clips: ([B, F] bool)."""
+
+    def masks(clips: ClipInputs, keys: Array, keep_num: Array, keep_den: Array) -> Array:
+        one = lambda clip, key: clip_keep_mask(method, clip, rate=rate, max_frames=max_frames, keep_num=keep_num,
+                                               keep_den=keep_den, key=key)[1]
+        return jax.vmap(one)(clips, keys)
+
+    return jax.jit(masks)
+
+
+def _slots(n: int) -> int:
+    """Batch slots for n clips: the next power of two, so a sweep compiles a handful of shapes."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _pad(x: Any, n: int) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return np.pad(x, (0, n - len(x)))
+
+
+def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method: str, rate: int,
+                 rho: float | str, seeds: Sequence[int]) -> list[np.ndarray]:
+    """Sorted kept frame indices of `method` at codec rate `rate` and keep ratio `rho`, per clip.
+
+    Args:
+      scores: per clip, an object with the `ClipScores` fields local, global_, fused, fastv,
+        num_tokens and n_samples (model-free methods read only n_samples).
+      waveforms: per clip, its float32 samples (len == n_samples).
+      method: a name of `METHODS`.
+      rate: codec token rate.
+      rho: keep ratio in (0, 1], exact as written.
+      seeds: per clip, the seed of its PRNG key (the `random` baseline).
+    Clips are padded to the longest one's 5 s multiple and the batch to a power of two, so a sweep
+    compiles once per (method, rate, length, batch slots).
+    """
+    check_method(method)
+    num, den = selection.keep_ratio_fraction(rho)
+    selection.frame_samples(rate)
+    if not (len(scores) == len(waveforms) == len(seeds)):
+        raise ValueError(f"{len(scores)} scores, {len(waveforms)} waveforms and {len(seeds)} seeds")
+    if not scores:
+        return []
+    for i, (s, w) in enumerate(zip(scores, waveforms)):
+        if len(w) != s.n_samples:
+            raise ValueError(f"clip {i}: waveform has {len(w)} samples; the scores are for {s.n_samples}")
+    quantum = grids.BUCKET_QUANTUM_SAMPLES
+    bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
+    max_frames = selection.static_num_frames(bucket, rate)
+    max_tokens = bucket // grids.SAMPLES_PER_AUDIO_TOKEN
+    slots = _slots(len(scores))
+    padded = list(scores) + [scores[0]] * (slots - len(scores))
+    waves = list(waveforms) + [waveforms[0]] * (slots - len(scores))
+    clips = ClipInputs(
+        local=np.stack([_pad(s.local, max_tokens) for s in padded]),
+        global_=np.stack([_pad(s.global_, max_tokens) for s in padded]),
+        fused=np.stack([_pad(s.fused, max_tokens) for s in padded]),
+        fastv=np.stack([_pad(s.fastv, max_tokens) for s in padded]),
+        n_tokens=np.asarray([s.num_tokens for s in padded], np.int32),
+        n_samples=np.asarray([s.n_samples for s in padded], np.int32),
+        waveform=np.stack([_pad(w, bucket) for w in waves]),
+    )
+    all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
+    keys = jax.vmap(jax.random.key)(jnp.asarray(all_seeds, jnp.uint32))
+    masks = np.asarray(_batched(method, rate, max_frames)(clips, keys, np.int32(num), np.int32(den)))
+    return [selection.kept_indices(masks[i, : selection.static_num_frames(s.n_samples, rate)])
+            for i, s in enumerate(scores)]
+
+
+def select_frames(scores: Any, waveform: np.ndarray, method: str, rate: int, rho: float | str,
+                  seed: int) -> np.ndarray:
+    """`select_batch` for one clip."""
+    return select_batch([scores], [waveform], method, rate, rho, [seed])[0]
