@@ -352,3 +352,33 @@ def test_a_full_disk_at_fsync_is_reported_the_same_way(tmp_path, monkeypatch):
             writer.append(grid([1]))
     monkeypatch.undo()
     assert [r.key for r in results.read_records(path)] == [r.key for r in grid([0])]
+
+
+def test_a_full_disk_while_writing_a_table_keeps_the_previous_one_and_names_it(tmp_path, monkeypatch):
+    from agac_jax.eval import atomic, tables
+
+    rows = tables.summarize_rows(tables.seed_metrics(grid(range(2))))
+    path = tables.write_summary_csv(rows, tmp_path / "summary.csv")
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(atomic, "os", OsProxy(fsync=full))
+    with pytest.raises(OSError) as failed:
+        tables.write_summary_csv(tables.summarize_rows(tables.seed_metrics(grid(range(4)))), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+    message = errors.user_error_message(failed.value)
+    assert f"no space left on the device writing {path} (" in message and " free on its filesystem" in message
+
+
+def test_the_lock_works_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def no_link(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(lock, "os", OsProxy(link=no_link))
+    path = tmp_path / "results.jsonl"
+    with lock.RunLock(path) as held:
+        assert lock.read_holder(held.path).token == held.holder.token
+        with pytest.raises(lock.LockHeldError, match=f"pid {os.getpid()}"):
+            lock.RunLock(path)
+    assert not held.path.exists()

@@ -7,6 +7,7 @@ the same name removes when its writer is dead.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -60,8 +61,10 @@ def atomic_open(path: Path | str, mode: str = "w", **kwargs) -> Iterator[IO]:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and not error.filename:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # name the file being written
         raise
     _fsync_directory(path.parent)
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -79,8 +81,6 @@ class Holder:
 
     @classmethod
     def current(cls) -> "Holder":
-        import sys
-
         return cls(host=socket.gethostname(), pid=os.getpid(), pid_start=process_start(os.getpid()),
                    boot_id=boot_id(), started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                    token=uuid.uuid4().hex, command=" ".join(sys.argv)[:500])
@@ -171,11 +171,26 @@ def _write_probe(directory: Path, holder: Holder) -> Path:
 
 
 def _link(source: Path, target: Path) -> bool:
+    """Creates `target` with the content of `source` unless it exists; True when this call created it."""
     try:
         os.link(source, target)
         return True
     except FileExistsError:
         return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    # A filesystem without hard links: O_EXCL instead (a reader may briefly see the file empty, which
+    # `read_holder` reports as a holder on an unknown host, held until its heartbeat expires).
+    try:
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(source.read_bytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
 
 
 class RunLock:

@@ -463,6 +463,8 @@ def _answer_compressed(ctx: _Context, ready: list[tuple[_Job, CodecReply]]) -> N
         _write(ctx, [record for (job, reply), answer in zip(ready, answers)
                      for record in _compressed_records(ctx, job, reply, answer, share)])
         return
+    except (results.DiskFullError, lock.LockLostError):
+        raise  # the records cannot be written: stop the run (retrying the clips would not help)
     except Exception as error:  # noqa: BLE001
         logging.warning("answering %d compressed clips failed (%s); retrying one by one", len(ready), error)
     for job, reply in ready:
