@@ -16,7 +16,8 @@ A smoke run of the whole path (train, checkpoint, evaluate) on a small model and
 
 Variants (`--config=configs/train_tiny.py:NAME`):
   default  the shipped model's training, exactly;
-  local    a 1-layer, 32-wide model, 40 training clips, 6 steps, 20 test questions.
+  local    a 1-layer, 32-wide model, 40 training clips, 6 steps, 20 test questions (2.6 minutes
+           measured on the busy 2-core machine, most of it compiling the three frame buckets).
 
 Fields can be overridden on the command line, e.g. `--config.optim.steps=200`.
 """
