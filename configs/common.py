@@ -69,5 +69,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.runtime.codec_num_threads = 1  # torch threads in the sidecar
     config.runtime.progress_log_every_s = 30.0  # log line interval when stderr is not a terminal
     config.runtime.retry_failed = False  # redo recorded failures on a restart
-    config.runtime.distributed = False  # call jax.distributed.initialize() (multi-host)
+    config.runtime.distributed = False  # call jax.distributed.initialize(): one process per host, each its own shard
+    # Coordinator of a multi-process run ("" / -1: found by JAX in the environment, as on a TPU pod, under
+    # SLURM or Open MPI; give all three elsewhere, e.g. a GPU cluster without a scheduler JAX knows):
+    config.runtime.coordinator_address = ""  # host:port of process 0's coordinator, the same on every process
+    config.runtime.num_processes = -1  # processes (hosts) in the run
+    config.runtime.process_id = -1  # this process's index in [0, num_processes); its shard and results file
+    config.runtime.coordinator_bind_address = ""  # where process 0 listens; "": every interface at the port
+    config.runtime.initialization_timeout_s = 300  # seconds to wait for every process to join
     return config

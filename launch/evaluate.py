@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from agac_jax import errors
-from agac_jax.eval import sweep, tables
+from agac_jax.eval import distributed, sweep, tables
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sweep configuration file (get_config(arg)).",
@@ -35,7 +35,7 @@ config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sweep co
 flags.DEFINE_string("workdir", None, "Where the config, results and tables go; a rerun resumes here.", required=True)
 flags.DEFINE_bool("merge", False, "Only build the tables and plots from the results files already in --workdir.")
 flags.DEFINE_bool("allow_partial", False, "With --merge: build the tables from the records there even while a run "
-                  "still writes a shard of --workdir.")
+                  "still writes a shard of --workdir, or a shard is missing or incomplete.")
 
 
 def print_outputs(outputs: sweep.MergeOutputs) -> None:
@@ -66,10 +66,7 @@ def main(argv: list[str]) -> None:
         return
     config = FLAGS.config
     check_config(config)
-    if config.runtime.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    distributed.initialize(config.runtime)  # jax.distributed.initialize() when runtime.distributed is set
     outcome = sweep.run_sweep(config, FLAGS.workdir)
     logging.info("wrote %d records (%d failed) to %s", outcome.written, outcome.failed, outcome.results_file)
     if outcome.merged is not None:

@@ -706,7 +706,8 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
                 f"cannot merge {workdir} yet: a run is still writing {lock.describe_holders(writers)}. Wait for "
                 "it to finish, or pass --allow_partial to build the tables from the records written so far")
     stored = results.read_workdir_config(workdir)
-    records = results.read_workdir(workdir)
+    # In key order, so the tables' float sums do not depend on how the records were split over shards.
+    records = sorted(results.read_workdir(workdir), key=lambda r: (r.sample_id, r.method, r.rate or 0, r.rho, r.seed))
     distributed.check_shards(workdir, [record.sample_id for record in records], allow_partial=allow_partial)
     per_seed = tables.seed_metrics(records)
     rows = tables.summarize_rows(per_seed)
