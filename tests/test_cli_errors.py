@@ -24,13 +24,15 @@ TINY_RUN = ["--config=configs/synthetic_tiny.py:local", "--config.methods=('orig
 
 def evaluate(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
+                            env={**{k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV}, **(env or {})})
 
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 def test_a_bad_config_value_is_one_error_line_without_a_traceback(tmp_path):
     process = evaluate(*TINY_RUN, "--config.rhos=(0.0,)", f"--workdir={tmp_path / 'work'}")
     _, stderr = process.communicate(timeout=300)
@@ -41,9 +43,9 @@ def test_a_bad_config_value_is_one_error_line_without_a_traceback(tmp_path):
     assert not (tmp_path / "work").exists()  # refused before anything was written
 
 
-def test_the_traceback_of_a_user_error_is_shown_on_request(tmp_path):
-    process = evaluate(*TINY_RUN, "--config.methods=('fused', 'magic')", f"--workdir={tmp_path}",
-                       env={errors.TRACEBACK_ENV: "1"})
+@pytest.mark.slow
+def test_the_traceback_of_a_user_error_is_shown_with_verbose(tmp_path):
+    process = evaluate(*TINY_RUN, "--config.methods=('fused', 'magic')", f"--workdir={tmp_path}", "--verbose")
     _, stderr = process.communicate(timeout=300)
     assert process.returncode != 0
     assert "Traceback" in stderr and "ConfigError: bad config: config.methods must be" in stderr and "magic" in stderr
@@ -129,6 +131,7 @@ def test_the_environment_variable_shows_a_user_errors_traceback(monkeypatch):
         errors.main(main)(["prog"])
 
 
+@pytest.mark.slow
 def test_two_evaluators_on_one_workdir_do_not_both_write(tmp_path):
     """As in the issue: two runs started together; one writes, the other exits naming it."""
     workdir = tmp_path / "work"

@@ -250,6 +250,7 @@ def _snapshot(workdir: Path) -> dict[str, bytes]:
     return {name: (workdir / name).read_bytes() for name in OUTPUTS if (workdir / name).is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["summary_rows", "second_plot"])
 def test_kill_9_during_merge_leaves_the_previous_or_the_new_outputs(tmp_path, point):
     records = grid(range(6))
