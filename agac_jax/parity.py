@@ -22,8 +22,10 @@ import numpy as np
 
 from agac_jax import checkpoints
 from agac_jax.audio.features import audio_token_count, log_mel, num_valid_frames
+from agac_jax.audio.grids import HOP_LENGTH, encoder_output_lengths
 from agac_jax.models.generate import GenerationSettings, jitted_generate
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, stack_sown
+from agac_jax.models.interface import PROBS, stack_sown
+from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
 
 FLOAT32_TOLERANCE = 1e-4
 
@@ -57,11 +59,12 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def synthetic_clips() -> list[np.ndarray]:
-    """Two clips of different lengths: a 3 s tone in noise and a 7.5 s rising chirp."""
+def synthetic_clips(max_samples: int = 480_000) -> list[np.ndarray]:
+    """Two clips of different lengths: a 3 s tone in noise and a 7.5 s rising chirp, each cut to 40% and
+    95% of `max_samples` (the encoder's window) when that is shorter."""
     rng = np.random.default_rng(0)
-    t1 = np.arange(48_000) / 16_000
-    t2 = np.arange(120_000) / 16_000
+    t1 = np.arange(min(48_000, int(0.4 * max_samples))) / 16_000
+    t2 = np.arange(min(120_000, int(0.95 * max_samples))) / 16_000
     tone = 0.3 * np.sin(2 * np.pi * 660 * t1) + 0.02 * rng.standard_normal(t1.size)
     chirp = 0.3 * np.sin(2 * np.pi * (200 * t2 + 60 * t2**2))
     return [tone.astype(np.float32), chirp.astype(np.float32)]
@@ -96,10 +99,12 @@ def _prompt_ids(directory: Path, config, questions: Sequence[str], n_tokens: Seq
 
 
 def build_inputs(directory: Path, config, clips: Sequence[np.ndarray], questions: Sequence[str]) -> dict:
-    """Left-padded ids, masks and 30 s features (transformers requires 3000 frames)."""
-    n_mels = config.audio.num_mel_bins
-    features = np.stack([log_mel(c, n_mels, pad_to_samples=480_000)[0] for c in clips]).astype(np.float32)
-    mel_lengths = np.asarray([num_valid_frames(len(c)) for c in clips])
+    """Left-padded ids, masks and features of the encoder's whole window (transformers requires exactly
+    2 x max_source_positions mel frames: 3000, 30 s, for the released model)."""
+    n_mels, window = config.audio.num_mel_bins, config.audio.max_mel_frames
+    features = np.stack([log_mel(c, n_mels, pad_to_samples=window * HOP_LENGTH, max_frames=window)[0]
+                         for c in clips]).astype(np.float32)
+    mel_lengths = np.asarray([num_valid_frames(len(c), window) for c in clips])
     n_tokens = [int(audio_token_count(int(m))) for m in mel_lengths]
     rows = _prompt_ids(directory, config, questions, n_tokens)
     s = max(map(len, rows))
@@ -108,7 +113,7 @@ def build_inputs(directory: Path, config, clips: Sequence[np.ndarray], questions
     for i, row in enumerate(rows):
         ids[i, s - len(row):] = row
         mask[i, s - len(row):] = 1
-    feature_mask = (np.arange(3000)[None] < mel_lengths[:, None]).astype(np.int64)
+    feature_mask = (np.arange(window)[None] < mel_lengths[:, None]).astype(np.int64)
     return dict(input_ids=ids, attention_mask=mask, features=features, feature_mask=feature_mask,
                 mel_lengths=mel_lengths, n_tokens=np.asarray(n_tokens))
 
@@ -129,14 +134,19 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     from transformers import Qwen2AudioForConditionalGeneration as HFModel
 
     directory = Path(directory)
-    clips = list(clips) if clips is not None else synthetic_clips()
+    loaded = checkpoints.load_hf_directory(directory)
+    config = loaded.config
+    window = config.audio.max_mel_frames * HOP_LENGTH
+    clips = list(clips) if clips is not None else synthetic_clips(window)
     questions = list(questions) if questions else ["what is in the audio ?"] * len(clips)
     if len(questions) == 1:
         questions = questions * len(clips)
     if len(questions) != len(clips):
         raise ValueError(f"{len(questions)} questions for {len(clips)} clips; give one, or one per clip")
-    loaded = checkpoints.load_hf_directory(directory)
-    config = loaded.config
+    for i, clip in enumerate(clips):
+        if len(clip) > window:
+            raise ValueError(f"clip {i} has {len(clip)} samples, more than this model's encoder window of {window} "
+                             f"({config.audio.max_mel_frames} mel frames)")
     x = build_inputs(directory, config, clips, questions)
     hf = HFModel.from_pretrained(str(directory), attn_implementation="eager", dtype=torch.float32).eval()
     settings = GenerationSettings.from_hf(loaded.generation_config, config, max_new_tokens=max_new_tokens)
@@ -161,7 +171,7 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
             loaded.params, x["features"], x["mel_lengths"])
         tokens, _ = jitted_generate(config, settings)(loaded.params, x["input_ids"], x["attention_mask"],
                                                       x["features"], x["mel_lengths"])
-    attentions = np.asarray(stack_sown(state["attention"], "probs", config.text.num_hidden_layers))
+    attentions = np.asarray(stack_sown(state, PROBS, config.text.num_hidden_layers))
     logits, audio, tokens = np.asarray(logits), np.asarray(audio), np.asarray(tokens)
 
     valid = x["attention_mask"].astype(bool)
@@ -187,9 +197,10 @@ def _hf_audio_embeddings(hf: Any, x: dict) -> np.ndarray:
     import torch
     from transformers.masking_utils import create_bidirectional_mask
 
-    after_conv = torch.tensor((x["mel_lengths"] - 1) // 2 + 1)
-    valid = (torch.arange(1500)[None] < after_conv[:, None]).long()
+    positions = hf.model.audio_tower.config.max_source_positions
+    after_conv = torch.tensor(encoder_output_lengths(x["mel_lengths"])[0])
+    valid = (torch.arange(positions)[None] < after_conv[:, None]).long()
     mask = create_bidirectional_mask(config=hf.model.audio_tower.config,
-                                     inputs_embeds=torch.zeros(len(valid), 1500, 1), attention_mask=valid)
+                                     inputs_embeds=torch.zeros(len(valid), positions, 1), attention_mask=valid)
     hidden = hf.model.audio_tower(torch.tensor(x["features"]), attention_mask=mask).last_hidden_state
     return hf.model.multi_modal_projector(hidden).numpy()

@@ -116,6 +116,7 @@ def encode_prompts(
     num_mel_bins: int = 128,
     pad_to_frames: int = MAX_FRAMES,
     padding_side: str | None = None,
+    max_frames: int = MAX_FRAMES,
 ) -> PromptBatch:
     """Ids and features for prompt texts that already hold one ``<|AUDIO|>`` per clip.
 
@@ -124,8 +125,9 @@ def encode_prompts(
         texts: B prompt texts.
         clips: N float mono 16 kHz clips, in the order of the placeholders across the batch.
         num_mel_bins: 80 or 128, the feature extractor's feature_size.
-        pad_to_frames: frame bucket (multiple of 100, <= 3000); 3000 is exactly the processor's.
+        pad_to_frames: frame bucket (multiple of 100, <= max_frames); max_frames is exactly the processor's.
         padding_side: "left", "right", or None for the tokenizer's own.
+        max_frames: the encoder's window in mel frames (2 x max_source_positions; 3000 = 30 s).
 
     Returns:
         a PromptBatch equal to ``Qwen2AudioProcessor(text=texts, audio=clips, return_tensors="np",
@@ -138,7 +140,7 @@ def encode_prompts(
     if padding_side not in (None, "left", "right"):
         raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
     _check_tokenizer(tokenizer)
-    features, feature_mask = batch_log_mel(clips, num_mel_bins, pad_to_frames)
+    features, feature_mask = batch_log_mel(clips, num_mel_bins, pad_to_frames, max_frames)
     num_audio_tokens = np.asarray(audio_token_count(feature_mask.sum(-1).astype(np.int64)), dtype=np.int64)
     expanded = expand_audio_placeholders(texts, num_audio_tokens.tolist())
     side = padding_side or tokenizer.padding_side
@@ -174,6 +176,7 @@ def build_prompts(
     num_mel_bins: int = 128,
     pad_to_frames: int = MAX_FRAMES,
     padding_side: str | None = None,
+    max_frames: int = MAX_FRAMES,
 ) -> PromptBatch:
     """Render one prompt per question (see :func:`render_prompt`) and encode it with its clips.
 
@@ -182,7 +185,7 @@ def build_prompts(
         questions: B questions (or one string).
         clips: per question, one clip [n] or a list of clips (e.g. the 30 s windows of a long
             recording, rendered as "Audio 1", "Audio 2", ...); one array when questions is a string.
-        num_mel_bins, pad_to_frames, padding_side: as for :func:`encode_prompts`.
+        num_mel_bins, pad_to_frames, padding_side, max_frames: as for :func:`encode_prompts`.
     """
     if isinstance(questions, str):
         questions, clips = [questions], [clips]
@@ -191,5 +194,6 @@ def build_prompts(
     counts, flat = _flatten_clips(questions, clips)
     texts = [render_prompt(tokenizer, question, count) for question, count in zip(questions, counts)]
     return encode_prompts(
-        tokenizer, texts, flat, num_mel_bins=num_mel_bins, pad_to_frames=pad_to_frames, padding_side=padding_side
+        tokenizer, texts, flat, num_mel_bins=num_mel_bins, pad_to_frames=pad_to_frames, padding_side=padding_side,
+        max_frames=max_frames,
     )

@@ -22,7 +22,7 @@ from absl import app, flags
 
 from agac_jax import errors
 from agac_jax.scoring import report
-from agac_jax.scoring.scorer import METHODS
+from agac_jax.scoring.methods import NAMES as METHODS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory (config, safetensors, tokenizer).")

@@ -37,8 +37,8 @@ def answer_logp():
 
     def logp(gate, embeds, answer_rows_only):
         """Sum of the answer rows' log-probabilities of token 0, the embeddings scaled by a gate."""
-        hidden, _ = model.apply({"params": params}, (embeds * gate[:, None])[None], positions, mask, None, None,
-                                None, rows[None] if answer_rows_only else None, method=model.decode)
+        hidden, _ = model.apply({"params": params}, (embeds * gate[:, None])[None], positions=positions, mask=mask,
+                                output_rows=rows[None] if answer_rows_only else None, method=model.decode)
         hidden = hidden[0] if answer_rows_only else hidden[0][rows]
         logits = model.apply({"params": params}, hidden, method=model.logits)
         return jnp.sum(jax.nn.log_softmax(logits)[:, 0])

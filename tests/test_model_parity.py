@@ -14,7 +14,8 @@ from agac_jax import checkpoints
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.decoder import init_cache
 from agac_jax.models.qwen2_audio import (Qwen2AudioForConditionalGeneration, causal_mask, check_placeholder_count,
-                                         prompt_positions, stack_sown)
+                                         prompt_positions)
+from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.audio.features import encoder_frames_needed
 from agac_jax.models.audio_encoder import conv_output_lengths
 from tests.tiny_models import TINY_CONFIGS, load_hf_eager, make_hf_checkpoint
@@ -69,7 +70,7 @@ def test_logits_attentions_and_audio_embeddings_match(tiny):
     logits, state = forward(loaded.params, ids, att, features, mask.sum(-1))
     valid = att.astype(bool)
     assert_close(np.asarray(logits)[valid], out.logits.numpy()[valid], "logits")
-    probs = np.asarray(stack_sown(state["attention"], "probs", config.text.num_hidden_layers))
+    probs = np.asarray(stack_sown(state, PROBS, config.text.num_hidden_layers))
     expected = np.stack([a.numpy() for a in out.attentions])
     rows = valid[None, :, None, :, None] & valid[None, :, None, None, :]
     assert probs.shape == expected.shape
@@ -182,20 +183,22 @@ def test_output_rows_equal_the_full_pass_on_those_rows_with_and_without_a_cache(
     positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     mask = causal_mask(jnp.ones((b, s), jnp.int32))
     rows = jnp.asarray([[3, 7, 11], [0, 5, 6]])
-    full, _ = model.apply(variables, embeds, positions, mask, method=model.decode)
-    picked, _ = model.apply(variables, embeds, positions, mask, output_rows=rows, method=model.decode)
+    full, _ = model.apply(variables, embeds, positions=positions, mask=mask, method=model.decode)
+    picked, _ = model.apply(variables, embeds, positions=positions, mask=mask, output_rows=rows, method=model.decode)
     assert picked.shape == (b, 3, d)
     assert_close(picked, np.take_along_axis(np.asarray(full), np.asarray(rows)[..., None], axis=1), "output rows")
     cache = init_cache(config.text, b, s, jnp.float32)
-    _, cache_full = model.apply(variables, embeds[:, :5], positions[:, :5], mask[:, :5], cache, 0, method=model.decode)
+    _, cache_full = model.apply(variables, embeds[:, :5], positions=positions[:, :5], mask=mask[:, :5], cache=cache,
+                                cache_index=0, method=model.decode)
     tail_mask = mask[:, 5:]
     (full_tail, kv_full), (rows_tail, kv_rows) = (
-        model.apply(variables, embeds[:, 5:], positions[:, 5:], tail_mask, cache_full, 5, output_rows=r,
+        model.apply(variables, embeds[:, 5:], positions=positions[:, 5:], mask=tail_mask, cache=cache_full,
+                    cache_index=5, output_rows=r,
                     method=model.decode) for r in (None, rows[:, 1:] - 5))
     assert_close(rows_tail, np.take_along_axis(np.asarray(full_tail), np.asarray(rows[:, 1:] - 5)[..., None], axis=1),
                  "output rows after a cache")
     for a, e in zip(jax.tree.leaves(kv_rows), jax.tree.leaves(kv_full)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
     with pytest.raises(ValueError, match="cannot be combined"):
-        model.apply(variables, embeds, positions, mask, query_weights=jnp.ones((b, s, 1)), output_rows=rows,
+        model.apply(variables, embeds, positions=positions, mask=mask, query_weights=jnp.ones((b, s, 1)), output_rows=rows,
                     method=model.decode)

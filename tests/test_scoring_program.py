@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agac_jax.models.qwen2_audio import stack_sown
-from agac_jax.scoring.program import clip_passes, occlusion_gates
+from agac_jax.models.interface import PROBS, stack_sown
+from agac_jax.scoring.program import ClipInputs, clip_passes, occlusion_gates
 from agac_jax.scoring import scorer as scorer_module
 from agac_jax.scoring.scorer import Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
@@ -49,9 +49,12 @@ def _clip_inputs(scorer: Scorer, scores, clip):
                                method=model.encode_audio)
     silence, _ = model.apply({"params": params}, batch["silence_features"][:1], batch["mel_lengths"][:1],
                              method=model.encode_audio)
-    return clip_passes(model, params, audio[0], silence[0], n_tok[0], jnp.asarray(batch["prompt_ids"][0]),
-                       int(batch["prompt_lengths"][0]), jnp.asarray(batch["answer_ids"][0]),
-                       int(batch["answer_lengths"][0])), int(n_tok[0]), audio.shape[1]
+    clip_inputs = ClipInputs(audio=audio[0], silence=silence[0], n_tokens=n_tok[0],
+                             prompt_ids=jnp.asarray(batch["prompt_ids"][0]),
+                             prompt_length=int(batch["prompt_lengths"][0]),
+                             answer_ids=jnp.asarray(batch["answer_ids"][0]),
+                             answer_length=int(batch["answer_lengths"][0]), n_samples=len(clip))
+    return clip_passes(model, params, clip_inputs), int(n_tok[0]), audio.shape[1]
 
 
 def test_occlusion_equals_a_plain_loop(occlusion_scorer, occlusion_scores, clips):
@@ -71,8 +74,8 @@ def test_global_score_is_the_direct_reduction_of_sown_maps(occlusion_scorer, occ
     passes, t, t_slots = _clip_inputs(occlusion_scorer, scores, clips[1])
     decode, is_audio, rows, answer_valid = passes.decode, passes.is_audio, passes.rows, passes.answer_valid
     ones = (jnp.arange(t_slots) < t).astype(jnp.float32)
-    _, state = decode(ones, sow="attention")
-    maps = np.asarray(stack_sown(state["attention"], "probs", occlusion_scorer.model_config.text.num_hidden_layers))
+    _, state = decode(ones, sow=PROBS)
+    maps = np.asarray(stack_sown(state, PROBS, occlusion_scorer.model_config.text.num_hidden_layers))
     maps = maps[:, 0]  # [layers, heads, q, k]
     answer_rows = np.asarray(rows)[np.asarray(answer_valid)]
     audio_positions = np.flatnonzero(np.asarray(is_audio))

@@ -36,6 +36,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# transformers' own tester shape: an encoder window of max_source_positions 100, i.e. 200 mel frames
+# (2 s) instead of the released model's 1500 (30 s). Every length limit must follow the checkpoint.
+SHORT_WINDOW_CONFIGS: dict[str, dict[str, Any]] = {
+    "window2s_gqa3": dict(
+        audio_config=dict(num_mel_bins=80, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
+                          d_model=32, max_source_positions=100),
+        text_config=dict(model_type="qwen2", vocab_size=96, hidden_size=48, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                         tie_word_embeddings=False, initializer_range=0.05),
+        audio_token_index=95,
+    ),
+}
+_ALL_CONFIGS = {**TINY_CONFIGS, **SHORT_WINDOW_CONFIGS}
+
 
 def make_hf_checkpoint(directory: Path, name: str, seed: int = 0) -> Path:
     """Builds `TINY_CONFIGS[name]` with random weights in transformers and saves it to `directory`."""
@@ -43,7 +57,7 @@ def make_hf_checkpoint(directory: Path, name: str, seed: int = 0) -> Path:
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = Qwen2AudioConfig(**TINY_CONFIGS[name])
+    config = Qwen2AudioConfig(**_ALL_CONFIGS[name])
     model = Qwen2AudioForConditionalGeneration(config)
     model.save_pretrained(directory)
     return directory
@@ -64,7 +78,7 @@ def make_scoring_checkpoint(directory: Path, name: str = "gqa3_mel80", seed: int
 
     from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
 
-    spec = TINY_CONFIGS[name]
+    spec = _ALL_CONFIGS[name]
     n_mels = spec["audio_config"]["num_mel_bins"]
     tokenizer = save_processor_files(directory, list(words), num_mel_bins=n_mels)
     text = dict(spec["text_config"], vocab_size=len(tokenizer))

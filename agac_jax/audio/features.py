@@ -27,6 +27,7 @@ import numpy as np
 
 from agac_jax.audio.grids import (
     FRAMES_PER_SECOND,
+    encoder_output_lengths,
     HOP_LENGTH,
     MAX_FRAMES,
     MAX_SAMPLES,
@@ -103,39 +104,42 @@ def _check_mel_bins(num_mel_bins: int) -> None:
         raise ValueError(f"num_mel_bins must be one of {SUPPORTED_MEL_BINS}, got {num_mel_bins!r}")
 
 
-def _check_clip(waveform: np.ndarray, name: str) -> np.ndarray:
+def _check_clip(waveform: np.ndarray, name: str, max_frames: int = MAX_FRAMES) -> np.ndarray:
     """Validate the clip (see validate_waveform) and return it as float64 [n] of float32 values.
 
     The reference casts to float32 before anything else.
     """
-    return validate_waveform(waveform, name).astype(np.float64)
+    return validate_waveform(waveform, name, max_seconds=max_frames / FRAMES_PER_SECOND).astype(np.float64)
 
 
-def num_valid_frames(n_samples: int) -> int:
-    """Mel frames the feature attention mask marks valid for a clip of n_samples (<= 30 s).
+def num_valid_frames(n_samples: int, max_frames: int = MAX_FRAMES) -> int:
+    """Mel frames the feature attention mask marks valid for a clip of n_samples (at most the encoder's
+    window of `max_frames`, 3000 = 30 s for the released model).
 
     Equal to ``ceil(n_samples / 160)``: the sample mask sampled every 160 samples.
     """
-    if n_samples < 1 or n_samples > MAX_SAMPLES:
-        raise ValueError(f"n_samples must be in [1, {MAX_SAMPLES}], got {n_samples}")
+    if n_samples < 1 or n_samples > max_frames * HOP_LENGTH:
+        raise ValueError(f"n_samples must be in [1, {max_frames * HOP_LENGTH}] (the encoder's window of "
+                         f"{max_frames} mel frames), got {n_samples}")
     return -(-n_samples // HOP_LENGTH)
 
 
-def _frames_touching_clip(n_samples: int) -> int:
+def _frames_touching_clip(n_samples: int, max_frames: int) -> int:
     """Frames whose window [160 i - 200, 160 i + 200) overlaps samples [0, n_samples)."""
-    return min(MAX_FRAMES, -(-(n_samples + N_FFT // 2) // HOP_LENGTH))
+    return min(max_frames, -(-(n_samples + N_FFT // 2) // HOP_LENGTH))
 
 
-def _log_mel_frames(clip: np.ndarray, num_mel_bins: int, num_frames: int) -> np.ndarray:
-    """First num_frames frames of the 30 s reference's clamped log10 mel power, float64 [mels, frames].
+def _log_mel_frames(clip: np.ndarray, num_mel_bins: int, num_frames: int, max_frames: int) -> np.ndarray:
+    """First num_frames frames of the reference's clamped log10 mel power over a window of
+    `max_frames` frames (the feature extractor's chunk), float64 [mels, frames].
 
-    ``clip`` is float64 [n], n <= MAX_SAMPLES. The global maximum is taken over every frame that
-    touches the clip, which is the maximum over all 3000 frames of the reference.
+    ``clip`` is float64 [n], n <= 160 max_frames. The global maximum is taken over every frame that
+    touches the clip, which is the maximum over all frames of the reference's window.
     """
-    computed = max(num_frames, _frames_touching_clip(clip.size))
+    computed = max(num_frames, _frames_touching_clip(clip.size, max_frames))
     padded_length = (computed - 1) * HOP_LENGTH + N_FFT
-    # Only the last frame of the full 30 s grid reaches the right-hand reflect padding.
-    signal_length = min(MAX_SAMPLES, padded_length - N_FFT // 2)
+    # Only the last frame of the full window reaches the right-hand reflect padding.
+    signal_length = min(max_frames * HOP_LENGTH, padded_length - N_FFT // 2)
     signal = np.zeros(signal_length, dtype=np.float64)
     signal[: clip.size] = clip
     padded = np.pad(signal, N_FFT // 2, mode="reflect")[:padded_length]
@@ -154,6 +158,7 @@ def log_mel(
     pad_to_samples: int | None = None,
     *,
     name: str = "waveform",
+    max_frames: int = MAX_FRAMES,
 ) -> tuple[np.ndarray, int]:
     """Whisper log-mel features of one 16 kHz mono clip, equal to the 30 s reference frame by frame.
 
@@ -162,22 +167,24 @@ def log_mel(
         num_mel_bins: 80 or 128 (Qwen2-Audio uses 128).
         pad_to_samples: length the clip is treated as padded to; the result has
             ``pad_to_samples // 160`` frames. None: just the valid frames, ``ceil(n / 160)``.
-            Must be at least n and at most 480 000.
+            Must be at least n and at most 160 max_frames.
         name: what error messages call the waveform.
+        max_frames: the encoder's window in mel frames (2 x max_source_positions; 3000 = 30 s).
 
     Returns:
         (features float32 [num_mel_bins, frames], number of valid frames ``ceil(n / 160)``).
         Frames past the valid ones hold the reference's values for the zero padding.
     """
     _check_mel_bins(num_mel_bins)
-    clip = _check_clip(waveform, name)
-    valid = num_valid_frames(clip.size)
+    clip = _check_clip(waveform, name, max_frames)
+    valid = num_valid_frames(clip.size, max_frames)
+    max_samples = max_frames * HOP_LENGTH
     if pad_to_samples is None:
         num_frames = valid
     else:
-        if not isinstance(pad_to_samples, (int, np.integer)) or not clip.size <= pad_to_samples <= MAX_SAMPLES:
+        if not isinstance(pad_to_samples, (int, np.integer)) or not clip.size <= pad_to_samples <= max_samples:
             raise ValueError(
-                f"pad_to_samples must be an int in [{clip.size} (the length of {name}), {MAX_SAMPLES}], "
+                f"pad_to_samples must be an int in [{clip.size} (the length of {name}), {max_samples}], "
                 f"got {pad_to_samples!r}"
             )
         num_frames = int(pad_to_samples) // HOP_LENGTH
@@ -186,21 +193,22 @@ def log_mel(
                 f"pad_to_samples={pad_to_samples} gives {num_frames} frames, fewer than the {valid} valid "
                 f"frames of {name}; use a multiple of {HOP_LENGTH} samples"
             )
-    log_spec = _log_mel_frames(clip, num_mel_bins, num_frames)
+    log_spec = _log_mel_frames(clip, num_mel_bins, num_frames, max_frames)
     return ((log_spec + 4.0) / 4.0).astype(np.float32), valid
 
 
-def check_pad_to_frames(pad_to_frames: int) -> int:
-    """Validate a frame bucket: a positive multiple of 100 frames (1 s), at most 3000."""
+def check_pad_to_frames(pad_to_frames: int, max_frames: int = MAX_FRAMES) -> int:
+    """Validate a frame bucket: a positive multiple of 100 frames (1 s) up to the encoder's window of
+    `max_frames`, or the window itself."""
     if (
         not isinstance(pad_to_frames, (int, np.integer))
         or pad_to_frames <= 0
-        or pad_to_frames > MAX_FRAMES
-        or pad_to_frames % FRAME_BUCKET_QUANTUM
+        or pad_to_frames > max_frames
+        or (pad_to_frames % FRAME_BUCKET_QUANTUM and pad_to_frames != max_frames)
     ):
         raise ValueError(
             f"pad_to_frames must be a positive multiple of {FRAME_BUCKET_QUANTUM} frames (1 s), "
-            f"at most {MAX_FRAMES}, got {pad_to_frames!r}"
+            f"at most the encoder's window of {max_frames} frames, or that window; got {pad_to_frames!r}"
         )
     return int(pad_to_frames)
 
@@ -208,33 +216,36 @@ def check_pad_to_frames(pad_to_frames: int) -> int:
 SILENCE_LOG_MEL = -1.5  # every frame of zeros: log10 clamps to -10 everywhere, (x + 4) / 4 = -1.5
 
 
-def silence_log_mel(batch: int, num_mel_bins: int, pad_to_frames: int) -> np.ndarray:
+def silence_log_mel(batch: int, num_mel_bins: int, pad_to_frames: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
     """float32 [batch, num_mel_bins, pad_to_frames]: the log-mel of zeros (any length), without the STFT.
 
     Equal to `batch_log_mel` of all-zero clips (tested): with no energy anywhere, the clamp to the
     maximum minus 8 leaves the constant log10 floor, which Whisper's scaling maps to -1.5.
     """
-    return np.full((batch, num_mel_bins, check_pad_to_frames(pad_to_frames)), SILENCE_LOG_MEL, np.float32)
+    return np.full((batch, num_mel_bins, check_pad_to_frames(pad_to_frames, max_frames)), SILENCE_LOG_MEL,
+                   np.float32)
 
 
 def batch_log_mel(
     waveforms: Sequence[np.ndarray],
     num_mel_bins: int = 128,
     pad_to_frames: int = MAX_FRAMES,
+    max_frames: int = MAX_FRAMES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-mel features of a batch of clips, each padded to the same frame bucket.
 
     Args:
         waveforms: B float arrays [n_b], each at most as long as the bucket (n_b <= 160 * pad_to_frames).
         num_mel_bins: 80 or 128.
-        pad_to_frames: the bucket, a multiple of 100 frames up to 3000 (3000 = the processor's 30 s).
+        pad_to_frames: the bucket, a multiple of 100 frames up to max_frames (the processor's window).
+        max_frames: the encoder's window in mel frames (3000 = 30 s for the released model).
 
     Returns:
         features float32 [B, num_mel_bins, pad_to_frames] and feature_attention_mask int32
         [B, pad_to_frames] (1 on each clip's ``ceil(n_b / 160)`` valid frames), both equal to
         WhisperFeatureExtractor's on the first pad_to_frames frames.
     """
-    pad_to_frames = check_pad_to_frames(pad_to_frames)
+    pad_to_frames = check_pad_to_frames(pad_to_frames, max_frames)
     if len(waveforms) == 0:
         raise ValueError("waveforms is empty: pass at least one clip")
     features = np.empty((len(waveforms), num_mel_bins, pad_to_frames), dtype=np.float32)
@@ -247,20 +258,13 @@ def batch_log_mel(
                 f"{name} has {n_samples} samples, longer than the bucket of {pad_to_frames} frames "
                 f"({pad_to_frames * HOP_LENGTH} samples); pick a larger bucket (see bucket_seconds)"
             )
-        features[index], valid = log_mel(waveform, num_mel_bins, pad_to_frames * HOP_LENGTH, name=name)
+        features[index], valid = log_mel(waveform, num_mel_bins, pad_to_frames * HOP_LENGTH, name=name,
+                                         max_frames=max_frames)
         mask[index, :valid] = 1
     return features, mask
 
 
-def feat_extract_output_lengths(num_mel_frames: int | np.ndarray) -> tuple[int | np.ndarray, int | np.ndarray]:
-    """Lengths after the encoder's stride-2 convolution and after its stride-2 average pooling.
-
-    Same arithmetic as Qwen2-Audio's ``_get_feat_extract_output_lengths``: conv ``(L - 1) // 2 + 1``,
-    pooling ``(conv - 2) // 2 + 1``. Works elementwise on integer arrays.
-    """
-    conv = (num_mel_frames - 1) // 2 + 1
-    pooled = (conv - 2) // 2 + 1
-    return conv, pooled
+feat_extract_output_lengths = encoder_output_lengths  # transformers' `_get_feat_extract_output_lengths`
 
 
 def audio_token_count(num_valid_mel_frames: int | np.ndarray) -> int | np.ndarray:
@@ -306,13 +310,14 @@ def encoder_frames_needed(num_valid: int) -> int:
     return 2 * ((num_valid - 1) // 2 + 1) + 1
 
 
-def encoder_bucket_frames(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS) -> int:
-    """The smallest bucket (in frames) whose features give the encoder exactly transformers' 30 s result
-    on every valid position of a clip of n_samples (`encoder_frames_needed`); the full 3000 frames when
-    no bucket of `buckets` does (the 30 s input is the reference itself)."""
-    valid = num_valid_frames(n_samples)
+def encoder_bucket_frames(n_samples: int, buckets: Sequence[int] = DEFAULT_BUCKETS_SECONDS,
+                          max_frames: int = MAX_FRAMES) -> int:
+    """The smallest bucket (in frames) whose features give the encoder exactly transformers' full-window
+    result on every valid position of a clip of n_samples (`encoder_frames_needed`); the whole window
+    of `max_frames` when no bucket of `buckets` shorter than it does (the window is the reference)."""
+    valid = num_valid_frames(n_samples, max_frames)
     needed = encoder_frames_needed(valid)
     for seconds in sorted(buckets):
-        if needed <= seconds * FRAMES_PER_SECOND:
+        if needed <= seconds * FRAMES_PER_SECOND < max_frames:
             return int(seconds) * FRAMES_PER_SECOND
-    return MAX_FRAMES
+    return max_frames

@@ -18,3 +18,17 @@ CODEC_TOKEN_RATES = (25, 50, 100)
 CODEC_TOKENS_PER_FRAME = 2
 SELECTION_PAD_SECONDS = 5  # host-side selection pads clips to a multiple of this, so it compiles per 5 s
 BUCKET_QUANTUM_SAMPLES = SELECTION_PAD_SECONDS * SAMPLE_RATE
+
+
+def encoder_output_lengths(num_mel_frames):
+    """(frames after the encoder's stride-2 conv, audio tokens after its stride-2 pooling) of
+    `num_mel_frames` valid mel frames: transformers' `_get_feat_extract_output_lengths`, conv
+    ``(L - 1) // 2 + 1`` then pooling ``(conv - 2) // 2 + 1``. Elementwise on ints, numpy or JAX arrays."""
+    conv = (num_mel_frames - 1) // 2 + 1
+    return conv, (conv - 2) // 2 + 1
+
+
+def audio_tokens_of_samples(n_samples: int) -> int:
+    """Audio tokens (25 a second) of a clip of `n_samples`: its ceil(n / 160) mel frames through
+    `encoder_output_lengths`."""
+    return encoder_output_lengths(-(-int(n_samples) // HOP_LENGTH))[1]

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agac_jax.audio.grids import MAX_SAMPLES, audio_tokens_of_samples
 from agac_jax.codec.base import SAMPLE_RATE, TOKENS_PER_FRAME, frame_samples, num_frames
 
 YES = "yes"
@@ -37,8 +38,7 @@ UNKNOWN = "unknown"
 LABELS = (YES, NO)
 PREDICTIONS = (YES, NO, UNKNOWN)
 
-MAX_CLIP_SAMPLES = 30 * SAMPLE_RATE
-MEL_HOP = 160
+MAX_CLIP_SAMPLES = MAX_SAMPLES
 
 _ANSWER_WORD = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
@@ -193,9 +193,7 @@ def qwen2_audio_token_count(num_samples: int) -> int:
     num_samples = int(num_samples)
     if num_samples > MAX_CLIP_SAMPLES:
         raise ValueError(f"num_samples {num_samples} exceeds 30 s at 16 kHz; split the clip into 30 s windows")
-    mel_frames = -(-num_samples // MEL_HOP)
-    after_conv = (mel_frames - 1) // 2 + 1
-    return (after_conv - 2) // 2 + 1
+    return audio_tokens_of_samples(num_samples)
 
 
 def codec_token_count(frame_count: int) -> int:

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from agac_jax.audio.grids import encoder_output_lengths
 from agac_jax.models.config import AudioEncoderConfig
 
 Array = jax.Array
@@ -40,11 +41,7 @@ def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-def conv_output_lengths(mel_lengths: Array) -> tuple[Array, Array]:
-    """transformers' `_get_feat_extract_output_lengths`: (frames after conv2, audio tokens after pooling)."""
-    after_conv = (mel_lengths - 1) // 2 + 1
-    tokens = (after_conv - 2) // 2 + 1
-    return after_conv, tokens
+conv_output_lengths = encoder_output_lengths  # (frames after conv2, audio tokens after pooling)
 
 
 class EncoderSelfAttention(nn.Module):

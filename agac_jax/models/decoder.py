@@ -4,7 +4,8 @@ Names follow transformers' `Qwen2Model` (`layers_{i}.self_attn.q_proj`, ...). Th
 input embeddings, explicit positions and a key-validity mask, with an optional functional KV cache
 for generation.
 
-What the attention modules sow (opt-in; `sow` is a no-op unless the collection is mutable):
+What the attention modules sow (opt-in; `sow` is a no-op unless the collection is mutable; the names
+are `interface.PROBS` and `interface.RECEIVED`):
   - collection "attention", name "probs": the softmax probabilities [B, H, Q, K] of every layer.
   - collection "attention_received", name "received": when `query_weights` [B, Q, W] is given, each
     layer's sum over heads of the query rows weighted by each of the W weightings, [B, W, K]. The scoring program uses this so that the
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from agac_jax.models.config import TextConfig
+from agac_jax.models.interface import PROBS, RECEIVED
 
 Array = jax.Array
 
@@ -90,6 +92,7 @@ class DecoderSelfAttention(nn.Module):
         cos: Array,
         sin: Array,
         mask: Array,
+        *,
         cache: LayerCache | None = None,
         cache_index: Array | None = None,
         query_weights: Array | None = None,
@@ -133,9 +136,9 @@ class DecoderSelfAttention(nn.Module):
         scores = scores.reshape(b, nh, s, n_keys).astype(jnp.float32)
         scores = jnp.where(mask[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        self.sow("attention", "probs", probs)
+        self.sow(*PROBS, probs)
         if query_weights is not None:
-            self.sow("attention_received", "received", jnp.einsum("bhqk,bqw->bwk", probs, query_weights))
+            self.sow(*RECEIVED, jnp.einsum("bhqk,bqw->bwk", probs, query_weights))
         probs = probs.astype(self.dtype).reshape(b, nkv, groups * s, n_keys)
         out = jnp.einsum("bnqk,bnkd->bnqd", probs, v.astype(self.dtype).transpose(0, 2, 1, 3))
         out = out.reshape(b, nkv, groups, s, hd).transpose(0, 3, 1, 2, 4).reshape(b, s, nh * hd)
@@ -166,12 +169,13 @@ class DecoderLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, cache=None, cache_index=None, query_weights=None, query_rows=None):
+    def __call__(self, x, cos, sin, mask, *, cache=None, cache_index=None, query_weights=None, query_rows=None):
         """x: [B, S, D] -> ([B, S, D] or [B, R, D] with query_rows, cache). Arguments as `DecoderSelfAttention`."""
         c = self.config
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        h, cache = DecoderSelfAttention(c, self.dtype, name="self_attn")(h, cos, sin, mask, cache, cache_index,
-                                                                         query_weights, query_rows)
+        h, cache = DecoderSelfAttention(c, self.dtype, name="self_attn")(
+            h, cos, sin, mask, cache=cache, cache_index=cache_index, query_weights=query_weights,
+            query_rows=query_rows)
         if query_rows is not None:
             x = _take_rows(x, query_rows)
         x = x + h
@@ -208,6 +212,7 @@ class Decoder(nn.Module):
     def __call__(
         self,
         inputs_embeds: Array,
+        *,
         positions: Array,
         mask: Array,
         cache: tuple[LayerCache, ...] | None = None,
@@ -230,7 +235,7 @@ class Decoder(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             rows = output_rows if i == last else None
-            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index, query_weights,
-                                   rows)
+            x, layer_cache = layer(x, cos, sin, mask, cache=None if cache is None else cache[i],
+                                   cache_index=cache_index, query_weights=query_weights, query_rows=rows)
             new_cache.append(layer_cache)
         return self.norm(x), (tuple(new_cache) if cache is not None else None)

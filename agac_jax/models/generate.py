@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.decoder import init_cache
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask, prompt_positions
 
 Array = jax.Array
@@ -133,8 +132,9 @@ def greedy_generate_from_embeddings(
     prefill_mask = jnp.pad(causal_mask(attention_mask), ((0, 0), (0, 0), (0, n_new)))
     positions = prompt_positions(attention_mask)
     next_position = jnp.sum(attention_mask, axis=1, keepdims=True).astype(jnp.int32)
-    cache = init_cache(model.config.text, b, max_len, model.config.dtype)
-    hidden, cache = model.apply(variables, embeds, positions, prefill_mask, cache, 0, method=model.decode)
+    cache = model.init_cache(b, max_len)
+    hidden, cache = model.apply(variables, embeds, positions=positions, mask=prefill_mask, cache=cache, cache_index=0,
+                                method=model.decode)
     last = jnp.take_along_axis(hidden, (next_position - 1)[:, :, None], axis=1)[:, 0]
     last = jnp.where(attention_mask[:, -1:] > 0, hidden[:, -1], last)
     logits = model.apply(variables, last, method=model.logits)
@@ -155,9 +155,10 @@ def greedy_generate_from_embeddings(
         tokens = tokens.at[:, step].set(token)
         done = done | jnp.isin(token, eos)
         presence = presence.at[jnp.arange(b), token].set(True)
-        emb = model.apply(variables, token[:, None], method=lambda m, t: m.language_model.embed(t))
+        emb = model.apply(variables, token[:, None], method=model.embed_tokens)
         mask = (key_valid & (jnp.arange(max_len) <= s + step))[:, None, :]
-        hidden, cache = model.apply(variables, emb, next_position + step, mask, cache, s + step, method=model.decode)
+        hidden, cache = model.apply(variables, emb, positions=next_position + step, mask=mask, cache=cache,
+                                    cache_index=s + step, method=model.decode)
         logits = model.apply(variables, hidden[:, -1], method=model.logits)
         return step + 1, cache, tokens, done, logits, presence
 

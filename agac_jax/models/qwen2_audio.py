@@ -3,7 +3,8 @@
 The top-level names (`audio_tower`, `multi_modal_projector`, `language_model`, `lm_head`) follow
 transformers' `Qwen2AudioForConditionalGeneration` without its `model.` prefix. Besides `__call__`
 (the teacher-forced forward pass), the module exposes its stages as methods, for use with
-`model.apply(params, ..., method=...)`: `encode_audio`, `embed_prompt`, `decode` and `logits`.
+`model.apply(params, ..., method=...)`: the scoring program's interface (`agac_jax.models.interface`:
+`encode_audio`, `gate_audio`, `embed_tokens`, `decode`, `logits`) and `embed_prompt` for generation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from agac_jax.models.audio_encoder import AudioEncoder
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.decoder import Decoder, LayerCache
+from agac_jax.models.decoder import Decoder, LayerCache, init_cache
 
 Array = jax.Array
 
@@ -100,14 +101,41 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         hidden, num_tokens = self.audio_tower(features, mel_lengths)
         return self.multi_modal_projector(hidden), num_tokens
 
+    # --- the scoring program's interface (agac_jax.models.interface) ---
+
+    @property
+    def audio_token_id(self) -> int:
+        return self.config.audio_token_id
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.text.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.text.num_attention_heads
+
+    def init_cache(self, batch: int, max_len: int) -> tuple[LayerCache, ...]:
+        """An empty KV cache of every decoder layer for `batch` sequences of `max_len` positions."""
+        return init_cache(self.config.text, batch, max_len, self.config.dtype)
+
+    def gate_audio(self, gate: Array, audio: Array, silence: Array) -> Array:
+        """gate [T], projected audio and silence embeddings [T, D] -> m * E_A + (1 - m) * E_S [T, D]."""
+        return gate[:, None] * audio + (1.0 - gate[:, None]) * silence
+
+    def embed_tokens(self, input_ids: Array) -> Array:
+        """[B, S] int -> [B, S, D] text token embeddings."""
+        return self.language_model.embed(input_ids)
+
     def embed_prompt(self, input_ids: Array, audio_embeds: Array, num_audio_tokens: Array) -> Array:
         """input_ids [B, S] with expanded placeholders -> decoder inputs [B, S, D]."""
-        embeds = self.language_model.embed(input_ids)
+        embeds = self.embed_tokens(input_ids)
         return merge_audio_embeddings(embeds, input_ids, audio_embeds, num_audio_tokens, self.config.audio_token_id)
 
     def decode(
         self,
         inputs_embeds: Array,
+        *,
         positions: Array,
         mask: Array,
         cache: tuple[LayerCache, ...] | None = None,
@@ -116,7 +144,8 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         output_rows: Array | None = None,
     ) -> tuple[Array, tuple[LayerCache, ...] | None]:
         """The decoder on embeddings: see `Decoder.__call__`."""
-        return self.language_model(inputs_embeds, positions, mask, cache, cache_index, query_weights, output_rows)
+        return self.language_model(inputs_embeds, positions=positions, mask=mask, cache=cache,
+                                   cache_index=cache_index, query_weights=query_weights, output_rows=output_rows)
 
     def logits(self, hidden: Array) -> Array:
         """[..., D] -> [..., vocab] in float32."""
@@ -147,7 +176,7 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
         embeds = self.embed_prompt(input_ids, audio_embeds, num_tokens)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        hidden, _ = self.decode(embeds, positions, causal_mask(attention_mask))
+        hidden, _ = self.decode(embeds, positions=positions, mask=causal_mask(attention_mask))
         return self.logits(hidden)
 
 
@@ -157,12 +186,3 @@ def init_params(config: Qwen2AudioConfig, rng: Array, mel_frames: int = 8) -> An
     ids = jnp.zeros((1, 4), jnp.int32)
     feats = jnp.zeros((1, config.audio.num_mel_bins, mel_frames), jnp.float32)
     return model.init(rng, ids, jnp.ones((1, 4), jnp.int32), feats, jnp.full((1,), mel_frames))["params"]
-
-
-def stack_sown(collection: Any, name: str, num_layers: int) -> Array:
-    """Stacks what every decoder layer sowed under `name` into [layers, ...], in layer order.
-
-    `collection` is the mutable collection returned by `apply(..., mutable=[...])`, e.g. `state["attention"]`.
-    """
-    layers = collection["language_model"]
-    return jnp.stack([layers[f"layers_{i}"]["self_attn"][name][0] for i in range(num_layers)])

@@ -19,30 +19,42 @@ import jax
 import jax.numpy as jnp
 
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
-from agac_jax.models.decoder import init_cache
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask
+from agac_jax.models.interface import RECEIVED, AudioLanguageModel, stack_sown
+from agac_jax.models.qwen2_audio import causal_mask
 from agac_jax.scoring import methods, selection
 
 Array = jax.Array
 ESTIMATORS = ("occlusion", "integrated_gradients")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ProgramSpec:
-    """Static settings of the compiled program (hashable: part of the compile key)."""
+    """Static settings of the compiled program (hashable: part of the compile key).
 
-    estimator: str = "occlusion"
-    window: int = 1  # occlusion: tokens gated off around t
-    ig_steps: int = 16  # integrated gradients: midpoint-rule steps
-    occlusion_chunk: int = 16  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
-    fastv_layer: int = 2  # FastV's K; clamped to the last layer of smaller decoders
-    rates: tuple[int, ...] = (25, 50, 100)
-    max_samples: int = 480_000  # clip samples the frame grids are sized for (the bucket)
-    generate: bool = True  # False: every clip of the batch comes with its answer ids
-    share_prefix: bool = True  # occlusion and IG re-use the full pass's keys/values before the audio (and
-    #                            occlusion before each chunk's first gate)
-    audio_offset: int = 0  # a lower bound of every prompt's first audio placeholder position
-    generation: GenerationSettings = GenerationSettings()
+    Built from a `ScoringConfig` by `from_config`, which holds the defaults; the fields here have none.
+    """
+
+    estimator: str  # occlusion | integrated_gradients
+    window: int  # occlusion: tokens gated off around t
+    ig_steps: int  # integrated gradients: midpoint-rule steps
+    occlusion_chunk: int  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
+    fastv_layer: int  # FastV's K; clamped to the last layer of smaller decoders
+    rates: tuple[int, ...]  # codec token rates of the frame scores and keep masks
+    share_prefix: bool  # occlusion and IG re-use the full pass's keys/values before the audio (and
+    #                     occlusion before each chunk's first gate)
+    max_samples: int  # clip samples the frame grids are sized for (the bucket)
+    generate: bool  # False: every clip of the batch comes with its answer ids
+    audio_offset: int  # a lower bound of every prompt's first audio placeholder position
+    generation: GenerationSettings
+
+    @classmethod
+    def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
+                    generation: GenerationSettings) -> "ProgramSpec":
+        """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
+        return cls(estimator=config.estimator, window=config.window, ig_steps=config.ig_steps,
+                   occlusion_chunk=config.occlusion_chunk, fastv_layer=config.fastv_layer,
+                   rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
+                   generate=generate, audio_offset=audio_offset, generation=generation)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -63,19 +75,33 @@ class ClipBatch(dict):
     """
 
 
-def score_batch(model: Qwen2AudioForConditionalGeneration, spec: ProgramSpec, params: Any,
+def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
                 batch: dict[str, Array]) -> dict[str, Array]:
     """Scores a padded batch. Returns a dict of per-clip arrays (see `_score_clip`) plus answers."""
     variables = {"params": params}
     audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
     silence, _ = model.apply(variables, batch["silence_features"], batch["mel_lengths"], method=model.encode_audio)
     answers, answer_lengths = _answers(model, spec, params, batch, audio, n_tokens)
-    per_clip = jax.vmap(lambda *a: _score_clip(model, spec, params, *a, batch["alpha"], batch["keep_num"],
-                                               batch["keep_den"]))
-    out = per_clip(audio, silence, n_tokens, batch["prompt_ids"], batch["prompt_lengths"], answers,
-                   answer_lengths, batch["n_samples"])
+    clips = ClipInputs(audio=audio, silence=silence, n_tokens=n_tokens, prompt_ids=batch["prompt_ids"],
+                       prompt_length=batch["prompt_lengths"], answer_ids=answers, answer_length=answer_lengths,
+                       n_samples=batch["n_samples"])
+    out = jax.vmap(lambda clip: _score_clip(model, spec, params, clip, alpha=batch["alpha"],
+                                            keep_num=batch["keep_num"], keep_den=batch["keep_den"]))(clips)
     out.update(answer_ids=answers, answer_lengths=answer_lengths, num_tokens=n_tokens)
     return out
+
+
+class ClipInputs(NamedTuple):
+    """One clip's inputs to the program (a batch of them under vmap)."""
+
+    audio: Array  # [T, D] the clip's audio state on the gate grid
+    silence: Array  # [T, D] silence's
+    n_tokens: Array  # [] valid gate slots
+    prompt_ids: Array  # [S] right-padded, placeholders expanded
+    prompt_length: Array  # []
+    answer_ids: Array  # [A]
+    answer_length: Array  # [] tokens of the answer before the first EOS
+    n_samples: Array  # [] valid waveform samples
 
 
 def _answers(model, spec, params, batch, audio, n_tokens):
@@ -100,7 +126,8 @@ def _answers(model, spec, params, batch, audio, n_tokens):
 class ClipPasses(NamedTuple):
     """The teacher-forced passes of one clip over its sequence prompt + answer (length L = S + A)."""
 
-    decode: Any  # (gate [T], query_weights=None, sow=None) -> (hidden [L, D], sown state or None)
+    decode: Any  # (gate [T], query_weights=None, sow=None) -> (hidden [L, D], sown state or None); sow is
+    #              interface.PROBS or interface.RECEIVED
     decode_cached: Any  # (gate, query_weights, sow) -> (hidden, sown state, KV cache of every layer)
     answer_logp: Any  # (hidden [L - offset, D], offset=0) or (hidden [A, D], gathered=True) -> logp of the answer
     logp_of: Any  # gate -> logp
@@ -111,10 +138,11 @@ class ClipPasses(NamedTuple):
     answer_valid: Array  # [A] bool
 
 
-def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids,
-                answer_length) -> ClipPasses:
+def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> ClipPasses:
     """Closures over one clip's teacher-forced sequence; see `ClipPasses`."""
-    t_slots = audio.shape[0]
+    prompt_ids, prompt_length = clip.prompt_ids, clip.prompt_length
+    answer_ids, answer_length = clip.answer_ids, clip.answer_length
+    t_slots = clip.audio.shape[0]
     s, a = prompt_ids.shape[0], answer_ids.shape[0]
     seq = jax.lax.dynamic_update_slice(jnp.pad(prompt_ids, (0, a)), answer_ids.astype(prompt_ids.dtype),
                                        (prompt_length,))
@@ -124,21 +152,23 @@ def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_leng
     mask = causal_mask(seq_valid[None].astype(jnp.int32))
     positions = jnp.arange(s + a)[None]
     variables = {"params": params}
-    token_embeds = model.apply(variables, seq[None], method=lambda m, x: m.language_model.embed(x))[0]
-    is_audio = seq == model.config.audio_token_id
+    token_embeds = model.apply(variables, seq[None], method=model.embed_tokens)[0]
+    is_audio = seq == model.audio_token_id
     ordinal = jnp.clip(jnp.cumsum(is_audio) - 1, 0, t_slots - 1)
 
     def gated_embeds(gate):
-        mixed = gate[:, None] * audio + (1.0 - gate[:, None]) * silence
+        mixed = model.apply(variables, gate, clip.audio, clip.silence, method=model.gate_audio)
         return jnp.where(is_audio[:, None], mixed[ordinal].astype(token_embeds.dtype), token_embeds)
 
     def run(embeds, start, cache, query_weights=None, sow=None, output_rows=None):
-        args = (embeds[None, start:], positions[:, start:], mask[:, start:], cache,
-                None if cache is None else start, query_weights, output_rows)
+        kwargs = dict(positions=positions[:, start:], mask=mask[:, start:], cache=cache,
+                      cache_index=None if cache is None else start, query_weights=query_weights,
+                      output_rows=output_rows)
         if sow:
-            (hidden, cache), state = model.apply(variables, *args, method=model.decode, mutable=[sow])
+            (hidden, cache), state = model.apply(variables, embeds[None, start:], method=model.decode,
+                                                 mutable=[sow[0]], **kwargs)
         else:
-            (hidden, cache), state = model.apply(variables, *args, method=model.decode), None
+            (hidden, cache), state = model.apply(variables, embeds[None, start:], method=model.decode, **kwargs), None
         return hidden[0], state, cache
 
     def decode(gate, query_weights=None, sow=None):
@@ -146,8 +176,7 @@ def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_leng
         return hidden, state
 
     def decode_cached(gate, query_weights=None, sow=None):
-        cache = init_cache(model.config.text, 1, s + a, model.config.dtype)
-        return run(gated_embeds(gate), 0, cache, query_weights, sow)
+        return run(gated_embeds(gate), 0, model.init_cache(1, s + a), query_weights, sow)
 
     def answer_logp(hidden, offset=0, gathered=False):
         logits = model.apply(variables, hidden if gathered else hidden[rows - offset], method=model.logits)
@@ -165,26 +194,24 @@ def clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_leng
     return ClipPasses(decode, decode_cached, answer_logp, logp_of, suffix_logp, is_audio, rows, answer_valid)
 
 
-def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids,
-                answer_length, n_samples, alpha, keep_num, keep_den):
-    """One clip: audio/silence [T, D], prompt [S], answer [A]. Returns per-clip scores and masks."""
-    t_slots = audio.shape[0]
-    s, a = prompt_ids.shape[0], answer_ids.shape[0]
+def _score_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs, *, alpha: Array,
+                keep_num: Array, keep_den: Array) -> dict[str, Array]:
+    """One clip (see `ClipInputs`): its scores [T], frame scores and keep masks [F_r] per rate."""
+    t_slots = clip.audio.shape[0]
+    s, a = clip.prompt_ids.shape[0], clip.answer_ids.shape[0]
+    n_tokens, n_samples = clip.n_tokens, clip.n_samples
     token_valid = jnp.arange(t_slots) < n_tokens
-    passes = clip_passes(model, params, audio, silence, n_tokens, prompt_ids, prompt_length, answer_ids,
-                         answer_length)
+    passes = clip_passes(model, params, clip)
     ones = token_valid.astype(jnp.float32)
-    weights = _query_weights(s + a, passes.rows, passes.answer_valid, prompt_length)
-    hidden, state, cache = passes.decode_cached(ones, weights[None], "attention_received")
+    weights = _query_weights(s + a, passes.rows, passes.answer_valid, clip.prompt_length)
+    hidden, state, cache = passes.decode_cached(ones, weights[None], RECEIVED)
     logp_full = passes.answer_logp(hidden)
     logp_silence = passes.logp_of(jnp.zeros_like(ones))
-    received = jnp.stack([layer["self_attn"]["received"][0][0]
-                          for layer in _layers(state["attention_received"], model.config.text.num_hidden_layers)])
+    received = stack_sown(state, RECEIVED, model.num_layers)[:, 0]  # [layers, W, K]
     audio_positions = jnp.nonzero(passes.is_audio, size=t_slots, fill_value=0)[0]
     global_score = jnp.where(token_valid, jnp.sum(received[:, 0, audio_positions], axis=0), 0.0)
-    k_layer = min(spec.fastv_layer, model.config.text.num_hidden_layers - 1)
-    heads = model.config.text.num_attention_heads
-    fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / heads, 0.0)
+    k_layer = min(spec.fastv_layer, model.num_layers - 1)
+    fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / model.num_heads, 0.0)
 
     audio_offset = min(spec.audio_offset, s - t_slots)
     if spec.estimator == "integrated_gradients":
@@ -202,20 +229,15 @@ def _score_clip(model, spec, params, audio, silence, n_tokens, prompt_ids, promp
     fused = selection.fuse(local, global_score, token_valid, alpha)
     out = dict(local=local, global_=global_score, fastv=fastv, fused=fused, token_valid=token_valid,
                logp_full=logp_full, logp_silence=logp_silence)
-    clip = methods.ClipInputs(local=local, global_=global_score, fused=fused, fastv=fastv, n_tokens=n_tokens,
-                              n_samples=n_samples, waveform=jnp.zeros((0,), jnp.float32))
+    scores = methods.ClipInputs(local=local, global_=global_score, fused=fused, fastv=fastv, n_tokens=n_tokens,
+                                n_samples=n_samples, waveform=jnp.zeros((0,), jnp.float32))
     for r in spec.rates:
         max_frames = selection.static_num_frames(spec.max_samples, r)
         out[f"frames_{r}"], out[f"keep_{r}"] = methods.clip_keep_mask(
-            "fused", clip, rate=r, max_frames=max_frames, keep_num=keep_num, keep_den=keep_den,
+            "fused", scores, rate=r, max_frames=max_frames, keep_num=keep_num, keep_den=keep_den,
             key=jax.random.key(0))
         out[f"frame_valid_{r}"] = selection.frame_valid_mask(n_samples, r, max_frames)
     return out
-
-
-def _layers(collection: Any, num_layers: int) -> list[Any]:
-    layers = collection["language_model"]
-    return [layers[f"layers_{i}"] for i in range(num_layers)]
 
 
 def _query_weights(length: int, rows: Array, answer_valid: Array, prompt_length: Array) -> Array:

@@ -38,11 +38,11 @@ from agac_jax.audio.io import load_audio
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
+from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.methods import select_batch
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
 
-ESTIMATORS = ("occlusion", "integrated_gradients")
 EXIT_CLIP_FAILED = 1
 EXIT_BAD_REQUEST = 2
 MAX_BATCH = 8

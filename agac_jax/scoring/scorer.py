@@ -112,6 +112,7 @@ class Scorer:
                              f"{config.mesh_shape[0]}")
         self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
         self.params = jax.device_put(loaded.params, self.param_shardings)
+        self.max_frames = loaded.config.audio.max_mel_frames  # the encoder's window (3000 = 30 s released)
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
         self.audio_offset = self._first_audio_position("")
         self._executables: dict[tuple[int, bool], Any] = {}
@@ -126,10 +127,20 @@ class Scorer:
 
     def bucket_frames(self, n_samples: int) -> int:
         """Mel frames of the bucket for a clip: the smallest that holds every frame the encoder reads
-        for the clip's valid positions (`features.encoder_bucket_frames`), or the full 3000."""
-        if n_samples > feats.MAX_SAMPLES:
-            raise ValueError(f"a clip of {n_samples} samples is longer than 30 s; split it with split_windows")
-        return feats.encoder_bucket_frames(n_samples, self.config.buckets_seconds)
+        for the clip's valid positions (`features.encoder_bucket_frames`), or the encoder's whole window
+        (`max_source_positions` x 2 frames of the checkpoint's config: 3000, 30 s, for the released model)."""
+        if n_samples > self.max_samples:
+            raise ValueError(f"a clip of {n_samples} samples is longer than this model's {self.max_seconds:g} s "
+                             f"window ({self.max_frames} mel frames); split it with split_windows")
+        return feats.encoder_bucket_frames(n_samples, self.config.buckets_seconds, self.max_frames)
+
+    @property
+    def max_samples(self) -> int:
+        return self.max_frames * feats.HOP_LENGTH
+
+    @property
+    def max_seconds(self) -> float:
+        return self.max_samples / feats.SAMPLE_RATE
 
     def score(self, clips: Sequence[np.ndarray], questions: Sequence[str],
               answer_ids: Sequence[Sequence[int]] | None = None) -> list[ClipScores]:
@@ -138,7 +149,7 @@ class Scorer:
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
         if answer_ids is not None and len(answer_ids) != len(clips):
             raise ValueError(f"{len(answer_ids)} answers for {len(clips)} clips")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}") for i, c in enumerate(clips)]
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
         results: list[ClipScores | None] = [None] * len(clips)
         by_bucket: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
@@ -162,7 +173,7 @@ class Scorer:
         `score(..., answer_ids=...)`, so that a clip's answer is generated once and scored as it is."""
         if len(clips) != len(questions):
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}") for i, c in enumerate(clips)]
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
         texts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * len(clips)
         by_bucket: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
@@ -177,7 +188,7 @@ class Scorer:
                 batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
                 prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
                                         num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
-                                        padding_side="left")
+                                        padding_side="left", max_frames=self.max_frames)
                 ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
                 tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
                                                     prompts.feature_attention_mask.sum(axis=1)))
@@ -206,9 +217,10 @@ class Scorer:
     def _first_audio_position(self, question: str) -> int:
         """Where the first audio placeholder sits in the prompt of `question` (the template's prefix;
         the empty question gives a lower bound even for templates that put the question first)."""
-        prompts = build_prompts(self.tokenizer, [question], [np.zeros(feats.SAMPLE_RATE, np.float32)],
-                                num_mel_bins=self.model_config.audio.num_mel_bins,
-                                pad_to_frames=feats.FRAMES_PER_SECOND, padding_side="right")
+        frames = min(feats.FRAMES_PER_SECOND, self.max_frames)
+        prompts = build_prompts(self.tokenizer, [question], [np.zeros(frames * feats.HOP_LENGTH, np.float32)],
+                                num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
+                                padding_side="right", max_frames=self.max_frames)
         return int(np.argmax(prompts.input_ids[0] == self.model_config.audio_token_id))
 
     def _decode_answer(self, tokens: np.ndarray) -> str:
@@ -233,7 +245,7 @@ class Scorer:
         questions = list(questions) + [questions[0]] * pad
         n_mels = self.model_config.audio.num_mel_bins
         prompts = build_prompts(self.tokenizer, questions, clips, num_mel_bins=n_mels, pad_to_frames=frames,
-                                padding_side="right")
+                                padding_side="right", max_frames=self.max_frames)
         check_placeholder_count(prompts.input_ids, prompts.num_audio_tokens, self.model_config.audio_token_id)
         s_slots = frames // 4 + c.max_text_tokens
         lengths = prompts.attention_mask.sum(axis=1)
@@ -246,7 +258,7 @@ class Scorer:
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
                              f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
-        silence = feats.silence_log_mel(bs, n_mels, frames)
+        silence = feats.silence_log_mel(bs, n_mels, frames, self.max_frames)
         answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
         answer_lengths = np.full((bs,), -1, np.int32)
         if answers is not None:
@@ -280,10 +292,8 @@ class Scorer:
         if key in self._executables:
             return self._executables[key], 0.0
         c = self.config
-        spec = ProgramSpec(estimator=c.estimator, window=c.window, ig_steps=c.ig_steps,
-                           occlusion_chunk=c.occlusion_chunk, share_prefix=c.share_prefix,
-                           audio_offset=self.audio_offset, fastv_layer=c.fastv_layer, rates=tuple(c.rates),
-                           max_samples=frames * feats.HOP_LENGTH, generate=generate, generation=self.generation)
+        spec = ProgramSpec.from_config(c, max_samples=frames * feats.HOP_LENGTH, generate=generate,
+                                       audio_offset=self.audio_offset, generation=self.generation)
 
         def program(params, batch):
             self.traces += 1

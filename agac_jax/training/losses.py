@@ -51,16 +51,17 @@ def forward(model: Qwen2AudioForConditionalGeneration, params: Params, batch: Ba
     cache = init_cache(text, c, lp + ls, prefix.dtype)
     mask = jnp.concatenate([causal_mask(prefix_mask), jnp.zeros((c, lp, ls), bool)], axis=2)
     positions = jnp.broadcast_to(jnp.arange(lp), prefix_ids.shape)
-    _, cache = model.apply(variables, prefix, positions, mask, cache, 0, method=model.decode)
+    _, cache = model.apply(variables, prefix, positions=positions, mask=mask, cache=cache, cache_index=0,
+                           method=model.decode)
     which = batch["question_clip"]
     cache = tuple(LayerCache(layer.k[which], layer.v[which]) for layer in cache)
-    suffix = model.apply(variables, suffix_ids, method=lambda m, ids: m.language_model.embed(ids))
+    suffix = model.apply(variables, suffix_ids, method=model.embed_tokens)
     sees_prefix = jnp.arange(lp)[None, None, :] < batch["suffix_start"][:, None, None]
     mask = jnp.concatenate([jnp.broadcast_to(sees_prefix, (b, ls, lp)), causal_mask(suffix_mask)], axis=2)
     positions = batch["suffix_start"][:, None] + jnp.arange(ls)[None, :]
     before_last = f"layers_{text.num_hidden_layers - 2}"
     (hidden, _), state = model.apply(
-        variables, suffix, positions, mask, cache, lp, method=model.decode,
+        variables, suffix, positions=positions, mask=mask, cache=cache, cache_index=lp, method=model.decode,
         capture_intermediates=lambda module, name: module.name == before_last and name == "__call__")
     if text.num_hidden_layers >= 2:
         middle = state["intermediates"]["language_model"][before_last]["__call__"][0][0]

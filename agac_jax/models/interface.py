@@ -1,0 +1,61 @@
+"""What the scoring program needs from an audio-language model (DESIGN.md section 9).
+
+A model is a Flax module; the program calls these methods through `model.apply(variables, ...,
+method=...)`, keyword-only past the first arguments, and never reaches into the module's children:
+
+- `encode_audio(features, mel_lengths) -> (audio [A, T, D], n_tokens [A])`: the clip's audio state on
+  the model's gate grid (T slots, `n_tokens` valid). Run on the clip and on silence.
+- `gate_audio(gate [T], audio [T, D], silence [T, D]) -> [T, D]`: the audio input under a gate vector
+  m in [0, 1]^T, m = 1 the clip and m = 0 silence. Qwen2-Audio mixes its projected embeddings; a
+  model that hears audio differently (PandaGPT: fbank frames through ImageBind) gates its own domain.
+- `embed_tokens(input_ids [B, S]) -> [B, S, D]`: text token embeddings.
+- `decode(inputs_embeds [B, S, D], *, positions, mask, cache=None, cache_index=None,
+  query_weights=None, output_rows=None) -> (hidden, cache)`: the decoder; with `query_weights`
+  [B, S, W] each attention layer sows, under `RECEIVED`, its head sum of the query rows weighted by
+  each of the W weightings ([B, W, K]); with `output_rows` [B, R] the last layer computes those
+  rows only.
+- `logits(hidden [..., D]) -> [..., vocab]` float32.
+- `embed_prompt(input_ids [B, S], audio [A, T, D], n_tokens [A]) -> [B, S, D]`: the prompt's inputs
+  with the clip's audio in place, for greedy generation (`models.generate`).
+
+Besides, as plain attributes of the (unbound) module: `audio_token_id`, `num_layers`, `num_heads` and
+`init_cache(batch, max_len)`. The sown names are defined here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+PROBS = ("attention", "probs")  # (collection, name): every layer's softmax probabilities [B, H, Q, K]
+RECEIVED = ("attention_received", "received")  # (collection, name): weighted head sums [B, W, K]
+
+
+class AudioLanguageModel(Protocol):
+    """The methods and attributes the scoring program uses (see the module docstring)."""
+
+    audio_token_id: int
+    num_layers: int
+    num_heads: int
+
+    def init_cache(self, batch: int, max_len: int) -> Any: ...
+    def encode_audio(self, features: jax.Array, mel_lengths: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+    def gate_audio(self, gate: jax.Array, audio: jax.Array, silence: jax.Array) -> jax.Array: ...
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array: ...
+    def decode(self, inputs_embeds: jax.Array, *, positions: jax.Array, mask: jax.Array, cache: Any = None,
+               cache_index: Any = None, query_weights: jax.Array | None = None,
+               output_rows: jax.Array | None = None) -> tuple[jax.Array, Any]: ...
+    def logits(self, hidden: jax.Array) -> jax.Array: ...
+    def embed_prompt(self, input_ids: jax.Array, audio: jax.Array, n_tokens: jax.Array) -> jax.Array: ...
+
+
+def stack_sown(state: Any, sown: tuple[str, str], num_layers: int) -> jax.Array:
+    """[layers, ...]: what every decoder layer sowed under `sown` (`PROBS` or `RECEIVED`), in layer order.
+
+    `state` is the mutable state returned by `apply(..., mutable=[sown[0]])`.
+    """
+    collection, name = sown
+    layers = state[collection]["language_model"]
+    return jnp.stack([layers[f"layers_{i}"]["self_attn"][name][0] for i in range(num_layers)])
