@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.codec.options = ml_collections.ConfigDict()  # backend options, see agac_jax.codec.backends
     config.codec.deterministic = True  # same input -> same output, so identical compressed clips are shared
     config.codec.crossfade_ms = 5.0  # raised-cosine crossfade at each cut between kept runs
+    config.codec.python = ""  # the sidecar's interpreter ("": this one); semanticodec: ".venv-codec/bin/python" (tools/setup_codec_env.sh)
 
     config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
     config.runtime.batch_samples = 8  # samples loaded, answered and scored together

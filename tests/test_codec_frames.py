@@ -34,17 +34,22 @@ def test_unsupported_rate_is_named(rate: object) -> None:
         check_token_rate(rate)
 
 
-def test_validate_waveform_rejects_bad_input() -> None:
-    with pytest.raises(TypeError, match="float32"):
-        validate_waveform(np.zeros(10, np.float64))
+def test_validate_waveform_is_the_audio_loaders_one() -> None:
+    import agac_jax.audio.io
+    import agac_jax.codec.base
+
+    assert validate_waveform is agac_jax.audio.io.validate_waveform is agac_jax.codec.base.validate_waveform
+    with pytest.raises(TypeError, match="float32 or float64"):
+        validate_waveform(np.zeros(10, np.int16), "w")
     with pytest.raises(TypeError, match="numpy array"):
-        validate_waveform([0.0, 1.0])
+        validate_waveform([0.0, 1.0], "w")
     with pytest.raises(ValueError, match="empty"):
-        validate_waveform(np.zeros(0, np.float32))
-    with pytest.raises(ValueError, match="1-D"):
-        validate_waveform(np.zeros((2, 10), np.float32))
-    with pytest.raises(ValueError, match="2 non-finite"):
-        validate_waveform(np.array([0.0, np.nan, np.inf], np.float32))
+        validate_waveform(np.zeros(0, np.float32), "w")
+    with pytest.raises(ValueError, match="mono"):
+        validate_waveform(np.zeros((2, 10), np.float32), "w")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        validate_waveform(np.array([0.0, np.nan, np.inf], np.float32), "w")
+    assert validate_waveform(np.zeros(10, np.float64), "w").dtype == np.float32
 
 
 def test_validate_tokens_shape() -> None:

@@ -82,9 +82,9 @@ def test_all_frames_when_kept_frames_is_none(client: CodecClient) -> None:
 
 
 BAD_REQUESTS = {
-    "nan": (np.array([0.0, np.nan, 0.1], np.float32), 50, None, "InvalidRequest", "non-finite"),
+    "nan": (np.array([0.0, np.nan, 0.1], np.float32), 50, None, "InvalidRequest", "NaN or inf"),
     "empty": (np.zeros(0, np.float32), 50, None, "InvalidRequest", "empty"),
-    "dtype": (np.zeros(640, np.float64), 50, None, "InvalidRequest", "float32"),
+    "dtype": (np.zeros(640, np.int16), 50, None, "InvalidRequest", "float32 or float64"),
     "range": (np.zeros(1280, np.float32), 50, np.array([0, 2]), "InvalidRequest", "outside"),
     "duplicate": (np.zeros(3200, np.float32), 50, np.array([1, 1]), "InvalidRequest", "duplicated"),
     "unsorted": (np.zeros(3200, np.float32), 50, np.array([3, 1]), "InvalidRequest", "sorted"),

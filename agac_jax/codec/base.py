@@ -2,8 +2,9 @@
 
 A codec at token rate r emits r tokens per second from two codebooks, so a frame lasts 2 / r s
 (``frame_samples(r) = 32000 / r`` samples at 16 kHz) and carries 2 tokens. A waveform of n samples
-has N = ceil(n / frame_samples) frames; the last one is clipped to the waveform's end. Every backend
-encodes a waveform of n samples to exactly N frames, so ``k * frame_samples`` samples give k frames.
+has N = ceil(n / frame_samples) frames; the last one is clipped to the waveform's end. A backend
+encodes n samples to ``spent_frames(n)`` frames: N for ``rvq_mel``, N rounded up to whole AudioMAE
+patches for SemantiCodec; that count is what the codec really spends.
 
 This module is numpy-only: the sidecar (torch) and the evaluation harness (jax) both import it.
 """
@@ -18,6 +19,7 @@ import numpy as np
 from agac_jax.audio.grids import CODEC_TOKEN_RATES as SUPPORTED_TOKEN_RATES
 from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
 from agac_jax.audio.grids import SAMPLE_RATE
+from agac_jax.audio.io import validate_waveform  # the one definition; re-exported for the backends
 
 
 class UnsupportedTokenRateError(ValueError):
@@ -60,26 +62,6 @@ def num_frames(num_samples: int, token_rate: int) -> int:
     return math.ceil(num_samples / frame_samples(token_rate))
 
 
-def validate_waveform(waveform: object, name: str = "waveform") -> np.ndarray:
-    """A non-empty, finite, 1-D float32 numpy array at 16 kHz, returned unchanged.
-
-    Raises TypeError for a non-array or a dtype other than float32, ValueError for a wrong rank,
-    an empty array or non-finite samples; the message names ``name``.
-    """
-    if not isinstance(waveform, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array; got {type(waveform).__name__}.")
-    if waveform.dtype != np.float32:
-        raise TypeError(f"{name} must have dtype float32; got {waveform.dtype}.")
-    if waveform.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (mono samples); got shape {waveform.shape}.")
-    if waveform.size == 0:
-        raise ValueError(f"{name} is empty; it needs at least one sample.")
-    if not np.all(np.isfinite(waveform)):
-        bad = int(np.size(waveform) - np.count_nonzero(np.isfinite(waveform)))
-        raise ValueError(f"{name} has {bad} non-finite samples (NaN or inf).")
-    return waveform
-
-
 def validate_tokens(tokens: object, name: str = "tokens") -> np.ndarray:
     """Integer tokens of shape [N, 2] with N >= 1, as int64."""
     if not isinstance(tokens, np.ndarray):
@@ -106,10 +88,16 @@ class Codec(abc.ABC):
         """Samples per frame, 32000 / token_rate."""
         return frame_samples(self.token_rate)
 
-    @abc.abstractmethod
-    def encode(self, waveform: np.ndarray) -> np.ndarray:
-        """Waveform float32 [n] -> tokens int64 [ceil(n / frame_samples), 2]."""
+    def spent_frames(self, num_samples: int) -> int:
+        """Frames (token pairs) the codec spends on ``num_samples`` samples: ceil(n / frame_samples)
+        unless the codec works in larger units (SemantiCodec: whole AudioMAE patches)."""
+        return num_frames(num_samples, self.token_rate)
 
     @abc.abstractmethod
-    def decode(self, tokens: np.ndarray) -> np.ndarray:
-        """Tokens int [N, 2] -> waveform float32 [N * frame_samples]."""
+    def encode(self, waveform: np.ndarray) -> np.ndarray:
+        """Waveform float32 [n] -> tokens int64 [spent_frames(n), 2]."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """Tokens int [N, 2] -> waveform float32 [N * frame_samples]. A stochastic decoder seeds its
+        draw from ``seed`` (None: leave the generator as it is); a deterministic one ignores it."""

@@ -19,6 +19,11 @@ Behaviour:
 - Shutdown: ``close()`` (also on leaving the ``with`` block, on garbage collection and at exit)
   asks the sidecar to exit, then terminates and finally kills it; requests still in flight are
   abandoned. If this process dies outright, the sidecar sees its stdin close and exits.
+- Interpreter: ``python`` runs the sidecar under another Python environment (``codec.python``;
+  default this one), e.g. ``.venv-codec/bin/python`` made by ``tools/setup_codec_env.sh`` for
+  SemantiCodec. A relative path is taken from the repository root when it exists there. The child
+  gets this project on PYTHONPATH and needs only numpy, soundfile, soxr, torch and the backend's
+  package; it never imports jax.
 - One thread at a time: the client is not thread-safe.
 """
 
@@ -51,6 +56,29 @@ from agac_jax.codec.protocol import (
 )
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def resolve_python(python: str | os.PathLike | None) -> str:
+    """The sidecar's interpreter: None or "" is this one; a relative path is looked up from the
+    repository root, then from the working directory; a bare name on PATH. ValueError if missing."""
+    if python is None or not str(python).strip():
+        return sys.executable
+    python = str(python)
+    if os.sep not in python and "/" not in python:
+        import shutil
+
+        found = shutil.which(python)
+        if found:
+            return found
+    else:
+        for candidate in (Path(python),) if os.path.isabs(python) else (Path(_PACKAGE_ROOT) / python, Path(python)):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    raise ValueError(
+        f"codec.python {python!r} is not an executable Python interpreter (looked in {_PACKAGE_ROOT} and "
+        f"{os.getcwd()}). For the semanticodec backend create it with `bash tools/setup_codec_env.sh` "
+        "(it makes .venv-codec/bin/python), or leave codec.python empty to use this interpreter."
+    )
 
 
 class SidecarError(RuntimeError):
@@ -176,6 +204,7 @@ class CodecClient:
         num_threads: int = 1,
         crossfade_ms: float = DEFAULT_CROSSFADE_MS,
         python: str | None = None,
+        max_loaded_rates: int = 0,
         stderr: IO | None = None,
     ):
         """Starts the sidecar and waits until it is ready.
@@ -190,7 +219,8 @@ class CodecClient:
           max_start_failures: consecutive failed starts before SidecarError.
           num_threads: torch threads in the sidecar (0: torch's default).
           crossfade_ms: total crossfade at each cut when joining kept frames (see frames.py).
-          python: interpreter for the sidecar; default this one.
+          python: interpreter for the sidecar (see ``resolve_python``); default this one.
+          max_loaded_rates: codecs (one per rate) the sidecar holds at once; 0: no limit.
           stderr: where the sidecar's stderr goes; default inherited.
 
         Raises:
@@ -209,6 +239,8 @@ class CodecClient:
         for name, value in (("timeout_s", timeout_s), ("startup_timeout_s", startup_timeout_s)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0; got {value}.")
+        if not isinstance(max_loaded_rates, int) or max_loaded_rates < 0:
+            raise ValueError(f"max_loaded_rates must be an int >= 0; got {max_loaded_rates!r}.")
         if not 0 <= crossfade_ms < float("inf"):
             raise ValueError(f"crossfade_ms must be finite and >= 0; got {crossfade_ms}.")
         self.max_in_flight = max_in_flight
@@ -216,10 +248,11 @@ class CodecClient:
         self.startup_timeout_s = startup_timeout_s
         self.max_attempts = max_attempts
         self.max_start_failures = max_start_failures
+        self.python = resolve_python(python)
         self._command = [
-            python or sys.executable, "-m", "agac_jax.codec.sidecar", f"--backend={backend}",
+            self.python, "-m", "agac_jax.codec.sidecar", f"--backend={backend}",
             f"--options={json.dumps(self.backend_options)}", f"--num_threads={num_threads}",
-            f"--crossfade_ms={crossfade_ms}",
+            f"--crossfade_ms={crossfade_ms}", f"--max_loaded_rates={max_loaded_rates}",
         ]
         self._stderr = stderr
         self._events: queue.Queue = queue.Queue()

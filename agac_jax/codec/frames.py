@@ -85,7 +85,7 @@ def join_frames(
     Returns:
       float32 [m] with m = sum of the kept frames' lengths, so ceil(m / F) = k.
     """
-    validate_waveform(waveform)
+    waveform = validate_waveform(waveform, "waveform", max_seconds=float("inf"))
     if not np.isfinite(crossfade_ms) or crossfade_ms < 0:
         raise ValueError(f"crossfade_ms must be finite and >= 0; got {crossfade_ms}.")
     size = frame_samples(token_rate)

@@ -35,12 +35,15 @@ class CodecRequest:
       token_rate: codec token rate r in {25, 50, 100}.
       kept_frames: int [k] strictly increasing frame indices in [0, ceil(n / (32000 / r))), or
         None for every frame (the ``codec`` baseline, rho = 1).
+      seed: seeds a stochastic decoder (SemantiCodec's diffusion sampler) before this request's
+        decode, so one seed's pass is reproducible; a deterministic codec ignores it.
     """
 
     request_id: Hashable
     waveform: np.ndarray
     token_rate: int
     kept_frames: np.ndarray | None = None
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +65,16 @@ class CodecReply:
 
     Attributes:
       request_id: the request's id.
-      tokens: int64 [k, 2] codec tokens of the joined kept frames (None on failure).
+      tokens: int64 [s, 2] the tokens the codec spent on the joined kept frames (None on failure):
+        s = k for rvq_mel; SemantiCodec rounds up to whole AudioMAE patches (s >= k).
       waveform: float32 [m] decoded joined waveform, m = the kept frames' total length (None on failure).
       seconds: wall seconds per stage in the sidecar: ``assemble``, ``load`` (only when this request
         loaded the codec for its rate), ``encode``, ``decode``, ``total``.
       failure: None on success.
       attempts: how many sidecar processes were given the request (1 unless one died).
       n_frames: N, the frame count of the original clip.
+      clip_tokens: the tokens the codec spends on the whole original clip (2 * N for rvq_mel).
+      peak_rss_bytes: the sidecar's peak resident memory so far (the codecs it holds included).
     """
 
     request_id: Hashable
@@ -78,6 +84,8 @@ class CodecReply:
     failure: CodecFailure | None = None
     attempts: int = 1
     n_frames: int = 0
+    clip_tokens: int = 0
+    peak_rss_bytes: int = 0
 
     @property
     def ok(self) -> bool:

@@ -267,10 +267,11 @@ class RvqMelCodec(Codec):
     @torch.no_grad()
     def encode(self, waveform: np.ndarray) -> np.ndarray:
         """float32 [n] -> int64 [ceil(n / F), 2]."""
-        validate_waveform(waveform)
+        waveform = validate_waveform(waveform, "waveform", max_seconds=float("inf"))
         return self.quantize(self.analysis.features(waveform)).numpy()
 
     @torch.no_grad()
-    def decode(self, tokens: np.ndarray) -> np.ndarray:
-        """int [N, 2] -> float32 [N * F]."""
+    def decode(self, tokens: np.ndarray, seed: int | None = None) -> np.ndarray:
+        """int [N, 2] -> float32 [N * F]. Deterministic: ``seed`` is ignored (Griffin-Lim's initial
+        phase is the backend option ``seed``, fixed per codec)."""
         return self.analysis.synthesize(self.dequantize(validate_tokens(tokens)))

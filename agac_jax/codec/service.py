@@ -6,6 +6,10 @@ with a ``CodecFailure``, so one bad request cannot take the sidecar down.
 
 from __future__ import annotations
 
+import collections
+import gc
+import resource
+import sys
 import time
 import traceback
 from typing import Any, Mapping
@@ -41,23 +45,50 @@ def classify(error: BaseException) -> str:
     return "CodecFailure"
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 class CodecService:
-    """One backend, one codec per token rate (loaded on first use and kept)."""
+    """One backend, one codec per token rate, loaded when a request first needs it.
+
+    ``max_loaded_rates`` (0: no limit) bounds the rates held at once: loading another drops the one
+    used least recently (SemantiCodec's models are GBs each, see semanticodec_backend).
+    """
 
     def __init__(
-        self, backend: str, options: Mapping[str, Any] | None = None, crossfade_ms: float = DEFAULT_CROSSFADE_MS
+        self,
+        backend: str,
+        options: Mapping[str, Any] | None = None,
+        crossfade_ms: float = DEFAULT_CROSSFADE_MS,
+        max_loaded_rates: int = 0,
     ):
         self.backend = backend
         self.options = check_options(backend, options)
         if not np.isfinite(crossfade_ms) or crossfade_ms < 0:
             raise ValueError(f"crossfade_ms must be finite and >= 0; got {crossfade_ms}.")
+        if not isinstance(max_loaded_rates, int) or max_loaded_rates < 0:
+            raise ValueError(f"max_loaded_rates must be an int >= 0 (0: no limit); got {max_loaded_rates!r}.")
         self.crossfade_ms = crossfade_ms
-        self._codecs: dict[int, Codec] = {}
+        self.max_loaded_rates = max_loaded_rates
+        self._codecs: collections.OrderedDict[int, Codec] = collections.OrderedDict()
+
+    @property
+    def loaded_rates(self) -> tuple[int, ...]:
+        """The rates whose codecs are held, least recently used first."""
+        return tuple(self._codecs)
 
     def codec(self, token_rate: int) -> Codec:
-        """The codec for ``token_rate``, loading it the first time."""
-        if token_rate not in self._codecs:
-            self._codecs[token_rate] = make_codec(self.backend, token_rate, self.options)
+        """The codec for ``token_rate``, loading it (and dropping the least recent) if needed."""
+        if token_rate in self._codecs:
+            self._codecs.move_to_end(token_rate)
+            return self._codecs[token_rate]
+        while self.max_loaded_rates and len(self._codecs) >= self.max_loaded_rates:
+            self._codecs.popitem(last=False)
+            gc.collect()
+        self._codecs[token_rate] = make_codec(self.backend, token_rate, self.options)
         return self._codecs[token_rate]
 
     def handle(self, request: object) -> CodecReply:
@@ -75,8 +106,11 @@ class CodecService:
     def _serve(self, request: CodecRequest) -> CodecReply:
         start = time.perf_counter()
         token_rate = check_token_rate(request.token_rate)
-        waveform = validate_waveform(request.waveform, "waveform")
+        waveform = validate_waveform(request.waveform, "waveform", max_seconds=float("inf"))
         n_frames = num_frames(waveform.size, token_rate)
+        seed = request.seed
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int; got {seed!r}.")
         kept = request.kept_frames
         kept = np.arange(n_frames) if kept is None else validate_kept_frames(kept, n_frames, "kept_frames")
         joined = join_frames(waveform, kept, token_rate, self.crossfade_ms)
@@ -89,12 +123,17 @@ class CodecService:
         mark = time.perf_counter()
         tokens = codec.encode(joined)
         seconds["encode"] = time.perf_counter() - mark
-        if tokens.shape != (kept.size, 2):
+        spent = codec.spent_frames(joined.size)
+        if tokens.shape != (spent, 2):
             raise RuntimeError(
-                f"{self.backend} encoded {kept.size} kept frames to tokens of shape {tokens.shape}."
+                f"{self.backend} encoded {kept.size} kept frames ({joined.size} samples) to tokens of shape "
+                f"{tokens.shape}; it spends [{spent}, 2] on that many samples."
             )
         mark = time.perf_counter()
-        decoded = codec.decode(tokens)[: joined.size]
+        decoded = codec.decode(tokens, seed=int(seed))[: joined.size]
         seconds["decode"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
-        return CodecReply(request.request_id, tokens, decoded.astype(np.float32), seconds, n_frames=n_frames)
+        return CodecReply(
+            request.request_id, tokens, decoded.astype(np.float32), seconds, n_frames=n_frames,
+            clip_tokens=2 * codec.spent_frames(waveform.size), peak_rss_bytes=peak_rss_bytes(),
+        )

@@ -444,7 +444,9 @@ def _compressed_records(ctx: _Context, job: _Job, reply: CodecReply, answer: str
             ctx, item, key, answer_compressed=answer, parsed_compressed=metrics.parse_answer(answer),
             num_frames=total_frames, kept_frames=int(job.kept.size),
             audio_tokens_before=counts.audio_tokens_before, audio_tokens_after=counts.audio_tokens_after,
-            codec_tokens_before=counts.codec_tokens_before, codec_tokens_after=counts.codec_tokens_after,
+            # what the codec really spends (SemantiCodec: whole AudioMAE patches; rvq_mel: the frames)
+            codec_tokens_before=reply.clip_tokens or counts.codec_tokens_before,
+            codec_tokens_after=int(reply.tokens.size) if reply.tokens is not None else counts.codec_tokens_after,
             prefill_flops_before=_prefill_flops(ctx, item, counts.audio_tokens_before),
             prefill_flops_after=_prefill_flops(ctx, item, counts.audio_tokens_after),
             evidence_recall=recall, seconds=seconds, reused=reused,
@@ -486,7 +488,7 @@ def _submit(ctx: _Context, jobs: Sequence[_Job]) -> None:
         request_id, ctx.next_request = ctx.next_request, ctx.next_request + 1
         ctx.jobs[request_id] = job
         pipeline.submit(CodecRequest(request_id=request_id, waveform=job.item.waveform, token_rate=job.rate,
-                                     kept_frames=job.kept))
+                                     kept_frames=job.kept, seed=job.tasks[0][0].seed))
 
 
 def _collect(ctx: _Context, max_pending: int) -> None:
@@ -572,6 +574,7 @@ def _codec_factory(config: Any) -> Callable[[], CodecClient]:
             backend=config.codec.backend, backend_options=config_to_dict(config.codec.options),
             crossfade_ms=config.codec.crossfade_ms, max_in_flight=config.runtime.codec_max_in_flight,
             timeout_s=config.runtime.codec_timeout_s, num_threads=config.runtime.codec_num_threads,
+            python=config.codec.get("python") or None,
         )
 
     return start
