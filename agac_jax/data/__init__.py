@@ -1,0 +1,52 @@
+"""The data sets, by the name a config gives them (`config.dataset.name`).
+
+`DATASETS[name](section)` loads the config's dataset section and returns (the name the tables use,
+the samples and the items skipped). Adding a data set is a loader yielding `common.AudioQASample`
+(with evidence intervals when known) and an entry here; loaders are imported when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from agac_jax.data.common import LoadedDataset
+
+
+def _synthetic(section: Any) -> tuple[str, LoadedDataset]:
+    from agac_jax.data import synthetic
+
+    if section.root:
+        samples = list(synthetic.read_split(section.root))
+    else:
+        samples = list(synthetic.generate_split(section.split, section.num_clips, section.generation_seed))
+    return f"synthetic-{section.split}", LoadedDataset(samples=samples, skipped=[])
+
+
+def _clotho_aqa(section: Any) -> tuple[str, LoadedDataset]:
+    from agac_jax.data.clotho_aqa import load_clotho_aqa
+
+    return f"clotho_aqa-{section.split}", load_clotho_aqa(section.root, section.split)
+
+
+def _avhbench(section: Any) -> tuple[str, LoadedDataset]:
+    from agac_jax.data.avhbench import load_avhbench
+
+    return "avhbench", load_avhbench(section.root, section.task)
+
+
+DATASETS: dict[str, Callable[[Any], tuple[str, LoadedDataset]]] = {
+    "synthetic": _synthetic,  # generated in memory or read from a written split (evidence known)
+    "clotho_aqa": _clotho_aqa,  # ClothoAQA's yes/no subset, majority label
+    "avhbench": _avhbench,  # AVHBench's soundtracks, one task
+}
+
+
+def load_dataset(section: Any) -> tuple[str, LoadedDataset]:
+    """(name for the tables, samples and skipped items) of a config's dataset section; the first
+    `max_samples` samples when it is set."""
+    if section.name not in DATASETS:
+        raise ValueError(f"config.dataset.name must be one of {tuple(DATASETS)}, got {section.name!r}")
+    name, loaded = DATASETS[section.name](section)
+    if section.max_samples:
+        loaded = LoadedDataset(samples=loaded.samples[: section.max_samples], skipped=loaded.skipped)
+    return name, loaded

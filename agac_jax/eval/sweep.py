@@ -52,7 +52,8 @@ from absl import logging
 from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
 from agac_jax.codec.pipeline import CodecPipeline
-from agac_jax.data.common import AudioQASample, LoadedDataset
+from agac_jax.data import DATASETS, load_dataset
+from agac_jax.data.common import AudioQASample
 from agac_jax.eval import distributed, flops, metrics, plots, results, tables
 from agac_jax.eval import atomic, lock
 from agac_jax.eval.progress import Progress
@@ -61,7 +62,6 @@ from agac_jax.prompts import render_prompt
 from agac_jax.scoring.scorer import MESH_AXES
 from agac_jax.scoring.selection import keep_ratio_fraction
 
-DATASETS = ("synthetic", "clotho_aqa", "avhbench")
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def validate_config(config: Any) -> None:
     """Raises ValueError naming the first bad field of a sweep config."""
     if config.dataset.name not in DATASETS:
-        raise ValueError(f"config.dataset.name must be one of {DATASETS}, got {config.dataset.name!r}")
+        raise ValueError(f"config.dataset.name must be one of {tuple(DATASETS)}, got {config.dataset.name!r}")
     unknown = [method for method in config.methods if method not in METHODS]
     if unknown or not config.methods:
         raise ValueError(f"config.methods must be a non-empty subset of {METHODS}; unknown: {unknown}")
@@ -116,32 +116,6 @@ def scoring_config(config: Any) -> Any:
 
 
 # --- data ----------------------------------------------------------------------------------------
-
-
-def load_dataset(dataset: Any) -> tuple[str, LoadedDataset]:
-    """(name for the tables, samples and skipped items) of the config's data set section."""
-    if dataset.name == "synthetic":
-        from agac_jax.data import synthetic
-
-        if dataset.root:
-            loaded = LoadedDataset(samples=list(synthetic.read_split(dataset.root)), skipped=[])
-        else:
-            loaded = LoadedDataset(
-                samples=list(synthetic.generate_split(dataset.split, dataset.num_clips, dataset.generation_seed)),
-                skipped=[],
-            )
-        name = f"synthetic-{dataset.split}"
-    elif dataset.name == "clotho_aqa":
-        from agac_jax.data.clotho_aqa import load_clotho_aqa
-
-        loaded, name = load_clotho_aqa(dataset.root, dataset.split), f"clotho_aqa-{dataset.split}"
-    else:
-        from agac_jax.data.avhbench import load_avhbench
-
-        loaded, name = load_avhbench(dataset.root, dataset.task), "avhbench"
-    if dataset.max_samples:
-        loaded = LoadedDataset(samples=loaded.samples[: dataset.max_samples], skipped=loaded.skipped)
-    return name, loaded
 
 
 def shard_samples(samples: Sequence[AudioQASample], process_index: int, process_count: int) -> list[AudioQASample]:
