@@ -96,6 +96,22 @@ def test_codebook_and_device_attributes_are_placed_at_construction(report: dict)
     assert report["decode_before_encode"]["samples"] == report["decode_before_encode"]["expected"] == 16 * 320
 
 
+def test_decode_before_encode_on_a_gpu(weights_dir: Path, report: dict) -> None:
+    # Defect 1 as it was seen: on a GPU the fresh codec's decode met a CPU codebook in F.embedding.
+    if not report["cuda_available"]:
+        pytest.skip("no CUDA device in the codec environment: decode-before-encode on a GPU is not run")
+    checked = _run(["-m", "agac_jax.codec.semanticodec_check", f"--weights_dir={weights_dir}",
+                    f"--semantic_vocab_size={VOCAB}", "--device=cuda:0"], timeout=900)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    gpu = json.loads(next(l for l in checked.stdout.splitlines() if l.startswith("AGAC_REPORT "))[12:])
+    assert gpu["placement"] == {
+        "device": "cuda:0", "encoder_device_attribute": "cuda:0", "codebook": "cuda:0",
+        "decoder_device_attribute": "cuda:0", "parameters": ["cuda:0"],
+    }
+    assert gpu["decode_before_encode"]["samples"] == gpu["decode_before_encode"]["expected"]
+    assert gpu["seed"]["same_seed_equal"] is True
+
+
 def test_encoder_input_is_the_packages_own_load_audio_without_a_file(report: dict) -> None:
     # Defect 2: encode no longer goes through torchaudio.load (needs torchcodec, absent here).
     features = report["features"]

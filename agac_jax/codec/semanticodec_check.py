@@ -60,7 +60,9 @@ def run_checks(
     ddim_sample_step: int = 1, device: str = "cpu", clip_samples: int = 20800,
 ) -> dict:
     """The report described in the module docstring."""
-    report: dict = {}
+    import torch
+
+    report: dict = {"cuda_available": bool(torch.cuda.is_available())}
     start = time.perf_counter()
     codec = SemantiCodecBackend(
         token_rate, weights_dir=weights_dir, semantic_vocab_size=semantic_vocab_size,
