@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
+from agac_jax import errors
 from agac_jax.bench import scoring_bench
 from agac_jax.bench.context import BenchConfig
 from agac_jax.bench.report import format_table, write_results
@@ -69,4 +70,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(errors.main(main))

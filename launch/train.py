@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from agac_jax import errors
 from agac_jax.training import evaluation, loop
 from agac_jax.training.model import generation_config
 
@@ -70,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_mutual_exclusive(["eval_only", "export"])
-    app.run(main)
+    app.run(errors.main(main))
