@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of avhbench; choose one of {VARIANTS}")
     config = base_config()
-    config.dataset.name = "avhbench"  # {root}/json/*.json and {root}/video/*.mp4
+    config.dataset.name = "avhbench"  # either release: {root}/**/QA json + videos (2025-03) or {root}/json, video (v0)
     config.dataset.root = ""  # set on the command line: the AVHBench directory
     config.dataset.task = "Audio-driven Video Hallucination"  # the poster's task
     config.model.checkpoint_dir = ""  # set on the command line: a Qwen2-Audio directory

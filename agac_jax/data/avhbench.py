@@ -1,13 +1,28 @@
-"""AVHBench, one task (by default the audio-driven video hallucination task), in its layout.
+"""AVHBench, one task (by default the audio-driven video hallucination task), in either released layout.
+
+v0 (one annotation file per video):
 
     {root}/json/{video_id}.json    a list of {"video_id", "task", "text", "label"}
     {root}/video/{video_id}.mp4
 
+2025-03 (the release as downloaded today: one QA file with every entry of every video, the four tasks
+mixed, and a folder of videos):
+
+    {root}/**/{any name}.json      a list of {"video_id", "task", "text", "label"} naming many videos
+    {root}/**/{video_id}.mp4       (.mkv, .webm, .mov and .avi are found too)
+
+- The layout is found by content: a JSON list of entries with those four keys that names several
+  videos (or, outside {root}/json, any such list) is a QA file; without one, {root}/json is read as
+  v0. Several QA files are an error naming them (pass the one to use as `root`: a QA file given
+  directly is read with the videos found under its directory).
 - Entries are selected by task, compared case-insensitively with runs of spaces collapsed
   (default "Audio-driven Video Hallucination"). If none match, the tasks that were found are logged.
 - Labels are normalised like answers ("Yes", "yes.", " NO " -> yes/no); any other label is skipped.
 - A missing video, an unreadable JSON file, an entry lacking a key or naming another video than its
-  file, and an unknown label are skipped with the reason and logged; loading goes on.
+  file, and an unknown label are skipped with the reason and logged; loading goes on. The number of
+  videos the asked task names but the release lacks is logged once as a summary.
+- Sample ids are "{video_id}/{k}", k the entry's index among that video's entries (every task) in
+  file order, so both layouts give the same ids to the same entries.
 - The audio is the video's soundtrack, extracted on demand with ffmpeg (mono, 16 kHz, float32).
   Loading the annotations needs no ffmpeg; extracting does, and says so clearly when it is absent.
   `export_soundtracks` extracts once to WAV files, skipping videos ffmpeg cannot read.
@@ -41,6 +56,7 @@ from agac_jax.data.common import (
 
 DEFAULT_TASK = "Audio-driven Video Hallucination"
 REQUIRED_KEYS = ("video_id", "task", "text", "label")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")  # in order of preference for one id
 
 logger = logging.getLogger(__name__)
 
@@ -140,44 +156,121 @@ def _entry_problem(entry: object, video_id: str) -> str | None:
     return None
 
 
+def _qa_video_ids(entries: object) -> set[str] | None:
+    """The video ids a QA list names, or None when `entries` is not a list of AVHBench entries."""
+    if not isinstance(entries, list):
+        return None
+    ids = {str(e["video_id"]) for e in entries if isinstance(e, dict) and all(k in e for k in REQUIRED_KEYS)}
+    return ids or None
+
+
+def find_qa_files(root: Path) -> list[Path]:
+    """The 2025-03 QA files under `root`, found by content (see the module docstring), sorted."""
+    found = []
+    per_video_directory = root / "json"
+    for path in sorted(root.rglob("*.json")):
+        try:
+            ids = _qa_video_ids(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if ids is None:
+            continue
+        if path.parent == per_video_directory and len(ids) < 2:
+            continue  # a v0 per-video file
+        found.append(path)
+    return found
+
+
+def find_videos(root: Path) -> dict[str, Path]:
+    """video id (the file's stem) -> video file, for every video file under `root`.
+
+    One id found in several files takes the preferred suffix (VIDEO_SUFFIXES order), then the first
+    path in sorted order; the others are logged.
+    """
+    by_id: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
+            by_id.setdefault(path.stem, []).append(path)
+    videos = {}
+    for video_id, paths in by_id.items():
+        paths.sort(key=lambda p: (VIDEO_SUFFIXES.index(p.suffix.lower()), str(p)))
+        videos[video_id] = paths[0]
+        if len(paths) > 1:
+            logger.warning("AVHBench video %s found %d times; using %s", video_id, len(paths), paths[0])
+    return videos
+
+
+def _annotation_groups(root: Path, skipped: list[SkippedItem]) -> tuple[list[tuple[str | None, list]], dict[str, Path]]:
+    """[(video id the entries must name or None, entries in file order)] and the video files."""
+    if root.is_file():
+        return [(None, _read_entries(root))], find_videos(root.parent)
+    qa_files = find_qa_files(root)
+    if len(qa_files) > 1:
+        raise ValueError(
+            f"several AVHBench QA files under {root}: {[str(p) for p in qa_files]}; pass the one to use as root"
+        )
+    if qa_files:
+        logger.info("AVHBench 2025-03 layout: QA file %s", qa_files[0])
+        return [(None, _read_entries(qa_files[0]))], find_videos(root)
+    json_directory = root / "json"
+    if not json_directory.is_dir():
+        raise FileNotFoundError(
+            f"AVHBench annotations not found: no QA json under {root} and {json_directory} is not a directory"
+        )
+    groups: list[tuple[str | None, list]] = []
+    for json_path in sorted(json_directory.glob("*.json")):
+        try:
+            groups.append((json_path.stem, _read_entries(json_path)))
+        except ValueError as error:
+            record_skip(skipped, str(json_path), str(error))
+    video_directory = root / "video"
+    videos = {p.stem: p for p in sorted(video_directory.glob("*.mp4"))} if video_directory.is_dir() else {}
+    return groups, videos
+
+
 def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None = None) -> LoadedDataset:
-    """Loads the entries of one AVHBench task.
+    """Loads the entries of one AVHBench task from either released layout (module docstring).
 
     Args:
-      root: the directory holding json/ and video/.
+      root: the AVHBench directory (v0: holding json/ and video/; 2025-03: holding the QA json and the
+        video folder anywhere below it), or the 2025-03 QA json file itself.
       task: the task string to select (case and repeated spaces ignored).
       ffmpeg: the ffmpeg executable the samples will use to extract audio (default: on PATH).
     Returns:
-      The samples (sample_id "{video_id}/{entry index in its file}", clip_id the video id,
-      question the entry's text, evidence None) and the skipped items with their reasons.
+      The samples (sample_id "{video_id}/{k}", clip_id the video id, question the entry's text,
+      evidence None) and the skipped items with their reasons.
     Raises:
-      FileNotFoundError if {root}/json is not a directory.
+      FileNotFoundError if neither layout is found; ValueError for several QA files or an unreadable
+      QA file.
     """
     root = Path(root)
-    json_directory = root / "json"
-    if not json_directory.is_dir():
-        raise FileNotFoundError(f"AVHBench annotations not found: {json_directory} is not a directory")
     wanted = _task_key(task)
     samples: list[AudioQASample] = []
     skipped: list[SkippedItem] = []
     tasks_seen: set[str] = set()
-    for json_path in sorted(json_directory.glob("*.json")):
-        video_id = json_path.stem
-        try:
-            entries = _read_entries(json_path)
-        except ValueError as error:
-            record_skip(skipped, str(json_path), str(error))
-            continue
-        video = root / "video" / f"{video_id}.mp4"
-        for index, entry in enumerate(entries):
+    missing_videos: set[str] = set()
+    groups, videos = _annotation_groups(root, skipped)
+    for file_video_id, entries in groups:
+        counts: dict[str, int] = {}
+        for position, entry in enumerate(entries):
+            named = str(entry["video_id"]) if isinstance(entry, dict) and "video_id" in entry else None
+            video_id = file_video_id if file_video_id is not None else named
+            if video_id is None:
+                record_skip(skipped, f"QA entry {position}", f"entry lacks keys {['video_id']}")
+                continue
+            index = counts.get(video_id, 0)
+            counts[video_id] = index + 1
             if isinstance(entry, dict) and "task" in entry:
                 tasks_seen.add(str(entry["task"]))
                 if _task_key(str(entry["task"])) != wanted:
                     continue
             sample_id = f"{video_id}/{index}"
             problem = _entry_problem(entry, video_id)
-            if problem is None and not video.is_file():
-                problem = f"missing video {video}"
+            video = videos.get(video_id)
+            if problem is None and video is None:
+                expected = root / "video" / f"{video_id}.mp4" if file_video_id is not None else f"{video_id}.mp4"
+                problem = f"missing video {expected}"
+                missing_videos.add(video_id)
             if problem is not None:
                 record_skip(skipped, sample_id, problem)
                 continue
@@ -190,6 +283,11 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
                     audio=VideoSoundtrack(video, ffmpeg),
                 )
             )
+    if missing_videos:
+        logger.warning(
+            "AVHBench: %d videos named by task %r are missing (%d found); their entries are skipped",
+            len(missing_videos), task, len(videos),
+        )  # fmt: skip
     if not samples and tasks_seen:
         logger.warning("no AVHBench entry has task %r; tasks found: %s", task, sorted(tasks_seen))
     return LoadedDataset(samples=samples, skipped=skipped)
