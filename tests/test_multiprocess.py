@@ -281,6 +281,7 @@ def test_shard_problems_name_each_missing_or_incomplete_shard(tmp_path):
 # --- real processes ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_processes_merge_to_the_single_process_run(reference, inputs, tmp_path):
     workdir = tmp_path / "four"
     with cluster(workdir, inputs, 4, tmp_path) as running:
@@ -309,10 +310,12 @@ def test_four_processes_merge_to_the_single_process_run(reference, inputs, tmp_p
     with pytest.raises(IncompleteShardsError, match="shard 1 of 2 is missing"):
         sweep.merge(workdir)
     assert sweep.run_sweep(config, workdir, process_index=1, process_count=2).pending_before == 0
-    assert comparable(results.read_workdir(workdir)) == comparable(results.read_workdir(reference))
-    assert sweep.merge(workdir).num_records == NUM_SAMPLES * RECORDS_PER_SAMPLE
+    merged = results.read_workdir(workdir)
+    assert distributed.shard_problems(workdir, [record.sample_id for record in merged]) == []
+    assert comparable(merged) == comparable(results.read_workdir(reference))
 
 
+@pytest.mark.slow
 def test_a_killed_process_resumes_its_shard_and_the_merge_is_unchanged(reference, inputs, tmp_path):
     workdir = tmp_path / "two"
     shard_file = workdir / "results.0.jsonl"
@@ -346,4 +349,6 @@ def test_a_killed_process_resumes_its_shard_and_the_merge_is_unchanged(reference
     assert lines[: len(kept)] == kept  # nothing lost
     keys = [results.ResultRecord.from_dict(json.loads(line)).key for line in lines]
     assert len(keys) == len(set(keys)) == planned_0
-    assert_merged_equal(workdir, reference, inputs)
+    sweep.merge(workdir)  # as `--merge` (the CLI's merge is run by the test above)
+    assert (workdir / "summary.csv").read_text() == (reference / "summary.csv").read_text()
+    assert comparable(results.read_workdir(workdir)) == comparable(results.read_workdir(reference))
