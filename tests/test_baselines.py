@@ -194,11 +194,11 @@ def test_energy_scores_waveform_shorter_or_longer_than_grid_agree():
     np.testing.assert_array_equal(short, long)
 
 
-def test_energy_scores_reject_bad_lengths():
+def test_bad_energy_lengths_are_refused_on_the_host():
     with pytest.raises(ValueError, match="exceeds"):
-        baselines.energy_scores(np.zeros(100), 200, 100, 4)
+        selection.check_clip_values(n_samples=200, rate=100, max_frames=4, waveform_samples=100)
     with pytest.raises(ValueError, match="more than max_frames"):
-        baselines.energy_scores(np.zeros(5000), 5000, 100, 4)
+        selection.check_clip_values(n_samples=5000, rate=100, max_frames=4, waveform_samples=5000)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,9 +128,9 @@ def test_fuse_alpha_endpoints_give_single_normalised_score():
     assert np.all(np.asarray(fuse_jit(local, global_, valid, 0.3))[~valid] == 0)
 
 
-def test_fuse_rejects_concrete_alpha_out_of_range():
+def test_alpha_out_of_range_is_refused_on_the_host():
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
-        selection.fuse(np.zeros(3), np.zeros(3), np.ones(3, bool), 1.5)
+        selection.check_clip_values(n_samples=640, rate=50, max_frames=1, alpha=1.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,13 +232,14 @@ def test_tokens_to_frames_ignores_padded_token_values():
     np.testing.assert_allclose(frames, [1.5, 0.0])
 
 
-def test_tokens_to_frames_refuses_too_few_frames():
+def test_too_few_frames_and_bad_counts_are_refused_on_the_host():
     with pytest.raises(ValueError, match="more than max_frames"):
-        selection.tokens_to_frames(np.zeros(10), 10, 6400, 100, 10)
+        selection.check_clip_values(n_samples=6400, rate=100, max_frames=10)
     with pytest.raises(ValueError, match="non-negative"):
-        selection.tokens_to_frames(np.zeros(10), 10, -1, 100, 10)
+        selection.check_clip_values(n_samples=-1, rate=100, max_frames=10)
     with pytest.raises(ValueError, match="n_valid_tokens must lie"):
-        selection.tokens_to_frames(np.zeros(10), 11, 6400, 50, 10)
+        selection.check_clip_values(n_samples=6400, rate=50, max_frames=10, n_valid_tokens=11, n_tokens=10)
+    selection.check_clip_values(n_samples=6400, rate=50, max_frames=10, n_valid_tokens=10, n_tokens=10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,7 +142,8 @@ def energy_scores(
 
     Args:
       waveform: [S] float, one clip padded to any S; samples from n_samples on are ignored.
-      n_samples: scalar int, may be traced; at most S and at most max_frames * fs.
+      n_samples: scalar int, may be traced; at most S and at most max_frames * fs
+        (`selection.check_clip_values` checks it on the host).
       rate: codec token rate, static (25, 50 or 100).
       max_frames: static number of frames.
 
@@ -153,11 +154,6 @@ def energy_scores(
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be one clip's 1-D array; got shape {waveform.shape}.")
     frame_valid = selection.frame_valid_mask(n_samples, rate, max_frames)
-    concrete_n = selection.concrete_int(n_samples)
-    if concrete_n is not None and concrete_n > waveform.shape[0]:
-        raise ValueError(
-            f"n_samples={concrete_n} exceeds the waveform's {waveform.shape[0]} samples."
-        )
     fs = selection.frame_samples(rate)
     grid = max_frames * fs
     if waveform.shape[0] >= grid:

@@ -156,13 +156,15 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
         raise ValueError(f"{len(scores)} scores, {len(waveforms)} waveforms and {len(seeds)} seeds")
     if not scores:
         return []
-    for i, (s, w) in enumerate(zip(scores, waveforms)):
-        if len(w) != s.n_samples:
-            raise ValueError(f"clip {i}: waveform has {len(w)} samples; the scores are for {s.n_samples}")
     quantum = grids.BUCKET_QUANTUM_SAMPLES
     bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
     max_frames = selection.static_num_frames(bucket, rate)
     max_tokens = bucket // grids.SAMPLES_PER_AUDIO_TOKEN
+    for i, (s, w) in enumerate(zip(scores, waveforms)):
+        if len(w) != s.n_samples:
+            raise ValueError(f"clip {i}: waveform has {len(w)} samples; the scores are for {s.n_samples}")
+        selection.check_clip_values(n_samples=s.n_samples, rate=rate, max_frames=max_frames,
+                                    n_valid_tokens=s.num_tokens, n_tokens=max_tokens)
     slots = _slots(len(scores))
     padded = list(scores) + [scores[0]] * (slots - len(scores))
     waves = list(waveforms) + [waveforms[0]] * (slots - len(scores))

@@ -29,7 +29,7 @@ from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import baselines, selection
-from agac_jax.scoring.program import ProgramSpec, score_batch
+from agac_jax.scoring.program import ESTIMATORS, ProgramSpec, score_batch
 
 MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
@@ -72,6 +72,19 @@ class ScoringConfig:
     buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
+
+    def __post_init__(self):
+        """The host boundary's value checks: inside the program these values are traced."""
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
+        for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        selection.keep_ratio_fraction(self.keep)
+        for rate in self.rates:
+            selection.frame_samples(rate)
 
 
 @dataclasses.dataclass

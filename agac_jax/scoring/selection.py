@@ -12,8 +12,9 @@ Grids, at 16 kHz:
   n samples has N = ceil(n / frame_samples) frames; the last one is clipped to the clip's end.
 
 Static arguments (``rate``, ``max_frames``, shapes) are Python values; all others may be traced.
-Where a value that the caller must keep in range (a sample count, a keep ratio) is concrete, it is
-checked with a clear error; under ``jit``/``vmap`` it cannot be, and the contract is the caller's.
+Static arguments are checked here; values (a sample count, a valid-token count, alpha) may be traced
+and cannot be, so the host boundary checks them with `check_clip_values` (`methods.select_batch`,
+`ScoringConfig`).
 """
 
 from __future__ import annotations
@@ -31,20 +32,6 @@ from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
 from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN as TOKEN_SAMPLES
 
 MAX_RHO_DENOMINATOR = 10_000
-
-
-def concrete_int(x: ArrayLike) -> int | None:
-    """The value of a scalar integer if it is known at trace time, else None."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return int(np.asarray(x))
-
-
-def _concrete_float(x: ArrayLike) -> float | None:
-    """The value of a scalar if it is known at trace time, else None."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return float(np.asarray(x))
 
 
 def _check_vector(name: str, x: jax.Array) -> None:
@@ -67,28 +54,26 @@ def _check_max_frames(max_frames: int) -> None:
         raise ValueError(f"max_frames must be positive; got {max_frames}.")
 
 
-def _check_valid_tokens(n_valid_tokens: ArrayLike, n_tokens: int) -> None:
-    """Raise if a concrete valid-token count is outside [0, n_tokens]."""
-    n = concrete_int(n_valid_tokens)
-    if n is not None and not 0 <= n <= n_tokens:
-        raise ValueError(
-            f"n_valid_tokens must lie in [0, {n_tokens}] (token_scores' length); got {n}."
-        )
-
-
-def _check_samples_fit(n_samples: ArrayLike, rate: int, max_frames: int) -> None:
-    """Raise if a concrete sample count is negative or needs more than ``max_frames`` frames."""
-    n = concrete_int(n_samples)
-    if n is None:
-        return
-    if n < 0:
-        raise ValueError(f"n_samples must be non-negative; got {n}.")
-    needed = static_num_frames(n, rate)
+def check_clip_values(*, n_samples: int, rate: int, max_frames: int, n_valid_tokens: int | None = None,
+                      n_tokens: int | None = None, waveform_samples: int | None = None,
+                      alpha: float | None = None) -> None:
+    """The value checks of one clip's selection inputs, on the host (inside jit values are traced and
+    no function here can check them): a non-negative sample count whose frames fit in `max_frames`
+    (and in the waveform), valid tokens within the padded `n_tokens`, alpha in [0, 1]."""
+    if n_samples < 0:
+        raise ValueError(f"n_samples must be non-negative; got {n_samples}.")
+    needed = static_num_frames(n_samples, rate)
     if needed > max_frames:
         raise ValueError(
-            f"A clip of {n} samples has {needed} frames at token rate {rate}, more than "
+            f"A clip of {n_samples} samples has {needed} frames at token rate {rate}, more than "
             f"max_frames={max_frames}; pad to at least static_num_frames(max_samples, rate) frames."
         )
+    if waveform_samples is not None and n_samples > waveform_samples:
+        raise ValueError(f"n_samples={n_samples} exceeds the waveform's {waveform_samples} samples.")
+    if n_valid_tokens is not None and not 0 <= n_valid_tokens <= n_tokens:
+        raise ValueError(f"n_valid_tokens must lie in [0, {n_tokens}] (token_scores' length); got {n_valid_tokens}.")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1]; got {alpha}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +113,7 @@ def fuse(local: ArrayLike, global_: ArrayLike, valid: ArrayLike, alpha: ArrayLik
       local: [T] local (AAD) scores.
       global_: [T] global (attention) scores.
       valid: [T] bool.
-      alpha: scalar in [0, 1], may be traced (checked when concrete). alpha = 1: AAD alone;
+      alpha: scalar in [0, 1], may be traced (`check_clip_values` checks it on the host). alpha = 1: AAD alone;
         alpha = 0: attention alone.
 
     Returns:
@@ -137,9 +122,6 @@ def fuse(local: ArrayLike, global_: ArrayLike, valid: ArrayLike, alpha: ArrayLik
     local = jnp.asarray(local)
     global_ = jnp.asarray(global_)
     _check_same_shape("local", local, "global_", global_)
-    alpha_value = _concrete_float(alpha)
-    if alpha_value is not None and not 0.0 <= alpha_value <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1]; got {alpha_value}.")
     norm_local = minmax_normalize(local, valid)
     norm_global = minmax_normalize(global_, valid)
     alpha = jnp.asarray(alpha, dtype=norm_local.dtype)
@@ -182,7 +164,6 @@ def num_frames(n_samples: ArrayLike, rate: int) -> jax.Array:
 def frame_valid_mask(n_samples: ArrayLike, rate: int, max_frames: int) -> jax.Array:
     """[max_frames] bool: frame f belongs to the clip (f < num_frames(n_samples, rate))."""
     _check_max_frames(max_frames)
-    _check_samples_fit(n_samples, rate, max_frames)
     return jnp.arange(max_frames, dtype=jnp.int32) < num_frames(n_samples, rate)
 
 
@@ -229,7 +210,7 @@ def tokens_to_frames(
       n_samples: scalar int, the clip's length in samples, may be traced.
       rate: codec token rate, static, one of 25, 50, 100.
       max_frames: static number of frames to pad to; must be >= num_frames(n_samples, rate)
-        (checked when n_samples is concrete).
+        (`check_clip_values` checks it on the host).
 
     Returns:
       frame_scores: [max_frames] float32, 0 on invalid frames.
@@ -241,7 +222,6 @@ def tokens_to_frames(
         raise ValueError("token_scores must have at least one (possibly padded) entry.")
     frame_valid = frame_valid_mask(n_samples, rate, max_frames)
     n_tokens = token_scores.shape[0]
-    _check_valid_tokens(n_valid_tokens, n_tokens)
     n_valid_tokens = jnp.asarray(n_valid_tokens, dtype=jnp.int32)
     token_valid = jnp.arange(n_tokens, dtype=jnp.int32) < n_valid_tokens
     scores = jnp.where(token_valid, token_scores, 0).astype(jnp.float32)
@@ -367,7 +347,7 @@ def kept_indices(mask: ArrayLike) -> np.ndarray:
 
 __all__ = [
     "CODEC_TOKEN_RATES",
-    "concrete_int",
+    "check_clip_values",
     "MAX_RHO_DENOMINATOR",
     "SAMPLE_RATE",
     "TOKEN_SAMPLES",
