@@ -1,0 +1,152 @@
+"""PandaGPT's parameters: the name maps from its three PyTorch checkpoints to the Flax tree.
+
+PandaGPT-7B is three files, each a PyTorch pickle as released:
+  - `imagebind_huge.pth`: ImageBind-huge's state dict (keys `modality_preprocessors.audio.*`, ...);
+  - the Vicuna v0 7B directory: transformers `LlamaForCausalLM` shards (`model.layers.0...`);
+  - PandaGPT's delta `pytorch_model.pt`: `llama_proj.{weight,bias}` and the LoRA factors
+    (`llama_model.base_model.model.model.layers.{i}.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight`).
+
+Each map is a table in the style of `checkpoints.NAME_MAP`: (source key pattern, Flax path template,
+transform), with the transforms `SAME`, `LINEAR` ([out, in] -> [in, out]), `CONV2D`
+([out, in, kh, kw] -> [kh, kw, in, out]), `CONV3D` ([out, in, kt, kh, kw] -> [kt, kh, kw, in, out]).
+Keys no table names (ImageBind's text, depth, thermal and IMU branches, its logit-scale buffers) are
+dropped; keys a table names but the model lacks, and shapes that differ, are errors.
+
+The Flax tree (`models.pandagpt.PandaGPT`): `imagebind/{audio,vision}/...`, `llama_proj`,
+`language_model/...`, `lm_head`. LoRA is merged into q/k/v/o at conversion (`merge_lora`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import numpy as np
+
+from agac_jax.checkpoints import CheckpointError, flatten, unflatten
+
+SAME, LINEAR, CONV2D, CONV3D = "same", "linear", "conv2d", "conv3d"
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    SAME: lambda w: w,
+    LINEAR: lambda w: w.T,
+    CONV2D: lambda w: w.transpose(2, 3, 1, 0),
+    CONV3D: lambda w: w.transpose(2, 3, 4, 1, 0),
+}
+
+# transformers LlamaForCausalLM -> PandaGPT's language model.
+LLAMA_NAME_MAP: tuple[tuple[str, str, str], ...] = (
+    (r"model\.embed_tokens\.weight", "language_model/embed_tokens/embedding", SAME),
+    (r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight", "language_model/layers_{0}/self_attn/{1}_proj/kernel",
+     LINEAR),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "language_model/layers_{0}/mlp/{1}_proj/kernel", LINEAR),
+    (r"model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight", "language_model/layers_{0}/{1}/scale",
+     SAME),
+    (r"model\.norm\.weight", "language_model/norm/scale", SAME),
+    (r"lm_head\.weight", "lm_head/kernel", LINEAR),
+)
+
+def _layer_norm(source: str, target: str) -> tuple[tuple[str, str, str], ...]:
+    """The two rules of a LayerNorm: torch weight -> Flax scale, bias -> bias."""
+    return ((source + r"\.weight", target + "/scale", SAME), (source + r"\.bias", target + "/bias", SAME))
+
+
+_TRUNK = r"modality_trunks\.(audio|vision)\.blocks\.(\d+)"
+# ImageBind's state dict -> `imagebind/{audio,vision}/...` (models.imagebind).
+IMAGEBIND_NAME_MAP: tuple[tuple[str, str, str], ...] = (
+    (r"modality_preprocessors\.audio\.rgbt_stem\.proj\.weight", "imagebind/audio/stem/kernel", CONV2D),
+    *_layer_norm(r"modality_preprocessors\.audio\.rgbt_stem\.norm_layer", "imagebind/audio/stem_norm"),
+    (r"modality_preprocessors\.vision\.rgbt_stem\.proj\.1\.weight", "imagebind/vision/stem/kernel", CONV3D),
+    (r"modality_preprocessors\.(audio|vision)\.cls_token", "imagebind/{0}/cls_token", SAME),
+    (r"modality_preprocessors\.(audio|vision)\.pos_embedding_helper\.pos_embed", "imagebind/{0}/pos_embed", SAME),
+    *_layer_norm(r"modality_trunks\.vision\.pre_transformer_layer\.0", "imagebind/vision/pre_norm"),
+    (_TRUNK + r"\.attn\.in_proj_weight", "imagebind/{0}/blocks_{1}/attn/in_proj/kernel", LINEAR),
+    (_TRUNK + r"\.attn\.in_proj_bias", "imagebind/{0}/blocks_{1}/attn/in_proj/bias", SAME),
+    (_TRUNK + r"\.attn\.(bias_k|bias_v)", "imagebind/{0}/blocks_{1}/attn/{2}", SAME),
+    (_TRUNK + r"\.attn\.out_proj\.weight", "imagebind/{0}/blocks_{1}/attn/out_proj/kernel", LINEAR),
+    (_TRUNK + r"\.attn\.out_proj\.bias", "imagebind/{0}/blocks_{1}/attn/out_proj/bias", SAME),
+    *_layer_norm(_TRUNK + r"\.(norm_1|norm_2)", "imagebind/{0}/blocks_{1}/{2}"),
+    (_TRUNK + r"\.mlp\.(fc1|fc2)\.weight", "imagebind/{0}/blocks_{1}/mlp/{2}/kernel", LINEAR),
+    (_TRUNK + r"\.mlp\.(fc1|fc2)\.bias", "imagebind/{0}/blocks_{1}/mlp/{2}/bias", SAME),
+    *_layer_norm(r"modality_heads\.(audio|vision)\.0", "imagebind/{0}/head_norm"),
+    (r"modality_heads\.(audio|vision)\.2\.weight", "imagebind/{0}/head/kernel", LINEAR),
+)
+
+# PandaGPT's delta checkpoint (besides its LoRA factors, which `merge_lora` consumes).
+DELTA_NAME_MAP: tuple[tuple[str, str, str], ...] = (
+    (r"llama_proj\.weight", "llama_proj/kernel", LINEAR),
+    (r"llama_proj\.bias", "llama_proj/bias", SAME),
+)
+LORA_KEY = re.compile(r"(?:llama_model\.)?(?:base_model\.model\.)?model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj"
+                      r"\.lora_(A|B)(?:\.default)?\.weight\Z")
+
+def _compile(table):
+    return tuple((re.compile(p + r"\Z"), t, f) for p, t, f in table)
+
+
+def map_keys(state: Mapping[str, np.ndarray], table) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Source state dict -> ({Flax path: array}, source keys no rule names)."""
+    compiled = _compile(table)
+    out, unmatched = {}, []
+    for key, value in state.items():
+        for pattern, template, transform in compiled:
+            m = pattern.match(key)
+            if m:
+                out[template.format(*m.groups())] = np.asarray(TRANSFORMS[transform](np.asarray(value, np.float32)))
+                break
+        else:
+            unmatched.append(key)
+    return out, unmatched
+
+
+def merge_lora(llama_state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], r: int,
+               alpha: float) -> dict[str, np.ndarray]:
+    """The LLaMA state with PandaGPT's LoRA merged: W [out, in] += B [out, r] @ A [r, in] * (alpha / r).
+
+    Raises CheckpointError for a factor whose layer or projection the LLaMA state lacks, a factor
+    without its partner, or a rank other than `r`.
+    """
+    factors: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for key, value in delta.items():
+        m = LORA_KEY.match(key)
+        if m:
+            factors.setdefault((m.group(1), m.group(2)), {})[m.group(3)] = np.asarray(value, np.float32)
+    merged = dict(llama_state)
+    problems = []
+    for (layer, proj), pair in sorted(factors.items()):
+        target = f"model.layers.{layer}.self_attn.{proj}_proj.weight"
+        if set(pair) != {"A", "B"} or target not in merged:
+            problems.append(f"LoRA factors {sorted(pair)} of {target} (base present: {target in merged})")
+            continue
+        a, b = pair["A"], pair["B"]
+        if a.shape[0] != r or b.shape[1] != r:
+            problems.append(f"LoRA rank of {target}: A {a.shape}, B {b.shape}, expected r = {r}")
+            continue
+        merged[target] = np.asarray(merged[target], np.float32) + (b @ a) * (alpha / r)
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    return merged
+
+
+def check_against(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
+                  prefixes: tuple[str, ...] | None = None) -> None:
+    """Raises CheckpointError naming every missing, unexpected and mis-shaped Flax path.
+
+    prefixes: compare only the expected paths under these prefixes (a partial source).
+    """
+    wanted = {p: s for p, s in expected.items() if prefixes is None or p.startswith(prefixes)}
+    missing = sorted(set(wanted) - set(flat))
+    unexpected = sorted(set(flat) - set(wanted))
+    shapes = sorted(f"{p}: {flat[p].shape} != {wanted[p]}" for p in set(flat) & set(wanted)
+                    if tuple(flat[p].shape) != tuple(wanted[p]))
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"missing {missing}; unexpected {unexpected}; mis-shaped {shapes}")
+
+
+def llama_params_from_hf(state: Mapping[str, np.ndarray]) -> dict:
+    """transformers LlamaForCausalLM state dict -> {'language_model': ..., 'lm_head': ...} (unchecked)."""
+    flat, _ = map_keys(state, LLAMA_NAME_MAP)
+    return unflatten(flat)
+
+
+__all__ = ["LLAMA_NAME_MAP", "IMAGEBIND_NAME_MAP", "DELTA_NAME_MAP", "map_keys", "merge_lora", "check_against",
+           "llama_params_from_hf", "flatten", "unflatten"]
