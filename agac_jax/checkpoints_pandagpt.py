@@ -149,4 +149,22 @@ def llama_params_from_hf(state: Mapping[str, np.ndarray]) -> dict:
 
 
 __all__ = ["LLAMA_NAME_MAP", "IMAGEBIND_NAME_MAP", "DELTA_NAME_MAP", "map_keys", "merge_lora", "check_against",
+           "convert_pandagpt",
            "llama_params_from_hf", "flatten", "unflatten"]
+
+
+def convert_pandagpt(imagebind_state: Mapping[str, np.ndarray], vicuna_state: Mapping[str, np.ndarray],
+                     delta_state: Mapping[str, np.ndarray], config) -> dict:
+    """The three PyTorch state dicts (numpy arrays) -> the Flax tree of `models.pandagpt.PandaGPT(config)`,
+    LoRA merged with config.lora_r and config.lora_alpha; CheckpointError on any mismatch."""
+    import jax
+
+    from agac_jax.models.pandagpt import init_params
+
+    flat_imagebind, _ = map_keys(imagebind_state, IMAGEBIND_NAME_MAP)
+    flat_llama, _ = map_keys(merge_lora(vicuna_state, delta_state, config.lora_r, config.lora_alpha), LLAMA_NAME_MAP)
+    flat_delta, _ = map_keys(delta_state, DELTA_NAME_MAP)
+    flat = {**flat_imagebind, **flat_llama, **flat_delta}
+    declared = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    check_against(flat, {k: tuple(v.shape) for k, v in flatten(declared).items()})
+    return unflatten(flat)
