@@ -19,7 +19,7 @@ The Flax tree (`models.pandagpt.PandaGPT`): `imagebind/{audio,vision}/...`, `lla
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -168,3 +168,99 @@ def convert_pandagpt(imagebind_state: Mapping[str, np.ndarray], vicuna_state: Ma
     declared = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     check_against(flat, {k: tuple(v.shape) for k, v in flatten(declared).items()})
     return unflatten(flat)
+
+
+# --- PandaGPT directories: the converted model as safetensors ---------------------------------------
+
+PANDAGPT_WEIGHTS = "model.safetensors"  # Flax paths ('imagebind/audio/stem/kernel', ...) -> float32 arrays
+PANDAGPT_CONFIG = "pandagpt_config.json"  # {"imagebind": {...}, "llama": {...}, "lora_r", "lora_alpha", ...}
+
+
+def read_torch_pickle(path, allow_pickle: bool) -> dict[str, np.ndarray]:
+    """A PyTorch state dict file as numpy float32 arrays; refused unless `allow_pickle` (pickles can
+    run code when read; torch.load runs with weights_only=True even then)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not allow_pickle:
+        raise ValueError(f"{path} is a PyTorch pickle; pickles can run code when read. Pass allow_pickle=True "
+                         "(--allow_pickle) if you trust the file: it is converted once to safetensors.")
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}
+
+
+def read_vicuna(directory, allow_pickle: bool) -> dict[str, np.ndarray]:
+    """The Vicuna directory's state: its safetensors, else its pytorch_model*.bin shards (opt-in)."""
+    from pathlib import Path
+
+    from agac_jax.checkpoints import read_safetensors
+
+    state = read_safetensors(directory)
+    if state:
+        return state
+    shards = sorted(Path(directory).glob("pytorch_model*.bin"))
+    if not shards:
+        raise FileNotFoundError(f"{directory} holds neither safetensors nor pytorch_model*.bin shards")
+    out: dict[str, np.ndarray] = {}
+    for shard in shards:
+        out.update(read_torch_pickle(shard, allow_pickle))
+    return out
+
+
+def config_to_dict(config) -> dict:
+    import dataclasses
+
+    return {"imagebind": dataclasses.asdict(config.imagebind), "llama": dataclasses.asdict(config.llama),
+            "clips": config.clips, "lora_r": config.lora_r, "lora_alpha": config.lora_alpha,
+            "audio_token_id": config.audio_token_id}
+
+
+def config_from_dict(d: Mapping) -> Any:
+    from agac_jax.models.imagebind import ImageBindConfig
+    from agac_jax.models.llama import LlamaConfig
+    from agac_jax.models.pandagpt import PandaGPTConfig
+
+    imagebind = dict(d["imagebind"])
+    imagebind["vision_kernel_size"] = tuple(imagebind["vision_kernel_size"])
+    return PandaGPTConfig(imagebind=ImageBindConfig(**imagebind), llama=LlamaConfig(**d["llama"]), clips=d["clips"],
+                          lora_r=d["lora_r"], lora_alpha=d["lora_alpha"], audio_token_id=d["audio_token_id"])
+
+
+def convert_to_directory(imagebind_path, vicuna_directory, delta_path, out_directory, config,
+                         allow_pickle: bool = False):
+    """PandaGPT's released pickles -> `out_directory` (PANDAGPT_WEIGHTS, PANDAGPT_CONFIG), LoRA merged.
+
+    Returns the Flax parameters. Every pickle is refused unless `allow_pickle`.
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    params = convert_pandagpt(read_torch_pickle(imagebind_path, allow_pickle), read_vicuna(vicuna_directory,
+                              allow_pickle), read_torch_pickle(delta_path, allow_pickle), config)
+    out = Path(out_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flatten(params).items()}, str(out / PANDAGPT_WEIGHTS))
+    (out / PANDAGPT_CONFIG).write_text(json.dumps(config_to_dict(config), indent=2))
+    return params
+
+
+def load_pandagpt_directory(directory):
+    """A directory written by `convert_to_directory` -> (PandaGPTConfig, Flax parameters)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    if not (directory / PANDAGPT_CONFIG).is_file():
+        raise FileNotFoundError(f"{directory / PANDAGPT_CONFIG} not found: not a converted PandaGPT directory")
+    config = config_from_dict(json.loads((directory / PANDAGPT_CONFIG).read_text()))
+    return config, unflatten(load_file(str(directory / PANDAGPT_WEIGHTS)))

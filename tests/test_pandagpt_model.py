@@ -146,3 +146,24 @@ def test_global_scores_and_unheard_audio():
     assert ranges[204 + 198, 0] == ranges[204 + 198, 1]  # padding slots read nothing
     unheard = unheard_mask(bounds, wave.shape[0])
     assert unheard[32000:64000].all() and unheard[96000:128000].all() and not unheard[:32000].any()
+
+
+def test_pickles_convert_to_safetensors_only_when_allowed(torch_parts, tmp_path):
+    from agac_jax.checkpoints_pandagpt import convert_to_directory, load_pandagpt_directory
+
+    imagebind, _, lora, proj, base_state, delta = torch_parts
+    torch.save(imagebind.state_dict(), tmp_path / "imagebind_huge.pth")
+    vicuna = tmp_path / "vicuna"
+    vicuna.mkdir()
+    torch.save({k: torch.tensor(v) for k, v in base_state.items()}, vicuna / "pytorch_model-00001-of-00001.bin")
+    torch.save({k: torch.tensor(v) for k, v in delta.items()}, tmp_path / "pytorch_model.pt")
+    args = (tmp_path / "imagebind_huge.pth", vicuna, tmp_path / "pytorch_model.pt", tmp_path / "out", CONFIG)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        convert_to_directory(*args)
+    params = convert_to_directory(*args, allow_pickle=True)
+    config, loaded = load_pandagpt_directory(tmp_path / "out")
+    assert config == CONFIG
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors", "pandagpt_config.json"]
+    expected = convert_pandagpt(state_dict_numpy(imagebind), base_state, delta, CONFIG)
+    for tree in (params, loaded):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), tree, expected)
