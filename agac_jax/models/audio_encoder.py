@@ -26,19 +26,20 @@ from agac_jax.models.config import AudioEncoderConfig
 Array = jax.Array
 
 
-def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], use_bias: bool = True) -> nn.Dense:
+def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], use_bias: bool = True,
+           param_dtype: Any = jnp.float32) -> nn.Dense:
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
-        param_dtype=jnp.float32,
+        param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
         name=name,
     )
 
 
-def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+def _layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 conv_output_lengths = encoder_output_lengths  # (frames after conv2, audio tokens after pooling)
@@ -50,22 +51,24 @@ class EncoderSelfAttention(nn.Module):
     d_model: int
     num_heads: int
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, key_valid: Array) -> Array:
-        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]."""
+        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]. Nothing is sown here, so the fused
+        `jax.nn.dot_product_attention` (float32 softmax) replaces the explicit score matrix."""
         b, s, _ = x.shape
         hd = self.d_model // self.num_heads
         scaling = hd**-0.5
-        q = _dense(self.d_model, "q_proj", self.dtype, ("embed", "heads"))(x) * scaling
-        k = _dense(self.d_model, "k_proj", self.dtype, ("embed", "heads"), use_bias=False)(x)
-        v = _dense(self.d_model, "v_proj", self.dtype, ("embed", "heads"))(x)
+        dense = lambda name, bias=True: _dense(self.d_model, name, self.dtype, ("embed", "heads"), bias,
+                                               self.param_dtype)
+        q = dense("q_proj")(x) * scaling
+        k = dense("k_proj", bias=False)(x)
+        v = dense("v_proj")(x)
         q, k, v = (t.reshape(b, s, self.num_heads, hd) for t in (q, k, v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        scores = jnp.where(key_valid[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, s, self.d_model)
-        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"))(out)
+        out = jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :], scale=1.0)
+        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"), True,
+                      self.param_dtype)(out.reshape(b, s, self.d_model))
 
 
 class EncoderLayer(nn.Module):
@@ -73,16 +76,18 @@ class EncoderLayer(nn.Module):
 
     config: AudioEncoderConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, key_valid: Array) -> Array:
         """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]."""
-        c = self.config
-        h = _layer_norm("self_attn_layer_norm", self.dtype)(x)
-        x = x + EncoderSelfAttention(c.d_model, c.encoder_attention_heads, self.dtype, name="self_attn")(h, key_valid)
-        h = _layer_norm("final_layer_norm", self.dtype)(x)
-        h = jax.nn.gelu(_dense(c.encoder_ffn_dim, "fc1", self.dtype, ("embed", "mlp"))(h), approximate=False)
-        return x + _dense(c.d_model, "fc2", self.dtype, ("mlp", "embed"))(h)
+        c, pd = self.config, self.param_dtype
+        h = _layer_norm("self_attn_layer_norm", self.dtype, pd)(x)
+        x = x + EncoderSelfAttention(c.d_model, c.encoder_attention_heads, self.dtype, pd, name="self_attn")(
+            h, key_valid)
+        h = _layer_norm("final_layer_norm", self.dtype, pd)(x)
+        h = jax.nn.gelu(_dense(c.encoder_ffn_dim, "fc1", self.dtype, ("embed", "mlp"), True, pd)(h), approximate=False)
+        return x + _dense(c.d_model, "fc2", self.dtype, ("mlp", "embed"), True, pd)(h)
 
 
 class AudioEncoder(nn.Module):
@@ -90,6 +95,7 @@ class AudioEncoder(nn.Module):
 
     config: AudioEncoderConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: Array, mel_lengths: Array) -> tuple[Array, Array]:
@@ -110,7 +116,7 @@ class AudioEncoder(nn.Module):
         if p % 2 or p > c.max_mel_frames or p < 4:
             raise ValueError(f"features have {p} frames; expected an even number in [4, {c.max_mel_frames}]")
         x = jnp.transpose(features, (0, 2, 1)).astype(self.dtype)
-        conv_kw = dict(kernel_size=(3,), padding=((1, 1),), dtype=self.dtype, param_dtype=jnp.float32)
+        conv_kw = dict(kernel_size=(3,), padding=((1, 1),), dtype=self.dtype, param_dtype=self.param_dtype)
         x = jax.nn.gelu(nn.Conv(c.d_model, strides=(1,), name="conv1", **conv_kw)(x), approximate=False)
         x = jax.nn.gelu(nn.Conv(c.d_model, strides=(2,), name="conv2", **conv_kw)(x), approximate=False)
         s = x.shape[1]
@@ -118,13 +124,13 @@ class AudioEncoder(nn.Module):
             "embed_positions",
             nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
             (c.max_source_positions, c.d_model),
-            jnp.float32,
+            self.param_dtype,
         )
         x = x + positions[:s].astype(self.dtype)
         conv_lengths, num_tokens = conv_output_lengths(mel_lengths)
         key_valid = jnp.arange(s)[None, :] < conv_lengths[:, None]
         for i in range(c.encoder_layers):
-            x = EncoderLayer(c, self.dtype, name=f"layers_{i}")(x, key_valid)
+            x = EncoderLayer(c, self.dtype, self.param_dtype, name=f"layers_{i}")(x, key_valid)
         x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, c.d_model).mean(axis=2)
-        x = _layer_norm("layer_norm", self.dtype)(x)
+        x = _layer_norm("layer_norm", self.dtype, self.param_dtype)(x)
         return x, num_tokens

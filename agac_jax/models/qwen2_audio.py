@@ -79,20 +79,20 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
 
     def setup(self):
         c = self.config
-        self.audio_tower = AudioEncoder(c.audio, c.dtype)
+        self.audio_tower = AudioEncoder(c.audio, c.dtype, c.param_dtype)
         self.multi_modal_projector = nn.Dense(
             c.text.hidden_size,
             dtype=c.dtype,
-            param_dtype=jnp.float32,
+            param_dtype=c.param_dtype,
             kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("audio_embed", "embed")),
         )
-        self.language_model = Decoder(c.text, c.dtype)
+        self.language_model = Decoder(c.text, c.dtype, c.param_dtype, c.scan_layers)
         if not c.text.tie_word_embeddings:
             self.lm_head = nn.Dense(
                 c.text.vocab_size,
                 use_bias=False,
                 dtype=c.dtype,
-                param_dtype=jnp.float32,
+                param_dtype=c.param_dtype,
                 kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab")),
             )
 
@@ -115,9 +115,10 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
     def num_heads(self) -> int:
         return self.config.text.num_attention_heads
 
-    def init_cache(self, batch: int, max_len: int) -> tuple[LayerCache, ...]:
-        """An empty KV cache of every decoder layer for `batch` sequences of `max_len` positions."""
-        return init_cache(self.config.text, batch, max_len, self.config.dtype)
+    def init_cache(self, batch: int, max_len: int) -> tuple[LayerCache, ...] | LayerCache:
+        """An empty KV cache of every decoder layer for `batch` sequences of `max_len` positions (one
+        stacked `LayerCache` under the layer scan)."""
+        return init_cache(self.config.text, batch, max_len, self.config.dtype, stacked=self.config.scan_layers)
 
     def gate_audio(self, gate: Array, audio: Array, silence: Array) -> Array:
         """gate [T], projected audio and silence embeddings [T, D] -> m * E_A + (1 - m) * E_S [T, D]."""
