@@ -14,6 +14,7 @@ passes `allow_pickle=True`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -164,15 +165,119 @@ def _unbox(params: Any) -> Any:
     return nn.meta.unbox(params)
 
 
-def convert_hf_state(state: Mapping[str, np.ndarray], config: Qwen2AudioConfig) -> Params:
-    """HF state dict (numpy arrays) -> Flax parameter tree (float32), checked against the model.
+class TensorSource:
+    """HF tensors read one at a time, whole or as a slice: a directory's safetensors shards or an
+    in-memory state dict. A shard is opened (memory mapped by `safe_open`) for each read and closed
+    after it, so a slice reads only its bytes and no mapped page of the file stays resident."""
+
+    def __init__(self, state: Mapping[str, np.ndarray] | None = None,
+                 files: Mapping[str, tuple[Path, tuple[int, ...]]] | None = None):
+        self._state = state
+        self._files = dict(files or {})  # key -> (shard, shape)
+
+    @classmethod
+    def from_directory(cls, directory: PathLike) -> "TensorSource":
+        """The tensors of `model.safetensors` or of the shards of `model.safetensors.index.json` (only
+        the headers are read here)."""
+        from safetensors import safe_open
+
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.exists():
+            with open(index) as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        elif (directory / "model.safetensors").exists():
+            names = ["model.safetensors"]
+        else:
+            names = []
+        files = {}
+        for name in names:
+            path = directory / name
+            if not path.exists():
+                raise FileNotFoundError(f"{index} lists shard {name}, which is not in {directory}")
+            with safe_open(str(path), framework="numpy") as f:
+                files.update({key: (path, tuple(f.get_slice(key).get_shape())) for key in f.keys()})
+        return cls(files=files)
+
+    def keys(self) -> list[str]:
+        return list(self._state) if self._state is not None else list(self._files)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._state is not None:
+            return tuple(np.shape(self._state[key]))
+        return self._files[key][1]
+
+    def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The tensor `key` (HF layout), or its `index` slice, as a numpy array in its stored dtype."""
+        if self._state is not None:
+            value = np.asarray(self._state[key])
+            return value if index is None else value[index]
+        from safetensors import safe_open
+
+        path, shape = self._files[key]
+        with safe_open(str(path), framework="numpy") as f:
+            return np.array(f.get_slice(key)[index if index is not None else tuple(slice(None) for _ in shape)])
+
+
+_BLOCK_BYTES = 64 << 20  # a leaf larger than this is converted and placed in blocks of its first axis
+
+
+def _hf_index(transform: str, index: tuple[slice, ...]) -> tuple[slice, ...]:
+    """A slice of the Flax-layout array -> the same elements' slice of the HF tensor: LINEAR and CONV
+    reverse the axes ([out, in] <-> [in, out]; [out, in, k] <-> [k, in, out]), SAME keeps them."""
+    return index if transform == SAME else tuple(reversed(index))
+
+
+def _convert(array: np.ndarray, transform: str, dtype: Any) -> np.ndarray:
+    return np.ascontiguousarray(_TRANSFORMS[transform](array), dtype=jnp.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_fn(shape: tuple[int, ...], dtype: Any, sharding: Any) -> Callable[[], jax.Array]:
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def _update_fn(sharding: Any) -> Callable[..., jax.Array]:
+    return jax.jit(lambda buf, piece, starts: jax.lax.dynamic_update_slice(buf, piece.astype(buf.dtype), starts),
+                   donate_argnums=0, out_shardings=sharding)
+
+
+def _scan_target(path: str, scan_layers: bool) -> tuple[str, int | None]:
+    """Unscanned Flax path -> (path in the loaded tree, decoder layer index under the layer scan or None)."""
+    m = _DECODER_LAYER.match(path) if scan_layers else None
+    if m is None:
+        return path, None
+    return f"language_model/layers/layer/{m.group(2)}", int(m.group(1))
+
+
+_DECODER_LAYER = re.compile(r"language_model/layers_(\d+)/(.+)\Z")
+
+
+def convert_hf_state(state: Mapping[str, np.ndarray] | TensorSource, config: Qwen2AudioConfig,
+                     shardings: Mapping[str, Any] | Any | None = None, block_bytes: int = _BLOCK_BYTES) -> Params:
+    """HF tensors -> Flax parameter tree in `config.param_dtype`, checked against the model, streamed.
+
+    Every key's name and shape is checked first (from the safetensors headers, before any data is
+    read); then each leaf is read, transformed (`NAME_MAP`), cast and placed on its own: with
+    `shardings` (a tree or flat {Flax path: NamedSharding} in the loaded layout) as a `jax.Array` on
+    that sharding, else as a host numpy array. A leaf over `block_bytes` is filled block by block
+    along its first (Flax-layout) axis from slices of the memory-mapped tensor, into a device buffer
+    updated in place (donated), so the host holds at most about one block besides what is placed.
+    Under `config.scan_layers` the decoder layers' leaves are stacked into `layers/layer/...`
+    [num_hidden_layers, ...], layer by layer, the same way.
 
     Raises CheckpointError listing every missing, unexpected and mis-shaped key.
     """
-    want = expected_shapes(config)
-    flat: dict[str, np.ndarray] = {}
+    source = state if isinstance(state, TensorSource) else TensorSource(state=state)
+    scan = config.scan_layers
+    want = expected_shapes(config.replace(scan_layers=False))
+    plan: dict[str, tuple[str, str]] = {}  # Flax path (unscanned) -> (HF key, transform)
     unexpected, misshaped, misshaped_paths = [], [], set()
-    for raw_key, value in state.items():
+    for raw_key in source.keys():
         key = modernize_key(raw_key)
         if config.text.tie_word_embeddings and key == "lm_head.weight":
             continue
@@ -181,14 +286,13 @@ def convert_hf_state(state: Mapping[str, np.ndarray], config: Qwen2AudioConfig) 
             unexpected.append(raw_key)
             continue
         path, transform = mapped
-        array = _TRANSFORMS[transform](np.asarray(value))
-        if tuple(array.shape) != want[path]:
-            misshaped.append(f"{raw_key}: checkpoint {tuple(np.asarray(value).shape)}, "
-                             f"model expects {_TRANSFORMS[transform](np.zeros(want[path], np.int8)).shape}")
+        hf_shape = source.shape(raw_key)
+        if _flax_shape(hf_shape, transform) != want[path]:
+            misshaped.append(f"{raw_key}: checkpoint {hf_shape}, model expects {_flax_shape(want[path], transform)}")
             misshaped_paths.add(path)
             continue
-        flat[path] = np.ascontiguousarray(array, dtype=np.float32)
-    missing = sorted(flax_to_hf_key(p)[0] for p in want if p not in flat and p not in misshaped_paths)
+        plan[path] = (raw_key, transform)
+    missing = sorted(flax_to_hf_key(p)[0] for p in want if p not in plan and p not in misshaped_paths)
     if missing or unexpected or misshaped:
         lines = [f"checkpoint does not match the model config ({len(missing)} missing, "
                  f"{len(unexpected)} unexpected, {len(misshaped)} mis-shaped keys)"]
@@ -196,10 +300,42 @@ def convert_hf_state(state: Mapping[str, np.ndarray], config: Qwen2AudioConfig) 
         lines += [f"  unexpected: {k}" for k in sorted(unexpected)]
         lines += [f"  mis-shaped: {k}" for k in misshaped]
         raise CheckpointError("\n".join(lines))
+    shardings = None if shardings is None else flatten(shardings)
+    dtype = jnp.dtype(config.param_dtype)
+    n_layers = config.text.num_hidden_layers
+    flat: dict[str, Any] = {}
+    for path, (raw_key, transform) in plan.items():
+        target, layer = _scan_target(path, scan)
+        shape = want[path]  # every parameter has at least one axis
+        sharding = None if shardings is None else shardings[target]
+        if layer is None and np.prod(shape) * dtype.itemsize <= block_bytes:
+            host = _convert(source.read(raw_key), transform, dtype)
+            # Waiting for each transfer keeps one host copy in flight (dispatch is asynchronous).
+            flat[target] = host if sharding is None else jax.block_until_ready(jax.device_put(host, sharding))
+            continue
+        if target not in flat:
+            full_shape = shape if layer is None else (n_layers,) + shape
+            flat[target] = np.empty(full_shape, dtype) if sharding is None else _zeros_fn(full_shape, dtype, sharding)()
+        lead = () if layer is None else (layer,)
+        rows = max(1, block_bytes // max(1, int(np.prod(shape[1:])) * dtype.itemsize))
+        for start in range(0, shape[0], rows):
+            index = (slice(start, min(start + rows, shape[0])),) + tuple(slice(None) for _ in shape[1:])
+            piece = _convert(source.read(raw_key, _hf_index(transform, index)), transform, dtype)
+            if sharding is None:
+                flat[target][lead + index] = piece
+            else:
+                starts = tuple(np.int32(i) for i in lead + (start,) + (0,) * (len(shape) - 1))
+                flat[target] = jax.block_until_ready(_update_fn(sharding)(
+                    flat[target], piece.reshape((1,) * len(lead) + piece.shape), starts))
+            del piece
     return unflatten(flat)
 
 
-def resolve_tied_head(config: Qwen2AudioConfig, state: Mapping[str, np.ndarray]) -> Qwen2AudioConfig:
+def _flax_shape(hf_shape: tuple[int, ...], transform: str) -> tuple[int, ...]:
+    return tuple(hf_shape) if transform == SAME else tuple(reversed(hf_shape))
+
+
+def resolve_tied_head(config: Qwen2AudioConfig, state: Mapping[str, np.ndarray] | TensorSource) -> Qwen2AudioConfig:
     """Decides tying as transformers does for Qwen2-Audio.
 
     transformers' `Qwen2AudioForConditionalGeneration` declares no tied weights: its LM head is the
@@ -209,52 +345,82 @@ def resolve_tied_head(config: Qwen2AudioConfig, state: Mapping[str, np.ndarray])
     """
     if not config.text.tie_word_embeddings:
         return config
-    keys = {modernize_key(k): k for k in state}
+    source = state if isinstance(state, TensorSource) else TensorSource(state=state)
+    keys = {modernize_key(k): k for k in source.keys()}
     head = keys.get("lm_head.weight")
     embed = keys.get("model.language_model.embed_tokens.weight")
-    if head is None or (embed is not None and np.array_equal(np.asarray(state[head]), np.asarray(state[embed]))):
+    if head is None or (embed is not None and _tensors_equal(source, head, embed)):
         return config
     return config.replace(text=dataclasses.replace(config.text, tie_word_embeddings=False))
 
 
+def _tensors_equal(source: TensorSource, a: str, b: str, block_rows: int = 4096) -> bool:
+    """Compares two tensors block by block of rows (never both whole in memory)."""
+    shape = source.shape(a)
+    if shape != source.shape(b):
+        return False
+    if not shape:
+        return bool(np.array_equal(source.read(a), source.read(b)))
+    for start in range(0, shape[0], block_rows):
+        index = (slice(start, start + block_rows),) + tuple(slice(None) for _ in shape[1:])
+        if not np.array_equal(source.read(a, index), source.read(b, index)):
+            return False
+    return True
+
+
 def flax_to_hf_state(params: Params) -> dict[str, np.ndarray]:
-    """Flax parameter tree -> HF state dict (transformers 5 names), float32 numpy.
+    """Flax parameter tree (unrolled or layer-scanned) -> HF state dict (transformers 5 names), numpy in
+    the parameters' dtype (float32 or bfloat16).
 
     A tied model also gets `lm_head.weight` (a copy of the embedding), because transformers does not
     tie Qwen2-Audio's head and would otherwise initialise it at random.
     """
     state = {}
-    for path, value in flatten(_unbox(params)).items():
+    for path, value in unscan_flat(flatten(_unbox(params))).items():
         key, transform = flax_to_hf_key(path)
-        state[key] = np.ascontiguousarray(_TRANSFORMS[transform](np.asarray(value, dtype=np.float32)))
+        value = np.asarray(value)
+        state[key] = np.ascontiguousarray(_TRANSFORMS[transform](value))
     if "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"].copy()
     return state
 
 
-def read_safetensors(directory: PathLike) -> dict[str, np.ndarray]:
-    """All tensors of `model.safetensors` or of the shards listed in `model.safetensors.index.json`."""
-    from safetensors import safe_open
+def unscan_flat(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat params with the layer scan's stacked `language_model/layers/layer/...` [L, ...] -> the
+    unrolled `language_model/layers_{i}/...` (other paths unchanged)."""
+    out = {}
+    for path, value in flat.items():
+        if path.startswith(_SCANNED_PREFIX):
+            rest = path[len(_SCANNED_PREFIX):]
+            for i in range(value.shape[0]):
+                out[f"language_model/layers_{i}/{rest}"] = value[i]
+        else:
+            out[path] = value
+    return out
 
-    directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (directory / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        files = []
-    state: dict[str, np.ndarray] = {}
-    for name in files:
-        path = directory / name
-        if not path.exists():
-            raise FileNotFoundError(f"{index} lists shard {name}, which is not in {directory}")
-        with safe_open(str(path), framework="flax") as f:
-            for key in f.keys():
-                state[key] = np.asarray(f.get_tensor(key).astype(jnp.float32))
-    return state
+
+def scan_flat(flat: Mapping[str, Any], num_layers: int) -> dict[str, Any]:
+    """The inverse of `unscan_flat`: unrolled decoder layers stacked into `language_model/layers/layer/...`."""
+    out, stacks = {}, {}
+    for path, value in flat.items():
+        m = _DECODER_LAYER.match(path)
+        if m is None:
+            out[path] = value
+        else:
+            stacks.setdefault(m.group(2), {})[int(m.group(1))] = value
+    for rest, layers in stacks.items():
+        out[_SCANNED_PREFIX + rest] = np.stack([np.asarray(layers[i]) for i in range(num_layers)])
+    return out
+
+
+_SCANNED_PREFIX = "language_model/layers/layer/"
+
+
+def read_safetensors(directory: PathLike) -> dict[str, np.ndarray]:
+    """All tensors of `model.safetensors` or of the index's shards, in memory, float32 (a small model's
+    whole state; `load_hf_directory` streams instead)."""
+    source = TensorSource.from_directory(directory)
+    return {key: source.read(key).astype(np.float32) for key in source.keys()}
 
 
 def _read_pickle(directory: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
@@ -276,18 +442,28 @@ def _read_pickle(directory: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     return state
 
 
-def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, allow_pickle: bool = False) -> LoadedModel:
-    """Reads a Hugging Face Qwen2-Audio directory into a config and Flax parameters."""
+def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, allow_pickle: bool = False, *,
+                      param_dtype: Any = jnp.float32, scan_layers: bool = False,
+                      shardings: Callable[[Qwen2AudioConfig], Any] | None = None) -> LoadedModel:
+    """Reads a Hugging Face Qwen2-Audio directory into a config and Flax parameters, tensor by tensor.
+
+    dtype / param_dtype: compute and parameter dtypes ('float32' | 'bfloat16' or jnp dtypes); the
+    parameters are cast to `param_dtype` one tensor at a time. scan_layers: the decoder layers'
+    parameters are stacked for the layer scan. shardings: called with the final config (tying
+    resolved), returns the parameter tree's NamedShardings; each leaf is then placed on its sharding
+    as it is read (`convert_hf_state`), and host memory holds a few tensors at most. None: host numpy.
+    """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: --checkpoint must be a Hugging Face model directory")
-    config = Qwen2AudioConfig.from_json_file(config_path, dtype=dtype)
-    state = read_safetensors(directory)
-    if not state:
-        state = _read_pickle(directory, allow_pickle)
-    config = resolve_tied_head(config, state)
-    params = convert_hf_state(state, config)
+    config = Qwen2AudioConfig.from_json_file(config_path, dtype=dtype, param_dtype=param_dtype,
+                                             scan_layers=scan_layers)
+    source = TensorSource.from_directory(directory)
+    if not len(source):
+        source = TensorSource(state=_read_pickle(directory, allow_pickle))
+    config = resolve_tied_head(config, source)
+    params = convert_hf_state(source, config, None if shardings is None else shardings(config))
     generation = {}
     if (directory / "generation_config.json").exists():
         with open(directory / "generation_config.json") as f:
@@ -334,13 +510,29 @@ def save_orbax(directory: PathLike, params: Params, config: Qwen2AudioConfig) ->
         json.dump(config.to_hf_dict(), f, indent=2)
 
 
-def restore_orbax(directory: PathLike, dtype: Any = jnp.float32) -> tuple[Qwen2AudioConfig, Params]:
-    """Restores what `save_orbax` wrote: (config, parameters), checked against the config's shapes."""
+def restore_orbax(directory: PathLike, dtype: Any = jnp.float32, *, param_dtype: Any = jnp.float32,
+                  scan_layers: bool = False, shardings: Callable[[Qwen2AudioConfig], Any] | None = None
+                  ) -> tuple[Qwen2AudioConfig, Params]:
+    """Restores what `save_orbax` wrote: (config, parameters), checked against the config's shapes.
+
+    The target is abstract (`jax.ShapeDtypeStruct`s in `param_dtype`, with the shardings that
+    `shardings(config)` returns, or the default device's): orbax reads each array straight into its
+    shards, cast to `param_dtype`, without a host copy of the whole tree. The checkpoint must hold the
+    layout of `scan_layers` (as saved).
+    """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    config = Qwen2AudioConfig.from_json_file(directory / "config.json", dtype=dtype)
-    target = jax.eval_shape(lambda: _unbox(init_params(config, jax.random.key(0))))
+    config = Qwen2AudioConfig.from_json_file(directory / "config.json", dtype=dtype, param_dtype=param_dtype,
+                                             scan_layers=scan_layers)
+    abstract = jax.eval_shape(lambda: _unbox(init_params(config, jax.random.key(0))))
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target_shardings = jax.tree_util.tree_map(lambda _: device, abstract)
+    else:
+        target_shardings = shardings(config)
+    target = jax.tree_util.tree_map(lambda leaf, sh: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh),
+                                    abstract, target_shardings)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", target)
     return config, params

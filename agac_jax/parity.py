@@ -128,13 +128,15 @@ def _compare(name: str, ours: np.ndarray, theirs: np.ndarray, tolerance: float) 
 
 def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
                questions: Sequence[str] | None = None, max_new_tokens: int = 8,
-               tolerance: float = FLOAT32_TOLERANCE) -> ParityReport:
-    """Runs both frameworks in float32 at highest matmul precision and compares them."""
+               tolerance: float = FLOAT32_TOLERANCE, *, param_dtype: str = "float32",
+               dtype: str = "float32") -> ParityReport:
+    """Runs both frameworks (transformers in float32 at highest matmul precision, the Flax side in
+    `param_dtype` weights and `dtype` compute) and compares them."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration as HFModel
 
     directory = Path(directory)
-    loaded = checkpoints.load_hf_directory(directory)
+    loaded = checkpoints.load_hf_directory(directory, param_dtype=param_dtype, dtype=dtype)
     config = loaded.config
     window = config.audio.max_mel_frames * HOP_LENGTH
     clips = list(clips) if clips is not None else synthetic_clips(window)
@@ -172,7 +174,7 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
         tokens, _ = jitted_generate(config, settings)(loaded.params, x["input_ids"], x["attention_mask"],
                                                       x["features"], x["mel_lengths"])
     attentions = np.asarray(stack_sown(state, PROBS, config.text.num_hidden_layers))
-    logits, audio, tokens = np.asarray(logits), np.asarray(audio), np.asarray(tokens)
+    logits, audio, tokens = np.asarray(logits, np.float32), np.asarray(audio, np.float32), np.asarray(tokens)
 
     valid = x["attention_mask"].astype(bool)
     audio_valid = np.arange(audio.shape[1])[None] < x["n_tokens"][:, None]

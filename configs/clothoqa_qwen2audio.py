@@ -41,10 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.root = ""  # set on the command line: the ClothoAQA directory
     config.dataset.split = "test"  # train | val | test
     config.model.checkpoint_dir = ""  # set on the command line: Qwen2-Audio-7B-Instruct, local
+    config.model.param_dtype = "bfloat16"  # the released weights' dtype: 16.8 GB instead of 33.6 (fp32)
+    config.model.dtype = "bfloat16"  # bf16 compute on GPUs/TPUs (tolerances: tests/test_bf16.py)
     config.scoring.max_new_tokens = 8  # enough for "Yes." / "No, there is not."
     config.scoring.batch_size = 8  # clips per compiled call; a multiple of mesh.shape[0]
     config.scoring.buckets_seconds = (10, 20, 30)  # Clotho clips last 15 to 30 s
-    config.mesh.shape = (1, 1)  # (data, model): e.g. (1, 8) shards the 7B model over 8 devices
+    config.mesh.shape = (1, 1)  # (data, model): one 80 GB GPU; (1, 8) shards the 7B over 8 16 GB devices
+    #                             (launch.plan's figures: README "What fits where")
     config.rates = (25, 50, 100)  # the poster's rates
     config.rhos = (1.0, 0.9, 0.7)  # the poster's ratios; rho = 1 is the SemantiCodec row
     config.seeds = (0, 1, 2)  # three seeds, as the poster

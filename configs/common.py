@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
+    config.model.param_dtype = "float32"  # float32 | bfloat16: dtype the weights are held in (bf16 halves them: 7B 16.8 GB)
+    config.model.dtype = "float32"  # float32 | bfloat16: compute dtype (softmax, norms and logits stay float32)
+    config.model.scan_layers = False  # nn.scan over the decoder layers: faster compiles, same results (models/decoder.py)
 
     config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
     config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion | integrated_gradients

@@ -4,7 +4,9 @@
   python -m launch.parity --random_init CONFIG.json
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
-greedy tokens must be identical); 2 with one `error: ...` line for a user error (a missing or
+greedy tokens must be identical; with --param_dtype/--dtype bfloat16 the default tolerance is the
+stated bf16 one, 1e-2 for bf16 weights and 2.5e-2 for bf16 weights and compute, tests/test_bf16.py,
+and greedy tokens may differ where two logits are that close); 2 with one `error: ...` line for a user error (a missing or
 unreadable checkpoint or audio file, a checkpoint that does not fit the model; agac_jax/errors.py).
 """
 
@@ -25,7 +27,11 @@ flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
 flags.DEFINE_multi_string("audio", [], "Audio files (default: two synthetic clips).")
 flags.DEFINE_multi_string("question", [], "One question, or one per clip.")
 flags.DEFINE_integer("max_new_tokens", 8, "Greedy tokens to compare.")
-flags.DEFINE_float("tolerance", 1e-4, "Max relative difference allowed for float quantities.")
+flags.DEFINE_float("tolerance", None, "Max relative difference allowed for float quantities (default: 1e-4 "
+                   "in float32, the bf16 tolerance otherwise).")
+flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "Dtype of the Flax side's weights.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the Flax side.")
+BF16_TOLERANCE = {("bfloat16", "float32"): 1e-2, ("bfloat16", "bfloat16"): 2.5e-2, ("float32", "bfloat16"): 2.5e-2}
 flags.DEFINE_string("dump", None, "Write the Flax side's arrays to this .npz.")
 FLAGS = flags.FLAGS
 
@@ -41,7 +47,11 @@ def main(argv):
         raise app.UsageError("give exactly one of --checkpoint and --random_init")
     directory = FLAGS.checkpoint or random_init_directory(FLAGS.random_init, FLAGS.seed)
     clips = [load_audio(p) for p in FLAGS.audio] or None
-    report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, FLAGS.tolerance)
+    tolerance = FLAGS.tolerance
+    if tolerance is None:
+        tolerance = BF16_TOLERANCE.get((FLAGS.param_dtype, FLAGS.dtype), 1e-4)
+    report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
+                        param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype)
     print(report.table())
     if FLAGS.dump:
         np.savez(FLAGS.dump, **report.arrays)

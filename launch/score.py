@@ -39,6 +39,9 @@ flags.DEFINE_string("answer_ids", None, "JSON list of answer ids (or one list pe
                     "greedy answer.")
 flags.DEFINE_integer("max_new_tokens", 8, "Greedy answer budget, and the most tokens a given answer may have.")
 flags.DEFINE_string("output", None, "JSON file for the records; default: JSON lines on stdout.")
+flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "Dtype the weights are held in "
+                  "(bfloat16 for the 7B on a GPU or TPU).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (softmax and logits stay float32).")
 flags.DEFINE_string("plot", None, "PNG with spectrogram, scores and kept frames, two panels per scored clip.")
 
 REQUIRED = ("checkpoint", "audio", "question")
@@ -64,6 +67,8 @@ def request_from_flags() -> report.ScoreRequest:
         max_new_tokens=FLAGS.max_new_tokens,
         output=FLAGS.output,
         plot=FLAGS.plot,
+        param_dtype=FLAGS.param_dtype,
+        dtype=FLAGS.dtype,
     )
 
 

@@ -73,6 +73,8 @@ class ScoreRequest:
     max_new_tokens: int = 8
     output: str | None = None
     plot: str | None = None
+    param_dtype: str = "float32"  # float32 | bfloat16: the weights' dtype
+    dtype: str = "float32"  # float32 | bfloat16: the compute dtype
 
 
 @dataclasses.dataclass
@@ -174,10 +176,10 @@ def scoring_config(request: ScoreRequest, n_clips: int) -> ScoringConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def load_scorer(checkpoint: str, config: ScoringConfig) -> Scorer:
+def load_scorer(checkpoint: str, config: ScoringConfig, param_dtype: str = "float32", dtype: str = "float32") -> Scorer:
     """A Scorer for the checkpoint directory, kept for later requests with the same configuration."""
     try:
-        return Scorer.from_directory(checkpoint, config)
+        return Scorer.from_directory(checkpoint, config, param_dtype=param_dtype, dtype=dtype)
     except (OSError, ValueError) as error:
         raise RequestError(f"--checkpoint {checkpoint!r} cannot be loaded: {error}") from error
 
@@ -304,7 +306,8 @@ def score_request(request: ScoreRequest) -> tuple[list[ClipOutcome], Scorer | No
     readable = sum(o.error is None for o in outcomes)
     if not readable:
         return outcomes, None
-    scorer = load_scorer(str(Path(request.checkpoint).resolve()), scoring_config(request, readable))
+    scorer = load_scorer(str(Path(request.checkpoint).resolve()), scoring_config(request, readable),
+                         request.param_dtype, request.dtype)
     if request.answer_ids is not None:
         check_answer_ids(request.answer_ids, scorer, request.audio)
     check_prompts(outcomes, scorer, request)

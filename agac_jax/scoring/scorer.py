@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from agac_jax import checkpoints
 from agac_jax.audio import features as feats
 from agac_jax.audio.io import validate_waveform
-from agac_jax.models.generate import GenerationSettings, jitted_generate
+from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import baselines, selection
@@ -124,7 +124,8 @@ class Scorer:
             raise ValueError(f"batch_size={config.batch_size} must be a multiple of the data axis "
                              f"{config.mesh_shape[0]}")
         self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
-        self.params = jax.device_put(loaded.params, self.param_shardings)
+        self.params = jax.device_put(loaded.params, self.param_shardings)  # no copy when loaded sharded
+        self._generate = None  # the jitted, sharded greedy generator (`generation_program`)
         self.max_frames = loaded.config.audio.max_mel_frames  # the encoder's window (3000 = 30 s released)
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
         self.audio_offset = self._first_audio_position("")
@@ -132,10 +133,17 @@ class Scorer:
         self.program_memory: dict[tuple[int, bool], int] = {}  # temporary bytes of each compiled program
 
     @classmethod
-    def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig()) -> "Scorer":
+    def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
+                       param_dtype: Any = "float32", dtype: Any = "float32", scan_layers: bool = False) -> "Scorer":
+        """A Scorer for a Hugging Face directory. The weights stream tensor by tensor onto their
+        shardings on this config's mesh (`checkpoints.load_hf_directory(shardings=...)`), cast to
+        `param_dtype`; `dtype` is the compute dtype ('float32' | 'bfloat16')."""
         from transformers import AutoTokenizer
 
-        loaded = checkpoints.load_hf_directory(directory)
+        mesh = make_mesh(config.mesh_shape)
+        loaded = checkpoints.load_hf_directory(
+            directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
+            shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules))
         return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config)
 
     def bucket_frames(self, n_samples: int) -> int:
@@ -191,7 +199,7 @@ class Scorer:
         by_bucket: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
             by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
-        generate = jitted_generate(self.model_config, self.generation)
+        generate = self.generation_program()
         bs = self.config.batch_size
         for frames, members in sorted(by_bucket.items()):
             for start in range(0, len(members), bs):
@@ -209,6 +217,14 @@ class Scorer:
                     ids = self._answer_ids(tokens[j, : int(n[j])])
                     texts[i] = (self._decode_answer(ids), ids)
         return texts
+
+    def generation_program(self) -> Any:
+        """The greedy generator, jitted with the scoring program's shardings: prompts, features and
+        outputs on 'data', parameters by the axis rules. fn(params, ids [B, S], mask [B, S], features
+        [B, n_mels, P], mel_lengths [B]) -> (tokens [B, max_new_tokens], generated counts [B])."""
+        if self._generate is None:
+            self._generate = jit_generation(self.model, self.generation, self.param_shardings, self.mesh)
+        return self._generate
 
     def _answer_ids(self, tokens: np.ndarray) -> np.ndarray:
         """The generated tokens before the first EOS (what the scoring program scores)."""
@@ -312,12 +328,8 @@ class Scorer:
             self.traces += 1
             return score_batch(self.model, spec, params, batch)
 
-        data = NamedSharding(self.mesh, PartitionSpec("data"))
-        scalar = NamedSharding(self.mesh, PartitionSpec())
-        batch_sh = {k: scalar if np.ndim(v) == 0 else data for k, v in batch.items()}
         start = time.perf_counter()
-        executable = jax.jit(program, in_shardings=(self.param_shardings, batch_sh),
-                             out_shardings=data).lower(self.params, batch).compile()
+        executable = jit_scoring(program, self.param_shardings, self.mesh, batch).lower(self.params, batch).compile()
         temp = _temp_bytes(executable)
         self.program_memory[key] = temp
         if self.mesh.devices.flat[0].platform == "cpu":
@@ -352,6 +364,23 @@ class Scorer:
             keep=keep,
             seconds={"compile": compile_share, "run": run_share},
         )
+
+
+def jit_scoring(program: Any, shardings: Any, mesh: Mesh, batch: dict[str, Any]) -> Any:
+    """jax.jit of program(params, batch) with parameters on `shardings`, the batch's arrays and every
+    output on 'data' and its scalars replicated (`batch`: arrays or ShapeDtypeStructs, for their ranks)."""
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    scalar = NamedSharding(mesh, PartitionSpec())
+    batch_sh = {k: scalar if np.ndim(v) == 0 else data for k, v in batch.items()}
+    return jax.jit(program, in_shardings=(shardings, batch_sh), out_shardings=data)
+
+
+def jit_generation(model: Any, settings: GenerationSettings, shardings: Any, mesh: Mesh) -> Any:
+    """`models.generate.greedy_generate` jitted like the scoring program: fn(params, ids, mask, features,
+    mel_lengths) with the four batch arrays and both outputs on 'data', parameters on `shardings`."""
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.jit(functools.partial(greedy_generate, model, settings=settings),
+                   in_shardings=(shardings, data, data, data, data), out_shardings=(data, data))
 
 
 def _temp_bytes(executable: Any) -> int:
