@@ -42,7 +42,7 @@ def occlusion_scores(occlusion_scorer, clips):
 
 def _clip_inputs(scorer: Scorer, scores, clip):
     """Re-creates one clip's program inputs outside the program, for direct computations."""
-    batch, _ = scorer._make_batch(scorer.bucket_frames(len(clip)), [clip], [scores.question],
+    batch, _ = scorer.make_batch(scorer.bucket_frames(len(clip)), [clip], [scores.question],
                                   [scores.answer_ids])
     model, params = scorer.model, scorer.params
     audio, n_tok = model.apply({"params": params}, batch["features"][:1], batch["mel_lengths"][:1],
@@ -113,19 +113,23 @@ def test_cpu_memory_budget_warns_and_a_program_larger_than_the_host_is_refused(m
     budget = 0.5 * temp / scorer_module._host_memory_bytes()
     config = dataclasses.replace(occlusion_scorer.config, cpu_memory_budget=budget)
     with caplog.at_level(logging.WARNING, logger=scorer_module.__name__):
-        Scorer.from_directory(model_dir, config).score(clips[:1], QUESTIONS[:1])
+        Scorer.from_directory(model_dir, config).score(clips, QUESTIONS)  # the same program: 2 slots
     assert scorer_module.CPU_LEAN_SCHEDULER_FLAG in caplog.text and "GiB of temporaries" in caplog.text
     with pytest.raises(MemoryError, match="500-frame bucket needs"):
         scorer_module._check_cpu_memory(scorer_module._host_memory_bytes() + 1, 0.25, 500)
 
 
 def test_one_trace_per_bucket_and_answers_given_exactly(occlusion_scorer, occlusion_scores, clips):
-    traces = occlusion_scorer.traces
     rng = np.random.default_rng(1)
     same_bucket = [(0.1 * rng.standard_normal(40_000)).astype(np.float32)] * 2
     occlusion_scorer.score(same_bucket, QUESTIONS)
+    traces = occlusion_scorer.traces
+    occlusion_scorer.score(same_bucket[::-1], QUESTIONS)
     occlusion_scorer.score(same_bucket[:1], QUESTIONS[:1])
-    assert occlusion_scorer.traces == traces
+    assert occlusion_scorer.traces == traces + 1  # one more: the program for a lone clip (1 slot)
+    occlusion_scorer.score(same_bucket[1:], QUESTIONS[1:])
+    assert occlusion_scorer.traces == traces + 1
+    traces = occlusion_scorer.traces
     longer = [(0.1 * rng.standard_normal(100_000)).astype(np.float32)]
     given = [[occlusion_scores[0].answer_ids[0]]]
     result = occlusion_scorer.score(longer, QUESTIONS[:1], answer_ids=given)
@@ -134,7 +138,7 @@ def test_one_trace_per_bucket_and_answers_given_exactly(occlusion_scorer, occlus
 
 
 def test_outputs_carry_no_full_attention_map(occlusion_scorer):
-    (executable,) = [e for (frames, generate), e in occlusion_scorer._executables.items() if generate]
+    executable = next(e for key, e in occlusion_scorer.executables.items() if key.generate)
     shapes = [leaf.shape for leaf in jax.tree_util.tree_leaves(executable.out_info)]
     assert all(len(shape) <= 2 for shape in shapes), shapes
 
@@ -221,3 +225,47 @@ def test_select_batch_refuses_bad_input(occlusion_scores, clips):
         select_batch(occlusion_scores[:1], clips[:1], "fused", 30, 0.5, [0])
     with pytest.raises(ValueError):
         select_batch(occlusion_scores[:1], clips[:1], "fused", 50, 0.0, [0])
+
+
+def _assert_same_scores(a, b):
+    """Equal up to float32 noise: local scores are differences of log-probabilities, so their noise
+    is relative to |logp| (WORKSPACE.md, sharded equality); the fused score divides it by the local
+    score's range."""
+    np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
+    local_atol = 1e-5 * max(abs(b.logp_full), 1.0)
+    np.testing.assert_allclose(a.local, b.local, rtol=0, atol=local_atol, err_msg="local")
+    spread = float(np.ptp(b.local)) or 1.0
+    np.testing.assert_allclose(a.fused, b.fused, rtol=0, atol=2 * local_atol / spread, err_msg="fused")
+    for name in ("global_", "fastv"):
+        x, y = getattr(a, name), getattr(b, name)
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * max(np.abs(y).max(), 1e-6), err_msg=name)
+
+
+def test_padding_contributes_nothing_and_changes_nothing(model_dir, occlusion_scores, clips):
+    """A clip scored alone (1 slot), beside a longer clip (2 slots) or in a 10 s bucket (more token
+    and prompt slots) gets the scores it gets in the 5 s bucket beside the other test clip."""
+    config = ScoringConfig(batch_size=2, max_new_tokens=4, occlusion_chunk=32)
+    alone = Scorer.from_directory(model_dir, config).score(clips[:1], QUESTIONS[:1])[0]
+    _assert_same_scores(alone, occlusion_scores[0])
+    wide = Scorer.from_directory(model_dir, dataclasses.replace(config, buckets_seconds=(10,)))
+    assert wide.bucket_frames(len(clips[0])) == 1000
+    for a, b in zip(wide.score(clips, QUESTIONS), occlusion_scores):
+        _assert_same_scores(a, b)
+
+
+def test_a_lone_clip_runs_only_the_occlusion_passes_it_needs(model_dir, clips):
+    """Counted, not timed: a clip of T valid tokens in a batch of size 4 runs one slot and
+    ceil(T / chunk) chunks, whatever its bucket's token slots; a batch runs the chunks its longest clip needs."""
+    from agac_jax.scoring import program
+
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=16,
+                                                            buckets_seconds=(20,)))
+    scorer.count_passes = True
+    program.PASS_COUNTER["occlusion"] = 0
+    (scores,) = scorer.score(clips[:1], QUESTIONS[:1])
+    t = scores.num_tokens  # 75 valid tokens in a 500-slot bucket
+    assert program.PASS_COUNTER["occlusion"] == -(-t // 16) * 16
+    program.PASS_COUNTER["occlusion"] = 0
+    both = scorer.score(clips, QUESTIONS)
+    longest = max(s.num_tokens for s in both)
+    assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 16) * 16

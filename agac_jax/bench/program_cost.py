@@ -103,7 +103,7 @@ def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
 
 def program_cost(record: ProgramRecord, ceiling_gflops: float, clip_seconds: int,
                  layer_memory_check: bool) -> dict[str, Any]:
-    executable = record.scorer._executables[(record.frames, True)]
+    executable = next(e for key, e in record.scorer.executables.items() if key.frames == record.frames and key.generate)
     cost = executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan")))
@@ -136,8 +136,8 @@ def doubled_layers_memory(record: ProgramRecord, clip_seconds: int) -> dict[str,
     deeper = Scorer(dataclasses.replace(loaded, config=config, params=params), record.scorer.tokenizer,
                     record.scorer.config)
     clips, questions = make_clips(record.batch_size, clip_seconds, 0)
-    batch, _ = deeper._make_batch(record.frames, clips, questions, None)
-    executable, compile_seconds = deeper._compiled(record.frames, True, batch)
+    batch, _ = deeper.make_batch(record.frames, clips, questions, None)
+    executable, compile_seconds = deeper.program(record.frames, True, batch)
     memory = executable.memory_analysis()
     return dict(layers=text.num_hidden_layers, temp_bytes=memory.temp_size_in_bytes,
                 argument_bytes=memory.argument_size_in_bytes, compile_s=compile_seconds)

@@ -22,7 +22,7 @@ from agac_jax.bench.context import (BenchContext, ModelEntry, ProgramRecord, cli
                                     score_timed, timed)
 from agac_jax.bench.program_cost import analytic_program_flops, reference_clip_flops
 from agac_jax.reference import torch_scores
-from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer, ScoringConfig
 
 
 def reference_inputs(hf: Any, clip: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,7 +184,7 @@ def bucket_case(ctx: BenchContext, bucketed: Scorer, padded: Scorer, seconds: in
 def warm_up(scorer: Scorer, clips: list[np.ndarray], questions: list[str]) -> float:
     """Seconds of the first call (compile included) when the Scorer has not compiled the clips' bucket;
     0.0 (and no call) when it has."""
-    if (scorer.bucket_frames(len(clips[0])), True) in scorer._executables:
+    if ProgramKey(scorer.bucket_frames(len(clips[0])), True, scorer.batch_slots(len(clips))) in scorer.executables:
         return 0.0
     return score_timed(scorer, clips, questions)[0]
 

@@ -46,6 +46,7 @@ class ProgramSpec:
     generate: bool  # False: every clip of the batch comes with its answer ids
     audio_offset: int  # a lower bound of every prompt's first audio placeholder position
     generation: GenerationSettings
+    count_passes: bool = False  # tests: count the occlusion passes that run (`PASS_COUNTER`)
 
     @classmethod
     def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
@@ -77,7 +78,13 @@ class ClipBatch(dict):
 
 def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
                 batch: dict[str, Array]) -> dict[str, Array]:
-    """Scores a padded batch. Returns a dict of per-clip arrays (see `_score_clip`) plus answers."""
+    """Scores a padded batch. Returns a dict of per-clip arrays (see `_finish_clip`) plus answers.
+
+    Work follows the clips, not the bucket: occlusion chunks past the batch's largest valid token
+    count are skipped by a `lax.cond` outside the vmap over clips (one branch runs), and the chunks
+    run one after another (each takes the previous one's result), so the program's temporaries are
+    those of one chunk. The caller sizes the batch to its real clips (`Scorer`: batch slots).
+    """
     variables = {"params": params}
     audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
     silence, _ = model.apply(variables, batch["silence_features"], batch["mel_lengths"], method=model.encode_audio)
@@ -85,8 +92,17 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
     clips = ClipInputs(audio=audio, silence=silence, n_tokens=n_tokens, prompt_ids=batch["prompt_ids"],
                        prompt_length=batch["prompt_lengths"], answer_ids=answers, answer_length=answer_lengths,
                        n_samples=batch["n_samples"])
-    out = jax.vmap(lambda clip: _score_clip(model, spec, params, clip, alpha=batch["alpha"],
-                                            keep_num=batch["keep_num"], keep_den=batch["keep_den"]))(clips)
+    full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
+    if spec.estimator == "integrated_gradients":
+        logps = None
+        local = jax.vmap(lambda clip, cache: _integrated_gradients_clip(model, spec, params, clip, cache))(
+            clips, full.cache)
+    else:
+        logps = _occlusion_logps(model, spec, params, clips, full.cache)
+        local = full.logp_full[:, None] - logps
+    out = jax.vmap(lambda clip, f, l: _finish_clip(spec, clip, f, l, alpha=batch["alpha"],
+                                                   keep_num=batch["keep_num"], keep_den=batch["keep_den"]))(
+        clips, full._replace(cache=None), local)
     out.update(answer_ids=answers, answer_lengths=answer_lengths, num_tokens=n_tokens)
     return out
 
@@ -194,49 +210,60 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> Cli
     return ClipPasses(decode, decode_cached, answer_logp, logp_of, suffix_logp, is_audio, rows, answer_valid)
 
 
-def _score_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs, *, alpha: Array,
-                keep_num: Array, keep_den: Array) -> dict[str, Array]:
-    """One clip (see `ClipInputs`): its scores [T], frame scores and keep masks [F_r] per rate."""
+class FullPass(NamedTuple):
+    """One clip's pass at m = 1 (sowing the attention reductions) and at m = 0."""
+
+    logp_full: Array  # [] logp(1)
+    logp_silence: Array  # [] logp(0)
+    global_: Array  # [T] attention the audio tokens receive from the answer-producing rows
+    fastv: Array  # [T] mean attention they receive from the prompt rows at layer K
+    cache: Any  # the m = 1 pass's keys and values of every layer, [1, L, kv heads, head dim] each
+
+
+def _audio_offset(spec: ProgramSpec, clip: ClipInputs) -> int:
+    """The static start of every gated pass: no prompt's audio starts before it (`Scorer` checks)."""
+    return min(spec.audio_offset, clip.prompt_ids.shape[-1] - clip.audio.shape[-2])
+
+
+def _full_pass(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs) -> FullPass:
     t_slots = clip.audio.shape[0]
     s, a = clip.prompt_ids.shape[0], clip.answer_ids.shape[0]
-    n_tokens, n_samples = clip.n_tokens, clip.n_samples
-    token_valid = jnp.arange(t_slots) < n_tokens
+    token_valid = jnp.arange(t_slots) < clip.n_tokens
     passes = clip_passes(model, params, clip)
     ones = token_valid.astype(jnp.float32)
     weights = _query_weights(s + a, passes.rows, passes.answer_valid, clip.prompt_length)
     hidden, state, cache = passes.decode_cached(ones, weights[None], RECEIVED)
     logp_full = passes.answer_logp(hidden)
-    logp_silence = passes.logp_of(jnp.zeros_like(ones))
+    if spec.share_prefix:  # positions before the audio do not depend on the gate
+        logp_silence = passes.suffix_logp(jnp.zeros_like(ones), _audio_offset(spec, clip), cache)
+    else:
+        logp_silence = passes.logp_of(jnp.zeros_like(ones))
     received = stack_sown(state, RECEIVED, model.num_layers)[:, 0]  # [layers, W, K]
     audio_positions = jnp.nonzero(passes.is_audio, size=t_slots, fill_value=0)[0]
     global_score = jnp.where(token_valid, jnp.sum(received[:, 0, audio_positions], axis=0), 0.0)
     k_layer = min(spec.fastv_layer, model.num_layers - 1)
     fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / model.num_heads, 0.0)
+    return FullPass(logp_full, logp_silence, global_score, fastv, cache)
 
-    audio_offset = min(spec.audio_offset, s - t_slots)
-    if spec.estimator == "integrated_gradients":
-        if spec.share_prefix:  # positions before the first audio token do not depend on the gate
-            local = _integrated_gradients(lambda gate: passes.suffix_logp(gate, audio_offset, cache), ones,
-                                          token_valid, spec)
-        else:
-            local = _integrated_gradients(passes.logp_of, ones, token_valid, spec)
-    elif spec.share_prefix:
-        local = _occlusion_shared_prefix(passes.suffix_logp, cache, logp_full, ones, token_valid, spec,
-                                         audio_offset)
-    else:
-        local = _occlusion(passes.logp_of, logp_full, ones, token_valid, spec)
 
-    fused = selection.fuse(local, global_score, token_valid, alpha)
-    out = dict(local=local, global_=global_score, fastv=fastv, fused=fused, token_valid=token_valid,
-               logp_full=logp_full, logp_silence=logp_silence)
-    scores = methods.ClipInputs(local=local, global_=global_score, fused=fused, fastv=fastv, n_tokens=n_tokens,
-                                n_samples=n_samples, waveform=jnp.zeros((0,), jnp.float32))
+def _finish_clip(spec: ProgramSpec, clip: ClipInputs, full: FullPass, local: Array, *, alpha: Array,
+                 keep_num: Array, keep_den: Array) -> dict[str, Array]:
+    """One clip's outputs: local, global, FastV and fused scores [T]; frame scores, validity and the
+    fused keep mask [F_r] per codec rate."""
+    token_valid = jnp.arange(clip.audio.shape[0]) < clip.n_tokens
+    local = jnp.where(token_valid, local, 0.0)
+    fused = selection.fuse(local, full.global_, token_valid, alpha)
+    out = dict(local=local, global_=full.global_, fastv=full.fastv, fused=fused, token_valid=token_valid,
+               logp_full=full.logp_full, logp_silence=full.logp_silence)
+    scores = methods.ClipInputs(local=local, global_=full.global_, fused=fused, fastv=full.fastv,
+                                n_tokens=clip.n_tokens, n_samples=clip.n_samples,
+                                waveform=jnp.zeros((0,), jnp.float32))
     for r in spec.rates:
         max_frames = selection.static_num_frames(spec.max_samples, r)
         out[f"frames_{r}"], out[f"keep_{r}"] = methods.clip_keep_mask(
             "fused", scores, rate=r, max_frames=max_frames, keep_num=keep_num, keep_den=keep_den,
             key=jax.random.key(0))
-        out[f"frame_valid_{r}"] = selection.frame_valid_mask(n_samples, r, max_frames)
+        out[f"frame_valid_{r}"] = selection.frame_valid_mask(clip.n_samples, r, max_frames)
     return out
 
 
@@ -258,40 +285,64 @@ def occlusion_gates(ones: Array, window: int) -> Array:
     return jnp.where(off, 0.0, ones[None, :])
 
 
-def _occlusion(logp_of, logp_full, ones, token_valid, spec: ProgramSpec) -> Array:
-    """L_t = logp(1) - logp(1 - w_t), the T gates evaluated `occlusion_chunk` at a time."""
-    gates = occlusion_gates(ones, spec.window)
-    t = gates.shape[0]
-    chunk = min(spec.occlusion_chunk, t)
-    padded = -(-t // chunk) * chunk
-    gates = jnp.pad(gates, ((0, padded - t), (0, 0)), constant_values=1.0)
-    logps = jax.lax.map(jax.vmap(logp_of), gates.reshape(padded // chunk, chunk, t)).reshape(padded)[:t]
-    return jnp.where(token_valid, logp_full - logps, 0.0)
+def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,
+                     caches: Any) -> Array:
+    """[B, T] logp(1 - w_t) of every clip and gate, `occlusion_chunk` gates at a time.
 
+    A chunk whose first gate is at or past the batch's largest valid token count is skipped: the
+    `lax.cond` sits outside the vmap over clips, so only one branch runs. Each chunk takes the
+    previous chunk's result, so chunks run one after another and their temporaries never coexist.
 
-def _occlusion_shared_prefix(suffix_logp, cache, logp_full, ones, token_valid, spec: ProgramSpec,
-                             audio_offset: int) -> Array:
-    """Occlusion that re-uses the full pass's keys and values before the first occluded position.
-
-    Gates are grouped in chunks of `occlusion_chunk` consecutive tokens; a chunk whose first gate
-    switches off token j recomputes sequence positions from audio_offset + j on: audio token j sits
-    at position (first placeholder) + j >= audio_offset + j, so this static start is at or before
-    the first position any gate of the chunk touches. Exact: a causal decoder's states before that
-    position are those of the full pass. With chunks of c gates over T tokens and L positions the
-    work is about T * (L - audio_offset - T / 2) token passes, against T * L without sharing.
+    With `share_prefix`, a chunk whose first gate switches off token j recomputes sequence positions
+    from audio_offset + j on: audio token j sits at position (first placeholder) + j >= audio_offset
+    + j, so this static start is at or before the first position any gate of the chunk touches.
+    Exact: a causal decoder's states before that position are those of the full pass. With chunks
+    of c gates over T tokens and L positions the work is about T (L - audio_offset - T / 2) token
+    passes, against T L without sharing.
     """
-    gates = occlusion_gates(ones, spec.window)
-    t = gates.shape[0]
+    b, t = clips.audio.shape[0], clips.audio.shape[1]
     chunk = min(spec.occlusion_chunk, t)
-    logps = []
+    offset = _audio_offset(spec, clips)
+    largest = jnp.max(clips.n_tokens)
+    ones = (jnp.arange(t)[None] < clips.n_tokens[:, None]).astype(jnp.float32)  # [B, T]
+    gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(ones)  # [B, T, T]
+    logps = jnp.zeros((b, t), jnp.float32)
     for first in range(0, t, chunk):
-        start = max(audio_offset + first - (spec.window - 1) // 2, 0)
-        logps.append(jax.vmap(lambda g, start=start: suffix_logp(g, start, cache))(gates[first:first + chunk]))
-    return jnp.where(token_valid, logp_full - jnp.concatenate(logps), 0.0)
+        start = max(offset + first - (spec.window - 1) // 2, 0) if spec.share_prefix else 0
+
+        def run(done, first=first, start=start):
+            def one_clip(clip, cache, clip_gates):
+                passes = clip_passes(model, params, clip)
+                if spec.share_prefix:
+                    return jax.vmap(lambda g: passes.suffix_logp(g, start, cache))(clip_gates)
+                return jax.vmap(passes.logp_of)(clip_gates)
+
+            part = jax.vmap(one_clip)(clips, caches, gates[:, first:first + chunk])
+            if spec.count_passes:
+                jax.debug.callback(_count_passes, part.shape[0] * part.shape[1])
+            return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
+
+        logps = jax.lax.cond(first < largest, run, lambda done: done, logps)
+    return logps
 
 
-def _integrated_gradients(logp_of, ones, token_valid, spec: ProgramSpec) -> Array:
-    """L_t = mean over midpoints a_i = (i + 0.5) / n of d logp / d m_t at m = a_i * 1."""
+def _count_passes(n: Any) -> None:
+    PASS_COUNTER["occlusion"] += int(n)
+
+
+PASS_COUNTER = {"occlusion": 0}  # gated passes run, when ProgramSpec.count_passes (tests count them)
+
+
+def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs,
+                               cache: Any) -> Array:
+    """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d logp / d m_t at m = a_i * 1."""
+    passes = clip_passes(model, params, clip)
+    if spec.share_prefix:  # positions before the first audio token do not depend on the gate
+        offset = _audio_offset(spec, clip)
+        logp_of = lambda gate: passes.suffix_logp(gate, offset, cache)
+    else:
+        logp_of = passes.logp_of
+    ones = (jnp.arange(clip.audio.shape[0]) < clip.n_tokens).astype(jnp.float32)
     alphas = (jnp.arange(spec.ig_steps, dtype=jnp.float32) + 0.5) / spec.ig_steps
     grads = jax.lax.map(lambda a: jax.grad(logp_of)(a * ones), alphas)
-    return jnp.where(token_valid, jnp.mean(grads, axis=0), 0.0)
+    return jnp.mean(grads, axis=0)

@@ -1,8 +1,9 @@
 """Host side of scoring: buckets, prompts, the compiled program per bucket, sharding, frame selection.
 
 `Scorer.score(clips, questions)` groups clips by length bucket, builds prompts and features for each
-bucket, pads the batch to `batch_size` (padded slots are copies whose results are dropped), and runs
-the jitted program of `agac_jax.scoring.program`, compiled once per (bucket, answers given or not).
+bucket, pads the batch to its slots (`batch_slots`: the next power of two of its real clips, at most
+`batch_size`; padded slots are copies whose results are dropped), and runs the jitted program of
+`agac_jax.scoring.program`, compiled once per `ProgramKey` (bucket, answers given or not, slots).
 `agac_jax.scoring.methods.select_batch` turns the scores into the kept frames of any method of DESIGN.md section 4.
 """
 
@@ -14,7 +15,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -87,6 +88,14 @@ class ScoringConfig:
             selection.frame_samples(rate)
 
 
+class ProgramKey(NamedTuple):
+    """What a compiled scoring program is specialised to."""
+
+    frames: int  # the bucket's mel frames
+    generate: bool  # the program generates the answers (False: they are given)
+    slots: int  # clips per call (`Scorer.batch_slots`)
+
+
 @dataclasses.dataclass
 class ClipScores:
     """One clip's scores on the LLM audio grid (T valid tokens) and the program's keep masks."""
@@ -129,8 +138,9 @@ class Scorer:
         self.max_frames = loaded.config.audio.max_mel_frames  # the encoder's window (3000 = 30 s released)
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
         self.audio_offset = self._first_audio_position("")
-        self._executables: dict[tuple[int, bool], Any] = {}
-        self.program_memory: dict[tuple[int, bool], int] = {}  # temporary bytes of each compiled program
+        self.executables: dict[ProgramKey, Any] = {}  # the compiled programs
+        self.program_memory: dict[ProgramKey, int] = {}  # temporary bytes of each compiled program
+        self.count_passes = False  # tests: programs compiled from now on count their occlusion passes
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
@@ -204,7 +214,7 @@ class Scorer:
         for frames, members in sorted(by_bucket.items()):
             for start in range(0, len(members), bs):
                 idx = members[start:start + bs]
-                pad = bs - len(idx)
+                pad = self.batch_slots(len(idx)) - len(idx)
                 batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
                 batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
                 prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
@@ -258,17 +268,28 @@ class Scorer:
 
     def _run(self, frames: int, clips: list[np.ndarray], questions: list[str],
              answers: list[Sequence[int]] | None) -> list[ClipScores]:
-        batch, n_real = self._make_batch(frames, clips, questions, answers)
-        fn, compile_seconds = self._compiled(frames, answers is None, batch)
+        batch, n_real = self.make_batch(frames, clips, questions, answers)
+        fn, compile_seconds = self.program(frames, answers is None, batch)
         start = time.perf_counter()
         out = jax.device_get(fn(self.params, batch))
         run_seconds = time.perf_counter() - start
         return [self._clip_result(out, batch, j, questions[j], len(clips[j]), compile_seconds / n_real,
                                   run_seconds / n_real) for j in range(n_real)]
 
-    def _make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
-        c, bs = self.config, self.config.batch_size
+    def batch_slots(self, n_real: int) -> int:
+        """Slots of a batch of `n_real` clips: the next power of two, a multiple of the mesh's data axis,
+        at most `batch_size`; so a bucket compiles at most log2(batch_size) + 1 programs and a lone
+        clip (the CLI, a sweep's last batch) is scored once, not `batch_size` times."""
+        data = self.config.mesh_shape[0]
+        slots = 1 << max(n_real - 1, 0).bit_length()
+        return min(-(-slots // data) * data, self.config.batch_size)
+
+    def make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
+        """The program's input batch for clips of one bucket (see `program.ClipBatch`) and the number of
+        real clips, padded with copies to `batch_slots`."""
+        c = self.config
         n_real = len(clips)
+        bs = self.batch_slots(n_real)
         pad = bs - n_real
         clips = list(clips) + [clips[0]] * pad
         questions = list(questions) + [questions[0]] * pad
@@ -315,14 +336,16 @@ class Scorer:
         )
         return batch, n_real
 
-    def _compiled(self, frames: int, generate: bool, batch: dict[str, Any]):
-        """The compiled program for a bucket, cached: (executable, seconds spent compiling it now)."""
-        key = (frames, generate)
-        if key in self._executables:
-            return self._executables[key], 0.0
+    def program(self, frames: int, generate: bool, batch: dict[str, Any]):
+        """The compiled program for a bucket and a batch's slots, cached: (executable, seconds spent
+        compiling it now)."""
+        key = ProgramKey(frames, generate, int(batch["n_samples"].shape[0]))
+        if key in self.executables:
+            return self.executables[key], 0.0
         c = self.config
         spec = ProgramSpec.from_config(c, max_samples=frames * feats.HOP_LENGTH, generate=generate,
                                        audio_offset=self.audio_offset, generation=self.generation)
+        spec = dataclasses.replace(spec, count_passes=self.count_passes)
 
         def program(params, batch):
             self.traces += 1
@@ -334,7 +357,7 @@ class Scorer:
         self.program_memory[key] = temp
         if self.mesh.devices.flat[0].platform == "cpu":
             _check_cpu_memory(temp, c.cpu_memory_budget, frames)
-        self._executables[key] = executable
+        self.executables[key] = executable
         return executable, time.perf_counter() - start
 
     def _clip_result(self, out, batch, j, question, n_samples, compile_share, run_share) -> ClipScores:
