@@ -142,11 +142,11 @@ tokens_to_frames_jit = jax.jit(selection.tokens_to_frames, static_argnums=(3, 4)
 
 def test_frame_samples_and_rate_errors():
     assert [selection.frame_samples(r) for r in (25, 50, 100)] == [1280, 640, 320]
-    with pytest.raises(ValueError, match="one of"):
+    with pytest.raises(ValueError, match="not supported"):
         selection.frame_samples(30)
-    with pytest.raises(TypeError, match="Python int"):
+    with pytest.raises(ValueError, match="must be an int"):
         selection.frame_samples(25.0)
-    with pytest.raises(TypeError, match="Python int"):
+    with pytest.raises(ValueError, match="must be an int"):
         selection.frame_samples(True)
 
 

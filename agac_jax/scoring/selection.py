@@ -28,6 +28,8 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE
+from agac_jax.codec.base import frame_samples  # the codec frame grid, defined once (raises for a bad rate)
+from agac_jax.codec.base import num_frames as static_num_frames  # ceil(n / frame_samples) as a Python int
 from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
 from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN as TOKEN_SAMPLES
 
@@ -131,24 +133,6 @@ def fuse(local: ArrayLike, global_: ArrayLike, valid: ArrayLike, alpha: ArrayLik
 # ----------------------------------------------------------------------------------------------
 # The codec frame grid
 # ----------------------------------------------------------------------------------------------
-
-
-def frame_samples(rate: int) -> int:
-    """Samples per codec frame at 16 kHz: 32000 / rate (1280, 640, 320 for rate 25, 50, 100)."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)):
-        raise TypeError(f"rate must be a Python int, one of {CODEC_TOKEN_RATES}; got {rate!r}.")
-    if int(rate) not in CODEC_TOKEN_RATES:
-        raise ValueError(
-            f"Codec token rate must be one of {CODEC_TOKEN_RATES} tokens/s; got {rate}."
-        )
-    return TOKENS_PER_FRAME * SAMPLE_RATE // int(rate)
-
-
-def static_num_frames(n_samples: int, rate: int) -> int:
-    """ceil(n_samples / frame_samples(rate)) as a Python int, to choose a static ``max_frames``."""
-    if n_samples < 0:
-        raise ValueError(f"n_samples must be non-negative; got {n_samples}.")
-    return -(-int(n_samples) // frame_samples(rate))
 
 
 def num_frames(n_samples: ArrayLike, rate: int) -> jax.Array:
