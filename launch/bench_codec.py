@@ -147,7 +147,7 @@ def machine_description() -> dict[str, object]:
     import platform
 
     return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), "load_average": os.getloadavg()}
 
 
 def main(argv: list[str]) -> None:
