@@ -1,9 +1,10 @@
 """The evaluation sweep: score each clip once, compress it every way the config asks, ask again, record.
 
-For each batch of samples (`runtime.batch_samples`):
+This module holds the config checks, the plan, the entry points (`run_sweep`, `merge`); the stages
+of a batch are in `agac_jax.eval.stages`. For each batch of samples (`runtime.batch_samples`):
 1. load the clips (a clip that fails to load, or is longer than 30 s, fails all its records);
-2. answer every original clip (`Scorer.answer`) and, when a frame-selecting method is asked for,
-   score them (one `Scorer.score` call for the batch);
+2. answer every original clip (`Scorer.answers`) and, when a frame-selecting method is asked for,
+   score them with those answers (one `Scorer.score` call for the batch);
 3. for every pending (method, r, rho, seed) choose the kept frames of the batch's samples in one
    call (`methods.select_batch`); `codec` keeps
    every frame; `original` needs no codec and its record is written at once;
@@ -39,25 +40,21 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 
-from agac_jax.audio.io import validate_waveform
-from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient, CodecReply, CodecRequest, num_frames
-from agac_jax.codec.pipeline import CodecPipeline
+from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient
 from agac_jax.data import DATASETS, load_dataset
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import distributed, flops, metrics, plots, results, tables
-from agac_jax.eval import atomic, lock
+from agac_jax.eval import atomic, distributed, flops, lock, plots, results, stages, tables
 from agac_jax.eval.progress import Progress
-from agac_jax.eval.results import METHODS, SELECTING_METHODS, Failure, ResultRecord, TaskKey
+from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
+from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
 from agac_jax.prompts import render_prompt
 from agac_jax.scoring.scorer import MESH_AXES
 from agac_jax.scoring.selection import keep_ratio_fraction
@@ -147,358 +144,9 @@ def plan_tasks(sample_id: str, methods: Sequence[str], rates: Sequence[int], rho
     return keys
 
 
-def selection_seed(seed: int, sample_id: str) -> int:
-    """The `random` baseline's seed for one sample: a hash of (seed, sample_id) in [0, 2**31)."""
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") >> 1
-
-
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-# --- per-sample state ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Sample:
-    """A sample of the current batch and what is known about it so far."""
-
-    sample: AudioQASample
-    tasks: list[TaskKey]
-    waveform: np.ndarray | None = None
-    scores: Any = None
-    answer_original: str | None = None
-    answer_ids: np.ndarray | None = None  # the original answer's tokens, scored as they are
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    text_tokens: int = 0
-
-    @property
-    def parsed_original(self) -> str | None:
-        return None if self.answer_original is None else metrics.parse_answer(self.answer_original)
-
-
-@dataclasses.dataclass
-class _Job:
-    """One distinct compressed clip and the tasks that share it."""
-
-    item: _Sample
-    rate: int
-    kept: np.ndarray
-    tasks: list[tuple[TaskKey, float]]  # (key, seconds spent selecting)
-
-
-@dataclasses.dataclass
-class _Context:
-    """What every stage of a sweep needs, and the compressed clips in flight."""
-
-    dataset_name: str
-    scorer: Any
-    select_batch: Callable[..., list[np.ndarray]]
-    decoder_shape: flops.DecoderShape
-    writer: results.ResultsWriter
-    progress: Progress
-    codec_factory: Callable[[], CodecClient]
-    deterministic_codec: bool
-    process_index: int
-    answer_batch: int
-    pipelined: bool = True
-    max_backlog: int = 256
-    codec: CodecPipeline | None = None
-    failed: int = 0
-    jobs: dict[int, _Job] = dataclasses.field(default_factory=dict)  # request id -> job, in the codec
-    ready: list[tuple[_Job, CodecReply]] = dataclasses.field(default_factory=list)  # decoded, not answered
-    next_request: int = 0
-    codec_seconds: float = 0.0  # sidecar time of the replies (its own timing)
-    codec_wait_seconds: float = 0.0  # time this thread was blocked waiting for replies
-
-    def codec_pipeline(self) -> CodecPipeline:
-        if self.codec is None:
-            self.codec = CodecPipeline(self.codec_factory, self.max_backlog)
-        return self.codec
-
-
-def _record(ctx: _Context, item: _Sample, key: TaskKey, **fields: Any) -> ResultRecord:
-    sample = item.sample
-    return ResultRecord(
-        dataset=ctx.dataset_name, sample_id=sample.sample_id, clip_id=sample.clip_id, question=sample.question,
-        label=sample.answer, method=key.method, rate=key.rate, rho=key.rho, seed=key.seed,
-        answer_original=item.answer_original, parsed_original=item.parsed_original,
-        num_samples=None if item.waveform is None else int(item.waveform.size),
-        process_index=ctx.process_index, **fields,
-    )
-
-
-def _write(ctx: _Context, records: Sequence[ResultRecord]) -> None:
-    ctx.writer.append(records)
-    ctx.progress.update(len(records))
-
-
-def _fail(ctx: _Context, item: _Sample, keys: Sequence[TaskKey], stage: str, error: BaseException | str,
-          error_type: str | None = None) -> None:
-    """Writes failure records for `keys`; error_type defaults to the exception's class name."""
-    error_type = error_type or type(error).__name__
-    failure = Failure(stage=stage, error_type=error_type, message=str(error))
-    logging.warning("sample %s: %s failed for %d records: %s: %s", item.sample.sample_id, stage, len(keys),
-                    error_type, error)
-    ctx.failed += len(keys)
-    _write(ctx, [_record(ctx, item, key, failure=failure, seconds=dict(item.seconds)) for key in keys])
-
-
-def _prefill_flops(ctx: _Context, item: _Sample, audio_tokens: int) -> int:
-    return flops.decoder_prefill_flops(ctx.decoder_shape, item.text_tokens + audio_tokens)
-
-
-# --- stages --------------------------------------------------------------------------------------
-
-
-def _load(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
-    """Loads each clip (once per clip id); returns the samples that loaded, failing the others."""
-    cache: dict[str, np.ndarray | BaseException] = {}
-    loaded = []
-    for item in items:
-        start = time.perf_counter()
-        clip_id = item.sample.clip_id
-        if clip_id not in cache:
-            try:
-                cache[clip_id] = validate_waveform(item.sample.load_waveform(), f"clip {clip_id}").astype(np.float32)
-            except Exception as error:  # noqa: BLE001 - a bad clip is recorded and the sweep goes on
-                cache[clip_id] = error
-        item.seconds["load"] = time.perf_counter() - start
-        if isinstance(cache[clip_id], BaseException):
-            _fail(ctx, item, item.tasks, "load", cache[clip_id])
-        else:
-            item.waveform = cache[clip_id]
-            loaded.append(item)
-    return loaded
-
-
-def _per_item(ctx: _Context, items: Sequence[_Sample], stage: str, run: Callable[[Sequence[_Sample]], list[Any]],
-              keys_of: Callable[[_Sample], list[TaskKey]]) -> list[tuple[_Sample, Any]]:
-    """run(items) for the whole batch; if it raises, item by item, failing keys_of(item) of the items
-    that raise."""
-    start = time.perf_counter()
-    try:
-        outputs = run(items)
-        share = (time.perf_counter() - start) / max(len(items), 1)
-        for item in items:
-            item.seconds[stage] = share
-        return list(zip(items, outputs))
-    except Exception as error:  # noqa: BLE001 - isolate the failing sample
-        logging.warning("%s failed for a batch of %d samples (%s); retrying one by one", stage, len(items), error)
-    done = []
-    for item in items:
-        start = time.perf_counter()
-        try:
-            output = run([item])[0]
-        except Exception as error:  # noqa: BLE001
-            item.seconds[stage] = time.perf_counter() - start
-            _fail(ctx, item, keys_of(item), stage, error)
-            continue
-        item.seconds[stage] = time.perf_counter() - start
-        done.append((item, output))
-    return done
-
-
-def _needs_scores(item: _Sample) -> bool:
-    return any(key.method in SELECTING_METHODS for key in item.tasks)
-
-
-def _answer_original(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
-    """The original answer of each item; returns the items that have one."""
-    answered = _per_item(ctx, items, "answer_original",
-                         lambda batch: ctx.scorer.answers([i.waveform for i in batch], [i.sample.question for i in batch]),
-                         keys_of=lambda item: item.tasks)
-    for item, (text, ids) in answered:
-        item.answer_original, item.answer_ids = text, ids
-    return [item for item, _ in answered]
-
-
-def _score(ctx: _Context, items: Sequence[_Sample]) -> list[_Sample]:
-    """Scores the items that have a selecting task; returns those needing none or scored, failing
-    the compressed records of the others."""
-    scored = _per_item(ctx, [item for item in items if _needs_scores(item)], "score",
-                       lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch],
-                                                      answer_ids=[i.answer_ids for i in batch]),
-                       keys_of=lambda item: [key for key in item.tasks if key.method != "original"])
-    for item, scores in scored:
-        item.scores = scores
-    scored_ids = {id(item) for item, _ in scored}
-    return [item for item in items if id(item) in scored_ids or not _needs_scores(item)]
-
-
-def _write_originals(ctx: _Context, item: _Sample) -> None:
-    keys = [key for key in item.tasks if key.method == "original"]
-    if not keys:
-        return
-    audio_tokens = metrics.qwen2_audio_token_count(item.waveform.size)
-    flops = _prefill_flops(ctx, item, audio_tokens)
-    seconds = {name: item.seconds[name] for name in ("load", "answer_original") if name in item.seconds}
-    _write(ctx, [
-        _record(ctx, item, key, answer_compressed=item.answer_original, parsed_compressed=item.parsed_original,
-                audio_tokens_before=audio_tokens, audio_tokens_after=audio_tokens,
-                prefill_flops_before=flops, prefill_flops_after=flops, seconds=seconds)
-        for key in keys
-    ])
-
-
-def _select(ctx: _Context, members: Sequence[tuple[_Sample, TaskKey]]) -> list[np.ndarray]:
-    """Kept frames of one (method, rate, rho, seed) for several samples, in one batched call."""
-    method, rate, rho, seed = members[0][1].method, members[0][1].rate, members[0][1].rho, members[0][1].seed
-    if method == "codec":
-        return [np.arange(num_frames(item.waveform.size, rate), dtype=np.int64) for item, _ in members]
-    kept = ctx.select_batch([item.scores for item, _ in members], [item.waveform for item, _ in members], method,
-                            rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _ in members])
-    return [np.asarray(k, dtype=np.int64) for k in kept]
-
-
-def _kept_frames(ctx: _Context, items: Sequence[_Sample]) -> dict[tuple[int, TaskKey], tuple[np.ndarray, float]]:
-    """(kept frames, seconds) of every compressed task of the batch, keyed by (id(item), key); a
-    (method, rate, rho, seed) is selected for all samples at once, and sample by sample if that
-    fails, recording the samples whose selection fails."""
-    groups: dict[tuple, list[tuple[_Sample, TaskKey]]] = {}
-    for item in items:
-        for key in item.tasks:
-            if key.method != "original":
-                groups.setdefault((key.method, key.rate, key.rho, key.seed), []).append((item, key))
-    kept: dict[tuple[int, TaskKey], tuple[np.ndarray, float]] = {}
-    for members in groups.values():
-        start = time.perf_counter()
-        try:
-            frames = _select(ctx, members)
-        except Exception as error:  # noqa: BLE001 - isolate the failing sample
-            logging.warning("selection failed for %d samples (%s); retrying one by one", len(members), error)
-        else:
-            share = (time.perf_counter() - start) / len(members)
-            kept.update({(id(item), key): (f, share) for (item, key), f in zip(members, frames)})
-            continue
-        for item, key in members:
-            start = time.perf_counter()
-            try:
-                kept[(id(item), key)] = (_select(ctx, [(item, key)])[0], time.perf_counter() - start)
-            except Exception as error:  # noqa: BLE001
-                _fail(ctx, item, [key], "select", error)
-    return kept
-
-
-def _plan_jobs(ctx: _Context, items: Sequence[_Sample]) -> list[_Job]:
-    """The distinct compressed clips of the batch, in sample and task order; selection failures are
-    recorded."""
-    kept = _kept_frames(ctx, items)
-    jobs: dict[tuple, _Job] = {}
-    for item in items:
-        for key in item.tasks:
-            if (id(item), key) not in kept:
-                continue
-            frames, spent = kept[(id(item), key)]
-            identity = (id(item), key.rate, frames.tobytes()) if ctx.deterministic_codec else (id(item), key)
-            job = jobs.setdefault(identity, _Job(item=item, rate=key.rate, kept=frames, tasks=[]))
-            job.tasks.append((key, spent))
-    return list(jobs.values())
-
-
-def _compressed_records(ctx: _Context, job: _Job, reply: CodecReply, answer: str, answer_seconds: float
-                        ) -> list[ResultRecord]:
-    item, n = job.item, int(job.item.waveform.size)
-    total_frames = num_frames(n, job.rate)
-    mask = metrics.keep_mask_from_indices(job.kept, total_frames)
-    counts = metrics.token_counts(n, mask, job.rate)
-    evidence = item.sample.evidence
-    recall = None if evidence is None else metrics.evidence_recall(mask, evidence, n, job.rate)
-    records = []
-    for index, (key, select_seconds) in enumerate(job.tasks):
-        reused = index > 0
-        seconds = {
-            "load": item.seconds.get("load", 0.0), "score": item.seconds.get("score", 0.0),
-            "select": select_seconds, "codec": 0.0 if reused else float(reply.seconds.get("total", 0.0)),
-            "answer": 0.0 if reused else answer_seconds,
-        }
-        records.append(_record(
-            ctx, item, key, answer_compressed=answer, parsed_compressed=metrics.parse_answer(answer),
-            num_frames=total_frames, kept_frames=int(job.kept.size),
-            audio_tokens_before=counts.audio_tokens_before, audio_tokens_after=counts.audio_tokens_after,
-            # what the codec really spends (SemantiCodec: whole AudioMAE patches; rvq_mel: the frames)
-            codec_tokens_before=reply.clip_tokens or counts.codec_tokens_before,
-            codec_tokens_after=int(reply.tokens.size) if reply.tokens is not None else counts.codec_tokens_after,
-            prefill_flops_before=_prefill_flops(ctx, item, counts.audio_tokens_before),
-            prefill_flops_after=_prefill_flops(ctx, item, counts.audio_tokens_after),
-            evidence_recall=recall, seconds=seconds, reused=reused,
-        ))
-    return records
-
-
-def _answer_compressed(ctx: _Context, ready: list[tuple[_Job, CodecReply]]) -> None:
-    """Answers a batch of decoded clips and writes their records (one by one if the batch fails)."""
-    if not ready:
-        return
-    start = time.perf_counter()
-    try:
-        answers = ctx.scorer.answer([reply.waveform for _, reply in ready], [job.item.sample.question for job, _ in ready])
-        share = (time.perf_counter() - start) / len(ready)
-        _write(ctx, [record for (job, reply), answer in zip(ready, answers)
-                     for record in _compressed_records(ctx, job, reply, answer, share)])
-        return
-    except (results.DiskFullError, lock.LockLostError):
-        raise  # the records cannot be written: stop the run (retrying the clips would not help)
-    except Exception as error:  # noqa: BLE001
-        logging.warning("answering %d compressed clips failed (%s); retrying one by one", len(ready), error)
-    for job, reply in ready:
-        start = time.perf_counter()
-        try:
-            answer = ctx.scorer.answer([reply.waveform], [job.item.sample.question])[0]
-        except Exception as error:  # noqa: BLE001
-            _fail(ctx, job.item, [key for key, _ in job.tasks], "answer", error)
-            continue
-        _write(ctx, _compressed_records(ctx, job, reply, answer, time.perf_counter() - start))
-
-
-def _submit(ctx: _Context, jobs: Sequence[_Job]) -> None:
-    """Queues the jobs for the codec sidecar (returns at once; see `CodecPipeline`)."""
-    if not jobs:
-        return
-    pipeline = ctx.codec_pipeline()
-    for job in jobs:
-        request_id, ctx.next_request = ctx.next_request, ctx.next_request + 1
-        ctx.jobs[request_id] = job
-        pipeline.submit(CodecRequest(request_id=request_id, waveform=job.item.waveform, token_rate=job.rate,
-                                     kept_frames=job.kept, seed=job.tasks[0][0].seed))
-
-
-def _collect(ctx: _Context, max_pending: int) -> None:
-    """Answers decoded clips in full batches as they come back, waiting while more than `max_pending`
-    codec requests are out; with `max_pending` 0 it returns only when all are back and answered."""
-    if ctx.codec is None:
-        return
-    while True:
-        must_wait = ctx.codec.pending > max_pending
-        for reply in ctx.codec.replies(block=must_wait):
-            job = ctx.jobs.pop(reply.request_id)
-            ctx.codec_seconds += float(reply.seconds.get("total", 0.0)) if reply.seconds else 0.0
-            if reply.ok:
-                ctx.ready.append((job, reply))
-            else:
-                _fail(ctx, job.item, [key for key, _ in job.tasks], "codec", reply.failure.message,
-                      error_type=reply.failure.error_type)
-        while len(ctx.ready) >= ctx.answer_batch:
-            batch, ctx.ready = ctx.ready[: ctx.answer_batch], ctx.ready[ctx.answer_batch :]
-            _answer_compressed(ctx, batch)
-        if not must_wait:
-            break
-    if max_pending == 0 and ctx.ready:
-        batch, ctx.ready = ctx.ready, []
-        _answer_compressed(ctx, batch)
-
-
-def _run_batch(ctx: _Context, items: Sequence[_Sample]) -> None:
-    """Loads, answers and scores a batch and queues its compressed clips. Pipelined, the codec works
-    on them while the next batch is scored, and decoded clips are answered as full batches form;
-    otherwise the batch's clips are all compressed and answered before this returns."""
-    items = _answer_original(ctx, _load(ctx, items))
-    for item in items:
-        _write_originals(ctx, item)
-    _submit(ctx, _plan_jobs(ctx, _score(ctx, items)))
-    _collect(ctx, ctx.max_backlog if ctx.pipelined else 0)
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -595,7 +243,7 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
         planned += len(keys)
         todo = [key for key in keys if key not in done]
         if todo:
-            pending.append(_Sample(sample=sample, tasks=todo))
+            pending.append(stages.Sample(sample=sample, tasks=todo))
     total = sum(len(item.tasks) for item in pending)
     logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
                  process_count, len(shard), total, len(pending))
@@ -626,7 +274,7 @@ def _start_shard(workdir: Path, process_index: int, process_count: int, planned:
     return manifest
 
 
-def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: Path, scorer: Any,
+def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], path: Path, scorer: Any,
                  process_index: int, total: int) -> tuple[int, int, dict[str, float]]:
     """Runs the pending samples; returns (records written, failed, timing).
 
@@ -642,7 +290,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
     with results.ResultsWriter(path) as writer, Progress(
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
-        ctx = _Context(
+        ctx = stages.Context(
             dataset_name=dataset_name, scorer=scorer, select_batch=select_batch,
             decoder_shape=flops.DecoderShape.from_text_config(scorer.model_config.text),
             writer=writer, progress=progress,
@@ -653,8 +301,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[_Sample], path: P
         started = time.perf_counter()
         try:
             for batch in batches(pending, config.runtime.batch_samples):
-                _run_batch(ctx, batch)
-            _collect(ctx, 0)
+                stages.run_batch(ctx, batch)
+            stages.collect(ctx, 0)
         finally:
             if ctx.codec is not None:
                 ctx.codec_wait_seconds = ctx.codec.wait_seconds
