@@ -22,7 +22,7 @@ import numpy as np
 
 from agac_jax import checkpoints
 from agac_jax.audio.features import audio_token_count, log_mel, num_valid_frames
-from agac_jax.audio.grids import HOP_LENGTH, encoder_output_lengths
+from agac_jax.audio.grids import HOP_LENGTH, MAX_SAMPLES, encoder_output_lengths
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
@@ -59,7 +59,7 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def synthetic_clips(max_samples: int = 480_000) -> list[np.ndarray]:
+def synthetic_clips(max_samples: int = MAX_SAMPLES) -> list[np.ndarray]:
     """Two clips of different lengths: a 3 s tone in noise and a 7.5 s rising chirp, each cut to 40% and
     95% of `max_samples` (the encoder's window) when that is shorter."""
     rng = np.random.default_rng(0)
