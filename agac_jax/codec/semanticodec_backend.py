@@ -39,7 +39,7 @@ the codec never allocates on the GPU that JAX holds (cuda:0 unless told otherwis
 ``torch.manual_seed(s)`` first, so one seed's pass is reproducible and seeds differ.
 
 **Memory.** One model per rate, loaded when a request first asks for it (``CodecService``); with
-random weights on CPU the sidecar's peak resident memory was about 5.4 GB at r = 100 (see
+random weights on CPU the sidecar's peak resident memory was 5.2 GiB at r = 100 (see
 ``bench/results/codec_semanticodec_cpu_2cores.json``); r = 25's residual LSTM alone has ~1.5B
 parameters (6 GB in float32). ``max_loaded_rates`` (sidecar option) bounds how many stay loaded.
 """
