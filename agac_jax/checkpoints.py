@@ -362,7 +362,7 @@ def _tensors_equal(source: TensorSource, a: str, b: str, block_rows: int = 4096)
     if not shape:
         return bool(np.array_equal(source.read(a), source.read(b)))
     for start in range(0, shape[0], block_rows):
-        index = (slice(start, start + block_rows),) + tuple(slice(None) for _ in shape[1:])
+        index = (slice(start, min(start + block_rows, shape[0])),) + tuple(slice(None) for _ in shape[1:])
         if not np.array_equal(source.read(a, index), source.read(b, index)):
             return False
     return True

@@ -207,3 +207,16 @@ def test_peak_host_memory_of_a_7b_width_load_is_bounded(tmp_path):
     assert abs(m["params"] - disk) < 0.01 * disk  # the placed bf16 parameters are the disk's bytes
     assert increase <= disk + 2**30
     assert increase <= disk + 384 * 2**20, (increase - disk) / 2**20
+
+
+def test_streamed_tensor_comparison_handles_a_last_block_shorter_than_the_block(tmp_path):
+    """The tied-head check compares the embedding and the head block by block straight from the file;
+    safetensors refuses a slice past a tensor's end (numpy would clip it)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((34, 8)).astype(np.float32)
+    b = a.copy()
+    b[33, 7] += 1.0
+    save_file({"a": a, "same": a.copy(), "b": b}, str(tmp_path / "model.safetensors"))
+    source = checkpoints.TensorSource.from_directory(tmp_path)
+    assert checkpoints._tensors_equal(source, "a", "same", block_rows=16)
+    assert not checkpoints._tensors_equal(source, "a", "b", block_rows=16)
