@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rhos = (1.0, 0.8, 0.5)  # the poster's AVHBench ratios
     config.seeds = (0, 1, 2)  # three seeds
     config.codec.backend = "semanticodec"  # the real codec, in the sidecar
+    config.codec.python = ".venv-codec/bin/python"  # its own interpreter (tools/setup_codec_env.sh)
     config.codec.options = ml_collections.ConfigDict()  # semanticodec backend options
     config.codec.options.weights_dir = ""  # set on the command line: SemantiCodec checkpoints
     config.codec.deterministic = False  # diffusion decoding: every seed gets its own codec pass

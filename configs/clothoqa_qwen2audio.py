@@ -9,7 +9,7 @@
 Data: the yes/no subset of the ClothoAQA test split (`agac_jax.data.clotho_aqa`, released layout under
 dataset.root). Model: a Hugging Face Qwen2-Audio-7B-Instruct directory (config, safetensors, tokenizer,
 preprocessor). Grid: every method of DESIGN.md section 4, r in {25, 50, 100}, rho in {1.0, 0.9, 0.7},
-seeds {0, 1, 2}; codec: SemantiCodec in its sidecar (install the `semanticodec` package and put its
+seeds {0, 1, 2}; codec: SemantiCodec in its sidecar (under .venv-codec, made by tools/setup_codec_env.sh; put its
 weights in codec.options.weights_dir; the sidecar says exactly what is missing). SemantiCodec decodes
 by diffusion sampling, so it is not taken as deterministic: each seed is its own codec pass.
 
@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rhos = (1.0, 0.9, 0.7)  # the poster's ratios; rho = 1 is the SemantiCodec row
     config.seeds = (0, 1, 2)  # three seeds, as the poster
     config.codec.backend = "semanticodec"  # the real codec, in the sidecar
+    config.codec.python = ".venv-codec/bin/python"  # its own interpreter (tools/setup_codec_env.sh)
     config.codec.options = ml_collections.ConfigDict()  # semanticodec backend options
     config.codec.options.weights_dir = ""  # set on the command line: SemantiCodec checkpoints
     config.codec.deterministic = False  # diffusion decoding: every seed gets its own codec pass
