@@ -238,18 +238,24 @@ def convert_to_directory(imagebind_path, vicuna_directory, delta_path, out_direc
 
     Returns the Flax parameters. Every pickle is refused unless `allow_pickle`.
     """
+    params = convert_pandagpt(read_torch_pickle(imagebind_path, allow_pickle), read_vicuna(vicuna_directory,
+                              allow_pickle), read_torch_pickle(delta_path, allow_pickle), config)
+    write_directory(params, config, out_directory)
+    return params
+
+
+def write_directory(params, config, out_directory) -> None:
+    """Flax parameters and their config -> `out_directory` (PANDAGPT_WEIGHTS, PANDAGPT_CONFIG). A tokenizer
+    (the Vicuna directory's tokenizer files) may sit beside them: `PandaGPTScorer.from_directory` reads it."""
     import json
     from pathlib import Path
 
     from safetensors.numpy import save_file
 
-    params = convert_pandagpt(read_torch_pickle(imagebind_path, allow_pickle), read_vicuna(vicuna_directory,
-                              allow_pickle), read_torch_pickle(delta_path, allow_pickle), config)
     out = Path(out_directory)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flatten(params).items()}, str(out / PANDAGPT_WEIGHTS))
     (out / PANDAGPT_CONFIG).write_text(json.dumps(config_to_dict(config), indent=2))
-    return params
 
 
 def load_pandagpt_directory(directory):

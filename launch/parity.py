@@ -2,6 +2,8 @@
 
   python -m launch.parity --checkpoint DIR [--audio a.wav ...] [--question "..."] [--dump out.npz]
   python -m launch.parity --random_init CONFIG.json
+  python -m launch.parity --checkpoint PANDAGPT_DIR | --random_init configs/tiny_pandagpt.json  (PandaGPT:
+      a directory with pandagpt_config.json, or such a config; agac_jax/parity_pandagpt.py)
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
 greedy tokens must be identical; with --param_dtype/--dtype bfloat16 the default tolerance is the
@@ -45,13 +47,25 @@ def main(argv):
 
     if bool(FLAGS.checkpoint) == bool(FLAGS.random_init):
         raise app.UsageError("give exactly one of --checkpoint and --random_init")
-    directory = FLAGS.checkpoint or random_init_directory(FLAGS.random_init, FLAGS.seed)
+    from agac_jax import parity_pandagpt
+
+    pandagpt = parity_pandagpt.is_pandagpt_directory(FLAGS.checkpoint or FLAGS.random_init)
+    if pandagpt and (FLAGS.param_dtype, FLAGS.dtype) != ("float32", "float32"):
+        raise app.UsageError("PandaGPT's parity runs in float32 only")
+    if pandagpt:
+        directory = FLAGS.checkpoint or parity_pandagpt.random_init_directory(FLAGS.random_init, FLAGS.seed)
+    else:
+        directory = FLAGS.checkpoint or random_init_directory(FLAGS.random_init, FLAGS.seed)
     clips = [load_audio(p) for p in FLAGS.audio] or None
     tolerance = FLAGS.tolerance
     if tolerance is None:
         tolerance = BF16_TOLERANCE.get((FLAGS.param_dtype, FLAGS.dtype), 1e-4)
-    report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
-                        param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype)
+    if pandagpt:
+        report = parity_pandagpt.run_pandagpt_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens,
+                                                     tolerance)
+    else:
+        report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
+                            param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype)
     print(report.table())
     if FLAGS.dump:
         np.savez(FLAGS.dump, **report.arrays)

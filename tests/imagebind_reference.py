@@ -1,64 +1,14 @@
-"""ImageBind's PyTorch model as released (`imagebind-unofficial`), importable beside torch 2.13.
-
-The package's `__init__` imports its data module (pytorchvideo, torchvision, torchaudio), which does
-not load here; the models need none of it. They import two names from timm (whose import needs
-torchvision): `DropPath`, used only when a drop-path rate is set (PandaGPT's inference runs in eval
-mode, where DropPath is the identity; the tests build every trunk with rate 0, so it is never
-instantiated), and `trunc_normal_`, an initialiser (timm's is the same algorithm as
-`torch.nn.init.trunc_normal_`; random weights need not match anyway). So a two-name stand-in for
-`timm.layers` is exact for the forward pass, and `imagebind` is registered as a namespace over the
-installed directory without running its `__init__`. (The alternative, a torch 2.11 environment
-with real timm as tools/setup_codec_env.sh builds, costs 4.9 GB and a second interpreter for the
-same code path.)
-"""
+"""The PyTorch ImageBind the tests compare against: `agac_jax.reference.imagebind_torch` (why it is
+imported without the package `__init__` and with a two-name timm stand-in is written there), plus
+tiny random models."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import torch
 
-
-def _install_timm_stand_in() -> None:
-    if "timm.layers" in sys.modules:
-        return
-
-    class DropPath(torch.nn.Module):
-        """Identity (inference); the tests never build one with a positive rate."""
-
-        def __init__(self, drop_prob: float = 0.0):
-            super().__init__()
-            if drop_prob:
-                raise NotImplementedError("the stand-in DropPath is inference-only")
-
-        def forward(self, x):
-            return x
-
-    timm = types.ModuleType("timm")
-    layers = types.ModuleType("timm.layers")
-    layers.DropPath = DropPath
-    layers.trunc_normal_ = torch.nn.init.trunc_normal_
-    timm.layers = layers
-    sys.modules.update({"timm": timm, "timm.layers": layers})
-
-
-def imagebind_model():
-    """The `imagebind.models.imagebind_model` module of the installed package."""
-    _install_timm_stand_in()
-    if "imagebind" not in sys.modules:
-        spec = importlib.util.find_spec("imagebind")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("imagebind-unofficial is not installed: run tools/setup.sh (requirements-nodeps.txt)")
-        package = types.ModuleType("imagebind")
-        package.__path__ = list(spec.submodule_search_locations)
-        sys.modules["imagebind"] = package
-    from imagebind.models import imagebind_model as module
-
-    return module
-
+from agac_jax.reference.imagebind_torch import imagebind_model
 
 def tiny_imagebind(seed: int = 0, **sizes):
     """A random ImageBindModel in eval mode with tiny widths (every drop-path rate 0)."""
