@@ -4,7 +4,8 @@
   .venv/bin/python launch/bench.py --quick --out=/tmp/bench_quick.json
   .venv/bin/python launch/bench.py --parts=whole,flops --estimators=occlusion
 
-Writes the results as JSON (with the machine's description) and prints a short table last.
+Writes the results as JSON (with the machine's description), the `scaling` part's plot beside it
+(<out stem>_scaling.png) and prints a short table last.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from absl import app, flags
 from agac_jax import errors
 from agac_jax.bench import scoring_bench
 from agac_jax.bench.context import BenchConfig
-from agac_jax.bench.report import format_table, write_results
+from agac_jax.bench.report import format_table, plot_scaling, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Tiny random models, one repeat, few sizes (a smoke run).")
@@ -30,6 +31,11 @@ flags.DEFINE_list("estimators", None, "Local-score estimators (default: occlusio
 flags.DEFINE_list("models", None, "Models of the `whole` part: tiny, mid (default both).")
 flags.DEFINE_integer("repeats", None, "Repeats of the cheap measurements (default 3; 1 with --quick).")
 flags.DEFINE_integer("slow_repeats", None, "Repeats of the mid-size model and long clips (default 2).")
+flags.DEFINE_integer("long_torch_repeats", None, "Repeats of the reference on clips over 10 s (`scaling`, default 1).")
+flags.DEFINE_list("mix_models", None, "Models of the `mix` part: tiny, mid (default both).")
+flags.DEFINE_list("occlusion_chunks", None, "`whole`: occlusion chunks tried on each side (default 8,16,32,64).")
+flags.DEFINE_list("memory_chunks", None, "`memory`: occlusion chunks compiled for the long bucket (0: the bucket).")
+flags.DEFINE_bool("layer_memory_check", None, "`flops`: also compile each program for twice the layers.")
 flags.DEFINE_list("batch_sizes", None, "Batch sizes of the `batch` part (default 1,2,4,8,16,32).")
 flags.DEFINE_string("tiny_model", None, "Directory of the small model (default assets/tiny_qwen2audio; a random "
                                         "model of its shape when it does not exist).")
@@ -45,6 +51,16 @@ def build_config() -> BenchConfig:
         overrides["repeats"] = FLAGS.repeats
     if FLAGS.slow_repeats is not None:
         overrides["slow_repeats"] = FLAGS.slow_repeats
+    if FLAGS.long_torch_repeats is not None:
+        overrides["long_torch_repeats"] = FLAGS.long_torch_repeats
+    if FLAGS.mix_models:
+        overrides["mix_models"] = tuple(FLAGS.mix_models)
+    if FLAGS.occlusion_chunks:
+        overrides["occlusion_chunks"] = tuple(int(x) for x in FLAGS.occlusion_chunks)
+    if FLAGS.memory_chunks:
+        overrides["memory_chunks"] = tuple(int(x) for x in FLAGS.memory_chunks)
+    if FLAGS.layer_memory_check is not None:
+        overrides["layer_memory_check"] = FLAGS.layer_memory_check
     if FLAGS.batch_sizes:
         overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
     if FLAGS.tiny_model:
@@ -59,12 +75,16 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
         config = build_config()
-        results = scoring_bench.run_benchmark(config, FLAGS.parts, log=lambda line: print(line, flush=True))
+        results = scoring_bench.run_benchmark(config, FLAGS.parts, log=lambda line: print(line, flush=True),
+                                              checkpoint=lambda partial: write_results(partial, FLAGS.out))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     path = write_results(results, FLAGS.out)
     print(f"wrote {path}")
+    plot = plot_scaling(results, path.with_name(f"{path.stem}_scaling.png"))
+    if plot is not None:
+        print(f"wrote {plot}")
     print(format_table(results))
     return 0
 

@@ -1,4 +1,5 @@
-"""One tiny run of the scoring benchmark: the output schema, the JSON file and the table (no timing checks)."""
+"""One tiny run of the scoring benchmark: the output schema, the JSON file, the table and the scaling plot (no
+timing checks)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from agac_jax.bench.context import BenchConfig
 def results(tmp_path_factory):
     config = BenchConfig.quick(whole_models=("tiny",), estimators=("occlusion",),
                                              whole_clips={"tiny": 1, "mid": 1}, layer_memory_check=False)
-    return scoring_bench.run_benchmark(config, ("whole", "flops", "gpu"), workdir=tmp_path_factory.mktemp("bench"),
-                                       log=lambda line: None)
+    return scoring_bench.run_benchmark(config, ("whole", "mix", "scaling", "flops", "memory", "gpu"),
+                                       workdir=tmp_path_factory.mktemp("bench"), log=lambda line: None)
 
 
 def _positive(x) -> bool:
@@ -28,7 +29,7 @@ def test_machine_and_parts(results):
     machine = results["machine"]
     for key in ("platform", "cpu_count", "jax", "torch", "device_kind", "jax_backend"):
         assert machine[key], key
-    assert set(results["parts"]) == {"whole", "flops", "gpu"}
+    assert set(results["parts"]) == {"whole", "mix", "scaling", "flops", "memory", "gpu"}
     assert results["config"]["label"] == "quick"
 
 
@@ -45,6 +46,43 @@ def test_whole_scoring_schema(results):
     work = case["work"]
     assert work["torch_over_jax"] > 1  # the reference encodes 30 s and shares no prefix
     assert work["jax_gflops_per_s"] == pytest.approx(work["jax_flops_per_clip"] / case["jax_s_per_clip"] / 1e9)
+
+
+def test_mix_schema(results):
+    mix = results["parts"]["mix"]
+    assert len(mix["clip_seconds"]) == 4 and all(2.0 <= s <= 4.8 for s in mix["clip_seconds"])
+    case = mix["models"]["tiny"]["estimators"]["occlusion"]
+    assert set(case["bucket_sets"]) == {"default", "fine"}
+    for name, b in case["bucket_sets"].items():
+        assert b["compilations"] >= 1 and _positive(b["compile_s"]) and _positive(b["torch_over_jax"]), name
+        assert b["max_relative_difference"]["local"] < 1e-3, name  # same clips, answers and estimator
+        assert b["keep"]["pairs"] == 4 * 3 and b["keep"]["all_decisive_same"], b["keep"]
+        work = b["work"]
+        assert work["valid_tokens"] <= work["token_slots"] == sum(
+            x["slots"] * int(x["bucket_s"] * 25) for x in work["batches"])
+    issue = case["issue_case"]
+    assert issue["clip_seconds"] == [3.7, 4.1, 4.5] and len(issue["jax_s_per_clip"]) == 3
+    assert issue["max_relative_difference"]["local"] < 1e-3 and issue["keep"]["all_decisive_same"]
+
+
+def test_scaling_schema_and_plot(results, tmp_path):
+    scaling = results["parts"]["scaling"]
+    occ = scaling["estimators"]["occlusion"]
+    assert set(occ["lengths"]) == {"2", "5"} and occ["new_compilations"] == 1  # both: 5 s bucket, one slot
+    assert occ["checks"]["5"]["over_predicted"] == pytest.approx(1.0)  # the full clip is its own prediction
+    two = occ["checks"]["2"]
+    assert two["token_fraction"] == pytest.approx(occ["lengths"]["2"]["tokens"] / occ["lengths"]["5"]["tokens"])
+    assert isinstance(two["within"], bool) and _positive(occ["lengths"]["2"]["torch_s"])
+    path = report.plot_scaling(results, tmp_path / "scaling.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_schema(results):
+    memory = results["parts"]["memory"]
+    assert memory["bucket_frames"] == 500 and memory["bucket_slots"] == 125
+    assert [c["chunk"] for c in memory["chunks"].values()] == [64, 125]  # 64: the scaling part's program
+    temps = [c["temp_bytes"] for c in memory["chunks"].values()]
+    assert all(t > 0 for t in temps) and temps[0] < temps[-1]  # half the bucket's gates need less than all
 
 
 def test_flops_and_memory_schema(results):
@@ -66,7 +104,9 @@ def test_gpu_note_json_and_table(results, tmp_path):
     path = report.write_results(results, tmp_path / "out" / "bench.json")
     assert json.loads(path.read_text())["parts"].keys() == results["parts"].keys()
     table = report.format_table(results)
-    assert "1 whole" in table and "4 flops" in table and table.splitlines()[-1].startswith("total")
+    for row in ("1 whole", "2 mix", "3 scaling", "5 flops", "6 memory", "8 gpu"):
+        assert row in table, row
+    assert table.splitlines()[-1].startswith("total")
 
 
 def test_bad_parts_and_config_are_refused():

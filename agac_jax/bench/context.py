@@ -66,7 +66,7 @@ class BenchConfig:
     label: str = "full"  # recorded with the results; "quick" for --quick
     repeats: int = 3  # alternating repeats of the cheap measurements
     slow_repeats: int = 2  # repeats of the mid-size model and of long clips
-    padded_repeats: int = 1  # repeats of a clip padded to 30 s (one program for every length)
+    long_torch_repeats: int = 1  # `scaling`: repeats of the reference on clips over 10 s
     whole_models: tuple[str, ...] = ("tiny", "mid")  # roles measured by the `whole` part
     whole_clips: dict[str, int] = dataclasses.field(default_factory=lambda: {"tiny": 4, "mid": 2})
     estimators: tuple[str, ...] = ESTIMATORS
@@ -83,6 +83,22 @@ class BenchConfig:
     max_text_tokens: int = 32  # prompt slots besides the audio: the bench's prompts have 25 text tokens
     occlusion_chunks: tuple[int, ...] = (8, 16, 32, 64)  # gate vectors per batch tried on each side (`whole`, occlusion):
     #                                                   each side is timed at its fastest, so neither is handicapped
+    # `mix`: a user's folder: clips of lengths drawn once from `mix_seed`, scored in one Scorer.score call.
+    mix_models: tuple[str, ...] = ("tiny", "mid")
+    mix_clips: int = 12
+    mix_seconds_range: tuple[float, float] = (3.0, 12.0)
+    mix_seed: int = 13
+    mix_keep: str = "0.7"  # the issue's setting (one executable serves every keep ratio)
+    mix_batch_size: int = 8  # ScoringConfig's and the configs' default
+    jax_occlusion_chunk: int = 16  # `mix`, `scaling`: ScoringConfig's default (what users get)
+    fine_buckets_seconds: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 15, 20, 25, 30)
+    issue_clip_seconds: tuple[float, ...] = (3.7, 7.0, 11.3)  # issue 13's three clips in one call
+    # `scaling`: one clip per call in its bucket (nominal lengths, two mel frames short), beside the reference.
+    scaling_seconds: tuple[int, ...] = (2, 4, 5, 8, 10, 12, 20, 30)
+    scaling_tolerance: float = 1.3  # time per clip <= this x (tokens / full-bucket tokens) x the bucket's full cost
+    # `memory`: program temporaries of one clip in the `memory_seconds` bucket per occlusion chunk (0: the bucket).
+    memory_seconds: int = 30
+    memory_chunks: tuple[int, ...] = (32, 0)  # with `jax_occlusion_chunk` from `scaling`
     tiny_model: str | None = str(SHIPPED_TINY)  # None or missing: a random model of its shape
     tiny_spec: str = "tiny_random"
     mid_spec: str = "mid_random"
@@ -91,26 +107,33 @@ class BenchConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> "BenchConfig":
         """Tiny sizes for a smoke run: random micro models, one repeat, two buckets, batches 1 and 2."""
-        fields = dict(label="quick", repeats=1, slow_repeats=1, padded_repeats=1,
+        fields = dict(label="quick", repeats=1, slow_repeats=1, long_torch_repeats=1,
                       whole_clips={"tiny": 2, "mid": 1}, bucket_seconds=(5, 10), batch_sizes=(1, 2),
                       sharding_meshes=((2, 1),), sharding_devices=2, matmul_size=512,
                       matmul_repeats=3, max_new_tokens=2, tiny_model=None, tiny_spec="micro_random",
-                      mid_spec="small_random", occlusion_chunks=(16,))
+                      mid_spec="small_random", occlusion_chunks=(64,), mix_models=("tiny",), mix_clips=4,
+                      mix_seconds_range=(2.0, 4.8), mix_batch_size=4, fine_buckets_seconds=(3, 5),
+                      issue_clip_seconds=(3.7, 4.1, 4.5), jax_occlusion_chunk=64, scaling_seconds=(2, 5),
+                      memory_seconds=5, memory_chunks=(0,))
         fields.update(overrides)
         return cls(**fields)
 
     def __post_init__(self):
-        for role in self.whole_models:
-            if role not in ("tiny", "mid"):
-                raise ValueError(f"whole_models holds {role!r}; expected 'tiny' or 'mid'")
+        for name in ("whole_models", "mix_models"):
+            for role in getattr(self, name):
+                if role not in ("tiny", "mid"):
+                    raise ValueError(f"{name} holds {role!r}; expected 'tiny' or 'mid'")
+        low, high = self.mix_seconds_range
+        if not 0 < low <= high <= 30:
+            raise ValueError(f"mix_seconds_range={self.mix_seconds_range}; expected 0 < low <= high <= 30")
         for estimator in self.estimators:
             if estimator not in ESTIMATORS:
                 raise ValueError(f"estimator {estimator!r}; expected one of {ESTIMATORS}")
         for spec in (self.tiny_spec, self.mid_spec):
             if spec not in MODEL_SPECS:
                 raise ValueError(f"model spec {spec!r}; expected one of {sorted(MODEL_SPECS)}")
-        if min(self.repeats, self.slow_repeats, self.padded_repeats) < 1:
-            raise ValueError("repeats, slow_repeats and padded_repeats must be >= 1")
+        if min(self.repeats, self.slow_repeats, self.long_torch_repeats) < 1:
+            raise ValueError("repeats, slow_repeats and long_torch_repeats must be >= 1")
 
 
 def make_random_checkpoint(directory: Path, spec_name: str, seed: int = 0) -> Path:
@@ -190,17 +213,27 @@ def clip_samples(seconds: int) -> int:
 
 def make_clips(count: int, seconds: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
     """`count` clips (a tone burst in noise) of `clip_samples(seconds)` and an existence question each."""
+    return make_clips_of([clip_samples(seconds)] * count, seed)
+
+
+def make_clips_of(samples: Sequence[int], seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """One clip (a tone burst in noise) of each length in `samples` and an existence question each."""
     rng = np.random.default_rng(seed)
-    n = clip_samples(seconds)
-    t = np.arange(n) / SAMPLE_RATE
     clips, questions = [], []
-    for i in range(count):
+    for i, n in enumerate(samples):
+        t = np.arange(n) / SAMPLE_RATE
         onset = rng.uniform(0.0, 0.6) * t[-1]
         burst = (t >= onset) & (t < onset + 0.3 * t[-1])
         tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) * burst
         clips.append((tone + 0.02 * rng.standard_normal(n)).astype(np.float32))
         questions.append(synthetic.existence_question(synthetic.EVENT_CLASSES[i % len(synthetic.EVENT_CLASSES)]))
     return clips, questions
+
+
+def mix_lengths_seconds(count: int, seconds_range: tuple[float, float], seed: int) -> list[float]:
+    """`count` clip lengths drawn once, uniformly in `seconds_range`, rounded to 0.1 s (a user's folder)."""
+    rng = np.random.default_rng(seed)
+    return [round(float(x), 1) for x in rng.uniform(*seconds_range, size=count)]
 
 
 @dataclasses.dataclass
@@ -223,7 +256,11 @@ class BenchContext:
         self.workdir = workdir
         self.log = log
         self.programs: list[ProgramRecord] = []
+        self.torch_chunks: dict[tuple[str, str], int] = {}  # (role, estimator) -> the reference's fastest chunk
+        self.temp_bytes: dict[tuple[int, str, int], int] = {}  # (bucket frames, estimator, chunk) -> temporaries
         self._models: dict[str, ModelEntry] = {}
+        self._scorers: dict[Any, Scorer] = {}
+        self.report_partial: Callable[[dict[str, Any]], None] = lambda values: None  # set per part by run_benchmark
 
     def model(self, role: str) -> ModelEntry:
         if role not in self._models:
@@ -240,6 +277,14 @@ class BenchContext:
         if role == "tiny" and c.tiny_model:
             note = f" (fallback: {c.tiny_model} does not exist)"
         return ModelEntry(role, directory, f"random {spec}{note}", False)
+
+    def shared_scorer(self, entry: ModelEntry, **overrides: Any) -> Scorer:
+        """`scorer(entry, **overrides)`, made once per model and overrides and shared between parts (the
+        `mix` part's default-bucket Scorer serves `scaling`, which then compiles only new programs)."""
+        key = (entry.role, tuple(sorted(overrides.items())))
+        if key not in self._scorers:
+            self._scorers[key] = self.scorer(entry, **overrides)
+        return self._scorers[key]
 
     def scorer(self, entry: ModelEntry, **overrides: Any) -> Scorer:
         config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, max_text_tokens=self.config.max_text_tokens,

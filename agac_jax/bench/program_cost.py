@@ -1,11 +1,13 @@
 """Part `flops` of the scoring benchmark: the 2048 x 2048 fp32 matmul ceiling and, for every program
 a part measured, XLA's FLOP count and the analytic one (`agac_jax.eval.flops`), the achieved rate,
 and the memory the executable needs; plus the analytic work of each side of the `whole` part.
+Part `memory` (`bench_memory`): the long bucket's temporaries against one occlusion chunk's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -16,7 +18,7 @@ from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
 from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
 from agac_jax.models.qwen2_audio import init_params
-from agac_jax.scoring.scorer import ClipScores, Scorer
+from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 
 
 def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
@@ -168,3 +170,59 @@ def measure_program(ctx: BenchContext, entry: ModelEntry, estimator: str) -> Pro
     return ProgramRecord(f"{entry.role} {estimator}", entry, scorer, scorer.bucket_frames(len(clips[0])), n,
                          median(runs))
 
+
+
+def bench_memory(ctx: BenchContext) -> dict[str, Any]:
+    """Part `memory`: the temporaries of the occlusion program for one clip filling the
+    `memory_seconds` bucket, per occlusion chunk (`memory_chunks`, 0: every gate of the bucket in one
+    chunk), compiled and not run, against the attention scores of one chunk and of the whole bucket:
+    chunks run one after another, so the temporaries follow the chunk, not the bucket."""
+    c = ctx.config
+    entry = ctx.model("tiny")
+    clips, questions = make_clips(1, c.memory_seconds, c.seed)
+    heads = entry.loaded().config.text.num_attention_heads
+    chunks = {}
+    frames = t_slots = seq = offset = 0
+    for chunk in c.memory_chunks:
+        frames = feats.encoder_bucket_frames(len(clips[0]), (c.memory_seconds,),
+                                             entry.loaded().config.audio.max_mel_frames)
+        t_slots = frames // 4
+        gates = chunk or t_slots
+        scorer = ctx.scorer(entry, estimator="occlusion", batch_size=1, occlusion_chunk=gates,
+                            buckets_seconds=(c.memory_seconds,))
+        seq = t_slots + c.max_text_tokens + c.max_new_tokens
+        offset = min(scorer.audio_offset, seq - c.max_new_tokens - t_slots)
+        batch, _ = scorer.make_batch(frames, clips, questions, None)
+        ctx.log(f"memory: {c.memory_seconds} s bucket, occlusion chunk {gates}: compiling")
+        refused = None
+        try:
+            compile_s, _ = timed(lambda: scorer.program(frames, True, batch))
+        except MemoryError as error:  # larger than the host: the Scorer measured it, then refused it
+            compile_s, refused = float("nan"), str(error)
+        temp = scorer.program_memory[ProgramKey(frames, True, 1)]
+        scores = one_chunk_scores_bytes(gates, heads, seq, offset)
+        chunks[str(gates)] = dict(chunk=gates, temp_bytes=temp, one_chunk_scores_bytes=scores,
+                                  temp_over_one_chunk_scores=temp / scores, compile_s=compile_s, refused=refused)
+        ctx.log(f"memory: chunk {gates}: temporaries {temp / 2**20:.0f} MiB (one chunk's attention scores "
+                f"{scores / 2**20:.0f} MiB)")
+    default_chunk = c.jax_occlusion_chunk
+    measured = ctx.temp_bytes.get((frames, "occlusion", default_chunk))
+    if measured is not None and str(default_chunk) not in chunks:
+        scores = one_chunk_scores_bytes(default_chunk, heads, seq, offset)
+        chunks[str(default_chunk)] = dict(chunk=default_chunk, temp_bytes=measured, one_chunk_scores_bytes=scores,
+                                          temp_over_one_chunk_scores=measured / scores, compile_s=None,
+                                          refused=None, from_part="scaling")
+    return dict(model=entry.description, bucket_frames=frames, bucket_slots=t_slots, sequence=seq, batch_size=1,
+                heads=heads, whole_bucket_scores_bytes=one_chunk_scores_bytes(t_slots, heads, seq, offset),
+                chunks=dict(sorted(chunks.items(), key=lambda kv: kv[1]["chunk"])),
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
+                note="temp_bytes: executable.memory_analysis() on XLA:CPU (Scorer.program_memory) of one clip in "
+                     "one slot; one_chunk_scores_bytes: fp32 attention scores of one layer for the chunk's gates "
+                     "over the first chunk's recomputed rows (chunk x heads x (sequence - audio offset) x "
+                     "sequence x 4)")
+
+
+def one_chunk_scores_bytes(gates: int, heads: int, seq: int, offset: int) -> int:
+    """fp32 attention scores of one decoder layer for `gates` occlusion passes recomputing positions
+    from `offset` on over a sequence of `seq` keys."""
+    return int(gates * heads * (seq - offset) * seq * 4)

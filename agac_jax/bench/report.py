@@ -38,16 +38,20 @@ def format_table(results: dict[str, Any]) -> str:
     parts = results["parts"]
     if "whole" in parts:
         _whole_rows(parts["whole"], rows)
-    if "buckets" in parts:
-        _bucket_rows(parts["buckets"], rows)
+    if "mix" in parts:
+        _mix_rows(parts["mix"], rows)
+    if "scaling" in parts:
+        _scaling_rows(parts["scaling"], rows)
     if "batch" in parts:
         _batch_rows(parts["batch"], rows)
     if "flops" in parts:
         _flops_rows(parts["flops"], rows)
+    if "memory" in parts:
+        _memory_rows(parts["memory"], rows)
     if "sharding" in parts:
         _sharding_rows(parts["sharding"], rows)
     if "gpu" in parts:
-        rows.append(("6 gpu", "", parts["gpu"]["status"]))
+        rows.append(("8 gpu", "", parts["gpu"]["status"]))
     widths = [max(len(r[i]) for r in rows + [("part", "case", "result")]) for i in range(2)]
     lines.append(f"{'part':<{widths[0]}}  {'case':<{widths[1]}}  result")
     lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
@@ -69,29 +73,49 @@ def _whole_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
                          f"{w['jax_gflops_per_s']:.0f} / torch {w['torch_gflops_per_s']:.0f} GFLOP/s"))
 
 
-def _bucket_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+def _mix_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    n = len(part["clip_seconds"])
+    span = f"{min(part['clip_seconds']):.1f}-{max(part['clip_seconds']):.1f}s"
+    for role, model in part["models"].items():
+        for est, r in model["estimators"].items():
+            for name, b in r["bucket_sets"].items():
+                keep = b["keep"]
+                rows.append((f"2 mix {n} clips {span}", f"{role} {_short(est)} {name} buckets",
+                             f"jax {b['jax_s']:.2f} s, torch {r['torch_s']:.2f} s, torch/jax "
+                             f"{b['torch_over_jax']:.2f}x; {b['compilations']} compiles {b['compile_s']:.0f} s; "
+                             f"local diff {b['max_relative_difference']['local']:.1e} of |logp|; keep same "
+                             f"{keep['decisive_same']}/{keep['decisive']} decisive ({keep['same']}/{keep['pairs']})"))
+            i = r["issue_case"]
+            rows.append(("", f"{role} {_short(est)} issue clips", f"jax {i['jax_s']:.2f} s, torch {i['torch_s']:.2f} s, "
+                         f"torch/jax {i['torch_over_jax']:.2f}x, local diff {i['max_relative_difference']['local']:.1e}"))
+
+
+def _scaling_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     for est, r in part["estimators"].items():
-        cells = ", ".join(f"{s}s {v['bucketed_s_per_clip']:.2f}/{v['padded30_s_per_clip']:.2f}"
-                          for s, v in r["lengths"].items())
-        tail = f"; 10s/30s {r['ratio_10s_over_30s']:.2f}" if "ratio_10s_over_30s" in r else ""
-        rows.append(("2 buckets", f"{_short(est)} bucketed/padded30 s/clip", cells + tail))
+        for name, v in r["lengths"].items():
+            check = r["checks"][name]
+            verdict = ("no full clip" if check["within"] is None else
+                       f"{check['over_predicted']:.2f}x of tokens share ({'ok' if check['within'] else 'over'})")
+            rows.append(("3 scaling", f"{_short(est)} {name}s (bucket {v['bucket_frames'] // 100}s)",
+                         f"jax {v['jax_s']:.3f} s, torch {v['torch_s']:.3f} s, torch/jax {v['torch_over_jax']:.2f}x; "
+                         f"{verdict}"))
 
 
 def _batch_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     cells = ", ".join(f"B={b} {v['s_per_clip']:.3f}" for b, v in part["sizes"].items())
     capped = f"; capped at B={part['capped']['at']}" if part["capped"] else ""
-    rows.append(("3 batch", "occ s/clip", cells + capped))
+    rows.append(("4 batch", "occ s/clip", cells + capped))
     sweep = part["sweep"]
-    rows.append(("3 batch", "traces over sweep", f"{sweep['traces_after_second_sweep']} for {sweep['buckets']} buckets "
+    rows.append(("4 batch", "traces over sweep", f"{sweep['traces_after_second_sweep']} for {sweep['buckets']} buckets "
                  f"(two sweeps)"))
 
 
 def _flops_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     c = part["ceiling"]
-    rows.append(("4 flops", f"matmul {c['size']} fp32", f"jax {c['jax_gflops']:.1f} GFLOP/s, "
+    rows.append(("5 flops", f"matmul {c['size']} fp32", f"jax {c['jax_gflops']:.1f} GFLOP/s, "
                                                         f"torch {c['torch_gflops']:.1f} GFLOP/s"))
     for p in part["programs"]:
-        rows.append(("4 flops", p["label"], f"{p['analytic_gflops_per_s']:.1f} GFLOP/s analytic "
+        rows.append(("5 flops", p["label"], f"{p['analytic_gflops_per_s']:.1f} GFLOP/s analytic "
                      f"({100 * p['fraction_of_ceiling']:.0f}% of ceiling; XLA count {p['xla_gflops_per_s']:.1f}), "
                      f"peak {p['memory']['peak_bytes'] / 2**20:.0f} MiB" + _layer_memory_cell(p)))
 
@@ -105,13 +129,58 @@ def _layer_memory_cell(program: dict[str, Any]) -> str:
     return f"; 2x layers: temp {growth:+.0f} MiB (held maps would add {held:.0f} MiB)"
 
 
+def _memory_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    cells = ", ".join(f"chunk {c['chunk']} {c['temp_bytes'] / 2**20:.0f} MiB" for c in part["chunks"].values())
+    rows.append(("6 memory", f"occ temps {part['bucket_frames'] // 100}s bucket",
+                 cells + f" (one bucket's scores {part['whole_bucket_scores_bytes'] / 2**20:.0f} MiB/layer)"))
+
+
 def _sharding_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
     for mesh, r in part["meshes"].items():
         diff = max(r["max_abs_difference"].values())
-        rows.append(("5 sharding", f"mesh {mesh} of {part['forced_devices']}",
+        rows.append(("7 sharding", f"mesh {mesh} of {part['forced_devices']}",
                      f"{r['s_per_clip']:.3f} s/clip, {r['over_one_device']:.2f}x 1 device, max abs diff {diff:.1e}"))
 
 
 def _short(estimator: str) -> str:
     return {"occlusion": "occ", "integrated_gradients": "IG"}.get(estimator, estimator)
 
+
+
+def plot_scaling(results: dict[str, Any], path: Path | str) -> Path | None:
+    """Seconds per clip against clip length, JAX and the reference per estimator (the `scaling` part),
+    with the proportional cost of each bucket's full clip dotted; a PNG at `path` (None without the part)."""
+    part = results["parts"].get("scaling")
+    if part is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"occlusion": "tab:blue", "integrated_gradients": "tab:orange"}
+    for est, r in part["estimators"].items():
+        lengths = r["lengths"].values()
+        x = [v["clip_s"] for v in lengths]
+        color = colors.get(est, None)
+        ax.plot(x, [v["jax_s"] for v in lengths], "o-", color=color, label=f"JAX {_short(est)}")
+        ax.plot(x, [v["torch_s"] for v in lengths], "s--", color=color, alpha=0.6, label=f"PyTorch {_short(est)}")
+        predicted = [(v["clip_s"], r["checks"][k]["predicted_s"]) for k, v in r["lengths"].items()
+                     if r["checks"][k]["within"] is not None]
+        ax.plot([p[0] for p in predicted], [p[1] for p in predicted], ":", color=color, alpha=0.8,
+                label=f"JAX {_short(est)}: tokens share of bucket's full cost")
+    m = results["machine"]
+    ax.set(xlabel="clip length (s)", ylabel="seconds per clip (warm, one clip per call)", yscale="log",
+           title=f"Scoring cost against clip length ({part['model'].split(' (')[0]}; "
+                 f"{m['usable_cpus']} CPUs, load {m['load_average'][0]:.1f})")
+    for seconds in part["buckets"]:
+        ax.axvline(seconds, color="grey", lw=0.5, alpha=0.5)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

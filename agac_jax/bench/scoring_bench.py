@@ -2,10 +2,16 @@
 
 Parts (`PARTS`), each a function of a `context.BenchContext` returning a JSON-ready dict:
 
-- `whole`, `buckets`, `batch` (`timing`): whole scoring against `torch_scores.score_clip`, length
-  buckets against 30 s padding, batch scaling and traces.
+- `whole`, `batch` (`timing`): the best case (full batches of clips filling the 5 s bucket) against
+  `torch_scores.score_clip`; batch scaling and traces.
+- `mix` (`mix`): the realistic case: a user's folder of mixed lengths in one `Scorer.score` call, with
+  the default and finer buckets (compilations and compile seconds), against the reference scoring
+  each clip unpadded; issue 13's three clips.
+- `scaling` (`scaling`): seconds per clip against clip length, JAX and the reference, with the check
+  against the bucket's full cost (plotted by `report.plot_scaling`).
 - `flops` (`program_cost`): the matmul ceiling, XLA's and the analytic FLOP count of every program
   measured, the achieved rate, and the memory the executable needs.
+- `memory` (`program_cost`): the long bucket's temporaries per occlusion chunk.
 - `sharding` (`sharding`): the program on meshes of 8 forced host devices against 1 device, in a
   subprocess.
 - `gpu`: the accelerator the run used, or `GPU_NOT_MEASURED`.
@@ -29,12 +35,14 @@ import jax
 import numpy as np
 
 from agac_jax.bench.context import BenchConfig, BenchContext
-from agac_jax.bench.program_cost import bench_flops
+from agac_jax.bench.mix import bench_mix
+from agac_jax.bench.program_cost import bench_flops, bench_memory
+from agac_jax.bench.scaling import bench_scaling
 from agac_jax.bench.sharding import bench_sharding
-from agac_jax.bench.timing import bench_batch, bench_buckets, bench_whole
+from agac_jax.bench.timing import bench_batch, bench_whole
 
-PARTS = ("whole", "buckets", "batch", "flops", "sharding", "gpu")
-SCHEMA = "agac_jax.bench.scoring/1"
+PARTS = ("whole", "scaling", "flops", "memory", "mix", "batch", "sharding", "gpu")  # run in this order
+SCHEMA = "agac_jax.bench.scoring/2"
 GPU_NOT_MEASURED = "not measured: no GPU in this session"
 
 
@@ -71,13 +79,16 @@ def machine_info() -> dict[str, Any]:
 
 
 PART_FUNCTIONS: dict[str, Callable[[BenchContext], dict[str, Any]]] = dict(
-    whole=bench_whole, buckets=bench_buckets, batch=bench_batch, flops=bench_flops, sharding=bench_sharding,
-    gpu=bench_gpu)
+    whole=bench_whole, mix=bench_mix, scaling=bench_scaling, batch=bench_batch, flops=bench_flops,
+    memory=bench_memory, sharding=bench_sharding, gpu=bench_gpu)
 
 
 def run_benchmark(config: BenchConfig, parts: Sequence[str] = PARTS, workdir: Path | None = None,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs `parts` in `PARTS` order; returns the JSON-ready results with the machine's description."""
+                  log: Callable[[str], None] = print,
+                  checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs `parts` in `PARTS` order; returns the JSON-ready results with the machine's description.
+    `checkpoint(results)` is called after each part and with a part's partial results (marked
+    `partial: true`) when it reports some, so a run stopped early keeps what it measured."""
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown parts {unknown}; expected a subset of {PARTS}")
@@ -90,7 +101,16 @@ def run_benchmark(config: BenchConfig, parts: Sequence[str] = PARTS, workdir: Pa
         for part in PARTS:
             if part in parts:
                 part_start = time.perf_counter()
+
+                def partial(values: dict[str, Any], part: str = part, part_start: float = part_start) -> None:
+                    results["parts"][part] = dict(values, partial=True, seconds=time.perf_counter() - part_start)
+                    if checkpoint is not None:
+                        checkpoint(results)
+
+                ctx.report_partial = partial
                 results["parts"][part] = dict(PART_FUNCTIONS[part](ctx), seconds=time.perf_counter() - part_start)
+                if checkpoint is not None:
+                    checkpoint(results)
     results["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["total_seconds"] = time.perf_counter() - start
     return results

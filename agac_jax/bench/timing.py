@@ -5,8 +5,6 @@
   against `torch_scores.score_clip` per clip on the same clips with the JAX answer ids, medians over
   repeats that alternate the two; each side's occlusion at its fastest chunk of
   `BenchConfig.occlusion_chunks`; the ratio split into work (`program_cost`) times rate.
-- `buckets`: JAX seconds per clip of 5, 10, 20 and 30 s clips in their length bucket, against the
-  same clip padded to 30 s (a Scorer with the single bucket 30 s, as transformers pads).
 - `batch`: batch scaling of the warm program and the number of traces over a sweep of buckets.
 """
 
@@ -22,7 +20,7 @@ from agac_jax.bench.context import (BenchContext, ModelEntry, ProgramRecord, cli
                                     score_timed, timed)
 from agac_jax.bench.program_cost import analytic_program_flops, reference_clip_flops
 from agac_jax.reference import torch_scores
-from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 
 
 def reference_inputs(hf: Any, clip: np.ndarray) -> dict[str, np.ndarray]:
@@ -105,6 +103,7 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
     for chunk in chunks if estimator == "occlusion" else (scorer.config.ig_steps,):  # IG: every step in one batch
         tuning["torch"][chunk] = reference_timed(hf, clips, first, estimator, scorer.config, chunk)[0]
     torch_chunk = min(tuning["torch"], key=tuning["torch"].get)
+    ctx.torch_chunks[(entry.role, estimator)] = torch_chunk
     ctx.log(f"whole: {entry.role} {estimator}: chunk {jax_chunk} (jax), {torch_chunk} (torch), the fastest of "
             f"{list(chunks)}")
     jax_walls, jax_runs, torch_walls, refs = [], [], [], []
@@ -135,58 +134,6 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
                 bucket_frames=frames, answer_tokens=[len(s.answer_ids) for s in first],
                 torch_stage_s_per_clip={k: float(np.mean([r.seconds[k] for r in refs])) for k in refs[0].seconds},
                 max_relative_difference=relative_differences(first, refs), work=work)
-
-
-def bench_buckets(ctx: BenchContext) -> dict[str, Any]:
-    c = ctx.config
-    entry = ctx.model("tiny")
-    estimators = {}
-    for estimator in c.estimators:
-        bucketed = ctx.scorer(entry, estimator=estimator, batch_size=1)
-        padded = ctx.scorer(entry, estimator=estimator, batch_size=1, buckets_seconds=(30,))
-        lengths = {str(s): bucket_case(ctx, bucketed, padded, s, estimator) for s in c.bucket_seconds}
-        result: dict[str, Any] = dict(lengths=lengths, traces_bucketed=bucketed.traces, traces_padded=padded.traces)
-        if "10" in lengths and "30" in lengths:
-            ratio = lengths["10"]["bucketed_s_per_clip"] / lengths["30"]["bucketed_s_per_clip"]
-            result.update(ratio_10s_over_30s=ratio, meets_40_percent=bool(ratio <= 0.4))
-        estimators[estimator] = result
-    return dict(model=entry.description, batch_size=1, estimators=estimators,
-                note="padded: the same clip scored by a Scorer whose only bucket is 30 s (transformers' padding); "
-                     "a 30 s clip runs the same program shape either way")
-
-
-def bucket_case(ctx: BenchContext, bucketed: Scorer, padded: Scorer, seconds: int, estimator: str) -> dict[str, Any]:
-    """One clip length: warm seconds in its bucket and padded to 30 s (compiles excluded)."""
-    c = ctx.config
-    clips, questions = make_clips(1, seconds, c.seed + seconds)
-    frames = bucketed.bucket_frames(len(clips[0]))
-    same_program = frames == feats.MAX_FRAMES
-    first_b = warm_up(bucketed, clips, questions)
-    first_p = first_b if same_program else warm_up(padded, clips, questions)
-    repeats_b = c.repeats if seconds <= 10 else c.slow_repeats
-    repeats_p = 0 if same_program else c.padded_repeats
-    walls_b, walls_p = [], []
-    for r in range(max(repeats_b, repeats_p)):
-        if r < repeats_b:
-            walls_b.append(score_timed(bucketed, clips, questions)[0])
-        if r < repeats_p:
-            walls_p.append(score_timed(padded, clips, questions)[0])
-    walls_p = walls_p or walls_b
-    ctx.log(f"buckets: {estimator} {seconds} s: bucketed {median(walls_b):.2f} s, padded {median(walls_p):.2f} s")
-    tokens = int(feats.audio_token_count(feats.num_valid_frames(len(clips[0]))))
-    return dict(clip_s=len(clips[0]) / SAMPLE_RATE, tokens=tokens, bucket_frames=frames,
-                repeats_bucketed=len(walls_b), repeats_padded=len(walls_p),
-                bucketed_s_per_clip=median(walls_b), padded30_s_per_clip=median(walls_p),
-                bucketed_over_padded=median(walls_b) / median(walls_p), first_call_bucketed_s=first_b,
-                first_call_padded_s=first_p, same_program=same_program)
-
-
-def warm_up(scorer: Scorer, clips: list[np.ndarray], questions: list[str]) -> float:
-    """Seconds of the first call (compile included) when the Scorer has not compiled the clips' bucket;
-    0.0 (and no call) when it has."""
-    if ProgramKey(scorer.bucket_frames(len(clips[0])), True, scorer.batch_slots(len(clips))) in scorer.executables:
-        return 0.0
-    return score_timed(scorer, clips, questions)[0]
 
 
 def bench_batch(ctx: BenchContext) -> dict[str, Any]:
