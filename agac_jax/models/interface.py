@@ -20,6 +20,20 @@ method=...)`, keyword-only past the first arguments, and never reaches into the 
 
 Besides, as plain attributes of the (unbound) module: `audio_token_id`, `num_layers`, `num_heads` and
 `init_cache(batch, max_len)`. The sown names are defined here, once.
+
+Optional, for a model that hears audio differently (the program checks them with `getattr`;
+Qwen2-Audio has none of them, PandaGPT all):
+- `audio_slots`: the placeholder rows one gate vector fills (default: one per gate slot, T). PandaGPT's
+  `gate_audio` returns its one AV token, [1, D]: slot t then fills row min(t, audio_slots - 1), the
+  occlusion passes recompute from that row on, and FastV reads the row's attention for every slot.
+- `global_scores(features [A, n_mels, P]) -> [A, T]`: the model's own global score per gate slot, in
+  place of the LLM attention the audio rows receive (PandaGPT: ImageBind's audio CLS attention).
+- `gate_audio(..., context=...)` and `embed_prompt(..., context=...)`: a per-clip array the batch
+  carries as `context` [B, ...] (PandaGPT: ImageBind's video vector, summed into the AV token) and the
+  program hands to both unchanged; absent from the batch, neither receives it.
+The batch may carry `slot_valid` [B, T] and `slot_ranges` [B, T, 2] (`program.ClipBatch`): gate slots
+that hold no audio (padding inside PandaGPT's sub-clips) and the samples each slot reads (frames map
+through them, and audio no slot reads is unheard, `selection.UNHEARD`).
 """
 
 from __future__ import annotations

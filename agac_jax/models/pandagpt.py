@@ -33,10 +33,10 @@ import numpy as np
 from agac_jax.audio import kaldi_fbank as kf
 from agac_jax.models.imagebind import ImageBind, ImageBindConfig
 from agac_jax.models.llama import LlamaConfig, LlamaDecoder, init_cache, lm_head
+from agac_jax.scoring.selection import UNHEARD  # noqa: F401  (a frame's score where no ImageBind input reads the audio)
 
 Array = jax.Array
 PROMPT_START = "### Human: <Img>"
-UNHEARD = -1.0  # the records' value for a frame's score where no ImageBind input reads the audio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,11 @@ class PandaGPTConfig:
     lora_alpha: float = 32.0
     audio_token_id: int = 32000  # the prompt's placeholder id; its own embedding is never read
     dtype: Any = jnp.float32
+
+    @property
+    def text(self) -> LlamaConfig:
+        """The language model's config under the name `models.generate` and `eval.flops` read."""
+        return self.llama
 
     @property
     def gate_slots(self) -> int:
@@ -147,10 +152,11 @@ class PandaGPT(nn.Module):
         c = self.config
         return state.reshape(c.clips, c.imagebind.audio_target_len, -1).transpose(0, 2, 1)
 
-    def gate_audio(self, gate: Array, audio: Array, silence: Array) -> Array:
-        """gate [T], audio/silence [T, n_mels] -> the AV token [1, D] of the gated fbank."""
+    def gate_audio(self, gate: Array, audio: Array, silence: Array, context: Array | None = None) -> Array:
+        """gate [T], audio/silence [T, n_mels] -> the AV token [1, D] of the gated fbank; with `context`,
+        the video's ImageBind vector [out] (`video_embedding`), W(a + v) + 2b as PandaGPT sums them."""
         mixed = gate[:, None] * audio + (1.0 - gate[:, None]) * silence
-        return self.llama_proj(self.audio_embedding(self._clips(mixed)))[None]
+        return self.av_token(self.audio_embedding(self._clips(mixed)), context)[None]
 
     def av_token(self, audio_vector: Array | None, video_vector: Array | None) -> Array:
         """PandaGPT's one token from ImageBind vectors [out] of the given modalities: W(sum) + n b, [D]."""
@@ -178,11 +184,16 @@ class PandaGPT(nn.Module):
         """[B, S] -> [B, S, D]."""
         return self.language_model.embed(input_ids)
 
-    def embed_prompt(self, input_ids: Array, audio: Array, n_tokens: Array) -> Array:
-        """input_ids [B, S] with one placeholder each, audio [B, T, n_mels] (the clips' fbank state) ->
-        [B, S, D] with each clip's AV token (all slots on) at its placeholder."""
+    def embed_prompt(self, input_ids: Array, audio: Array, n_tokens: Array, context: Array | None = None) -> Array:
+        """input_ids [B, S] with one placeholder each, audio [B, T, n_mels] (the clips' fbank state),
+        context [B, out] video vectors or None -> [B, S, D] with each clip's AV token (all slots on) at
+        its placeholder."""
         del n_tokens
-        tokens = jax.vmap(lambda state: self.gate_audio(jnp.ones(state.shape[0]), state, state)[0])(audio)
+        if context is None:
+            tokens = jax.vmap(lambda state: self.gate_audio(jnp.ones(state.shape[0]), state, state)[0])(audio)
+        else:
+            tokens = jax.vmap(lambda state, v: self.gate_audio(jnp.ones(state.shape[0]), state, state, v)[0])(
+                audio, context)
         embeds = self.embed_tokens(input_ids)
         return jnp.where((input_ids == self.audio_token_id)[..., None], tokens[:, None].astype(embeds.dtype), embeds)
 
@@ -204,10 +215,10 @@ class PandaGPT(nn.Module):
         return self.logits(hidden)
 
 
-def init_params(config: PandaGPTConfig, key: Array) -> Any:
-    """Random parameters of the whole model (unboxed)."""
+def init_params(config: PandaGPTConfig, key: Array, *, boxed: bool = False) -> Any:
+    """Random parameters of the whole model (unboxed; `boxed`: with their logical axis names)."""
     ib = config.imagebind
     fbank = jnp.zeros((config.clips, ib.audio_num_mel_bins, ib.audio_target_len))
     frames = jnp.zeros((1, 3, ib.video_frames, ib.image_size, ib.image_size))
     variables = PandaGPT(config).init(key, fbank, frames, jnp.zeros((1, 4), jnp.int32))
-    return nn.meta.unbox(variables["params"])
+    return variables["params"] if boxed else nn.meta.unbox(variables["params"])

@@ -37,6 +37,12 @@ class ClipInputs(NamedTuple):
     n_tokens: Array  # [] valid tokens
     n_samples: Array  # [] valid samples
     waveform: Array  # [N] float32
+    # A model whose gate slots are not the 640-sample token grid (PandaGPT's fbank frames): the samples
+    # [start, end) each slot reads [T, 2] and which slots hold audio [T]. Frames then map through the
+    # ranges (`selection.slots_to_frames`), a frame no slot reads is unheard (score `selection.UNHEARD`),
+    # and the score-based methods keep heard frames first (`selection.topk_keep_heard_first`).
+    slot_ranges: Any = None
+    slot_valid: Any = None
 
 
 class FrameContext(NamedTuple):
@@ -47,12 +53,17 @@ class FrameContext(NamedTuple):
     frame_valid: Array  # [F] bool
     k: Array  # [] frames to keep
     key: Array  # PRNG key of this clip
+    unheard: Any = None  # [F] bool: frames no gate slot reads (score-based methods on slot ranges), else None
 
 
 def _token_rule(token_scores: Callable[[ClipInputs], Array]) -> Callable[[ClipInputs, FrameContext], Array]:
     """Frame scores by overlap-weighted averaging of token scores (DESIGN.md section 3)."""
 
     def frame_scores(clip: ClipInputs, ctx: FrameContext) -> Array:
+        if clip.slot_ranges is not None:
+            scores, _, _ = selection.slots_to_frames(token_scores(clip), clip.slot_ranges, clip.slot_valid,
+                                                     clip.n_samples, ctx.rate, ctx.max_frames)
+            return scores
         scores, _ = selection.tokens_to_frames(token_scores(clip), clip.n_tokens, clip.n_samples, ctx.rate,
                                                ctx.max_frames)
         return scores
@@ -60,8 +71,18 @@ def _token_rule(token_scores: Callable[[ClipInputs], Array]) -> Callable[[ClipIn
     return frame_scores
 
 
+def _slot_valid(clip: ClipInputs) -> Array:
+    return jnp.arange(clip.local.shape[0]) < clip.n_tokens if clip.slot_valid is None else clip.slot_valid
+
+
+def _top_k(scores: Array, ctx: FrameContext) -> Array:
+    if ctx.unheard is None:
+        return selection.topk_keep(scores, ctx.frame_valid, ctx.k)
+    return selection.topk_keep_heard_first(scores, ctx.frame_valid, ctx.unheard, ctx.k)
+
+
 def _fused_at(clip: ClipInputs, alpha: float) -> Array:
-    valid = jnp.arange(clip.local.shape[0]) < clip.n_tokens
+    valid = _slot_valid(clip)
     return selection.fuse(clip.local, clip.global_, valid, alpha)
 
 
@@ -70,8 +91,7 @@ class Method:
     """A selection method: frame scores of one clip, then which k frames of them it keeps."""
 
     frame_scores: Callable[[ClipInputs, FrameContext], Array]  # -> [F] float32
-    keep: Callable[[Array, FrameContext], Array] = (
-        lambda scores, ctx: selection.topk_keep(scores, ctx.frame_valid, ctx.k))  # -> [F] bool
+    keep: Callable[[Array, FrameContext], Array] = _top_k  # -> [F] bool
     uses_scores: bool = True  # reads the model's scores (False: a model-free baseline)
 
 
@@ -106,8 +126,12 @@ def clip_keep_mask(method: str, clip: ClipInputs, *, rate: int, max_frames: int,
     """
     frame_valid = selection.frame_valid_mask(clip.n_samples, rate, max_frames)
     k = selection.keep_count(jnp.sum(frame_valid), keep_num, keep_den)
-    ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=frame_valid, k=k, key=key)
     entry = METHODS[method]
+    unheard = None
+    if clip.slot_ranges is not None and entry.uses_scores:
+        _, _, unheard = selection.slots_to_frames(jnp.zeros(clip.slot_ranges.shape[0]), clip.slot_ranges,
+                                                  clip.slot_valid, clip.n_samples, rate, max_frames)
+    ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=frame_valid, k=k, key=key, unheard=unheard)
     scores = entry.frame_scores(clip, ctx)
     return scores, entry.keep(scores, ctx) & frame_valid
 
@@ -159,7 +183,8 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
     quantum = grids.BUCKET_QUANTUM_SAMPLES
     bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
     max_frames = selection.static_num_frames(bucket, rate)
-    max_tokens = bucket // grids.SAMPLES_PER_AUDIO_TOKEN
+    ranged = getattr(scores[0], "slot_ranges", None) is not None  # every clip of one model alike
+    max_tokens = len(scores[0].slot_ranges) if ranged else bucket // grids.SAMPLES_PER_AUDIO_TOKEN
     for i, (s, w) in enumerate(zip(scores, waveforms)):
         if len(w) != s.n_samples:
             raise ValueError(f"clip {i}: waveform has {len(w)} samples; the scores are for {s.n_samples}")
@@ -176,6 +201,8 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
         n_tokens=np.asarray([s.num_tokens for s in padded], np.int32),
         n_samples=np.asarray([s.n_samples for s in padded], np.int32),
         waveform=np.stack([_pad(w, bucket) for w in waves]),
+        slot_ranges=np.stack([np.asarray(s.slot_ranges, np.int32) for s in padded]) if ranged else None,
+        slot_valid=np.stack([np.asarray(s.slot_valid, bool) for s in padded]) if ranged else None,
     )
     all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
     keys = jax.vmap(jax.random.key)(jnp.asarray(all_seeds, jnp.uint32))

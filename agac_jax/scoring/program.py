@@ -73,6 +73,12 @@ class ClipBatch(dict):
     prompt_ids [B, S] int32 (right-padded), prompt_lengths [B] int32, answer_ids [B, A] int32,
     answer_lengths [B] int32 (-1: generate the answer), n_samples [B] int32, alpha [] float32,
     keep_num [] int32, keep_den [] int32 (rho = keep_num / keep_den).
+
+    Optional, for a model whose gate grid is not Qwen2-Audio's token grid (`interface` docstring:
+    PandaGPT): slot_valid [B, T] bool (the gate slots that hold audio; default t < n_tokens) and
+    slot_ranges [B, T, 2] int32 (the [start, end) waveform samples each slot reads; frames map
+    through them and a frame no valid slot reads scores `selection.UNHEARD`; default the 640-sample
+    token grid).
     """
 
 
@@ -89,9 +95,15 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
     audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
     silence, _ = model.apply(variables, batch["silence_features"], batch["mel_lengths"], method=model.encode_audio)
     answers, answer_lengths = _answers(model, spec, params, batch, audio, n_tokens)
+    valid = batch.get("slot_valid")
+    context = batch.get("context")
+    model_global = None
+    if getattr(model, "global_scores", None) is not None:  # the model's own global score (PandaGPT: ImageBind's)
+        model_global = model.apply(variables, batch["features"], method=model.global_scores)
     clips = ClipInputs(audio=audio, silence=silence, n_tokens=n_tokens, prompt_ids=batch["prompt_ids"],
                        prompt_length=batch["prompt_lengths"], answer_ids=answers, answer_length=answer_lengths,
-                       n_samples=batch["n_samples"])
+                       n_samples=batch["n_samples"], slot_valid=None if valid is None else valid.astype(bool),
+                       slot_ranges=batch.get("slot_ranges"), model_global=model_global, context=context)
     full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
     if spec.estimator == "integrated_gradients":
         logps = None
@@ -118,6 +130,23 @@ class ClipInputs(NamedTuple):
     answer_ids: Array  # [A]
     answer_length: Array  # [] tokens of the answer before the first EOS
     n_samples: Array  # [] valid waveform samples
+    slot_valid: Any = None  # [T] bool: gate slots that hold audio (None: t < n_tokens)
+    slot_ranges: Any = None  # [T, 2] samples each slot reads (None: the 640-sample token grid)
+    model_global: Any = None  # [T] the model's own global score (`global_scores`), or None: LLM attention
+    context: Any = None  # the clip's `context` for gate_audio / embed_prompt (PandaGPT: its video vector)
+
+
+def slot_valid(clip: ClipInputs) -> Array:
+    """[..., T] bool: the clip's gate slots that hold audio (a batch of clips too)."""
+    if clip.slot_valid is not None:
+        return clip.slot_valid
+    return jnp.arange(clip.audio.shape[-2]) < clip.n_tokens[..., None]
+
+
+def audio_slots(model: Any, gate_slots: int) -> int:
+    """Placeholder rows one gate vector fills: the model's optional `audio_slots` (PandaGPT: 1), else
+    one per gate slot (Qwen2-Audio)."""
+    return int(getattr(model, "audio_slots", None) or gate_slots)
 
 
 def _answers(model, spec, params, batch, audio, n_tokens):
@@ -126,7 +155,8 @@ def _answers(model, spec, params, batch, audio, n_tokens):
     if not spec.generate:
         return given_ids, given_lengths.astype(jnp.int32)
     prompt_mask = (jnp.arange(batch["prompt_ids"].shape[1])[None] < batch["prompt_lengths"][:, None]).astype(jnp.int32)
-    embeds = model.apply({"params": params}, batch["prompt_ids"], audio, n_tokens, method=model.embed_prompt)
+    extra = {} if batch.get("context") is None else {"context": batch["context"]}
+    embeds = model.apply({"params": params}, batch["prompt_ids"], audio, n_tokens, method=model.embed_prompt, **extra)
     settings = spec.generation
     tokens, n_generated = greedy_generate_from_embeddings(model, params, embeds, batch["prompt_ids"], prompt_mask,
                                                           settings)
@@ -170,10 +200,11 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> Cli
     variables = {"params": params}
     token_embeds = model.apply(variables, seq[None], method=model.embed_tokens)[0]
     is_audio = seq == model.audio_token_id
-    ordinal = jnp.clip(jnp.cumsum(is_audio) - 1, 0, t_slots - 1)
+    ordinal = jnp.clip(jnp.cumsum(is_audio) - 1, 0, audio_slots(model, t_slots) - 1)
 
     def gated_embeds(gate):
-        mixed = model.apply(variables, gate, clip.audio, clip.silence, method=model.gate_audio)
+        extra = {} if clip.context is None else {"context": clip.context}
+        mixed = model.apply(variables, gate, clip.audio, clip.silence, method=model.gate_audio, **extra)
         return jnp.where(is_audio[:, None], mixed[ordinal].astype(token_embeds.dtype), token_embeds)
 
     def run(embeds, start, cache, query_weights=None, sow=None, output_rows=None):
@@ -220,27 +251,34 @@ class FullPass(NamedTuple):
     cache: Any  # the m = 1 pass's keys and values of every layer, [1, L, kv heads, head dim] each
 
 
-def _audio_offset(spec: ProgramSpec, clip: ClipInputs) -> int:
+def _audio_offset(spec: ProgramSpec, clip: ClipInputs, model: Any) -> int:
     """The static start of every gated pass: no prompt's audio starts before it (`Scorer` checks)."""
-    return min(spec.audio_offset, clip.prompt_ids.shape[-1] - clip.audio.shape[-2])
+    return min(spec.audio_offset, clip.prompt_ids.shape[-1] - audio_slots(model, clip.audio.shape[-2]))
 
 
 def _full_pass(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs) -> FullPass:
     t_slots = clip.audio.shape[0]
     s, a = clip.prompt_ids.shape[0], clip.answer_ids.shape[0]
-    token_valid = jnp.arange(t_slots) < clip.n_tokens
+    token_valid = slot_valid(clip)
     passes = clip_passes(model, params, clip)
     ones = token_valid.astype(jnp.float32)
     weights = _query_weights(s + a, passes.rows, passes.answer_valid, clip.prompt_length)
     hidden, state, cache = passes.decode_cached(ones, weights[None], RECEIVED)
     logp_full = passes.answer_logp(hidden)
     if spec.share_prefix:  # positions before the audio do not depend on the gate
-        logp_silence = passes.suffix_logp(jnp.zeros_like(ones), _audio_offset(spec, clip), cache)
+        logp_silence = passes.suffix_logp(jnp.zeros_like(ones), _audio_offset(spec, clip, model), cache)
     else:
         logp_silence = passes.logp_of(jnp.zeros_like(ones))
     received = stack_sown(state, RECEIVED, model.num_layers)[:, 0]  # [layers, W, K]
-    audio_positions = jnp.nonzero(passes.is_audio, size=t_slots, fill_value=0)[0]
-    global_score = jnp.where(token_valid, jnp.sum(received[:, 0, audio_positions], axis=0), 0.0)
+    # slot t fills placeholder row min(t, audio_slots - 1): its own row (Qwen2-Audio), or the one AV
+    # token every slot feeds (PandaGPT, whose FastV score is then the same for every slot).
+    rows = audio_slots(model, t_slots)
+    audio_positions = jnp.nonzero(passes.is_audio, size=rows, fill_value=0)[0][jnp.minimum(jnp.arange(t_slots), rows - 1)]
+    if clip.model_global is None:
+        global_score = jnp.sum(received[:, 0, audio_positions], axis=0)
+    else:
+        global_score = clip.model_global
+    global_score = jnp.where(token_valid, global_score, 0.0)
     k_layer = min(spec.fastv_layer, model.num_layers - 1)
     fastv = jnp.where(token_valid, received[k_layer, 1, audio_positions] / model.num_heads, 0.0)
     return FullPass(logp_full, logp_silence, global_score, fastv, cache)
@@ -250,14 +288,15 @@ def _finish_clip(spec: ProgramSpec, clip: ClipInputs, full: FullPass, local: Arr
                  keep_num: Array, keep_den: Array) -> dict[str, Array]:
     """One clip's outputs: local, global, FastV and fused scores [T]; frame scores, validity and the
     fused keep mask [F_r] per codec rate."""
-    token_valid = jnp.arange(clip.audio.shape[0]) < clip.n_tokens
+    token_valid = slot_valid(clip)
     local = jnp.where(token_valid, local, 0.0)
     fused = selection.fuse(local, full.global_, token_valid, alpha)
     out = dict(local=local, global_=full.global_, fastv=full.fastv, fused=fused, token_valid=token_valid,
                logp_full=full.logp_full, logp_silence=full.logp_silence)
     scores = methods.ClipInputs(local=local, global_=full.global_, fused=fused, fastv=full.fastv,
                                 n_tokens=clip.n_tokens, n_samples=clip.n_samples,
-                                waveform=jnp.zeros((0,), jnp.float32))
+                                waveform=jnp.zeros((0,), jnp.float32), slot_ranges=clip.slot_ranges,
+                                slot_valid=None if clip.slot_ranges is None else token_valid)
     for r in spec.rates:
         max_frames = selection.static_num_frames(spec.max_samples, r)
         out[f"frames_{r}"], out[f"keep_{r}"] = methods.clip_keep_mask(
@@ -302,13 +341,17 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
     """
     b, t = clips.audio.shape[0], clips.audio.shape[1]
     chunk = min(spec.occlusion_chunk, t)
-    offset = _audio_offset(spec, clips)
+    offset = _audio_offset(spec, clips, model)
+    rows = audio_slots(model, t)
     largest = jnp.max(clips.n_tokens)
-    ones = (jnp.arange(t)[None] < clips.n_tokens[:, None]).astype(jnp.float32)  # [B, T]
+    ones = slot_valid(clips).astype(jnp.float32)  # [B, T]
     gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(ones)  # [B, T, T]
     logps = jnp.zeros((b, t), jnp.float32)
     for first in range(0, t, chunk):
-        start = max(offset + first - (spec.window - 1) // 2, 0) if spec.share_prefix else 0
+        # the first placeholder row a gate of the chunk can change: its own (one row per slot) or the
+        # model's only audio row (PandaGPT: every chunk recomputes from the AV token on)
+        first_row = min(first - (spec.window - 1) // 2, rows - 1)
+        start = max(offset + first_row, 0) if spec.share_prefix else 0
 
         def run(done, first=first, start=start):
             def one_clip(clip, cache, clip_gates):
@@ -338,11 +381,11 @@ def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, par
     """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d logp / d m_t at m = a_i * 1."""
     passes = clip_passes(model, params, clip)
     if spec.share_prefix:  # positions before the first audio token do not depend on the gate
-        offset = _audio_offset(spec, clip)
+        offset = _audio_offset(spec, clip, model)
         logp_of = lambda gate: passes.suffix_logp(gate, offset, cache)
     else:
         logp_of = passes.logp_of
-    ones = (jnp.arange(clip.audio.shape[0]) < clip.n_tokens).astype(jnp.float32)
+    ones = slot_valid(clip).astype(jnp.float32)
     alphas = (jnp.arange(spec.ig_steps, dtype=jnp.float32) + 0.5) / spec.ig_steps
     grads = jax.lax.map(lambda a: jax.grad(logp_of)(a * ones), alphas)
     return jnp.mean(grads, axis=0)

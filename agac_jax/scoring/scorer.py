@@ -115,6 +115,10 @@ class ClipScores:
     frames: dict[int, np.ndarray]  # rate -> frame scores of `fused` [N_r]
     keep: dict[int, np.ndarray]  # rate -> kept frame indices at config.keep, sorted
     seconds: dict[str, float]  # this clip's share of the batch's compile (0 when cached) and run
+    # Models whose gate slots are not the token grid (PandaGPT): samples each slot reads [T, 2] and
+    # which slots hold audio [T]; frames map through them (`methods.ClipInputs`). None: Qwen2-Audio.
+    slot_ranges: np.ndarray | None = None
+    slot_valid: np.ndarray | None = None
 
 
 class Scorer:

@@ -222,6 +222,75 @@ def tokens_to_frames(
     return jnp.where(frame_valid, frame_scores, 0).astype(jnp.float32), frame_valid
 
 
+UNHEARD = -1.0  # a frame's score where no valid gate slot reads the audio (PandaGPT), below every [0, 1] score
+
+
+def slots_to_frames(
+    slot_scores: ArrayLike,
+    slot_ranges: ArrayLike,
+    slot_valid: ArrayLike,
+    n_samples: ArrayLike,
+    rate: int,
+    max_frames: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`tokens_to_frames` for gate slots that read given sample ranges (PandaGPT's fbank frames).
+
+    A frame's score is the average of the valid slots' scores weighted by the samples each slot's
+    range [start, end) shares with the frame (ranges may overlap: ImageBind's sub-clips do). A valid
+    frame that no valid slot reads is unheard: it scores `UNHEARD`.
+
+    Args:
+      slot_scores: [T]; slot_ranges: [T, 2] int samples; slot_valid: [T] bool.
+      n_samples, rate, max_frames: as `tokens_to_frames`.
+
+    Returns:
+      (frame scores [max_frames] float32, 0 on invalid frames; frame_valid [max_frames] bool;
+      unheard [max_frames] bool, valid frames no valid slot reads).
+    """
+    slot_scores = jnp.asarray(slot_scores)
+    _check_vector("slot_scores", slot_scores)
+    slot_ranges = jnp.asarray(slot_ranges, dtype=jnp.int32)
+    if slot_ranges.shape != (slot_scores.shape[0], 2):
+        raise ValueError(f"slot_ranges must be [{slot_scores.shape[0]}, 2]; got {slot_ranges.shape}")
+    fs = frame_samples(rate)
+    frame_valid = frame_valid_mask(n_samples, rate, max_frames)
+    valid = jnp.asarray(slot_valid, dtype=bool)
+    scores = jnp.where(valid, slot_scores, 0).astype(jnp.float32)
+    frame_start = jnp.arange(max_frames, dtype=jnp.int32)[:, None] * fs
+    frame_end = jnp.minimum(frame_start + fs, jnp.asarray(n_samples, jnp.int32))
+    shared = jnp.minimum(frame_end, slot_ranges[None, :, 1]) - jnp.maximum(frame_start, slot_ranges[None, :, 0])
+    overlap = jnp.where(valid[None], jnp.maximum(shared, 0), 0).astype(jnp.float32)
+    coverage = overlap.sum(axis=1)
+    covered = coverage > 0
+    averaged = jnp.matmul(overlap / jnp.where(covered, coverage, 1)[:, None], scores, precision=lax.Precision.HIGHEST)
+    frame_scores = jnp.where(covered, averaged, UNHEARD)
+    return jnp.where(frame_valid, frame_scores, 0).astype(jnp.float32), frame_valid, frame_valid & ~covered
+
+
+def topk_keep_heard_first(scores: ArrayLike, valid: ArrayLike, unheard: ArrayLike, k: ArrayLike) -> jax.Array:
+    """`topk_keep` for clips with unheard frames: the k highest-scoring heard frames (ties to the earlier
+    one); when k exceeds the heard frames, the rest are unheard frames chosen evenly spaced among the
+    unheard ones (the centres of equal parts, as the uniform baseline), not the earliest ones.
+
+    Args:
+      scores, valid, unheard: [F] (unheard implies valid); k: scalar int, may be traced.
+
+    Returns:
+      [F] bool keep mask.
+    """
+    valid = jnp.asarray(valid, dtype=bool)
+    unheard = jnp.asarray(unheard, dtype=bool) & valid
+    heard = valid & ~unheard
+    keep = topk_keep(scores, heard, k)
+    n_unheard = jnp.sum(unheard, dtype=jnp.int32)
+    extra = jnp.clip(jnp.asarray(k, jnp.int32) - jnp.sum(heard, dtype=jnp.int32), 0, n_unheard)
+    part = jnp.arange(unheard.shape[0], dtype=jnp.int32)
+    centre = jnp.where(part < extra, ((2 * part + 1) * n_unheard) // jnp.maximum(2 * extra, 1), unheard.shape[0])
+    chosen = jnp.zeros(unheard.shape[0], bool).at[centre].set(True, mode="drop")  # by rank among unheard
+    rank = jnp.cumsum(unheard.astype(jnp.int32)) - 1
+    return keep | (unheard & chosen[jnp.clip(rank, 0, unheard.shape[0] - 1)])
+
+
 # ----------------------------------------------------------------------------------------------
 # Keep ratio and top-k
 # ----------------------------------------------------------------------------------------------
@@ -349,4 +418,7 @@ __all__ = [
     "token_frame_overlap",
     "tokens_to_frames",
     "topk_keep",
+    "topk_keep_heard_first",
+    "slots_to_frames",
+    "UNHEARD",
 ]
