@@ -51,7 +51,7 @@ def check_config(config) -> None:
         sweep.validate_config(config)
     except ValueError as error:
         raise errors.ConfigError(f"bad config: {error}") from error
-    if not config.model.checkpoint_dir:
+    if not config.model.checkpoint_dir and not config.model.get("random_init", ""):
         raise errors.ConfigError("bad config: config.model.checkpoint_dir is empty; set it to a Hugging Face "
                                  "Qwen2-Audio directory (--config.model.checkpoint_dir=DIR)")
 

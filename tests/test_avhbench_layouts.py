@@ -111,3 +111,20 @@ def test_the_soundtrack_of_a_found_video_is_extracted(tmp_path: Path) -> None:
     assert abs(len(waveform) - SAMPLE_RATE) < 0.1 * SAMPLE_RATE
     peak = np.argmax(np.abs(np.fft.rfft(waveform))) * SAMPLE_RATE / len(waveform)
     assert abs(peak - 660) < 5
+
+
+def test_generated_release_loads_with_its_videos(tmp_path):
+    """`write_generated` (configs/avhbench_pandagpt.py:local) writes a 2025-03 tree the loader reads."""
+    from agac_jax.data.avhbench import write_generated
+    from configs.avhbench_pandagpt import get_config
+
+    root = write_generated(tmp_path / "gen", num_videos=2, seconds=3.0)
+    loaded = avhbench.load_avhbench(root)
+    assert [s.answer for s in loaded.samples] == ["yes", "no"] and not loaded.skipped
+    wave = loaded.samples[0].audio.load()
+    assert abs(len(wave) - 48000) < 2000 and np.abs(wave[:30000]).max() > 0.1 and np.abs(wave[34000:46000]).max() < 0.01
+    assert loaded.samples[0].audio.path.suffix == ".mp4"  # the sweep hands this file to PandaGPT's scorer
+    local = get_config("local")
+    assert local.model.kind == "pandagpt" and local.dataset.generated == 4 and tuple(local.rhos) == (1.0, 0.5)
+    poster = get_config(None)
+    assert tuple(poster.rates) == (25, 50, 100) and tuple(poster.rhos) == (1.0, 0.8, 0.5) and "fastv" not in poster.methods

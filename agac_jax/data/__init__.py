@@ -29,9 +29,16 @@ def _clotho_aqa(section: Any) -> tuple[str, LoadedDataset]:
 
 
 def _avhbench(section: Any) -> tuple[str, LoadedDataset]:
-    from agac_jax.data.avhbench import load_avhbench
+    from agac_jax.data.avhbench import load_avhbench, write_generated
 
-    return "avhbench", load_avhbench(section.root, section.task)
+    root = section.root
+    if not root and section.get("generated", 0):  # a few generated videos (configs/avhbench_pandagpt.py:local)
+        import tempfile
+        from pathlib import Path
+
+        root = write_generated(Path(tempfile.gettempdir()) / f"agac_avhbench_generated_{section.generated}",
+                               section.generated)
+    return "avhbench", load_avhbench(root, section.task)
 
 
 DATASETS: dict[str, Callable[[Any], tuple[str, LoadedDataset]]] = {

@@ -326,3 +326,37 @@ def _export_one(sample: AudioQASample, wav: Path) -> str | None:
         return str(error)
     soundfile.write(wav, audio, SAMPLE_RATE, subtype="FLOAT")
     return None
+
+
+GENERATED_SOUNDS = ((440.0, "a dog barking"), (880.0, "a car horn"), (0.0, "music"))  # (tone Hz, what is asked)
+
+
+def write_generated(root: Path | str, num_videos: int = 4, seconds: float = 9.5, ffmpeg: str | None = None) -> Path:
+    """A small AVHBench tree in the 2025-03 layout, made with ffmpeg (for runs without the release):
+    `num_videos` mp4s of a moving test pattern (160 x 120, 4 fps) whose soundtrack is a tone (or
+    silence) for the first 2 s, 4-6 s and 8-9.5 s, and one QA file asking, per video, whether the
+    sounding object is visible (labels alternate yes/no; the model's answers are what is measured).
+    Written once: an existing complete tree is reused."""
+    root = Path(root)
+    qa = root / "AVHBench_QA" / "QA.json"
+    if qa.is_file():
+        return root
+    exe = find_ffmpeg(ffmpeg)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(num_videos):
+        hz, thing = GENERATED_SOUNDS[i % len(GENERATED_SOUNDS)]
+        video_id = f"gen{i:02d}"
+        on = "between(t,0,2)+between(t,4,6)+between(t,8,10)"
+        sound = f"aevalsrc='0.3*sin(2*PI*{hz}*t)*({on})':s=16000:d={seconds}" if hz else f"anullsrc=r=16000:cl=mono:d={seconds}"
+        subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                        f"testsrc=size=160x120:rate=4:duration={seconds}", "-f", "lavfi", "-i", sound, "-shortest",
+                        "-c:v", "mpeg4", "-pix_fmt", "yuv420p", "-c:a", "aac", str(root / "videos" / f"{video_id}.mp4")],
+                       check=True)
+        entries.append({"video_id": video_id, "task": DEFAULT_TASK,
+                        "text": f"Is {thing} visible in the video ?", "label": "Yes" if i % 2 == 0 else "No"})
+    qa.parent.mkdir(parents=True, exist_ok=True)
+    tmp = qa.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1))
+    tmp.replace(qa)
+    return root

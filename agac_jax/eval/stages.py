@@ -176,6 +176,14 @@ def _per_item(ctx: Context, items: Sequence[Sample], stage: str, run: Callable[[
     return done
 
 
+def _videos(ctx: Context, samples: Sequence[AudioQASample]) -> dict[str, Any]:
+    """{"videos": each sample's video file} for a scorer that sees the video too (PandaGPT on AVHBench:
+    `uses_video`), else {}."""
+    if not getattr(ctx.scorer, "uses_video", False):
+        return {}
+    return {"videos": [getattr(s.audio, "path", None) for s in samples]}
+
+
 def _needs_scores(item: Sample) -> bool:
     return any(key.method in SELECTING_METHODS for key in item.tasks)
 
@@ -183,7 +191,8 @@ def _needs_scores(item: Sample) -> bool:
 def _answer_original(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
     """The original answer of each item; returns the items that have one."""
     answered = _per_item(ctx, items, "answer_original",
-                         lambda batch: ctx.scorer.answers([i.waveform for i in batch], [i.sample.question for i in batch]),
+                         lambda batch: ctx.scorer.answers([i.waveform for i in batch], [i.sample.question for i in batch],
+                                                          **_videos(ctx, [i.sample for i in batch])),
                          keys_of=lambda item: item.tasks)
     for item, (text, ids) in answered:
         item.answer_original, item.answer_ids = text, ids
@@ -195,7 +204,8 @@ def _score(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
     the compressed records of the others."""
     scored = _per_item(ctx, [item for item in items if _needs_scores(item)], "score",
                        lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch],
-                                                      answer_ids=[i.answer_ids for i in batch]),
+                                                      answer_ids=[i.answer_ids for i in batch],
+                                                      **_videos(ctx, [i.sample for i in batch])),
                        keys_of=lambda item: [key for key in item.tasks if key.method != "original"])
     for item, scores in scored:
         item.scores = scores
@@ -207,7 +217,7 @@ def _write_originals(ctx: Context, item: Sample) -> None:
     keys = [key for key in item.tasks if key.method == "original"]
     if not keys:
         return
-    audio_tokens = metrics.qwen2_audio_token_count(item.waveform.size)
+    audio_tokens = getattr(ctx.scorer, "audio_token_count", metrics.qwen2_audio_token_count)(item.waveform.size)
     flops = _prefill_flops(ctx, item, audio_tokens)
     seconds = {name: item.seconds[name] for name in ("load", "answer_original") if name in item.seconds}
     _write(ctx, [
@@ -279,6 +289,9 @@ def _compressed_records(ctx: Context, job: Job, reply: CodecReply, answer: str, 
     total_frames = num_frames(n, job.rate)
     mask = metrics.keep_mask_from_indices(job.kept, total_frames)
     counts = metrics.token_counts(n, mask, job.rate)
+    if getattr(ctx.scorer, "audio_token_count", None) is not None:  # a model with its own count (PandaGPT: 1)
+        audio = ctx.scorer.audio_token_count
+        counts = dataclasses.replace(counts, audio_tokens_before=audio(n), audio_tokens_after=audio(int(job.kept.size)))
     evidence = item.sample.evidence
     recall = None if evidence is None else metrics.evidence_recall(mask, evidence, n, job.rate)
     records = []
@@ -309,7 +322,8 @@ def _answer_compressed(ctx: Context, ready: list[tuple[Job, CodecReply]]) -> Non
         return
     start = time.perf_counter()
     try:
-        answers = ctx.scorer.answer([reply.waveform for _, reply in ready], [job.item.sample.question for job, _ in ready])
+        answers = ctx.scorer.answer([reply.waveform for _, reply in ready], [job.item.sample.question for job, _ in ready],
+                                    **_videos(ctx, [job.item.sample for job, _ in ready]))
         share = (time.perf_counter() - start) / len(ready)
         _write(ctx, [record for (job, reply), answer in zip(ready, answers)
                      for record in _compressed_records(ctx, job, reply, answer, share)])
@@ -321,7 +335,7 @@ def _answer_compressed(ctx: Context, ready: list[tuple[Job, CodecReply]]) -> Non
     for job, reply in ready:
         start = time.perf_counter()
         try:
-            answer = ctx.scorer.answer([reply.waveform], [job.item.sample.question])[0]
+            answer = ctx.scorer.answer([reply.waveform], [job.item.sample.question], **_videos(ctx, [job.item.sample]))[0]
         except Exception as error:  # noqa: BLE001
             _fail(ctx, job.item, [key for key, _ in job.tasks], "answer", error)
             continue

@@ -176,8 +176,10 @@ class MergeOutputs:
     rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
 
 
-def text_token_count(tokenizer: Any, question: str) -> int:
+def text_token_count(tokenizer: Any, question: str, scorer: Any = None) -> int:
     """Prompt tokens of a question besides the audio: the rendered prompt minus its one placeholder."""
+    if getattr(scorer, "text_tokens", None) is not None:  # a model with its own prompt (PandaGPT)
+        return scorer.text_tokens(question)
     return len(tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]) - 1
 
 
@@ -185,9 +187,13 @@ def make_scorer(config: Any) -> Any:
     """The real Scorer of the config's checkpoint."""
     from agac_jax.scoring.scorer import Scorer
 
+    model = config.model
+    if model.get("kind", "qwen2_audio") == "pandagpt":
+        from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+
+        return PandaGPTScorer.from_config(model, scoring_config(config))
     if not config.model.checkpoint_dir:
         raise ValueError("config.model.checkpoint_dir is empty: set it to a Hugging Face Qwen2-Audio directory")
-    model = config.model
     return Scorer.from_directory(model.checkpoint_dir, scoring_config(config),
                                  param_dtype=model.get("param_dtype", "float32"), dtype=model.get("dtype", "float32"),
                                  scan_layers=bool(model.get("scan_layers", False)))
@@ -286,7 +292,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
 
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
-        item.text_tokens = text_token_count(scorer.tokenizer, item.sample.question)
+        item.text_tokens = text_token_count(scorer.tokenizer, item.sample.question, scorer)
     with results.ResultsWriter(path) as writer, Progress(
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
