@@ -30,7 +30,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.pandagpt import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
 from agac_jax.scoring import selection
-from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, make_mesh  # noqa: F401
+from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, make_mesh  # noqa: F401
 
 HOP = 160  # the scorer's bucket unit: frames of 10 ms (max_samples = frames * HOP)
 
@@ -234,17 +234,7 @@ class PandaGPTScorer(Scorer):
         first_audio = np.argmax(prompt == self.model_config.audio_token_id, axis=1)
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at {first_audio.min()}, before the template's {self.audio_offset}")
-        answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
-        answer_lengths = np.full((bs,), -1, np.int32)
-        if answers is not None:
-            answers = list(answers) + [answers[0]] * pad
-            for j, ans in enumerate(answers):
-                ans = np.asarray(ans, np.int32)
-                if len(ans) > c.max_new_tokens:
-                    raise ValueError(f"answer {j} has {len(ans)} tokens; expected at most max_new_tokens="
-                                     f"{c.max_new_tokens}")
-                answer_ids[j, : len(ans)] = ans
-                answer_lengths[j] = len(ans)
+        answer_ids, answer_lengths = answer_arrays(answers, bs, c.max_new_tokens)
         num, den = self.keep_fraction
         t = self.model_config.gate_slots
         batch = dict(

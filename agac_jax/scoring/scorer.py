@@ -19,7 +19,6 @@ from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -29,7 +28,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
-from agac_jax.scoring import baselines, selection
+from agac_jax.scoring import selection
 from agac_jax.scoring.program import ESTIMATORS, ProgramSpec, score_batch
 
 MESH_AXES = ("data", "model")
@@ -313,17 +312,7 @@ class Scorer:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
                              f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
         silence = feats.silence_log_mel(bs, n_mels, frames, self.max_frames)
-        answer_ids = np.zeros((bs, c.max_new_tokens), np.int32)
-        answer_lengths = np.full((bs,), -1, np.int32)
-        if answers is not None:
-            answers = list(answers) + [answers[0]] * pad
-            for j, ans in enumerate(answers):
-                ans = np.asarray(ans, np.int32)
-                if len(ans) > c.max_new_tokens:
-                    raise ValueError(f"answer {j} has {len(ans)} tokens; expected at most max_new_tokens="
-                                     f"{c.max_new_tokens}")
-                answer_ids[j, : len(ans)] = ans
-                answer_lengths[j] = len(ans)
+        answer_ids, answer_lengths = answer_arrays(answers, bs, c.max_new_tokens)
         num, den = self.keep_fraction
         batch = dict(
             features=prompts.input_features.astype(np.float32),
@@ -409,6 +398,23 @@ def jit_generation(model: Any, settings: GenerationSettings, shardings: Any, mes
     return jax.jit(functools.partial(greedy_generate, model, settings=settings),
                    in_shardings=(shardings, data, data, data, data), out_shardings=(data, data))
 
+
+
+def answer_arrays(answers: Sequence[Sequence[int]] | None, slots: int, max_new_tokens: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The program's answer_ids [slots, max_new_tokens] and answer_lengths [slots] (-1: generate) for
+    the given answers, padded with copies of the first to `slots`."""
+    ids = np.zeros((slots, max_new_tokens), np.int32)
+    lengths = np.full((slots,), -1, np.int32)
+    if answers is not None:
+        answers = list(answers) + [answers[0]] * (slots - len(answers))
+        for j, ans in enumerate(answers):
+            ans = np.asarray(ans, np.int32)
+            if len(ans) > max_new_tokens:
+                raise ValueError(f"answer {j} has {len(ans)} tokens; expected at most max_new_tokens={max_new_tokens}")
+            ids[j, : len(ans)] = ans
+            lengths[j] = len(ans)
+    return ids, lengths
 
 def _temp_bytes(executable: Any) -> int:
     memory = executable.memory_analysis()
