@@ -78,6 +78,23 @@ def machine_info() -> dict[str, Any]:
                 matmul_precision=str(jax.config.jax_default_matmul_precision))
 
 
+def source_info() -> dict[str, Any]:
+    """The checkout the run measured: its commit and the files that differed from it (None outside git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return dict(commit=git("rev-parse", "HEAD"),
+                modified=None if status is None else [line[3:] for line in status.splitlines()])
+
+
 PART_FUNCTIONS: dict[str, Callable[[BenchContext], dict[str, Any]]] = dict(
     whole=bench_whole, mix=bench_mix, scaling=bench_scaling, batch=bench_batch, flops=bench_flops,
     memory=bench_memory, sharding=bench_sharding, gpu=bench_gpu)
@@ -94,7 +111,7 @@ def run_benchmark(config: BenchConfig, parts: Sequence[str] = PARTS, workdir: Pa
         raise ValueError(f"unknown parts {unknown}; expected a subset of {PARTS}")
     start = time.perf_counter()
     results: dict[str, Any] = dict(schema=SCHEMA, created=datetime.datetime.now().isoformat(timespec="seconds"),
-                                   machine=machine_info(),
+                                   machine=machine_info(), source=source_info(),
                                    config=dataclasses.asdict(config), parts={})
     with tempfile.TemporaryDirectory(prefix="agac_bench_") as tmp:
         ctx = BenchContext(config, Path(workdir or tmp), log)

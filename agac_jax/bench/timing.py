@@ -51,7 +51,7 @@ def relative_differences(scores: list[ClipScores], refs: list[Any]) -> dict[str,
     """Largest JAX - reference differences: local in nats (`local_abs`) and relative to the clip's
     log-probability scale max(|logp(1)|, |logp(0)|) (a confident model's local scores are differences
     of log-probabilities near 0, where float32 leaves ~1e-7 nats of noise), global and FastV relative
-    to their max."""
+    to their max; `local_agree`: every clip's local difference within 1e-3 of its scale or float32 noise."""
     local_abs = max(float(np.abs(s.local - r.local).max()) for s, r in zip(scores, refs))
     local = max(float(np.abs(s.local - r.local).max() / max(abs(r.logp_full), abs(r.logp_silence), 1e-9))
                 for s, r in zip(scores, refs))
@@ -59,7 +59,14 @@ def relative_differences(scores: list[ClipScores], refs: list[Any]) -> dict[str,
                for s, r in zip(scores, refs))
     fastv = max(float(np.abs(s.fastv - r.fastv).max() / max(np.abs(r.fastv).max(), 1e-9))
                 for s, r in zip(scores, refs))
-    return dict(local=local, local_abs=local_abs, global_=glob, fastv=fastv)
+    noise = max(len(s.answer_ids) for s in scores) * LOGP_NOISE_NATS
+    agree = all(float(np.abs(s.local - r.local).max()) <= max(LOCAL_TOLERANCE * max(abs(r.logp_full), abs(r.logp_silence)),
+                                                            noise) for s, r in zip(scores, refs))
+    return dict(local=local, local_abs=local_abs, global_=glob, fastv=fastv, local_agree=agree)
+
+
+LOCAL_TOLERANCE = 1e-3  # local scores agree within this share of the clip's |logp| scale (WORKSPACE.md)...
+LOGP_NOISE_NATS = 1e-6  # ...or within float32 noise per answer token (a confident model's logp is ~1e-4 nats)
 
 
 def check_answers(scores: list[ClipScores]) -> None:
