@@ -174,8 +174,8 @@ def plot_scaling(results: dict[str, Any], path: Path | str) -> Path | None:
                 label=f"JAX {_short(est)}: tokens share of bucket's full cost")
     m = results["machine"]
     ax.set(xlabel="clip length (s)", ylabel="seconds per clip (warm, one clip per call)", yscale="log",
-           title=f"Scoring cost against clip length ({part['model'].split(' (')[0]}; "
-                 f"{m['usable_cpus']} CPUs, load {m['load_average'][0]:.1f})")
+           title=f"Scoring cost against clip length\n{Path(part['model'].split(' (')[0].split()[-1]).name}, "
+                 f"{m['usable_cpus']} CPUs, load {m['load_average'][0]:.1f} at the start")
     for seconds in part["buckets"]:
         ax.axvline(seconds, color="grey", lw=0.5, alpha=0.5)
     ax.legend(fontsize=7)
