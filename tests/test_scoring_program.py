@@ -241,31 +241,25 @@ def _assert_same_scores(a, b):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * max(np.abs(y).max(), 1e-6), err_msg=name)
 
 
-def test_padding_contributes_nothing_and_changes_nothing(model_dir, occlusion_scores, clips):
-    """A clip scored alone (1 slot), beside a longer clip (2 slots) or in a 10 s bucket (more token
-    and prompt slots) gets the scores it gets in the 5 s bucket beside the other test clip."""
-    config = ScoringConfig(batch_size=2, max_new_tokens=4, occlusion_chunk=32)
-    alone = Scorer.from_directory(model_dir, config).score(clips[:1], QUESTIONS[:1])[0]
-    _assert_same_scores(alone, occlusion_scores[0])
-    wide = Scorer.from_directory(model_dir, dataclasses.replace(config, buckets_seconds=(10,)))
-    assert wide.bucket_frames(len(clips[0])) == 1000
-    for a, b in zip(wide.score(clips, QUESTIONS), occlusion_scores):
-        _assert_same_scores(a, b)
-
-
-def test_a_lone_clip_runs_only_the_occlusion_passes_it_needs(model_dir, clips):
-    """Counted, not timed: a clip of T valid tokens in a batch of size 4 runs one slot and
-    ceil(T / chunk) chunks, whatever its bucket's token slots; a batch runs the chunks its longest clip needs."""
+def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(model_dir, occlusion_scores,
+                                                                               clips):
+    """In a 10 s bucket (more token and prompt slots), alone (1 slot) or beside the other clip (2 slots),
+    a clip gets the scores it gets in the 5 s bucket; and, counted rather than timed, a clip of T valid
+    tokens runs one slot and ceil(T / chunk) chunks whatever its bucket's 250 token slots, a batch the
+    chunks its longest clip needs."""
     from agac_jax.scoring import program
 
     scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=16,
-                                                            buckets_seconds=(20,)))
+                                                            buckets_seconds=(10,)))
+    assert scorer.bucket_frames(len(clips[0])) == 1000
     scorer.count_passes = True
     program.PASS_COUNTER["occlusion"] = 0
-    (scores,) = scorer.score(clips[:1], QUESTIONS[:1])
-    t = scores.num_tokens  # 75 valid tokens in a 500-slot bucket
-    assert program.PASS_COUNTER["occlusion"] == -(-t // 16) * 16
+    (alone,) = scorer.score(clips[:1], QUESTIONS[:1])
+    _assert_same_scores(alone, occlusion_scores[0])
+    assert program.PASS_COUNTER["occlusion"] == -(-alone.num_tokens // 16) * 16  # 75 valid tokens: 5 chunks
     program.PASS_COUNTER["occlusion"] = 0
     both = scorer.score(clips, QUESTIONS)
+    for a, b in zip(both, occlusion_scores):
+        _assert_same_scores(a, b)
     longest = max(s.num_tokens for s in both)
     assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 16) * 16
