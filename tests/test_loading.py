@@ -160,7 +160,10 @@ _MEASURE = textwrap.dedent("""
     loaded = checkpoints.load_hf_directory(sys.argv[1], param_dtype="bfloat16", dtype="bfloat16",
                                            shardings=lambda c: param_shardings(c, mesh, ()))
     jax.block_until_ready(loaded.params)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's peak into ru_maxrss across exec, so a
+    # large pytest process would be counted (the full suite read 4 GB for a 1 GB load).
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
     params = sum(x.nbytes for x in jax.tree_util.tree_leaves(loaded.params))
     print(json.dumps(dict(base=base, peak=peak, after=rss(), params=params)))
 """)
@@ -196,7 +199,7 @@ def test_peak_host_memory_of_a_7b_width_load_is_bounded(tmp_path):
     then converted copies) needed about 4x the disk size."""
     disk = _write_wide_checkpoint(tmp_path / "wide")
     # glibc gives threads their own malloc arenas and keeps what they free resident; two arenas keep
-    # RSS a measure of what the loader holds (once, on the loaded machine, 3.0 GB over disk without it).
+    # RSS a measure of what the loader holds.
     env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MALLOC_ARENA_MAX": "2"}
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(tmp_path / "wide"), str(ROOT)], capture_output=True,
