@@ -196,21 +196,15 @@ class PandaGPTScorer(Scorer):
         clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
         context = None if videos is None else self.video_vectors(videos)
         results: list[ClipScores | None] = [None] * len(clips)
-        by_bucket: dict[int, list[int]] = {}
-        for i, clip in enumerate(clips):
-            by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
-        bs = self.config.batch_size
-        for frames, members in sorted(by_bucket.items()):
-            for start in range(0, len(members), bs):
-                idx = members[start:start + bs]
-                given = None if answer_ids is None else [answer_ids[i] for i in idx]
-                self._context = None if context is None else context[idx]
-                try:
-                    out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
-                finally:
-                    self._context = None
-                for j, i in enumerate(idx):
-                    results[i] = out[j]
+        for frames, idx in self.batches(clips):
+            given = None if answer_ids is None else [answer_ids[i] for i in idx]
+            self._context = None if context is None else context[idx]
+            try:
+                out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
+            finally:
+                self._context = None
+            for j, i in enumerate(idx):
+                results[i] = out[j]
         return results  # type: ignore[return-value]
 
     def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str],

@@ -185,18 +185,21 @@ class Scorer:
             raise ValueError(f"{len(answer_ids)} answers for {len(clips)} clips")
         clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
         results: list[ClipScores | None] = [None] * len(clips)
+        for frames, idx in self.batches(clips):
+            given = None if answer_ids is None else [answer_ids[i] for i in idx]
+            out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
+            for j, i in enumerate(idx):
+                results[i] = out[j]
+        return results  # type: ignore[return-value]
+
+    def batches(self, clips: Sequence[np.ndarray]) -> list[tuple[int, list[int]]]:
+        """(bucket frames, clip indices) of each call: clips grouped by bucket, at most batch_size a call."""
         by_bucket: dict[int, list[int]] = {}
         for i, clip in enumerate(clips):
             by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
         bs = self.config.batch_size
-        for frames, members in sorted(by_bucket.items()):
-            for start in range(0, len(members), bs):
-                idx = members[start:start + bs]
-                given = None if answer_ids is None else [answer_ids[i] for i in idx]
-                out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
-                for j, i in enumerate(idx):
-                    results[i] = out[j]
-        return results  # type: ignore[return-value]
+        return [(frames, members[start:start + bs]) for frames, members in sorted(by_bucket.items())
+                for start in range(0, len(members), bs)]
 
     def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
         """The greedy answer text for each clip (e.g. a decoded, compressed clip); no scoring."""
@@ -209,26 +212,20 @@ class Scorer:
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
         clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
         texts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * len(clips)
-        by_bucket: dict[int, list[int]] = {}
-        for i, clip in enumerate(clips):
-            by_bucket.setdefault(self.bucket_frames(len(clip)), []).append(i)
         generate = self.generation_program()
-        bs = self.config.batch_size
-        for frames, members in sorted(by_bucket.items()):
-            for start in range(0, len(members), bs):
-                idx = members[start:start + bs]
-                pad = self.batch_slots(len(idx)) - len(idx)
-                batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
-                batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
-                prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
-                                        num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
-                                        padding_side="left", max_frames=self.max_frames)
-                ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
-                tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
-                                                    prompts.feature_attention_mask.sum(axis=1)))
-                for j, i in enumerate(idx):
-                    ids = self._answer_ids(tokens[j, : int(n[j])])
-                    texts[i] = (self._decode_answer(ids), ids)
+        for frames, idx in self.batches(clips):
+            pad = self.batch_slots(len(idx)) - len(idx)
+            batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
+            batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
+            prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
+                                    num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
+                                    padding_side="left", max_frames=self.max_frames)
+            ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
+            tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
+                                                prompts.feature_attention_mask.sum(axis=1)))
+            for j, i in enumerate(idx):
+                ids = self._answer_ids(tokens[j, : int(n[j])])
+                texts[i] = (self._decode_answer(ids), ids)
         return texts
 
     def generation_program(self) -> Any:
