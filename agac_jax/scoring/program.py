@@ -25,6 +25,9 @@ from agac_jax.scoring import methods, selection
 
 Array = jax.Array
 ESTIMATORS = ("occlusion", "integrated_gradients")
+# What the local score contrasts (DESIGN.md: the answer's log-probability). "log_odds" sums per answer
+# token log p / (1 - p), computed from the logits; it does not flatten when the model is saturated.
+TARGETS = ("logp", "log_odds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,6 +38,7 @@ class ProgramSpec:
     """
 
     estimator: str  # occlusion | integrated_gradients
+    target: str  # logp | log_odds (TARGETS)
     window: int  # occlusion: tokens gated off around t
     ig_steps: int  # integrated gradients: midpoint-rule steps
     occlusion_chunk: int  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
@@ -52,7 +56,7 @@ class ProgramSpec:
     def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
                     generation: GenerationSettings) -> "ProgramSpec":
         """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
-        return cls(estimator=config.estimator, window=config.window, ig_steps=config.ig_steps,
+        return cls(estimator=config.estimator, target=config.target, window=config.window, ig_steps=config.ig_steps,
                    occlusion_chunk=config.occlusion_chunk, fastv_layer=config.fastv_layer,
                    rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
                    generate=generate, audio_offset=audio_offset, generation=generation)
@@ -60,6 +64,8 @@ class ProgramSpec:
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
         if self.window < 1 or self.ig_steps < 1 or self.occlusion_chunk < 1:
             raise ValueError(f"window, ig_steps and occlusion_chunk must be >= 1, got {self}")
         for r in self.rates:
@@ -119,6 +125,25 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
     return out
 
 
+def answer_targets_batch(model: AudioLanguageModel, params: Any, batch: dict[str, Array]) -> dict[str, Array]:
+    """The given answers' targets on the clips as they are (no gate): {target: [B]} for every target of
+    TARGETS, from one teacher-forced pass per clip (the deletion and insertion curves' measure)."""
+    variables = {"params": params}
+    audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
+    clips = ClipInputs(audio=audio, silence=audio, n_tokens=n_tokens, prompt_ids=batch["prompt_ids"],
+                       prompt_length=batch["prompt_lengths"], answer_ids=batch["answer_ids"],
+                       answer_length=batch["answer_lengths"], n_samples=batch["n_samples"])
+
+    def one_clip(clip):
+        passes = clip_passes(model, params, clip)
+        hidden, _ = passes.decode(slot_valid(clip).astype(jnp.float32))
+        logits = model.apply(variables, hidden[passes.rows], method=model.logits).astype(jnp.float32)
+        return {target: jnp.sum(jnp.where(passes.answer_valid, answer_target(logits, clip.answer_ids, target), 0.0))
+                for target in TARGETS}
+
+    return jax.vmap(one_clip)(clips)
+
+
 class ClipInputs(NamedTuple):
     """One clip's inputs to the program (a batch of them under vmap)."""
 
@@ -175,8 +200,9 @@ class ClipPasses(NamedTuple):
     decode: Any  # (gate [T], query_weights=None, sow=None) -> (hidden [L, D], sown state or None); sow is
     #              interface.PROBS or interface.RECEIVED
     decode_cached: Any  # (gate, query_weights, sow) -> (hidden, sown state, KV cache of every layer)
-    answer_logp: Any  # (hidden [L - offset, D], offset=0) or (hidden [A, D], gathered=True) -> logp of the answer
-    logp_of: Any  # gate -> logp
+    answer_logp: Any  # (hidden [L - offset, D], offset=0) or (hidden [A, D], gathered=True) -> the answer's
+    #                   target (`clip_passes`: its log-probability, or its log-odds)
+    logp_of: Any  # gate -> target
     suffix_logp: Any  # (gate, start: static int, cache) -> logp, recomputing positions >= start only (and in
     #                   the last layer only the answer-producing rows)
     is_audio: Array  # [L] bool
@@ -184,8 +210,9 @@ class ClipPasses(NamedTuple):
     answer_valid: Array  # [A] bool
 
 
-def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> ClipPasses:
-    """Closures over one clip's teacher-forced sequence; see `ClipPasses`."""
+def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs, target: str = "logp") -> ClipPasses:
+    """Closures over one clip's teacher-forced sequence; see `ClipPasses`. `target` (TARGETS) is what
+    `answer_logp` returns: the answer's log-probability, or its log-odds."""
     prompt_ids, prompt_length = clip.prompt_ids, clip.prompt_length
     answer_ids, answer_length = clip.answer_ids, clip.answer_length
     t_slots = clip.audio.shape[0]
@@ -227,8 +254,7 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> Cli
 
     def answer_logp(hidden, offset=0, gathered=False):
         logits = model.apply(variables, hidden if gathered else hidden[rows - offset], method=model.logits)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), answer_ids[:, None], axis=-1)[:, 0]
-        return jnp.sum(jnp.where(answer_valid, logp, 0.0))
+        return jnp.sum(jnp.where(answer_valid, answer_target(logits.astype(jnp.float32), answer_ids, target), 0.0))
 
     def logp_of(gate):
         hidden, _, _ = run(gated_embeds(gate), 0, None, output_rows=rows[None])
@@ -239,6 +265,18 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs) -> Cli
         return answer_logp(hidden, gathered=True)
 
     return ClipPasses(decode, decode_cached, answer_logp, logp_of, suffix_logp, is_audio, rows, answer_valid)
+
+
+def answer_target(logits: Array, answer_ids: Array, target: str) -> Array:
+    """Per answer token [A]: log p(y_i) ("logp") or log p(y_i) - log(1 - p(y_i)) ("log_odds"), from
+    logits [A, V]; the log-odds' log(1 - p) is the log-sum-exp of the other tokens' logits, exact where
+    1 - p underflows."""
+    total = jax.nn.logsumexp(logits, axis=-1)
+    chosen = jnp.take_along_axis(logits, answer_ids[:, None], axis=-1)[:, 0]
+    if target == "logp":
+        return chosen - total
+    others = jnp.where(jnp.arange(logits.shape[-1])[None] == answer_ids[:, None], -jnp.inf, logits)
+    return chosen - jax.nn.logsumexp(others, axis=-1)
 
 
 class FullPass(NamedTuple):
@@ -260,7 +298,7 @@ def _full_pass(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: 
     t_slots = clip.audio.shape[0]
     s, a = clip.prompt_ids.shape[0], clip.answer_ids.shape[0]
     token_valid = slot_valid(clip)
-    passes = clip_passes(model, params, clip)
+    passes = clip_passes(model, params, clip, spec.target)
     ones = token_valid.astype(jnp.float32)
     weights = _query_weights(s + a, passes.rows, passes.answer_valid, clip.prompt_length)
     hidden, state, cache = passes.decode_cached(ones, weights[None], RECEIVED)
@@ -355,7 +393,7 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
 
         def run(done, first=first, start=start):
             def one_clip(clip, cache, clip_gates):
-                passes = clip_passes(model, params, clip)
+                passes = clip_passes(model, params, clip, spec.target)
                 if spec.share_prefix:
                     return jax.vmap(lambda g: passes.suffix_logp(g, start, cache))(clip_gates)
                 return jax.vmap(passes.logp_of)(clip_gates)
@@ -378,8 +416,8 @@ PASS_COUNTER = {"occlusion": 0}  # gated passes run, when ProgramSpec.count_pass
 
 def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs,
                                cache: Any) -> Array:
-    """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d logp / d m_t at m = a_i * 1."""
-    passes = clip_passes(model, params, clip)
+    """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d target / d m_t at m = a_i * 1."""
+    passes = clip_passes(model, params, clip, spec.target)
     if spec.share_prefix:  # positions before the first audio token do not depend on the gate
         offset = _audio_offset(spec, clip, model)
         logp_of = lambda gate: passes.suffix_logp(gate, offset, cache)

@@ -29,7 +29,7 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
-from agac_jax.scoring.program import ESTIMATORS, ProgramSpec, score_batch
+from agac_jax.scoring.program import ESTIMATORS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
 
 MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
@@ -56,6 +56,7 @@ class ScoringConfig:
     """What `Scorer` needs; every field has the DESIGN.md default."""
 
     estimator: str = "occlusion"  # occlusion | integrated_gradients
+    target: str = "logp"  # what the local score contrasts: logp (DESIGN.md) | log_odds (program.TARGETS)
     window: int = 1  # occlusion window W in audio tokens
     ig_steps: int = 16  # integrated-gradients midpoint steps n
     alpha: float = 0.5  # fusion weight of the local (AAD) score
@@ -77,6 +78,8 @@ class ScoringConfig:
         """The host boundary's value checks: inside the program these values are traced."""
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
         for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens"):
@@ -138,6 +141,7 @@ class Scorer:
         self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
         self.params = jax.device_put(loaded.params, self.param_shardings)  # no copy when loaded sharded
         self._generate = None  # the jitted, sharded greedy generator (`generation_program`)
+        self._targets: dict[ProgramKey, Any] = {}  # jitted `answer_targets` programs
         self.max_frames = loaded.config.audio.max_mel_frames  # the encoder's window (3000 = 30 s released)
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
         self.audio_offset = self._first_audio_position("")
@@ -227,6 +231,26 @@ class Scorer:
                 ids = self._answer_ids(tokens[j, : int(n[j])])
                 texts[i] = (self._decode_answer(ids), ids)
         return texts
+
+    def answer_targets(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+                       answer_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """{target: float64 [N]} of program.TARGETS: each given answer's log-probability and log-odds on
+        its clip as it is (one teacher-forced pass; no gate, no generation)."""
+        if not len(clips) == len(questions) == len(answer_ids):
+            raise ValueError(f"{len(clips)} clips, {len(questions)} questions, {len(answer_ids)} answers")
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
+        out = {target: np.zeros(len(clips)) for target in TARGETS}
+        for frames, idx in self.batches(clips):
+            batch, n_real = self.make_batch(frames, [clips[i] for i in idx], [questions[i] for i in idx],
+                                            [answer_ids[i] for i in idx])
+            key = ProgramKey(frames, False, int(batch["n_samples"].shape[0]))
+            if key not in self._targets:
+                self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
+                                                 self.param_shardings, self.mesh, batch)
+            values = jax.device_get(self._targets[key](self.params, batch))
+            for target in TARGETS:
+                out[target][idx] = np.asarray(values[target][:n_real], np.float64)
+        return out
 
     def generation_program(self) -> Any:
         """The greedy generator, jitted with the scoring program's shardings: prompts, features and

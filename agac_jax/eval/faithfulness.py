@@ -1,0 +1,140 @@
+"""Deletion and insertion curves: how much of the answer a selector's frames carry, with no ground truth.
+
+A selector ranks a clip's codec frames (rate r, the frames `methods.select_batch` keeps). At ratio rho,
+
+- insertion(rho): the top-rho frames as they are and every other sample silent (zeros);
+- deletion(rho): the top-rho frames silent and the rest as they are.
+
+Both keep the clip's length, so a curve's clips share its bucket and the model hears silence where a
+frame is gone, as at the AAD's m = 0 end; insertion(0) and deletion(1) are the silent clip, insertion(1)
+and deletion(0) the clip itself. At each point two measures of the original answer y (the greedy
+answer on the clip, generated once):
+
+- its log-odds, log p(y) - log(1 - p(y)) summed over y's tokens (`Scorer.answer_targets`), which keeps
+  resolving where p(y) is close to 1;
+- answer consistency: whether the greedy answer on the altered clip is still y.
+
+A faithful ranking keeps the answer with few frames (insertion rises early) and loses it when they go
+(deletion falls early). Areas are trapezoid means over rho in [0, 1]; `gap` = insertion - deletion
+(higher is better). The log-odds areas are of the curve normalised per clip to its ends,
+(f(rho) - f(silent)) / (f(clip) - f(silent)), so clips of different confidence weigh alike; a clip whose
+ends are within 1e-6 of each other is left out of them (its answer does not depend on the audio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from agac_jax.eval import metrics
+from agac_jax.scoring import methods
+
+DEFAULT_RHOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FLAT_ENDS = 1e-6  # log-odds ends closer than this leave a clip out of the normalised areas
+
+
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """One selector's curves over N clips at the ratios `rhos` [R].
+
+    log_odds_insertion, log_odds_deletion: float64 [N, R]; consistent_insertion, consistent_deletion:
+    bool [N, R] (the altered clip's answer is the original's).
+    """
+
+    selector: str
+    rhos: tuple[float, ...]
+    log_odds_insertion: np.ndarray
+    log_odds_deletion: np.ndarray
+    consistent_insertion: np.ndarray
+    consistent_deletion: np.ndarray
+
+    def normalised(self, curve: np.ndarray) -> np.ndarray:
+        """[M, R] curve rows of the clips whose log-odds ends differ, scaled to 0 (silent) .. 1 (clip)."""
+        silent, full = self.log_odds_insertion[:, 0], self.log_odds_insertion[:, -1]
+        span = full - silent
+        keep = np.abs(span) > FLAT_ENDS
+        return (curve[keep] - silent[keep, None]) / span[keep, None]
+
+    def areas(self) -> dict[str, float]:
+        """Trapezoid areas over rho of the mean curves: log-odds (normalised) and A.C., insertion,
+        deletion and their gap."""
+        rhos = np.asarray(self.rhos)
+        area = lambda rows: float(np.trapezoid(np.mean(rows, axis=0), rhos) / (rhos[-1] - rhos[0])) if len(rows) else float("nan")  # noqa: E731
+        out = {
+            "log_odds_insertion": area(self.normalised(self.log_odds_insertion)),
+            "log_odds_deletion": area(self.normalised(self.log_odds_deletion)),
+            "ac_insertion": area(self.consistent_insertion.astype(np.float64)),
+            "ac_deletion": area(self.consistent_deletion.astype(np.float64)),
+        }
+        out["log_odds_gap"] = out["log_odds_insertion"] - out["log_odds_deletion"]
+        out["ac_gap"] = out["ac_insertion"] - out["ac_deletion"]
+        return out
+
+
+def frame_sample_mask(kept: np.ndarray, num_samples: int, rate: int) -> np.ndarray:
+    """bool [num_samples]: the samples of the kept codec frames (indices at rate `rate`)."""
+    bounds = metrics.frame_bounds(num_samples, rate)
+    mask = np.zeros(num_samples, bool)
+    for start, end in bounds[np.asarray(kept, np.int64)]:
+        mask[start:end] = True
+    return mask
+
+
+def altered_clips(waveform: np.ndarray, kept: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(insertion clip, deletion clip): the kept frames' samples alone, and every sample but theirs."""
+    mask = frame_sample_mask(kept, len(waveform), rate)
+    return np.where(mask, waveform, 0.0).astype(np.float32), np.where(mask, 0.0, waveform).astype(np.float32)
+
+
+def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
+                    questions: Sequence[str], *, rate: int, rhos: Sequence[float] = DEFAULT_RHOS,
+                    seeds: Sequence[int] | None = None) -> Curves:
+    """The deletion and insertion curves of `selector` (a name of `methods.METHODS`) over clips.
+
+    Args:
+      scorer: a `Scorer` (answers, answer_targets).
+      scores: per clip, its `ClipScores` (the original answer: answer_ids, answer_text; the selector's inputs).
+      waveforms, questions: per clip.
+      rate: the codec frame grid the selector ranks.
+      rhos: increasing ratios from 0 to 1.
+      seeds: per clip, the `random` selector's seed (default 0).
+    """
+    rhos = tuple(float(r) for r in rhos)
+    if rhos[0] != 0.0 or rhos[-1] != 1.0 or any(b <= a for a, b in zip(rhos, rhos[1:])):
+        raise ValueError(f"rhos must increase from 0 to 1, got {rhos}")
+    n = len(scores)
+    seeds = list(seeds) if seeds is not None else [0] * n
+    inner = rhos[1:-1]
+    # every clip's silent and full versions, then per clip (insertion, deletion) per inner rho
+    clips: list[np.ndarray] = []
+    owner: list[int] = []
+    for i, wave in enumerate(waveforms):
+        clips += [np.zeros(len(wave), np.float32), np.asarray(wave, np.float32)]
+        owner += [i, i]
+    kept = {rho: methods.select_batch(scores, waveforms, selector, rate, rho, seeds) for rho in inner}
+    for i, wave in enumerate(waveforms):
+        for rho in inner:
+            clips.extend(altered_clips(np.asarray(wave, np.float32), kept[rho][i], rate))
+            owner += [i, i]
+    asked = [questions[i] for i in owner]
+    answers = [scores[i].answer_ids for i in owner]
+    log_odds = scorer.answer_targets(clips, asked, answers)["log_odds"]
+    replies = scorer.answer(clips, asked)
+    original = [metrics.parse_answer(s.answer_text) for s in scores]
+    same = np.asarray([metrics.answers_agree(metrics.parse_answer(reply), original[i])
+                       for reply, i in zip(replies, owner)])
+    ends, middle = 2 * n, np.arange(2 * n, len(clips))
+    lo_ends, same_ends = log_odds[:ends].reshape(n, 2), same[:ends].reshape(n, 2)
+    lo_mid = log_odds[middle].reshape(n, len(inner), 2)
+    same_mid = same[middle].reshape(n, len(inner), 2)
+    silent, full = lo_ends[:, :1], lo_ends[:, 1:]
+    return Curves(
+        selector=selector, rhos=rhos,
+        log_odds_insertion=np.concatenate([silent, lo_mid[:, :, 0], full], axis=1),
+        log_odds_deletion=np.concatenate([full, lo_mid[:, :, 1], silent], axis=1),
+        consistent_insertion=np.concatenate([same_ends[:, :1], same_mid[:, :, 0], same_ends[:, 1:]], axis=1),
+        consistent_deletion=np.concatenate([same_ends[:, 1:], same_mid[:, :, 1], same_ends[:, :1]], axis=1),
+    )

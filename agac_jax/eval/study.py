@@ -1,0 +1,266 @@
+"""The estimator study (launch/study.py): which local-score estimator keeps what the answer rests on.
+
+For each benchmark of the config (a data set section and the model that answers it) and each scoring
+setting (estimator with its window or steps, target, gate domain): the clips are scored once with the
+original answers, and for each fusion weight alpha the fused selection's evidence recall at the
+config's ratios; at the config's default alpha, its deletion and insertion curves
+(`agac_jax.eval.faithfulness`); and the setting's cost per clip (analytic FLOPs of the program as it
+runs, padded shapes included, and measured seconds without compilation). The question-blind and
+model-only baselines (energy, random, attention) are measured once per benchmark.
+
+Rows go to `rows.jsonl` in the workdir as each (benchmark, setting) finishes, so a rerun skips them;
+`study.md`, `study.csv` and `recall_vs_cost.png` are written from all rows at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agac_jax import checkpoints
+from agac_jax.eval import atomic, faithfulness, metrics
+from agac_jax.scoring import methods, selection
+
+_log = logging.getLogger(__name__)
+BASELINES = ("energy", "random", "attention")
+SETTING_FIELDS = ("estimator", "steps", "target")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One local-score setting: estimator, its window (occlusion) or midpoint steps (IG), the target."""
+
+    estimator: str
+    steps: int
+    target: str
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        """'occlusion/1/logp' or 'integrated_gradients/16/log_odds'."""
+        parts = text.split("/")
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise ValueError(f"a study setting is 'estimator/window-or-steps/target', got {text!r}")
+        return cls(parts[0], int(parts[1]), parts[2])
+
+    @property
+    def name(self) -> str:
+        return f"{self.estimator}/{self.steps}/{self.target}"
+
+    def scoring_fields(self) -> dict[str, Any]:
+        key = "window" if self.estimator == "occlusion" else "ig_steps"
+        return {"estimator": self.estimator, key: self.steps, "target": self.target}
+
+
+def _with_alpha(score: Any, alpha: float) -> Any:
+    """A copy of `ClipScores` whose fused score is at `alpha`."""
+    valid = np.ones(len(score.local), bool)
+    fused = np.asarray(selection.fuse(score.local, score.global_, valid, alpha))
+    return dataclasses.replace(score, fused=fused)
+
+
+def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
+                     selector: str, rate: int, rho: float) -> float:
+    """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent)."""
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, list(range(len(scores))))
+    recalls = []
+    for keep, wave, intervals in zip(kept, waveforms, evidence):
+        if intervals:
+            mask = metrics.keep_mask_from_indices(keep, selection.static_num_frames(len(wave), rate))
+            recalls.append(metrics.evidence_recall(mask, intervals, len(wave), rate))
+    return 100 * metrics.summarize_evidence_recall(recalls).mean
+
+
+def clip_flops(scorer: Any, waveforms: Sequence[np.ndarray]) -> float:
+    """Mean analytic FLOPs per clip of the scoring program at each clip's bucket."""
+    from agac_jax.bench.program_cost import analytic_program_flops
+
+    per_bucket = {}
+    total = 0.0
+    for wave in waveforms:
+        frames = scorer.bucket_frames(len(wave))
+        if frames not in per_bucket:
+            per_bucket[frames] = analytic_program_flops(scorer, frames) / scorer.config.batch_size
+        total += per_bucket[frames]
+    return total / len(waveforms)
+
+
+def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | None, recalls: dict[float, float],
+         curves: faithfulness.Curves | None, flops: float | None, seconds: float | None) -> dict[str, Any]:
+    row: dict[str, Any] = dict(benchmark=benchmark, selector=selector,
+                               setting=setting.name if setting else "", alpha=alpha)
+    row.update({f"recall_{rho:g}": value for rho, value in recalls.items()})
+    if curves is not None:
+        row.update(curves.areas())
+        half = list(curves.rhos).index(0.5) if 0.5 in curves.rhos else None
+        if half is not None:
+            row["ac_insertion_0.5"] = 100 * float(np.mean(curves.consistent_insertion[:, half]))
+    row.update(flops_per_clip=flops, seconds_per_clip=seconds)
+    return row
+
+
+def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Every setting and baseline of one benchmark; rows of (benchmark, setting) in `done` are skipped."""
+    from transformers import AutoTokenizer
+
+    from agac_jax.data import load_dataset
+    from agac_jax.eval.sweep import scoring_config
+
+    name, loaded = load_dataset(bench.dataset)
+    samples = loaded.samples
+    waveforms = [np.asarray(s.load_waveform(), np.float32) for s in samples]
+    questions = [s.question for s in samples]
+    evidence = [s.evidence for s in samples]
+    label = bench.label or name
+    model = checkpoints.load_hf_directory(bench.checkpoint_dir)
+    tokenizer = AutoTokenizer.from_pretrained(bench.checkpoint_dir)
+    base = scoring_config(config)
+    from agac_jax.scoring.scorer import Scorer
+
+    first = Scorer(model, tokenizer, base)
+    originals = first.answers(waveforms, questions)
+    answer_ids = [ids for _, ids in originals]
+    with_evidence = sum(bool(e) for e in evidence)
+    _log.info("%s: %d questions (%d with evidence); accuracy of the original answers %.1f%%", label, len(samples),
+              with_evidence, 100 * np.mean([metrics.parse_answer(t) == s.answer for (t, _), s in zip(originals, samples)]))
+    rows: list[dict[str, Any]] = []
+    rhos = tuple(config.recall_rhos)
+    curve_rhos = tuple(config.curve_rhos)
+    rate = config.rate
+    reference_scores = None
+    for text in config.settings:
+        setting = Setting.parse(text)
+        if (label, setting.name) in done:
+            continue
+        scorer = Scorer(model, tokenizer, dataclasses.replace(base, **setting.scoring_fields()))
+        start = time.perf_counter()
+        scores = scorer.score(waveforms, questions, answer_ids=answer_ids)
+        wall = time.perf_counter() - start
+        run_seconds = sum(s.seconds["run"] for s in scores) / len(scores)
+        reference_scores = reference_scores or scores
+        flops = clip_flops(scorer, waveforms)
+        for alpha in config.alphas:
+            at_alpha = [_with_alpha(s, alpha) for s in scores]
+            recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, "fused", rate, rho) for rho in rhos}
+            curves = None
+            if alpha == config.curve_alpha:
+                curves = faithfulness.selector_curves(first, "fused", at_alpha, waveforms, questions, rate=rate,
+                                                      rhos=curve_rhos)
+            rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds))
+        aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
+        rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
+        _log.info("%s %s: scored in %.1f s (%.3f s a clip without compilation); fused recall %s", label,
+                  setting.name, wall, run_seconds, rows[-2][f"recall_{rhos[0]:g}"])
+        _append(workdir, rows[-len(config.alphas) - 1:])
+    if (label, "") not in done:
+        if reference_scores is None:  # every setting was done before: the attention score once more
+            reference_scores = first.score(waveforms, questions, answer_ids=answer_ids)
+        baseline_rows = []
+        for selector in BASELINES:
+            recalls = {rho: evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho) for rho in rhos}
+            curves = faithfulness.selector_curves(first, selector, reference_scores, waveforms, questions, rate=rate,
+                                                  rhos=curve_rhos, seeds=list(range(len(samples))))
+            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None))
+        _append(workdir, baseline_rows)
+        rows += baseline_rows
+    return rows
+
+
+def _append(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with (workdir / "rows.jsonl").open("a", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+        out.flush()
+
+
+def read_rows(workdir: Path) -> list[dict[str, Any]]:
+    path = workdir / "rows.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_insertion_0.5",
+           "log_odds_insertion", "log_odds_deletion", "log_odds_gap", "ac_insertion", "ac_deletion", "ac_gap",
+           "flops_per_clip", "seconds_per_clip")
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.3f}" if abs(value) < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """study.csv (every column) and study.md (one table per benchmark) from the rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(workdir / "study.csv", buffer.getvalue())
+    lines = ["# Estimator study", "",
+             "Evidence recall (%) of the fused selection at rho; deletion/insertion areas of the normalised "
+             "answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.", ""]
+    for bench in dict.fromkeys(row["benchmark"] for row in rows):
+        lines += [f"## {bench}", "", "| " + " | ".join(COLUMNS[1:]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+        lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS[1:]) + " |"
+                  for row in rows if row["benchmark"] == bench]
+        lines.append("")
+    atomic.write_text(workdir / "study.md", "\n".join(lines))
+
+
+def plot_recall_vs_cost(workdir: Path, rows: Sequence[dict[str, Any]], alpha: float, rho: float) -> Path:
+    """Evidence recall at `rho` against seconds per clip, one point per setting (fused at `alpha`), one
+    panel per benchmark; the baselines as horizontal lines."""
+    from agac_jax.eval.plots import _save, plt
+
+    benches = list(dict.fromkeys(row["benchmark"] for row in rows))
+    figure, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4.5), squeeze=False)
+    key = f"recall_{rho:g}"
+    for ax, bench in zip(axes[0], benches):
+        for row in rows:
+            if row["benchmark"] != bench:
+                continue
+            if row["selector"] == "fused" and row["alpha"] == alpha and row.get("seconds_per_clip"):
+                marker = "o" if row["setting"].startswith("occlusion") else "s"
+                ax.scatter(row["seconds_per_clip"], row[key], marker=marker)
+                ax.annotate(row["setting"].replace("integrated_gradients", "ig"), (row["seconds_per_clip"], row[key]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+            elif row["selector"] in BASELINES:
+                ax.axhline(row[key], linestyle="--", linewidth=1, color="grey")
+                ax.annotate(row["selector"], (0, row[key]), xycoords=("axes fraction", "data"), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per clip (scoring, no compilation)")
+        ax.set_ylabel(f"evidence recall at rho {rho:g} (%)")
+        ax.set_title(f"{bench}: fused, alpha {alpha:g}")
+    figure.tight_layout()
+    path = workdir / "recall_vs_cost.png"
+    _save(figure, path)
+    plt.close(figure)
+    return path
+
+
+def run_study(config: Any, workdir: str | Path) -> list[dict[str, Any]]:
+    """Runs (or resumes) the study of `config` into `workdir`; returns every row."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    for text in config.settings:
+        Setting.parse(text)
+    done = {(row["benchmark"], row["setting"]) for row in read_rows(workdir)}
+    for bench in config.benchmarks:
+        run_benchmark(config, bench, workdir, done)
+    rows = read_rows(workdir)
+    write_tables(workdir, rows)
+    plot_recall_vs_cost(workdir, rows, config.curve_alpha, config.recall_rhos[0])
+    return rows

@@ -1,0 +1,70 @@
+"""The estimator study (issue 16): local-score settings against evidence recall, faithfulness and cost.
+
+    python -m launch.study --config=configs/estimator_study.py --workdir=runs/estimator_study
+    python -m launch.study --config=configs/estimator_study.py:local --workdir=/tmp/agac_study_local
+
+Per benchmark and setting: fused evidence recall at rho 0.5 and 0.7 for each alpha, deletion and
+insertion areas of the answer's log-odds and of A.C. at `curve_alpha`, FLOPs and seconds per clip;
+energy, random and attention once per benchmark (agac_jax/eval/study.py). Outputs in --workdir:
+rows.jsonl (a rerun resumes), study.md, study.csv, recall_vs_cost.png.
+
+Variants (`--config=configs/estimator_study.py:NAME`):
+  default  both benchmarks, every setting of SETTINGS;
+  local    4 clips of each benchmark, two settings, one alpha: a smoke run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from configs.common import base_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("default", "local")
+SETTINGS = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
+    f"integrated_gradients/{n}/{t}" for t in ("logp", "log_odds") for n in (4, 8, 16, 32))
+SHIPPED = REPO_ROOT / "assets" / "tiny_qwen2audio"
+SCENES_MODEL = REPO_ROOT / "assets" / "tiny_qwen2audio_scenes"
+
+
+def _benchmark(name: str, num_clips: int, checkpoint_dir: Path, label: str) -> ml_collections.ConfigDict:
+    bench = ml_collections.ConfigDict()
+    bench.label = label  # the benchmark's name in the tables
+    bench.checkpoint_dir = str(checkpoint_dir)  # the model that answers it
+    bench.dataset = base_config().dataset  # the data set section of a sweep config
+    bench.dataset.name = name
+    bench.dataset.split = "test"
+    bench.dataset.num_clips = num_clips
+    return bench
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The study config; `arg` picks a variant of VARIANTS (None: default)."""
+    variant = arg or "default"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of estimator_study; choose one of {VARIANTS}")
+    config = base_config()
+    scenes_model = SCENES_MODEL if SCENES_MODEL.is_dir() else SHIPPED
+    config.benchmarks = [  # each: a data set section and the model that answers it
+        _benchmark("synthetic", 24, SHIPPED, "synthetic"),  # the main job's benchmark (29 questions with evidence)
+        _benchmark("synthetic_scenes", 70, scenes_model, "scenes"),  # the harder one (about 200 with evidence)
+    ]
+    config.settings = SETTINGS  # estimator/window-or-steps/target of each scored setting
+    config.alphas = (0.25, 0.5, 0.75)  # fusion weights of the local score measured for every setting
+    config.curve_alpha = 0.5  # the alpha of the deletion and insertion curves (the poster's)
+    config.rate = 50  # codec frame grid the selections rank (tokens/s)
+    config.recall_rhos = (0.5, 0.7)  # keep ratios of the evidence recall columns
+    config.curve_rhos = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # ratios of the curves (from 0 to 1)
+    config.scoring.max_new_tokens = 4  # the tiny models answer one word and <|im_end|>
+    config.scoring.max_text_tokens = 32  # the synthetic prompts have at most 32 text tokens
+    config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
+    config.rates = (50,)  # the program's own keep masks: one rate
+    if variant == "local":
+        config.benchmarks = [_benchmark("synthetic", 4, SHIPPED, "synthetic"),
+                             _benchmark("synthetic_scenes", 4, scenes_model, "scenes")]
+        config.settings = ("occlusion/1/logp", "integrated_gradients/4/log_odds")  # one of each estimator
+        config.alphas = (0.5,)  # the curve alpha only
+        config.curve_rhos = (0.0, 0.5, 1.0)  # three points
+    return config

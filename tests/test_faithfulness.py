@@ -1,0 +1,113 @@
+"""The log-odds target, the deletion and insertion curves and the estimator study, on the shipped model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agac_jax import checkpoints
+from agac_jax.data import synthetic
+from agac_jax.eval import faithfulness, study
+from agac_jax.scoring.program import answer_target
+from agac_jax.scoring.scorer import Scorer, ScoringConfig
+
+SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny_qwen2audio"
+CONFIG = ScoringConfig(max_new_tokens=4, max_text_tokens=32, buckets_seconds=(5, 10, 15), rates=(50,),
+                       estimator="integrated_gradients", ig_steps=2, batch_size=4)
+
+
+def test_log_odds_target_is_logp_against_the_rest_in_float64():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((3, 11)) * 4
+    logits[1, 5] = 40.0  # a saturated token: 1 - p underflows in float32 but not its log-sum-exp
+    ids = np.array([2, 5, 7])
+    logp = logits[np.arange(3), ids] - np.log(np.exp(logits).sum(-1))
+    rest = np.where(np.arange(11)[None] == ids[:, None], -np.inf, logits)
+    others = np.log(np.exp(rest).sum(-1))
+    expected = logits[np.arange(3), ids] - others
+    got = np.asarray(answer_target(jnp.asarray(logits, jnp.float32), jnp.asarray(ids), "log_odds"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(answer_target(jnp.asarray(logits, jnp.float32), jnp.asarray(ids), "logp")),
+                               logp, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    loaded = checkpoints.load_hf_directory(SHIPPED)
+    from transformers import AutoTokenizer
+
+    return Scorer(loaded, AutoTokenizer.from_pretrained(str(SHIPPED)), CONFIG)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return synthetic.generate_split("test", 3, 0)[:3]
+
+
+@pytest.fixture(scope="module")
+def scored(scorer, samples):
+    waves = [s.load_waveform() for s in samples]
+    questions = [s.question for s in samples]
+    answers = scorer.answers(waves, questions)
+    return waves, questions, scorer.score(waves, questions, answer_ids=[ids for _, ids in answers])
+
+
+def test_answer_targets_equal_the_scoring_passes_and_the_log_odds_identity(scorer, scored):
+    waves, questions, scores = scored
+    targets = scorer.answer_targets(waves, questions, [s.answer_ids for s in scores])
+    np.testing.assert_allclose(targets["logp"], [s.logp_full for s in scores], rtol=1e-5, atol=1e-6)
+    single = [i for i, s in enumerate(scores) if len(s.answer_ids) == 1]
+    assert single
+    logp = targets["logp"][single]
+    np.testing.assert_allclose(targets["log_odds"][single], logp - np.log(-np.expm1(logp)), rtol=1e-3)
+    log_odds_scorer = Scorer.__new__(Scorer)
+    log_odds_scorer.__dict__.update(scorer.__dict__, config=dataclasses.replace(CONFIG, target="log_odds"),
+                                    executables={}, program_memory={})
+    with_log_odds = log_odds_scorer.score(waves, questions, answer_ids=[s.answer_ids for s in scores])
+    np.testing.assert_allclose([s.logp_full for s in with_log_odds], targets["log_odds"], rtol=1e-4)
+    assert not np.allclose(with_log_odds[0].local, scores[0].local)
+
+
+def test_curves_have_shared_ends_and_altered_clips_split_the_clip(scorer, scored):
+    waves, questions, scores = scored
+    inserted, deleted = faithfulness.altered_clips(waves[0], np.array([0, 3, 4]), 50)
+    np.testing.assert_array_equal(inserted + deleted, waves[0])
+    assert np.count_nonzero(inserted) <= 3 * 640 and np.all(inserted[640:1920] == 0)  # a frame at r 50: 40 ms
+    curves = faithfulness.selector_curves(scorer, "fused", scores, waves, questions, rate=50, rhos=(0.0, 0.5, 1.0))
+    np.testing.assert_array_equal(curves.log_odds_insertion[:, 0], curves.log_odds_deletion[:, -1])
+    np.testing.assert_array_equal(curves.log_odds_insertion[:, -1], curves.log_odds_deletion[:, 0])
+    full = scorer.answer_targets(waves, questions, [s.answer_ids for s in scores])["log_odds"]
+    np.testing.assert_allclose(curves.log_odds_insertion[:, -1], full, rtol=1e-6)
+    assert curves.consistent_insertion[:, -1].all() and curves.consistent_deletion[:, 0].all()
+    areas = curves.areas()
+    assert set(areas) >= {"log_odds_gap", "ac_gap"} and all(np.isfinite(v) for v in areas.values())
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        faithfulness.selector_curves(scorer, "fused", scores, waves, questions, rate=50, rhos=(0.1, 1.0))
+
+
+def test_study_writes_its_table_and_resumes(tmp_path):
+    from configs.estimator_study import get_config
+
+    config = get_config("local")
+    config.benchmarks = config.benchmarks[:1]
+    config.benchmarks[0].dataset.num_clips = 2
+    config.settings = ("integrated_gradients/2/log_odds",)
+    rows = study.run_study(config, tmp_path)
+    selectors = [(row["selector"], row["setting"]) for row in rows]
+    assert selectors == [("fused", "integrated_gradients/2/log_odds"), ("aad", "integrated_gradients/2/log_odds"),
+                         ("energy", ""), ("random", ""), ("attention", "")]
+    assert all(0 <= row["recall_0.5"] <= 100 for row in rows)
+    assert rows[0]["flops_per_clip"] > 0 and rows[0]["seconds_per_clip"] > 0
+    assert (tmp_path / "study.md").read_text().count("| fused |") == 1
+    assert (tmp_path / "recall_vs_cost.png").stat().st_size > 1000
+    again = study.run_study(config, tmp_path)  # every row is there: nothing is scored again
+    assert len(again) == len(rows)
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
+    with pytest.raises(ValueError, match="estimator/window-or-steps/target"):
+        study.Setting.parse("occlusion/one/logp")
+    json.dumps(rows)
