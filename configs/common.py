@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
     config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion | integrated_gradients
     config.scoring.target = _SCORING.target  # what AAD contrasts: logp (DESIGN.md) | log_odds
+    config.scoring.gate_domain = _SCORING.gate_domain  # where gates act: embedding (DESIGN.md) | input (log-mel)
     config.scoring.window = _SCORING.window  # occlusion window W in audio tokens
     config.scoring.ig_steps = _SCORING.ig_steps  # integrated gradients: midpoint-rule steps
     config.scoring.alpha = _SCORING.alpha  # `fused`: weight of the local (AAD) score; aad uses 1, attention 0

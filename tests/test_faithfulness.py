@@ -111,3 +111,32 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="estimator/window-or-steps/target"):
         study.Setting.parse("occlusion/one/logp")
     json.dumps(rows)
+
+
+def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
+    """Occlusion with gates on the log-mel frames: each token's score is logp(clip) - logp(the clip whose
+    4 frames of that token are silence's, encoded again), computed here one gate at a time."""
+    from agac_jax.scoring.program import ClipInputs, clip_passes
+
+    waves, questions, scores = scored
+    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=64)
+    input_scorer = Scorer.__new__(Scorer)
+    input_scorer.__dict__.update(scorer.__dict__, config=config, executables={}, program_memory={})
+    got = input_scorer.score(waves[:1], questions[:1], answer_ids=[scores[0].answer_ids])[0]
+    batch, _ = scorer.make_batch(scorer.bucket_frames(len(waves[0])), waves[:1], questions[:1], [scores[0].answer_ids])
+    model, params = scorer.model, scorer.params
+    audio, n_tok = model.apply({"params": params}, batch["features"][:1], batch["mel_lengths"][:1],
+                               method=model.encode_audio)
+    clip = ClipInputs(audio=audio[0], silence=audio[0], n_tokens=n_tok[0], prompt_ids=jnp.asarray(batch["prompt_ids"][0]),
+                      prompt_length=int(batch["prompt_lengths"][0]), answer_ids=jnp.asarray(batch["answer_ids"][0]),
+                      answer_length=int(batch["answer_lengths"][0]), n_samples=len(waves[0]))
+    passes = clip_passes(model, params, clip)
+    full = float(passes.logp_of(jnp.ones(audio.shape[1])))
+    for t in (0, 7, got.num_tokens - 1):
+        mel = np.array(batch["features"][0])
+        mel[:, 4 * t:4 * t + 4] = batch["silence_features"][0][:, 4 * t:4 * t + 4]
+        gated, _ = model.apply({"params": params}, mel[None], batch["mel_lengths"][:1], method=model.encode_audio)
+        logp = float(clip_passes(model, params, clip._replace(audio=gated[0])).logp_of(jnp.ones(audio.shape[1])))
+        np.testing.assert_allclose(got.local[t], full - logp, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gate_domain"):
+        ScoringConfig(gate_domain="waveform")

@@ -38,27 +38,30 @@ SETTING_FIELDS = ("estimator", "steps", "target")
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One local-score setting: estimator, its window (occlusion) or midpoint steps (IG), the target."""
+    """One local-score setting: estimator, its window (occlusion) or midpoint steps (IG), the target,
+    the gate domain."""
 
     estimator: str
     steps: int
     target: str
+    gate_domain: str = "embedding"
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
-        """'occlusion/1/logp' or 'integrated_gradients/16/log_odds'."""
+        """'occlusion/1/logp', 'integrated_gradients/16/log_odds' or '.../input' (gates on the log-mel)."""
         parts = text.split("/")
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise ValueError(f"a study setting is 'estimator/window-or-steps/target', got {text!r}")
-        return cls(parts[0], int(parts[1]), parts[2])
+        if len(parts) not in (3, 4) or not parts[1].isdigit():
+            raise ValueError(f"a study setting is 'estimator/window-or-steps/target[/gate domain]', got {text!r}")
+        return cls(parts[0], int(parts[1]), parts[2], *parts[3:])
 
     @property
     def name(self) -> str:
-        return f"{self.estimator}/{self.steps}/{self.target}"
+        suffix = "" if self.gate_domain == "embedding" else f"/{self.gate_domain}"
+        return f"{self.estimator}/{self.steps}/{self.target}{suffix}"
 
     def scoring_fields(self) -> dict[str, Any]:
         key = "window" if self.estimator == "occlusion" else "ig_steps"
-        return {"estimator": self.estimator, key: self.steps, "target": self.target}
+        return {"estimator": self.estimator, key: self.steps, "target": self.target, "gate_domain": self.gate_domain}
 
 
 def _with_alpha(score: Any, alpha: float) -> Any:

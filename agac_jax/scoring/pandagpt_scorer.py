@@ -56,6 +56,9 @@ class PandaGPTScorer(Scorer):
 
     def __init__(self, params: Any, model_config: PandaGPTConfig, tokenizer: Any,
                  config: ScoringConfig = ScoringConfig()):
+        if config.gate_domain != "embedding":
+            raise ValueError(f"gate_domain={config.gate_domain!r}: PandaGPT gates its fbank frames in its own "
+                             "domain (models/pandagpt.py); use 'embedding'")
         self.config = config
         self.model_config = model_config
         self.model = PandaGPT(model_config)

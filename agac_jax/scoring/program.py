@@ -28,6 +28,9 @@ ESTIMATORS = ("occlusion", "integrated_gradients")
 # What the local score contrasts (DESIGN.md: the answer's log-probability). "log_odds" sums per answer
 # token log p / (1 - p), computed from the logits; it does not flatten when the model is saturated.
 TARGETS = ("logp", "log_odds")
+# Where a gate mixes the clip with silence: the projected audio embeddings (DESIGN.md), or the log-mel
+# frames before the encoder (each token's 4 frames), which re-runs the encoder for every gate.
+GATE_DOMAINS = ("embedding", "input")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,6 +42,7 @@ class ProgramSpec:
 
     estimator: str  # occlusion | integrated_gradients
     target: str  # logp | log_odds (TARGETS)
+    gate_domain: str  # embedding | input (GATE_DOMAINS)
     window: int  # occlusion: tokens gated off around t
     ig_steps: int  # integrated gradients: midpoint-rule steps
     occlusion_chunk: int  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
@@ -56,7 +60,7 @@ class ProgramSpec:
     def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
                     generation: GenerationSettings) -> "ProgramSpec":
         """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
-        return cls(estimator=config.estimator, target=config.target, window=config.window, ig_steps=config.ig_steps,
+        return cls(estimator=config.estimator, target=config.target, gate_domain=config.gate_domain, window=config.window, ig_steps=config.ig_steps,
                    occlusion_chunk=config.occlusion_chunk, fastv_layer=config.fastv_layer,
                    rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
                    generate=generate, audio_offset=audio_offset, generation=generation)
@@ -66,6 +70,8 @@ class ProgramSpec:
             raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
+        if self.gate_domain not in GATE_DOMAINS:
+            raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
         if self.window < 1 or self.ig_steps < 1 or self.occlusion_chunk < 1:
             raise ValueError(f"window, ig_steps and occlusion_chunk must be >= 1, got {self}")
         for r in self.rates:
@@ -110,6 +116,9 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
                        prompt_length=batch["prompt_lengths"], answer_ids=answers, answer_length=answer_lengths,
                        n_samples=batch["n_samples"], slot_valid=None if valid is None else valid.astype(bool),
                        slot_ranges=batch.get("slot_ranges"), model_global=model_global, context=context)
+    if spec.gate_domain == "input":
+        clips = clips._replace(features=batch["features"], silence_features=batch["silence_features"],
+                               mel_length=batch["mel_lengths"])
     full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
     if spec.estimator == "integrated_gradients":
         logps = None
@@ -159,6 +168,11 @@ class ClipInputs(NamedTuple):
     slot_ranges: Any = None  # [T, 2] samples each slot reads (None: the 640-sample token grid)
     model_global: Any = None  # [T] the model's own global score (`global_scores`), or None: LLM attention
     context: Any = None  # the clip's `context` for gate_audio / embed_prompt (PandaGPT: its video vector)
+    # gate_domain "input": the clip's and silence's log-mel [n_mels, P] and valid frames []; a gate then
+    # mixes these, token t's frames 4t..4t+3, and the encoder runs on the mixture
+    features: Any = None
+    silence_features: Any = None
+    mel_length: Any = None
 
 
 def slot_valid(clip: ClipInputs) -> Array:
@@ -231,7 +245,12 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs, target
 
     def gated_embeds(gate):
         extra = {} if clip.context is None else {"context": clip.context}
-        mixed = model.apply(variables, gate, clip.audio, clip.silence, method=model.gate_audio, **extra)
+        if clip.features is not None:  # gate_domain "input"
+            frame_gate = jnp.repeat(gate, clip.features.shape[-1] // t_slots)[None]
+            mel = frame_gate * clip.features + (1.0 - frame_gate) * clip.silence_features
+            mixed = model.apply(variables, mel[None], clip.mel_length[None], method=model.encode_audio)[0][0]
+        else:
+            mixed = model.apply(variables, gate, clip.audio, clip.silence, method=model.gate_audio, **extra)
         return jnp.where(is_audio[:, None], mixed[ordinal].astype(token_embeds.dtype), token_embeds)
 
     def run(embeds, start, cache, query_weights=None, sow=None, output_rows=None):
@@ -389,6 +408,8 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
         # the first placeholder row a gate of the chunk can change: its own (one row per slot) or the
         # model's only audio row (PandaGPT: every chunk recomputes from the AV token on)
         first_row = min(first - (spec.window - 1) // 2, rows - 1)
+        if spec.gate_domain == "input":  # the encoder attends across the clip: every audio row changes
+            first_row = 0
         start = max(offset + first_row, 0) if spec.share_prefix else 0
 
         def run(done, first=first, start=start):

@@ -29,7 +29,7 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
-from agac_jax.scoring.program import ESTIMATORS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
+from agac_jax.scoring.program import ESTIMATORS, GATE_DOMAINS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
 
 MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
@@ -57,6 +57,7 @@ class ScoringConfig:
 
     estimator: str = "occlusion"  # occlusion | integrated_gradients
     target: str = "logp"  # what the local score contrasts: logp (DESIGN.md) | log_odds (program.TARGETS)
+    gate_domain: str = "embedding"  # where gates mix clip and silence: embedding (DESIGN.md) | input (log-mel)
     window: int = 1  # occlusion window W in audio tokens
     ig_steps: int = 16  # integrated-gradients midpoint steps n
     alpha: float = 0.5  # fusion weight of the local (AAD) score
@@ -80,6 +81,8 @@ class ScoringConfig:
             raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
+        if self.gate_domain not in GATE_DOMAINS:
+            raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
         for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens"):
