@@ -7,19 +7,26 @@ the samples and the items skipped). Adding a data set is a loader yielding `comm
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from agac_jax.data.common import LoadedDataset
 
 
-def _synthetic(section: Any) -> tuple[str, LoadedDataset]:
-    from agac_jax.data import synthetic
+def _generated(module: str, table: str) -> Callable[[Any], tuple[str, LoadedDataset]]:
+    """The loader of a generated benchmark (`agac_jax.data.{module}`: synthetic, scenes): the split
+    written at `section.root`, else `generate_split(split, num_clips, generation_seed)` in memory;
+    named f"{table}-{split}" in the tables."""
 
-    if section.root:
-        samples = list(synthetic.read_split(section.root))
-    else:
-        samples = list(synthetic.generate_split(section.split, section.num_clips, section.generation_seed))
-    return f"synthetic-{section.split}", LoadedDataset(samples=samples, skipped=[])
+    def load(section: Any) -> tuple[str, LoadedDataset]:
+        benchmark = importlib.import_module(f"agac_jax.data.{module}")
+        if section.root:
+            samples = list(benchmark.read_split(section.root))
+        else:
+            samples = list(benchmark.generate_split(section.split, section.num_clips, section.generation_seed))
+        return f"{table}-{section.split}", LoadedDataset(samples=samples, skipped=[])
+
+    return load
 
 
 def _clotho_aqa(section: Any) -> tuple[str, LoadedDataset]:
@@ -42,7 +49,10 @@ def _avhbench(section: Any) -> tuple[str, LoadedDataset]:
 
 
 DATASETS: dict[str, Callable[[Any], tuple[str, LoadedDataset]]] = {
-    "synthetic": _synthetic,  # generated in memory or read from a written split (evidence known)
+    # generated in memory or read from a written split (evidence known)
+    "synthetic": _generated("synthetic", "synthetic"),
+    # the harder scenes: quiet evidence, loud distractors, overlaps, counting (evidence known)
+    "synthetic_scenes": _generated("scenes", "synthetic_scenes"),
     "clotho_aqa": _clotho_aqa,  # ClothoAQA's yes/no subset, majority label
     "avhbench": _avhbench,  # AVHBench's soundtracks, one task
 }
