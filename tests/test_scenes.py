@@ -296,3 +296,78 @@ def test_the_energy_selector_keeps_far_less_evidence_than_on_the_old_benchmark()
     assert (new_count, old_count) == (229, 153)
     assert new == pytest.approx(0.53, abs=0.005) and old == pytest.approx(0.93, abs=0.005)
     assert new < old - 0.3
+
+
+# --- training on the scenes (agac_jax.training with configs/train_tiny.py:scenes) ----------------
+
+
+def _scenes_training_config(**data):
+    """configs/train_tiny.py:scenes at the local variant's sizes, one 12 s bucket, a few clips."""
+    from configs.train_tiny import get_config
+
+    cfg, local = get_config("scenes"), get_config("local")
+    cfg.model, cfg.bucket_seconds = local.model, (12,)
+    cfg.data.update(train_clips=3, mix_clips=2, validation_clips=2, test_clips=2, test_questions=4, **data)
+    cfg.optim.update(local.optim.to_dict(), order_share=0.375, count_share=0.25)
+    cfg.optim.update(steps=2, batch_clips=2, questions_per_clip=4)
+    cfg.update(log_every=1, eval_every=0, checkpoint_every=2, eval_batch_size=4)
+    return cfg
+
+
+def test_training_labels_are_defined_on_repeated_classes_and_overlaps() -> None:
+    from agac_jax.training import data as train_data
+
+    classes = scenes.EVENT_CLASSES
+    siren, low, click = (classes.index(c) for c in ("siren", "low tone", "click train"))
+    events = (synthetic.Event("siren", 0.10, 0.50, 6.0), synthetic.Event("low tone", 0.30, 1.00, 20.0),
+              synthetic.Event("click train", 1.20, 1.40, 5.0), synthetic.Event("siren", 1.60, 2.00, 8.0))
+    labels = train_data.audio_token_labels(events, num_tokens=60, length=64)
+    expected = np.full(64, train_data.BACKGROUND_LABEL)
+    expected[2:7] = siren  # centres 0.1 .. 0.26 s: the siren alone
+    expected[7:25] = low  # centres 0.3 .. 0.98 s: the louder low tone wins where both sound
+    expected[30:35], expected[40:50], expected[60:] = click, siren, -1
+    np.testing.assert_array_equal(labels, expected)
+    ranks = train_data.event_ranks(events)  # by first onset; the second siren does not count
+    assert (ranks[siren], ranks[low], ranks[click]) == (1, 2, 3) and ranks.sum() == 6
+    assert train_data.question_labels(scenes.count_question("siren")) == (siren, siren)
+    assert train_data.question_labels(scenes.existence_question("siren")) == (siren, train_data.BACKGROUND_LABEL)
+    assert train_data.question_labels(scenes.order_question("siren", "low tone")) == (siren, low)
+
+
+def test_the_scenes_training_data_mixes_both_benchmarks_with_the_union_vocabulary(tmp_path) -> None:
+    from agac_jax.training import data as train_data, model
+
+    cfg = _scenes_training_config()
+    assert train_data.vocabulary(cfg) == scenes.VOCABULARY and train_data.max_rank(cfg) == 5
+    pool = train_data.split_samples(cfg, "train", cfg.data.train_clips)
+    assert [type(s) for s in pool] == sorted((type(s) for s in pool), key=lambda t: t is scenes.Sample)
+    assert len({s.clip_id for s in pool}) == 5 and {s.kind for s in pool} == set(scenes.QUESTION_KINDS)
+    assert train_data.split_samples(cfg, "test", 2) == scenes.generate_split("test", 2, cfg.data.seed)
+    tokenizer = model.build_processor(tmp_path / "processor", cfg.num_mel_bins, train_data.vocabulary(cfg))
+    data = train_data.split_set(cfg, tokenizer, tmp_path, "train", cfg.data.train_clips, None)
+    assert (tmp_path / "all_scenes_mix-synthetic2_train_clips3_seed0_mel80_buckets12_v2.npz").is_file()
+    assert len(data) == len(pool) and tokenizer.unk_token_id not in data.input_ids
+    assert data.event_ranks.max() <= 5 and set(np.unique(data.kinds)) == set(scenes.QUESTION_KINDS)
+    for i in np.flatnonzero(data.kinds == scenes.COUNT):
+        assert data.question_labels[i, 0] == data.question_labels[i, 1]
+    clips, questions = train_data.step_batch(data, 2, 8, seed=0, step=3, order_share=0.375, count_share=0.25)
+    for i, clip in enumerate(clips):
+        mine = data.kinds[questions[8 * i : 8 * i + 8]]
+        own = data.kinds[data.clip_index == clip]
+        assert (mine == scenes.COUNT).sum() == (2 if (own == scenes.COUNT).any() else 0)
+        assert (mine == scenes.ORDER).sum() == (3 if (own == scenes.ORDER).any() else 0)
+
+
+@pytest.mark.slow
+def test_a_local_sized_scenes_training_run_trains_and_checkpoints(tmp_path) -> None:
+    """Two steps of a 1-layer model on 3 scenes and 2 synthetic clips (about 20 s: compiling the step)."""
+    from agac_jax.training import checkpointing, loop, steps
+
+    cfg = _scenes_training_config()
+    result = loop.train(cfg, tmp_path)
+    losses = [record for record in result.history if "loss" in record]
+    assert result.step == 2 and len(losses) == 2 and all(np.isfinite(r["loss"]) for r in losses)
+    assert result.tokenizer.convert_tokens_to_ids("more") != result.tokenizer.unk_token_id
+    manager = checkpointing.checkpoint_manager(tmp_path)
+    _, _, trainable, _ = checkpointing.restore_checkpoint(manager, steps.make_optimizer(cfg.optim), max_rank=5)
+    assert trainable["listener"]["kernel"].shape == (cfg.model.hidden_size, len(scenes.EVENT_CLASSES), 6)

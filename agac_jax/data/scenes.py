@@ -52,7 +52,7 @@ Questions (yes/no), and their evidence (the intervals, seconds, of the audio tha
 Planning a clip: the number of events n is drawn first; n - 1 events may be evidence. The count
 question comes first ((x, answer) from its schedule: x twice or once); the order question follows
 when the evidence budget leaves room for its two classes (a counted class that occurs once may be
-one of them), which holds in about 77 % of clips; then the existence question (a class already in
+one of them), which holds in about 75 % of clips; then the existence question (a class already in
 the evidence, or a new one while the budget lasts, for "yes"; a class absent from the clip for
 "no"); the remaining events are distractors. So every clip has an existence and a count question
 and most an order question, and the evidence of a clip's questions is a subset of its events

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.qwen2_audio import init_params
-from agac_jax.training.losses import init_auxiliary
+from agac_jax.training.losses import MAX_RANK, init_auxiliary
 
 Params = Any
 
@@ -57,8 +57,9 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, config: Qwen2Audi
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, optimizer: optax.GradientTransformation,
-                       step: int | None = None) -> tuple[int, Qwen2AudioConfig, Params, Any]:
-    """(step, config, trainable {"model", **auxiliary heads}, opt_state) of `step` (None: the latest).
+                       step: int | None = None, max_rank: int = MAX_RANK) -> tuple[int, Qwen2AudioConfig, Params, Any]:
+    """(step, config, trainable {"model", **auxiliary heads}, opt_state) of `step` (None: the latest);
+    `max_rank`: the listener's (`init_auxiliary`), the training config's `data.max_rank`.
 
     The arrays are restored into the shapes that `config` and `optimizer` give, so a checkpoint of
     another model or optimiser is an error, never a silent partial restore.
@@ -69,7 +70,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, optimizer: optax.Gradient
     hf_config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     config = Qwen2AudioConfig.from_hf_dict(hf_config)
     model = jax.eval_shape(lambda: nn.meta.unbox(init_params(config, jax.random.key(0))))
-    trainable = {"model": model, **jax.eval_shape(functools.partial(init_auxiliary, config.text.hidden_size))}
+    trainable = {"model": model, **jax.eval_shape(functools.partial(init_auxiliary, config.text.hidden_size, max_rank))}
     target = {"trainable": trainable, "opt_state": jax.eval_shape(optimizer.init, trainable)}
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return step, config, state["trainable"], state["opt_state"]

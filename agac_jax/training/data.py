@@ -5,11 +5,18 @@ Each training question is rendered exactly as at inference (`agac_jax.prompts.re
 followed by its answer word and `<|im_end|>`. Sequences are right-padded, so positions 0..S-1 equal
 the positions that left-padded greedy generation derives for the real tokens.
 
+Benchmarks (`BENCHMARKS`): the splits come from `data.benchmark`, "synthetic"
+(`agac_jax.data.synthetic`, the shipped model's) or "scenes" (`agac_jax.data.scenes`); with
+`data.mix_benchmark` the training split also holds `data.mix_clips` clips of a second one. The
+tokenizer's vocabulary is the union of theirs (`vocabulary`), and every label below is defined for
+both (scenes repeat classes and overlap events).
+
 Questions: by default (`data.all_questions`) every question the benchmark's templates can ask about a
-training clip (`all_questions`): the 8 existence questions and the order question of every ordered
-pair of its events, answered from the clip's events. The benchmark's own questions are balanced, so
-neither the question nor the audio alone says anything about the answer; a small model trained on
-them alone stays at chance for hundreds of steps.
+training clip (`all_questions`): synthetic, the 8 existence questions and the order question of
+every ordered pair of its events; scenes, `scenes.all_questions` (existence, count and order where
+they are answerable); answered from the clip's events. The benchmark's own questions are balanced,
+so neither the question nor the audio alone says anything about the answer; a small model trained
+on them alone stays at chance for hundreds of steps.
 
 Log-mel features of the training clips are computed once (`batch_log_mel`, padded to the largest
 frame bucket) and kept as float16 to halve their memory; a batch is cast back to float32. Each
@@ -30,6 +37,7 @@ import functools
 import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -37,7 +45,7 @@ from transformers import PreTrainedTokenizerBase
 
 from agac_jax.audio.features import audio_token_count, batch_log_mel, bucket_frames
 from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN
-from agac_jax.data import synthetic
+from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
 from agac_jax.prompts import expand_audio_placeholders, render_prompt
 from agac_jax.tokenizer import AUDIO_EOS, IM_END
@@ -60,14 +68,14 @@ class TrainingSet:
       target_mask: float32 [N, L] 1 on the answer tokens (the positions the loss predicts).
       suffix_start: int32 [N] the first position after `<|audio_eos|>`: tokens before it (system turn,
         audio) are the same for every question about a clip, the question starts here.
-      kinds: [N] question kinds ("existence" / "order").
+      kinds: [N] question kinds ("existence" / "order" / "count").
       buckets: int32 [N] the frame bucket of each question's clip.
       bucket_lengths: frame bucket -> token length of its longest question.
       token_labels: int8 [C, F // 4] the event class of each audio token of each clip (see
         `audio_token_labels`), -1 past the clip's valid tokens.
       question_labels: int8 [N, 2] the classes a question names (see `question_labels`).
-      event_ranks: int8 [C, 8] per class of EVENT_CLASSES, 0 when the clip lacks it, else its place
-        (1, 2, 3) in the clip's time order.
+      event_ranks: int8 [C, 8] per class of EVENT_CLASSES, 0 when the clip lacks it, else the place
+        (1, 2, ...) of its first onset in the clip's time order (see `event_ranks`).
     """
 
     features: np.ndarray
@@ -173,10 +181,14 @@ BACKGROUND_LABEL = len(synthetic.EVENT_CLASSES)
 
 def audio_token_labels(events: Sequence[synthetic.Event], num_tokens: int, length: int) -> np.ndarray:
     """int8 [length]: per audio token (40 ms), the index in EVENT_CLASSES of the event holding its
-    centre, BACKGROUND_LABEL (8) where none does, -1 from `num_tokens` (the clip's valid tokens) on."""
+    centre, BACKGROUND_LABEL (8) where none does, -1 from `num_tokens` (the clip's valid tokens) on.
+
+    Where events overlap (the scenes benchmark), the token takes the loudest one's class (highest
+    SNR; the later one in `events` on a tie): the class one hears there. Synthetic events never
+    overlap, so each token has at most one."""
     centres = (np.arange(length) + 0.5) * SAMPLES_PER_AUDIO_TOKEN / synthetic.SAMPLE_RATE
     labels = np.full(length, BACKGROUND_LABEL, np.int8)
-    for event in events:
+    for event in sorted(events, key=lambda e: e.snr_db):
         labels[(centres >= event.start_s) & (centres < event.end_s)] = synthetic.EVENT_CLASSES.index(event.label)
     labels[num_tokens:] = -1
     return labels
@@ -184,26 +196,38 @@ def audio_token_labels(events: Sequence[synthetic.Event], num_tokens: int, lengt
 
 def question_labels(question: str) -> tuple[int, int]:
     """The classes a benchmark question names, as EVENT_CLASSES indices: (class, BACKGROUND_LABEL) for
-    an existence question, (first, second) for an order question."""
+    an existence question, (first, second) for an order question, (class, class) for a count
+    question of the scenes benchmark (the class named twice: a pair no other kind gives)."""
     classes = synthetic.EVENT_CLASSES
     for i, label in enumerate(classes):
         if question == synthetic.existence_question(label):
             return i, BACKGROUND_LABEL
+        if question == scenes.count_question(label):
+            return i, i
     for (i, first), (j, second) in itertools.permutations(enumerate(classes), 2):
         if question == synthetic.order_question(first, second):
             return i, j
-    raise ValueError(f"{question!r} is not a question of the synthetic benchmark")
+    raise ValueError(f"{question!r} is not a question of the synthetic benchmarks")
 
 
 def event_ranks(events: Sequence[synthetic.Event]) -> np.ndarray:
-    """int8 [8]: per class of EVENT_CLASSES, 0 if absent, else its place (1, 2, ...) among the events by start."""
+    """int8 [8]: per class of EVENT_CLASSES, 0 if absent, else the place (1, 2, ...) of its first onset
+    among the first onsets of the clip's classes.
+
+    A class that occurs twice (scenes) is ranked by its first occurrence and counts once, so the
+    ranks are 1..number of classes present (at most the clip's events) and each order question's
+    answer is the comparison of its two classes' ranks. With distinct classes (synthetic) this is
+    each event's place in time."""
+    first_onsets: dict[str, float] = {}
+    for event in sorted(events, key=lambda e: e.start_s):
+        first_onsets.setdefault(event.label, event.start_s)
     ranks = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
-    for place, event in enumerate(sorted(events, key=lambda e: e.start_s), start=1):
-        ranks[synthetic.EVENT_CLASSES.index(event.label)] = place
+    for place, label in enumerate(first_onsets, start=1):
+        ranks[synthetic.EVENT_CLASSES.index(label)] = place
     return ranks
 
 
-def all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]:
+def _synthetic_all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]:
     """Every question the benchmark's templates can ask about each clip of `samples`, answered from its events.
 
     Per clip: the existence question of each of the 8 classes (so a clip with k events answers "yes"
@@ -231,6 +255,62 @@ def all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]
                 answer=YES if starts[first] < starts[second] else NO,
                 evidence=tuple(sorted((by_label[first].interval, by_label[second].interval)))))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A generated benchmark training can use (`cfg.data.benchmark`, `cfg.data.mix_benchmark`).
+
+    Attributes:
+      module: its data module (generate_split, VOCABULARY, the question templates).
+      all_questions: every question its templates can ask about each clip, answered from its events.
+      max_events: the most events a clip holds, so the largest `event_ranks` value.
+    """
+
+    module: Any
+    all_questions: Callable[[Sequence[Any]], list[Any]]
+    max_events: int
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "synthetic": Benchmark(synthetic, _synthetic_all_questions, 3),  # agac_jax.data.synthetic, 1-3 events
+    "scenes": Benchmark(scenes, scenes.all_questions, max(scenes.EVENT_COUNT_WEIGHTS)),  # synthetic_scenes
+}
+
+
+def all_questions(samples: Sequence[Any]) -> list[Any]:
+    """Every question the templates of each sample's benchmark can ask about its clip, answered from its
+    events (`Benchmark.all_questions`; synthetic: `_synthetic_all_questions`, scenes:
+    `scenes.all_questions`). Clips keep their first-seen order within each benchmark, the benchmarks
+    in the order of BENCHMARKS."""
+    out, claimed = [], 0
+    for benchmark in BENCHMARKS.values():
+        own = [s for s in samples if isinstance(s, benchmark.module.Sample)]
+        claimed += len(own)
+        out += benchmark.all_questions(own) if own else []
+    if claimed != len(samples):
+        raise TypeError("all_questions takes samples of the BENCHMARKS' data modules only")
+    return out
+
+
+def benchmarks(cfg: ml_collections.ConfigDict) -> list[Benchmark]:
+    """The benchmarks a training config uses: `data.benchmark`, then `data.mix_benchmark` when set."""
+    names = [cfg.data.get("benchmark", "synthetic")] + ([cfg.data.mix_benchmark] if cfg.data.get("mix_benchmark")
+                                                         else [])
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r} in cfg.data; choose from {tuple(BENCHMARKS)}")
+    return [BENCHMARKS[name] for name in names]
+
+
+def vocabulary(cfg: ml_collections.ConfigDict) -> list[str]:
+    """The sorted union of the vocabularies of the config's benchmarks (synthetic alone: its own)."""
+    return sorted(set().union(*(b.module.VOCABULARY for b in benchmarks(cfg))))
+
+
+def max_rank(cfg: ml_collections.ConfigDict) -> int:
+    """The largest `event_ranks` value of the config's benchmarks (the listener's ranks are 0..max_rank)."""
+    return max(b.max_events for b in benchmarks(cfg))
 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
@@ -362,23 +442,30 @@ def batch_indices(buckets: np.ndarray, batch_size: int, seed: int, step: int, sh
 
 
 def step_batch(data: TrainingSet, batch_clips: int, questions_per_clip: int, seed: int, step: int,
-               short_steps: int = 0, order_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               short_steps: int = 0, order_share: float = 0.0, count_share: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The clips [batch_clips] and questions [batch_clips * questions_per_clip] of step `step`.
 
     Clips follow `batch_indices` over the clips' buckets; each clip's questions are drawn from its
     own, without replacement while it has enough. `order_share` of them (rounded) come from the
-    clip's order questions when it has any (a clip asks 8 existence questions and at most 6 order
-    ones, and order is the harder kind). A function of (seed, step) only.
+    clip's order questions when it has any (a synthetic clip asks 8 existence questions and at most
+    6 order ones, and order is the harder kind), `count_share` from its count questions (scenes)
+    likewise, the rest from its other questions. A function of (seed, step) only.
     """
+    if order_share + count_share > 1:
+        raise ValueError(f"order_share + count_share must be at most 1, got {order_share} + {count_share}")
     clips = batch_indices(data.clip_buckets(), batch_clips, seed, step, short_steps)
     pools = data.questions_by_clip()
     rng = np.random.default_rng([seed, step, 1])
     questions = []
     for clip in clips:
         pool = pools[clip]
-        is_order = data.kinds[pool] == synthetic.ORDER
-        wanted = int(round(questions_per_clip * order_share)) if is_order.any() else 0
-        parts = [(pool[is_order], wanted), (pool[~is_order], questions_per_clip - wanted)]
+        parts, rest = [], np.ones(len(pool), bool)
+        for kind, share in ((synthetic.ORDER, order_share), (scenes.COUNT, count_share)):
+            of_kind = data.kinds[pool] == kind
+            parts.append((pool[of_kind], int(round(questions_per_clip * share)) if of_kind.any() else 0))
+            rest &= ~of_kind
+        parts.append((pool[rest], questions_per_clip - sum(count for _, count in parts)))
         for members, count in parts:
             if count:
                 questions.append(rng.choice(members, count, replace=len(members) < count))
@@ -392,21 +479,35 @@ def _step_batch(buckets: np.ndarray, batch_size: int, seed: int, step: int) -> n
 
 
 
-def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase, workdir: Path, split: str,
-              num_clips: int, samples: Sequence[synthetic.Sample] | None) -> TrainingSet:
-    """The encoded synthetic split (cached in the workdir), or the given samples encoded (not cached)."""
+def split_samples(cfg: ml_collections.ConfigDict, split: str, num_clips: int) -> list[Any]:
+    """The questions of a split of `cfg.data.benchmark` (seed `cfg.data.seed`). The training split with
+    `data.all_questions` holds every question about each clip (`all_questions`), and, with
+    `data.mix_benchmark`, `data.mix_clips` training clips of that benchmark too (first)."""
+    main, *mixed = benchmarks(cfg)
+    samples = main.module.generate_split(split, num_clips, cfg.data.seed)
+    if split != "train":
+        return samples
+    if mixed and cfg.data.mix_clips:  # synthetic and scenes clip ids never collide
+        samples = mixed[0].module.generate_split(split, cfg.data.mix_clips, cfg.data.seed) + samples
+    return all_questions(samples) if cfg.data.all_questions else samples
 
-    def encode(chosen: Sequence[synthetic.Sample]) -> TrainingSet:
+
+def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase, workdir: Path, split: str,
+              num_clips: int, samples: Sequence[Any] | None) -> TrainingSet:
+    """The encoded split of the config's benchmarks (`split_samples`, cached in the workdir), or the
+    given samples encoded (not cached)."""
+
+    def encode(chosen: Sequence[Any]) -> TrainingSet:
         return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds)
 
     if samples is not None:
         return encode(samples)
     buckets = "-".join(str(b) for b in cfg.bucket_seconds)
     name = f"{split}_clips{num_clips}_seed{cfg.data.seed}_mel{cfg.num_mel_bins}_buckets{buckets}_v{SET_FORMAT}.npz"
+    benchmark, mixed = cfg.data.get("benchmark", "synthetic"), cfg.data.get("mix_benchmark")
+    if benchmark != "synthetic" or mixed:  # the synthetic splits keep the names they always had
+        mix = f"_mix-{mixed}{cfg.data.mix_clips}" if mixed and split == "train" else ""
+        name = f"{benchmark}{mix}_{name}"
     if split == "train" and cfg.data.all_questions:
         name = "all_" + name
-    generated = lambda: synthetic.generate_split(split, num_clips, cfg.data.seed)  # noqa: E731
-    if split == "train" and cfg.data.all_questions:
-        return cached_training_set(workdir / name, lambda: encode(all_questions(generated())))
-    return cached_training_set(workdir / name, lambda: encode(generated()))
-
+    return cached_training_set(workdir / name, lambda: encode(split_samples(cfg, split, num_clips)))

@@ -4,7 +4,8 @@ silence in its place.
 `evaluate_generation` answers questions by greedy generation (`jitted_generate`) and parses the reply
 with `agac_jax.eval.metrics.parse_answer`; with `silence=True` each clip is replaced by zeros of the
 same length, which measures how much the answers depend on the audio (chance is about 50 %).
-`evaluate` runs both on the first `data.test_questions` questions of the synthetic test split.
+`evaluate` runs both on the first `data.test_questions` questions of the test split of the config's
+benchmark (`data.benchmark`: synthetic or scenes).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from agac_jax import checkpoints
-from agac_jax.data import synthetic
+from agac_jax.data.common import AudioQASample
 from agac_jax.eval.metrics import UNKNOWN, parse_answer
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.prompts import build_prompts
+from agac_jax.training.data import split_samples
 
 Params = Any
 
@@ -93,7 +95,7 @@ def evaluate_generation(
     params: Params,
     generation: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
-    samples: Sequence[synthetic.Sample],
+    samples: Sequence[AudioQASample],
     pad_to_frames: int,
     batch_size: int,
     silence: bool = False,
@@ -122,9 +124,9 @@ def evaluate_generation(
     )
 
 
-def evaluation_questions(cfg: ml_collections.ConfigDict) -> list[synthetic.Sample]:
-    """The first `cfg.data.test_questions` questions of the synthetic test split."""
-    samples = synthetic.generate_split("test", cfg.data.test_clips, cfg.data.seed)
+def evaluation_questions(cfg: ml_collections.ConfigDict) -> list[AudioQASample]:
+    """The first `cfg.data.test_questions` questions of the test split of the config's benchmark."""
+    samples = split_samples(cfg, "test", cfg.data.test_clips)
     if len(samples) < cfg.data.test_questions:
         raise ValueError(f"data.test_clips={cfg.data.test_clips} gives {len(samples)} questions, fewer than "
                          f"data.test_questions={cfg.data.test_questions}")

@@ -22,10 +22,10 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from agac_jax import checkpoints
-from agac_jax.data import synthetic
+from agac_jax.data.common import AudioQASample
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.training.checkpointing import checkpoint_manager, restore_checkpoint, save_checkpoint
-from agac_jax.training.data import split_set, step_batch
+from agac_jax.training.data import max_rank, split_set, step_batch, vocabulary
 from agac_jax.training.losses import init_auxiliary
 from agac_jax.training.model import build_processor, generation_config, initial_params, model_config
 from agac_jax.training.steps import cached_steps, make_optimizer, teacher_forced_accuracy
@@ -51,19 +51,19 @@ class TrainResult:
 def train(
     cfg: ml_collections.ConfigDict,
     workdir: str | Path,
-    train_samples: Sequence[synthetic.Sample] | None = None,
-    validation_samples: Sequence[synthetic.Sample] | None = None,
+    train_samples: Sequence[AudioQASample] | None = None,
+    validation_samples: Sequence[AudioQASample] | None = None,
 ) -> TrainResult:
     """Trains (or resumes training in `workdir`) up to `cfg.optim.steps` steps.
 
-    The samples default to the synthetic splits of `cfg.data`, whose encoded features are cached in
-    `workdir`; tests pass a handful instead.
+    The samples default to the splits of `cfg.data`'s benchmarks (`data.split_samples`), whose encoded
+    features are cached in `workdir`; tests pass a handful instead (synthetic or scenes samples).
     `history` holds one record per logged step (mean loss, train answer accuracy, seconds per step)
     and one per validation evaluation.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_processor(workdir / PROCESSOR_DIR, cfg.num_mel_bins)
+    tokenizer = build_processor(workdir / PROCESSOR_DIR, cfg.num_mel_bins, vocabulary(cfg))
     config = model_config(cfg, tokenizer)
     started = time.perf_counter()
     train_set = split_set(cfg, tokenizer, workdir, "train", cfg.data.train_clips, train_samples)
@@ -75,7 +75,7 @@ def train(
     optimizer = make_optimizer(cfg.optim)
     manager = checkpoint_manager(workdir, cfg.keep_checkpoints)
     if manager.latest_step() is not None:
-        step, restored_config, trainable, opt_state = restore_checkpoint(manager, optimizer)
+        step, restored_config, trainable, opt_state = restore_checkpoint(manager, optimizer, max_rank=max_rank(cfg))
         if restored_config.to_hf_dict() != config.to_hf_dict():
             raise ValueError(f"checkpoint {manager.directory} step {step} was written for a different model "
                              "config than cfg describes")
@@ -83,7 +83,7 @@ def train(
     else:
         step = 0
         trainable = {"model": initial_params(config, cfg.seed, cfg.model.sinusoid_positions),
-                     **init_auxiliary(config.text.hidden_size)}
+                     **init_auxiliary(config.text.hidden_size, max_rank(cfg))}
         opt_state = jax.jit(optimizer.init)(trainable)
     train_step, eval_step = cached_steps(config, tuple(sorted(cfg.optim.to_dict().items())))
     history: list[dict[str, float]] = []
@@ -91,7 +91,8 @@ def train(
     tick = time.perf_counter()
     while step < cfg.optim.steps:
         clips, questions = step_batch(train_set, cfg.optim.batch_clips, cfg.optim.questions_per_clip, cfg.seed, step,
-                                      cfg.optim.short_clip_steps, cfg.optim.order_share)
+                                      cfg.optim.short_clip_steps, cfg.optim.order_share,
+                                      cfg.optim.get("count_share", 0.0))
         batch = train_set.batch(questions, clips)
         trainable, opt_state, metrics = train_step(trainable, opt_state, batch)
         step += 1

@@ -13,6 +13,11 @@ both read at the last prompt position from the input of the last decoder layer. 
 encoder to tell the events apart and the decoder to bring the question and the events to the
 position that answers; the last layer then only has to combine them. No loss touches the
 attention maps.
+
+The labels are defined on both benchmarks (`agac_jax.training.data`): a token under overlapping
+events takes the loudest one's class, a count question names its class twice, and a class's rank
+is that of its first onset among the classes present (1..MAX_RANK on the synthetic benchmark,
+1..5 on scenes: the listener's width follows the config, `init_auxiliary(max_rank=...)`).
 """
 
 from __future__ import annotations
@@ -117,13 +122,13 @@ def reading_loss(reader: Params, middle: jax.Array, batch: Batch) -> jax.Array:
     return -jnp.mean(jnp.take_along_axis(logp, batch["question_labels"][..., None], axis=-1))
 
 
-MAX_RANK = 3
+MAX_RANK = 3  # the synthetic benchmark's clips hold at most 3 events (`data.max_rank` of a config)
 
 
-def init_listener(hidden_size: int) -> Params:
-    """The training-only listener: per class, a linear map from a hidden state to its rank (0 absent .. 3)."""
+def init_listener(hidden_size: int, max_rank: int = MAX_RANK) -> Params:
+    """The training-only listener: per class, a linear map from a hidden state to its rank (0 absent .. max_rank)."""
     n = len(synthetic.EVENT_CLASSES)
-    return {"kernel": jnp.zeros((hidden_size, n, MAX_RANK + 1)), "bias": jnp.zeros((n, MAX_RANK + 1))}
+    return {"kernel": jnp.zeros((hidden_size, n, max_rank + 1)), "bias": jnp.zeros((n, max_rank + 1))}
 
 
 def listening_loss(listener: Params, middle: jax.Array, batch: Batch) -> jax.Array:
@@ -139,10 +144,10 @@ def listening_loss(listener: Params, middle: jax.Array, batch: Batch) -> jax.Arr
     return -jnp.mean(jnp.take_along_axis(logp, batch["event_ranks"][..., None], axis=-1))
 
 
-def init_auxiliary(hidden_size: int) -> Params:
+def init_auxiliary(hidden_size: int, max_rank: int = MAX_RANK) -> Params:
     """The training-only heads: {"tagger": `init_tagger`, "reader": `init_reader`, "listener": `init_listener`}."""
     return {"tagger": init_tagger(hidden_size), "reader": init_reader(hidden_size),
-            "listener": init_listener(hidden_size)}
+            "listener": init_listener(hidden_size, max_rank)}
 
 
 def tagging_loss(tagger: Params, audio: jax.Array, labels: jax.Array) -> jax.Array:

@@ -1,7 +1,7 @@
 """The tiny Qwen2-Audio that training builds: its tokenizer and processor files, its config from the
 training config, its generation config, and its initial parameters.
 
-The tokenizer is word-level over the synthetic vocabulary with the Qwen2-Audio chat template
+The tokenizer is word-level over the benchmarks' vocabulary (synthetic's by default) with the Qwen2-Audio chat template
 (`agac_jax.tokenizer.save_processor_files`); the model is the Flax port
 (`agac_jax.models.qwen2_audio`).
 """
@@ -9,6 +9,7 @@ The tokenizer is word-level over the synthetic vocabulary with the Qwen2-Audio c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, s
 Params = Any
 
 
-def build_processor(directory: str | Path, num_mel_bins: int) -> PreTrainedTokenizerBase:
-    """Writes the tokenizer (synthetic vocabulary, Qwen2-Audio chat template) and preprocessor files."""
-    return save_processor_files(directory, synthetic.VOCABULARY, num_mel_bins, QWEN2_AUDIO_CHAT_TEMPLATE)
+def build_processor(directory: str | Path, num_mel_bins: int,
+                    vocabulary: Sequence[str] = synthetic.VOCABULARY) -> PreTrainedTokenizerBase:
+    """Writes the tokenizer (the synthetic vocabulary unless given: `data.vocabulary` of a config, Qwen2-Audio
+    chat template) and preprocessor files."""
+    return save_processor_files(directory, list(vocabulary), num_mel_bins, QWEN2_AUDIO_CHAT_TEMPLATE)
 
 
 def model_config(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase) -> Qwen2AudioConfig:
