@@ -119,7 +119,8 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
     from agac_jax.scoring.program import ClipInputs, clip_passes
 
     waves, questions, scores = scored
-    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=64)
+    waves = [waves[0][:16_000]]  # 1 s: 25 gates, each encoded again
+    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=32)
     input_scorer = Scorer.__new__(Scorer)
     input_scorer.__dict__.update(scorer.__dict__, config=config, executables={}, program_memory={})
     got = input_scorer.score(waves[:1], questions[:1], answer_ids=[scores[0].answer_ids])[0]
@@ -132,6 +133,7 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
                       answer_length=int(batch["answer_lengths"][0]), n_samples=len(waves[0]))
     passes = clip_passes(model, params, clip)
     full = float(passes.logp_of(jnp.ones(audio.shape[1])))
+    assert got.num_tokens == 25
     for t in (0, 7, got.num_tokens - 1):
         mel = np.array(batch["features"][0])
         mel[:, 4 * t:4 * t + 4] = batch["silence_features"][0][:, 4 * t:4 * t + 4]
