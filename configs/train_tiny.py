@@ -26,12 +26,10 @@ Variants (`--config=configs/train_tiny.py:NAME`):
            measured on the busy 2-core machine, most of it compiling the three frame buckets);
   scenes   the default model on 2000 scenes clips and 1000 synthetic ones (the union vocabulary: the
            count question's "more", "than", "one" added; 48846 training questions), 3000 steps,
-           evaluated on 250 scenes test questions. Not yet run in full. Measured on 40-step runs on
-           the busy 2-core machine (load average 4.4): 112 s to encode the clips (cached in the
-           workdir afterwards), 21 s to compile each frame bucket, 0.50 / 0.84 / 1.40 s a step in
-           the 6 / 9 / 12 s buckets (10 / 38 / 52 % of the steps after the curriculum), 38 s for
-           the final evaluation: about 58 minutes for the full run at that load (about 27 at the
-           speed the default run was recorded at).
+           evaluated on 250 scenes test questions. Run in full (assets/tiny_qwen2audio_scenes):
+           3000 steps in 28.4 minutes on the 2 cores (the encoded clips taken from an earlier run's
+           cache; encoding them takes 2 minutes more); test accuracy with audio 83.2% (existence
+           95.6%, order 91.4%, count 64.4%), with silence 50.4%.
 
 Fields can be overridden on the command line, e.g. `--config.optim.steps=200`.
 """
