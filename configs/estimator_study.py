@@ -9,7 +9,13 @@ energy, random and attention once per benchmark (agac_jax/eval/study.py). Output
 rows.jsonl (a rerun resumes), study.md, study.csv, recall_vs_cost.png.
 
 Variants (`--config=configs/estimator_study.py:NAME`):
-  default  both benchmarks, every setting of SETTINGS;
+  default  both benchmarks (24 synthetic clips, 90 scenes clips: 29 and 205 questions with evidence),
+           every setting of SETTINGS: the whole grid; hours on 2 CPU cores (occlusion dominates);
+  quick    12 synthetic and 20 scenes clips (14 and 46 questions with evidence), QUICK_SETTINGS:
+           the poster's setting, each target, IG steps 4 to 16, the input gate domain once; 25
+           minutes on 2 cores, two thirds of it the two occlusion settings (compilation included);
+  targets  the 90 scenes clips, the default setting and the poster's (occlusion/1/logp) against the
+           baselines: the issue's targets, measured on 205 questions with evidence;
   local    4 clips of each benchmark, two settings, one alpha: a smoke run.
 """
 
@@ -22,9 +28,12 @@ import ml_collections
 from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "local")
+VARIANTS = ("default", "quick", "targets", "local")
 SETTINGS = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
     f"integrated_gradients/{n}/{t}" for t in ("logp", "log_odds") for n in (4, 8, 16, 32))
+QUICK_SETTINGS = ("occlusion/1/logp", "occlusion/1/log_odds", "integrated_gradients/4/log_odds",
+                  "integrated_gradients/8/log_odds", "integrated_gradients/16/logp",
+                  "integrated_gradients/8/log_odds/input")
 SHIPPED = REPO_ROOT / "assets" / "tiny_qwen2audio"
 SCENES_MODEL = REPO_ROOT / "assets" / "tiny_qwen2audio_scenes"
 
@@ -61,6 +70,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.scoring.max_text_tokens = 32  # the synthetic prompts have at most 32 text tokens
     config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
     config.rates = (50,)  # the program's own keep masks: one rate
+    if variant == "quick":
+        config.benchmarks = [_benchmark("synthetic", 12, SHIPPED, "synthetic"),
+                             _benchmark("synthetic_scenes", 20, scenes_model, "scenes")]
+        config.settings = QUICK_SETTINGS  # every estimator, target and gate domain once
+    if variant == "targets":
+        config.benchmarks = config.benchmarks[1:]  # the scenes benchmark, 205 questions with evidence
+        config.settings = ("occlusion/1/logp", "integrated_gradients/8/log_odds")  # the poster's, the default
+        config.alphas = (0.5,)  # the curve alpha only
     if variant == "local":
         config.benchmarks = [_benchmark("synthetic", 4, SHIPPED, "synthetic"),
                              _benchmark("synthetic_scenes", 4, scenes_model, "scenes")]
