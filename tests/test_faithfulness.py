@@ -120,7 +120,9 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
 
     waves, questions, scores = scored
     waves = [waves[0][:16_000]]  # 1 s: 25 gates, each encoded again
-    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=32)
+    # log-odds: the shipped model is saturated, so log p differences (~1e-4) sit at float32's noise
+    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=32,
+                                 target="log_odds")
     input_scorer = Scorer.__new__(Scorer)
     input_scorer.__dict__.update(scorer.__dict__, config=config, executables={}, program_memory={})
     got = input_scorer.score(waves[:1], questions[:1], answer_ids=[scores[0].answer_ids])[0]
@@ -131,14 +133,15 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
     clip = ClipInputs(audio=audio[0], silence=audio[0], n_tokens=n_tok[0], prompt_ids=jnp.asarray(batch["prompt_ids"][0]),
                       prompt_length=int(batch["prompt_lengths"][0]), answer_ids=jnp.asarray(batch["answer_ids"][0]),
                       answer_length=int(batch["answer_lengths"][0]), n_samples=len(waves[0]))
-    passes = clip_passes(model, params, clip)
+    passes = clip_passes(model, params, clip, "log_odds")
     full = float(passes.logp_of(jnp.ones(audio.shape[1])))
     assert got.num_tokens == 25
     for t in (0, 7, got.num_tokens - 1):
         mel = np.array(batch["features"][0])
         mel[:, 4 * t:4 * t + 4] = batch["silence_features"][0][:, 4 * t:4 * t + 4]
         gated, _ = model.apply({"params": params}, mel[None], batch["mel_lengths"][:1], method=model.encode_audio)
-        logp = float(clip_passes(model, params, clip._replace(audio=gated[0])).logp_of(jnp.ones(audio.shape[1])))
-        np.testing.assert_allclose(got.local[t], full - logp, rtol=1e-4, atol=1e-6)
+        logp = float(clip_passes(model, params, clip._replace(audio=gated[0]), "log_odds").logp_of(
+            jnp.ones(audio.shape[1])))
+        np.testing.assert_allclose(got.local[t], full - logp, rtol=1e-4, atol=1e-5 * abs(full))
     with pytest.raises(ValueError, match="gate_domain"):
         ScoringConfig(gate_domain="waveform")

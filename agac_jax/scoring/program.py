@@ -246,7 +246,9 @@ def clip_passes(model: AudioLanguageModel, params: Any, clip: ClipInputs, target
     def gated_embeds(gate):
         extra = {} if clip.context is None else {"context": clip.context}
         if clip.features is not None:  # gate_domain "input"
-            frame_gate = jnp.repeat(gate, clip.features.shape[-1] // t_slots)[None]
+            # frames past the clip stay as they are: the encoder attends to its padding frames too
+            kept = jnp.where(jnp.arange(t_slots) < clip.n_tokens, gate, 1.0)
+            frame_gate = jnp.repeat(kept, clip.features.shape[-1] // t_slots)[None]
             mel = frame_gate * clip.features + (1.0 - frame_gate) * clip.silence_features
             mixed = model.apply(variables, mel[None], clip.mel_length[None], method=model.encode_audio)[0][0]
         else:
