@@ -33,7 +33,6 @@ from agac_jax.scoring import methods, selection
 
 _log = logging.getLogger(__name__)
 BASELINES = ("energy", "random", "attention")
-SETTING_FIELDS = ("estimator", "steps", "target")
 
 
 @dataclasses.dataclass(frozen=True)
