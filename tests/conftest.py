@@ -1,11 +1,31 @@
-"""Test session setup: 8 forced CPU devices (for the sharding tests) and float32 at highest precision."""
+"""Test session setup: 8 forced CPU devices (for the sharding tests), float32 at highest precision, and
+one persistent XLA compilation cache per pytest run.
+
+The cache lives in a fresh temporary folder that the pytest controller makes before its xdist workers
+start (they, and the `launch.*` subprocesses the tests start, inherit it through the environment) and
+removes at the end, so a run never reads a program compiled by an earlier one. Tests in different
+files that build the same program (the same tiny model, bucket and spec) then compile it once.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = None
+if _CACHE_VARIABLE not in os.environ:  # the controller (or a run without xdist): make it
+    _OWN_CACHE = tempfile.mkdtemp(prefix="agac_test_xla_cache_")
+    os.environ[_CACHE_VARIABLE] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

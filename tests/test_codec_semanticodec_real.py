@@ -5,7 +5,7 @@ in the project's environment, whose torch 2.13 has no matching torchaudio. The s
 r = 100 weights in the hub's layout (``agac_jax.codec.semanticodec_random``: the package's own
 modules, freshly initialised, and a random codebook), runs ``agac_jax.codec.semanticodec_check``
 once in that environment, and starts one sidecar there through ``CodecClient(python=...)``, with
-one DDIM step, so everything runs on 2 CPU cores. Without the environment every test here is
+one DDIM step and one torch thread (the suite's other xdist worker has the other core). Without the environment every test here is
 skipped, and the reason says how to make it.
 """
 
@@ -32,7 +32,7 @@ OPTIONS = {"semantic_vocab_size": VOCAB, "ddim_sample_step": 1}
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(CODEC_PYTHON), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -61,7 +61,7 @@ def weights_dir(codec_python: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def report(weights_dir: Path) -> dict:
     checked = _run(["-m", "agac_jax.codec.semanticodec_check", f"--weights_dir={weights_dir}",
-                    f"--semantic_vocab_size={VOCAB}", "--num_threads=2"], timeout=900)
+                    f"--semantic_vocab_size={VOCAB}", "--num_threads=1"], timeout=900)
     assert checked.returncode == 0, checked.stderr[-3000:]
     line = next(line for line in checked.stdout.splitlines() if line.startswith("AGAC_REPORT "))
     return json.loads(line[len("AGAC_REPORT "):])
@@ -71,7 +71,7 @@ def report(weights_dir: Path) -> dict:
 def client(weights_dir: Path, report: dict):  # after the report: one 5 GB codec in memory at a time
     with CodecClient(
         backend="semanticodec", backend_options={**OPTIONS, "weights_dir": str(weights_dir)},
-        python=".venv-codec/bin/python", num_threads=2, timeout_s=900, startup_timeout_s=600,
+        python=".venv-codec/bin/python", num_threads=1, timeout_s=900, startup_timeout_s=600,
         stderr=subprocess.DEVNULL,
     ) as codec:
         yield codec

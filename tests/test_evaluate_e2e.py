@@ -1,5 +1,8 @@
 """The sweep end to end: a random-init tiny Qwen2-Audio (HF directory with tokenizer), the real Scorer
-and the offline codec sidecar, on three short synthetic samples.
+and the offline codec sidecar, on four short synthetic samples.
+
+The model and the scoring settings are tests/test_multiprocess.py's (one 5 s bucket, two clips a
+call), so the suite's compilation cache (tests/conftest.py) serves one file the other's programs.
 
 The full run writes every output; a run resumed from a crash-truncated copy of its results, two
 shards merged, and a changed config are checked against it.
@@ -57,11 +60,12 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory) -> Path:
-    """Three samples of the synthetic test split on clips of at most 5 s, written to disk."""
+    """Four samples of the synthetic test split on clips of at most 5 s, written to disk: batches of
+    two samples, so every call of the scorer fills its two slots."""
     short = [s for s in synthetic.generate_split("test", 40, 0) if s.num_samples <= MAX_CLIP_SECONDS * 16_000]
-    assert len(short) >= 3
+    assert len(short) >= 4
     directory = tmp_path_factory.mktemp("split")
-    synthetic.write_split(directory, short[:3])
+    synthetic.write_split(directory, short[:4])
     return directory
 
 
@@ -71,8 +75,10 @@ def config(model_dir, split_dir):
     config.dataset.root = str(split_dir)
     config.model.checkpoint_dir = str(model_dir)
     config.scoring.max_new_tokens = 3
-    config.scoring.batch_size = 4
-    config.scoring.buckets_seconds = (6,)
+    config.scoring.max_text_tokens = 32
+    config.scoring.batch_size = 2
+    config.scoring.occlusion_chunk = 128
+    config.scoring.buckets_seconds = (5,)
     config.methods = ("original", "fused", "random")
     config.rates = (50,)
     config.rhos = (1.0, 0.5)

@@ -121,7 +121,7 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
     waves, questions, scores = scored
     waves = [waves[0][:16_000]]  # 1 s: 25 gates, each encoded again
     # log-odds: the shipped model is saturated, so log p differences (~1e-4) sit at float32's noise
-    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=32,
+    config = dataclasses.replace(CONFIG, estimator="occlusion", gate_domain="input", occlusion_chunk=128,
                                  target="log_odds")
     input_scorer = Scorer.__new__(Scorer)
     input_scorer.__dict__.update(scorer.__dict__, config=config, executables={}, program_memory={})

@@ -9,8 +9,9 @@ is missing or incomplete; a resume with another process count re-shards by key.
 
 No collective is used: every process scores its shard on its own devices (`scorer.make_mesh`).
 Processes are started in their own sessions and killed, with their codec sidecars, in a `finally`.
-They share a persistent compilation cache that the single-process run fills, so the others load
-their programs instead of compiling them (the suite runs on 2 cores).
+They share a persistent compilation cache (the suite's, tests/conftest.py, whose programs
+tests/test_evaluate_e2e.py's identical settings may already have filled; else the single-process
+run fills it), so the others load their programs instead of compiling them (the suite runs on 2 cores).
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ class Inputs:
 @pytest.fixture(scope="module")
 def inputs(model_dir, split_dir, tmp_path_factory) -> Inputs:
     """CPU only, and one persistent compilation cache for every process."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax_cache"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": cache,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     return Inputs(model_dir, split_dir, env)
 

@@ -163,13 +163,15 @@ def test_a_prompt_that_differs_fails_only_its_clip(model_dir, wavs, mixed_run, w
     wrong = list(records[4]["input_ids"])
     wrong[3] += 1
     out = tmp_path / "prompt.json"
-    code = score.run(_argv(model_dir, [wavs["good_a"], wavs["good_b"]], f"--answer_ids=[{word_ids['yes']}]",
-                           f"--input_ids={json.dumps([records[0]['input_ids'], wrong])}", f"--output={out}"))
+    prompts = [records[0]["input_ids"], records[4]["input_ids"], wrong]  # two clips left: the program above
+    code = score.run(_argv(model_dir, [wavs["good_a"], wavs["good_b"], wavs["good_b"]],
+                           f"--answer_ids=[{word_ids['yes']}]", f"--input_ids={json.dumps(prompts)}",
+                           f"--output={out}"))
     result = json.loads(out.read_text())
     assert code == report.EXIT_CLIP_FAILED
-    assert result[0]["answer_ids"] == [word_ids["yes"]]
-    assert set(result[1]) == {"file", "error"}
-    assert "position 3" in result[1]["error"] and str(wavs["good_b"]) in result[1]["error"]
+    assert [r["answer_ids"] for r in result[:2]] == [[word_ids["yes"]]] * 2
+    assert set(result[2]) == {"file", "error"}
+    assert "position 3" in result[2]["error"] and str(wavs["good_b"]) in result[2]["error"]
     assert str(wavs["good_b"]) in capsys.readouterr().err
 
 

@@ -153,10 +153,14 @@ def test_keep_masks_follow_the_fused_score(occlusion_scores):
             assert (s.frames[rate][kept] >= threshold).all()
 
 
+# Two chunks of 64 gates over the 125 token slots: the chunked schedule, compiled in a quarter of the
+# default 16-gate chunks' time (each chunk is its own branch of the program).
+SHARDED_CONFIG = ScoringConfig(batch_size=8, max_new_tokens=4, occlusion_chunk=64)
+
+
 @pytest.fixture(scope="module")
 def unsharded_batch_of_8(model_dir, clips):
-    return Scorer.from_directory(model_dir, ScoringConfig(batch_size=8, max_new_tokens=4)).score(clips * 4,
-                                                                                               QUESTIONS * 4)
+    return Scorer.from_directory(model_dir, SHARDED_CONFIG).score(clips * 4, QUESTIONS * 4)
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1), (4, 2)])
@@ -166,7 +170,7 @@ def test_sharded_equals_unsharded(model_dir, clips, unsharded_batch_of_8, mesh_s
     (k+1)-th frame scores are not within float32 noise of each other."""
     many = clips * 4
     questions = QUESTIONS * 4
-    config = ScoringConfig(batch_size=8, max_new_tokens=4)
+    config = SHARDED_CONFIG
     single = unsharded_batch_of_8
     sharded = Scorer.from_directory(model_dir, dataclasses.replace(config, mesh_shape=mesh_shape)).score(many,
                                                                                                          questions)
@@ -243,23 +247,23 @@ def _assert_same_scores(a, b):
 
 def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(model_dir, occlusion_scores,
                                                                                clips):
-    """In a 10 s bucket (more token and prompt slots), alone (1 slot) or beside the other clip (2 slots),
+    """In an 8 s bucket (more token and prompt slots), alone (1 slot) or beside the other clip (2 slots),
     a clip gets the scores it gets in the 5 s bucket; and, counted rather than timed, a clip of T valid
-    tokens runs one slot and ceil(T / chunk) chunks whatever its bucket's 250 token slots, a batch the
+    tokens runs one slot and ceil(T / chunk) chunks whatever its bucket's 200 token slots, a batch the
     chunks its longest clip needs."""
     from agac_jax.scoring import program
 
-    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=16,
-                                                            buckets_seconds=(10,)))
-    assert scorer.bucket_frames(len(clips[0])) == 1000
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
+                                                            buckets_seconds=(8,)))
+    assert scorer.bucket_frames(len(clips[0])) == 800
     scorer.count_passes = True
     program.PASS_COUNTER["occlusion"] = 0
     (alone,) = scorer.score(clips[:1], QUESTIONS[:1])
     _assert_same_scores(alone, occlusion_scores[0])
-    assert program.PASS_COUNTER["occlusion"] == -(-alone.num_tokens // 16) * 16  # 75 valid tokens: 5 chunks
+    assert program.PASS_COUNTER["occlusion"] == -(-alone.num_tokens // 32) * 32  # 75 valid tokens: 3 of 7 chunks
     program.PASS_COUNTER["occlusion"] = 0
     both = scorer.score(clips, QUESTIONS)
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
     longest = max(s.num_tokens for s in both)
-    assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 16) * 16
+    assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 32) * 32  # 105 tokens: 4 chunks
