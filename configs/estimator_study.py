@@ -14,8 +14,9 @@ Variants (`--config=configs/estimator_study.py:NAME`):
   quick    12 synthetic and 20 scenes clips (14 and 46 questions with evidence), QUICK_SETTINGS:
            the poster's setting, each target, IG steps 4 to 16, the input gate domain once; 25
            minutes on 2 cores, two thirds of it the two occlusion settings (compilation included);
-  targets  the 90 scenes clips, the default setting and the poster's (occlusion/1/logp) against the
-           baselines: the issue's targets, measured on 205 questions with evidence;
+  targets  the 90 scenes clips, the poster's setting (occlusion/1/logp) and IG 8 on the log-odds with
+           embedding and input gates against the baselines, curves at rho 0, 0.5 and 1: the issue's
+           targets (recall and A.C. at rho 0.5), measured on 205 questions with evidence;
   local    4 clips of each benchmark, two settings, one alpha: a smoke run.
 """
 
@@ -76,8 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.settings = QUICK_SETTINGS  # every estimator, target and gate domain once
     if variant == "targets":
         config.benchmarks = config.benchmarks[1:]  # the scenes benchmark, 205 questions with evidence
-        config.settings = ("occlusion/1/logp", "integrated_gradients/8/log_odds")  # the poster's, the default
+        # the poster's setting and the two cheapest IG settings of the quick run, embedding and input gates
+        config.settings = ("occlusion/1/logp", "integrated_gradients/8/log_odds",
+                           "integrated_gradients/8/log_odds/input")
         config.alphas = (0.5,)  # the curve alpha only
+        config.curve_rhos = (0.0, 0.5, 1.0)  # the targets' A.C. at rho 0.5 (the curves of 7 ratios: default)
     if variant == "local":
         config.benchmarks = [_benchmark("synthetic", 4, SHIPPED, "synthetic"),
                              _benchmark("synthetic_scenes", 4, scenes_model, "scenes")]

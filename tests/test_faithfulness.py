@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,6 +89,15 @@ def test_curves_have_shared_ends_and_altered_clips_split_the_clip(scorer, scored
     assert set(areas) >= {"log_odds_gap", "ac_gap"} and all(np.isfinite(v) for v in areas.values())
     with pytest.raises(ValueError, match="from 0 to 1"):
         faithfulness.selector_curves(scorer, "fused", scores, waves, questions, rate=50, rhos=(0.1, 1.0))
+    # the ends, computed once and given (as the study does for its selectors), change nothing
+    ends = faithfulness.curve_ends(scorer, scores, waves, questions)
+    given = faithfulness.selector_curves(scorer, "fused", scores, waves, questions, rate=50, rhos=(0.0, 0.5, 1.0),
+                                         ends=ends)
+    for name in ("log_odds_insertion", "log_odds_deletion", "consistent_insertion", "consistent_deletion"):
+        np.testing.assert_array_equal(getattr(given, name), getattr(curves, name), err_msg=name)
+    with pytest.raises(ValueError, match="ends are of 2 clips, the scores of 3"):
+        faithfulness.selector_curves(scorer, "fused", scores, waves, questions, rate=50,
+                                     ends=faithfulness.CurveEnds(*(x[:2] for x in dataclasses.astuple(ends))))
 
 
 def test_study_writes_its_table_and_resumes(tmp_path):
@@ -133,15 +143,17 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
     clip = ClipInputs(audio=audio[0], silence=audio[0], n_tokens=n_tok[0], prompt_ids=jnp.asarray(batch["prompt_ids"][0]),
                       prompt_length=int(batch["prompt_lengths"][0]), answer_ids=jnp.asarray(batch["answer_ids"][0]),
                       answer_length=int(batch["answer_lengths"][0]), n_samples=len(waves[0]))
-    passes = clip_passes(model, params, clip, "log_odds")
-    full = float(passes.logp_of(jnp.ones(audio.shape[1])))
+    # jitted: one compilation each instead of one per primitive of the eager passes
+    log_odds_of = jax.jit(lambda encoded: clip_passes(model, params, clip._replace(audio=encoded), "log_odds").logp_of(
+        jnp.ones(encoded.shape[0])))
+    encode = jax.jit(lambda mel: model.apply({"params": params}, mel, batch["mel_lengths"][:1],
+                                             method=model.encode_audio)[0][0])
+    full = float(log_odds_of(audio[0]))
     assert got.num_tokens == 25
     for t in (0, 7, got.num_tokens - 1):
         mel = np.array(batch["features"][0])
         mel[:, 4 * t:4 * t + 4] = batch["silence_features"][0][:, 4 * t:4 * t + 4]
-        gated, _ = model.apply({"params": params}, mel[None], batch["mel_lengths"][:1], method=model.encode_audio)
-        logp = float(clip_passes(model, params, clip._replace(audio=gated[0]), "log_odds").logp_of(
-            jnp.ones(audio.shape[1])))
+        logp = float(log_odds_of(encode(mel[None])))
         np.testing.assert_allclose(got.local[t], full - logp, rtol=1e-4, atol=1e-5 * abs(full))
     with pytest.raises(ValueError, match="gate_domain"):
         ScoringConfig(gate_domain="waveform")

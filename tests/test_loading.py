@@ -115,8 +115,8 @@ def test_scanned_layout_loads_exports_and_computes_the_same(hf_dir, tmp_path):
     ids = np.asarray([[1, 2] + [c.audio_token_id] * 25 + [3, 4]])
     feats = rng.standard_normal((1, c.audio.num_mel_bins, 100)).astype(np.float32)
     args = (ids, np.ones_like(ids), feats, np.asarray([100]))
-    a = Qwen2AudioForConditionalGeneration(plain.config).apply({"params": plain.params}, *args)
-    b = Qwen2AudioForConditionalGeneration(scanned.config).apply({"params": scanned.params}, *args)
+    a, b = (jax.jit(lambda p, *inputs, m=Qwen2AudioForConditionalGeneration(x.config): m.apply({"params": p}, *inputs))(
+        x.params, *args) for x in (plain, scanned))
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * float(np.abs(a).max()))
 
 

@@ -183,18 +183,19 @@ def test_output_rows_equal_the_full_pass_on_those_rows_with_and_without_a_cache(
     positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     mask = causal_mask(jnp.ones((b, s), jnp.int32))
     rows = jnp.asarray([[3, 7, 11], [0, 5, 6]])
-    full, _ = model.apply(variables, embeds, positions=positions, mask=mask, method=model.decode)
-    picked, _ = model.apply(variables, embeds, positions=positions, mask=mask, output_rows=rows, method=model.decode)
+    # jitted (cache_index static): one compilation a call instead of one per primitive of the eager pass
+    decode = jax.jit(lambda v, e, **kw: model.apply(v, e, method=model.decode, **kw), static_argnames="cache_index")
+    full, _ = decode(variables, embeds, positions=positions, mask=mask)
+    picked, _ = decode(variables, embeds, positions=positions, mask=mask, output_rows=rows)
     assert picked.shape == (b, 3, d)
     assert_close(picked, np.take_along_axis(np.asarray(full), np.asarray(rows)[..., None], axis=1), "output rows")
     cache = init_cache(config.text, b, s, jnp.float32)
-    _, cache_full = model.apply(variables, embeds[:, :5], positions=positions[:, :5], mask=mask[:, :5], cache=cache,
-                                cache_index=0, method=model.decode)
+    _, cache_full = decode(variables, embeds[:, :5], positions=positions[:, :5], mask=mask[:, :5], cache=cache,
+                           cache_index=0)
     tail_mask = mask[:, 5:]
     (full_tail, kv_full), (rows_tail, kv_rows) = (
-        model.apply(variables, embeds[:, 5:], positions=positions[:, 5:], mask=tail_mask, cache=cache_full,
-                    cache_index=5, output_rows=r,
-                    method=model.decode) for r in (None, rows[:, 1:] - 5))
+        decode(variables, embeds[:, 5:], positions=positions[:, 5:], mask=tail_mask, cache=cache_full,
+               cache_index=5, output_rows=r) for r in (None, rows[:, 1:] - 5))
     assert_close(rows_tail, np.take_along_axis(np.asarray(full_tail), np.asarray(rows[:, 1:] - 5)[..., None], axis=1),
                  "output rows after a cache")
     for a, e in zip(jax.tree.leaves(kv_rows), jax.tree.leaves(kv_full)):

@@ -192,10 +192,11 @@ def test_shared_prefix_forward_equals_decoding_each_question_in_full(samples, tm
     batch = data.batch(questions, clips)
     assert batch["prefix_ids"].shape[0] == len(clips) < len(questions)
     flax_model = Qwen2AudioForConditionalGeneration(config)
-    logits, _, _ = losses.forward(flax_model, params, batch)
-    full = flax_model.apply({"params": params}, data.input_ids[questions], data.attention_mask[questions],
-                       data.features[data.clip_index[questions]].astype(np.float32),
-                       data.mel_lengths[data.clip_index[questions]])
+    # jitted: one compilation each instead of one per primitive and shape of the eager passes
+    logits, _, _ = jax.jit(lambda p, b: losses.forward(flax_model, p, b))(params, batch)
+    full = jax.jit(lambda p, *inputs: flax_model.apply({"params": p}, *inputs))(
+        params, data.input_ids[questions], data.attention_mask[questions],
+        data.features[data.clip_index[questions]].astype(np.float32), data.mel_lengths[data.clip_index[questions]])
     for row, question in enumerate(questions):
         start, length = int(data.suffix_start[question]), int(data.attention_mask[question].sum())
         np.testing.assert_allclose(np.asarray(logits[row, : length - start]), np.asarray(full[row, start:length]),

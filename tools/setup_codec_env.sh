@@ -28,7 +28,8 @@ echo "setup_codec_env: installing SemantiCodec's environment into $VENV (about 4
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet \
   torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0 \
-  timm vector-quantize-pytorch huggingface_hub scipy numpy soundfile soxr pillow requests setuptools wheel
+  timm==1.0.31 vector-quantize-pytorch==1.32.0 huggingface_hub==2.4.0 scipy==1.17.1 numpy==2.4.6 \
+  soundfile==0.14.0 soxr==1.1.0 pillow==13.0.0 requests==2.34.2 setuptools wheel
 # The source directory may be read-only (pip builds in the tree): build from a temporary copy.
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT

@@ -89,9 +89,43 @@ def altered_clips(waveform: np.ndarray, kept: np.ndarray, rate: int) -> tuple[np
     return np.where(mask, waveform, 0.0).astype(np.float32), np.where(mask, 0.0, waveform).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class CurveEnds:
+    """The ends every selector's curves share, per clip [N]: the log-odds and the answer consistency of
+    the silent clip (insertion at 0, deletion at 1) and of the clip itself (insertion at 1, deletion at 0)."""
+
+    log_odds_silent: np.ndarray
+    log_odds_full: np.ndarray
+    consistent_silent: np.ndarray
+    consistent_full: np.ndarray
+
+
+def _targets_and_agreement(scorer: Any, clips: Sequence[np.ndarray], owner: Sequence[int], scores: Sequence[Any],
+                           questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per altered clip: the original answer's log-odds, and whether the greedy answer is still it."""
+    asked = [questions[i] for i in owner]
+    log_odds = scorer.answer_targets(clips, asked, [scores[i].answer_ids for i in owner])["log_odds"]
+    replies = scorer.answer(clips, asked)
+    original = [metrics.parse_answer(s.answer_text) for s in scores]
+    same = np.asarray([metrics.answers_agree(metrics.parse_answer(reply), original[i])
+                       for reply, i in zip(replies, owner)], bool)
+    return np.asarray(log_odds), same
+
+
+def curve_ends(scorer: Any, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
+               questions: Sequence[str]) -> CurveEnds:
+    """The shared ends of every selector's curves over these clips (compute once, pass to each)."""
+    clips: list[np.ndarray] = []
+    for wave in waveforms:
+        clips += [np.zeros(len(wave), np.float32), np.asarray(wave, np.float32)]
+    owner = [i for i in range(len(waveforms)) for _ in range(2)]
+    log_odds, same = _targets_and_agreement(scorer, clips, owner, scores, questions)
+    return CurveEnds(log_odds[0::2], log_odds[1::2], same[0::2], same[1::2])
+
+
 def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
                     questions: Sequence[str], *, rate: int, rhos: Sequence[float] = DEFAULT_RHOS,
-                    seeds: Sequence[int] | None = None) -> Curves:
+                    seeds: Sequence[int] | None = None, ends: CurveEnds | None = None) -> Curves:
     """The deletion and insertion curves of `selector` (a name of `methods.METHODS`) over clips.
 
     Args:
@@ -101,40 +135,34 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
       rate: the codec frame grid the selector ranks.
       rhos: increasing ratios from 0 to 1.
       seeds: per clip, the `random` selector's seed (default 0).
+      ends: `curve_ends` of these clips, scores and questions (computed here when None).
     """
     rhos = tuple(float(r) for r in rhos)
     if rhos[0] != 0.0 or rhos[-1] != 1.0 or any(b <= a for a, b in zip(rhos, rhos[1:])):
         raise ValueError(f"rhos must increase from 0 to 1, got {rhos}")
     n = len(scores)
     seeds = list(seeds) if seeds is not None else [0] * n
+    ends = ends if ends is not None else curve_ends(scorer, scores, waveforms, questions)
+    if len(ends.log_odds_full) != n:
+        raise ValueError(f"ends are of {len(ends.log_odds_full)} clips, the scores of {n}")
     inner = rhos[1:-1]
-    # every clip's silent and full versions, then per clip (insertion, deletion) per inner rho
+    # per clip, (insertion, deletion) per inner rho
     clips: list[np.ndarray] = []
-    owner: list[int] = []
-    for i, wave in enumerate(waveforms):
-        clips += [np.zeros(len(wave), np.float32), np.asarray(wave, np.float32)]
-        owner += [i, i]
     kept = {rho: methods.select_batch(scores, waveforms, selector, rate, rho, seeds) for rho in inner}
     for i, wave in enumerate(waveforms):
         for rho in inner:
             clips.extend(altered_clips(np.asarray(wave, np.float32), kept[rho][i], rate))
-            owner += [i, i]
-    asked = [questions[i] for i in owner]
-    answers = [scores[i].answer_ids for i in owner]
-    log_odds = scorer.answer_targets(clips, asked, answers)["log_odds"]
-    replies = scorer.answer(clips, asked)
-    original = [metrics.parse_answer(s.answer_text) for s in scores]
-    same = np.asarray([metrics.answers_agree(metrics.parse_answer(reply), original[i])
-                       for reply, i in zip(replies, owner)])
-    ends, middle = 2 * n, np.arange(2 * n, len(clips))
-    lo_ends, same_ends = log_odds[:ends].reshape(n, 2), same[:ends].reshape(n, 2)
-    lo_mid = log_odds[middle].reshape(n, len(inner), 2)
-    same_mid = same[middle].reshape(n, len(inner), 2)
-    silent, full = lo_ends[:, :1], lo_ends[:, 1:]
+    owner = [i for i in range(n) for _ in range(2 * len(inner))]
+    log_odds, same = _targets_and_agreement(scorer, clips, owner, scores, questions) if clips else (
+        np.zeros(0), np.zeros(0, bool))
+    lo_mid = log_odds.reshape(n, len(inner), 2)
+    same_mid = same.reshape(n, len(inner), 2)
+    silent, full = ends.log_odds_silent[:, None], ends.log_odds_full[:, None]
+    quiet, heard = ends.consistent_silent[:, None], ends.consistent_full[:, None]
     return Curves(
         selector=selector, rhos=rhos,
         log_odds_insertion=np.concatenate([silent, lo_mid[:, :, 0], full], axis=1),
         log_odds_deletion=np.concatenate([full, lo_mid[:, :, 1], silent], axis=1),
-        consistent_insertion=np.concatenate([same_ends[:, :1], same_mid[:, :, 0], same_ends[:, 1:]], axis=1),
-        consistent_deletion=np.concatenate([same_ends[:, 1:], same_mid[:, :, 1], same_ends[:, :1]], axis=1),
+        consistent_insertion=np.concatenate([quiet, same_mid[:, :, 0], heard], axis=1),
+        consistent_deletion=np.concatenate([heard, same_mid[:, :, 1], quiet], axis=1),
     )

@@ -139,6 +139,18 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     curve_rhos = tuple(config.curve_rhos)
     rate = config.rate
     reference_scores = None
+    ends = None  # the curves' shared ends (silent clip, clip), computed with the first curves
+
+    def curves_of(selector, scores, seeds=None):
+        nonlocal ends
+        start = time.perf_counter()
+        if ends is None:
+            ends = faithfulness.curve_ends(first, scores, waveforms, questions)
+        out = faithfulness.selector_curves(first, selector, scores, waveforms, questions, rate=rate,
+                                           rhos=curve_rhos, seeds=seeds, ends=ends)
+        _log.info("%s %s: curves at %d ratios in %.1f s", label, selector, len(curve_rhos),
+                  time.perf_counter() - start)
+        return out
     for text in config.settings:
         setting = Setting.parse(text)
         if (label, setting.name) in done:
@@ -155,8 +167,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, "fused", rate, rho) for rho in rhos}
             curves = None
             if alpha == config.curve_alpha:
-                curves = faithfulness.selector_curves(first, "fused", at_alpha, waveforms, questions, rate=rate,
-                                                      rhos=curve_rhos)
+                curves = curves_of("fused", at_alpha)
             rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds))
         aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
         rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
@@ -169,8 +180,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         baseline_rows = []
         for selector in BASELINES:
             recalls = {rho: evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho) for rho in rhos}
-            curves = faithfulness.selector_curves(first, selector, reference_scores, waveforms, questions, rate=rate,
-                                                  rhos=curve_rhos, seeds=list(range(len(samples))))
+            curves = curves_of(selector, reference_scores, seeds=list(range(len(samples))))
             baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None))
         _append(workdir, baseline_rows)
         rows += baseline_rows
