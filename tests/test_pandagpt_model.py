@@ -5,6 +5,7 @@ peft's LoRA; the LoRA merge against peft's own."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -92,13 +93,18 @@ def _torch_answer_logp(parts, fbank_clip, fbank_silence, gate, ids, answer):
 
 
 def _flax_answer_logp(params, fbank_clip, fbank_silence, gate, ids, answer):
+    return float(_flax_answer_logp_jitted(params, jnp.asarray(np.concatenate(list(fbank_clip), axis=1))[None],
+                                          jnp.asarray(np.concatenate(list(fbank_silence), axis=1))[None],
+                                          jnp.asarray(gate), tuple(ids), tuple(answer)))
+
+
+@functools.partial(jax.jit, static_argnames=("ids", "answer"))  # one compilation, not one per eager primitive
+def _flax_answer_logp_jitted(params, fbank_clip, fbank_silence, gate, ids, answer):
     model = PandaGPT(CONFIG)
     v = {"params": params}
-    state, _ = model.apply(v, jnp.asarray(np.concatenate(list(fbank_clip), axis=1))[None], jnp.array([612]),
-                           method=model.encode_audio)
-    silence, _ = model.apply(v, jnp.asarray(np.concatenate(list(fbank_silence), axis=1))[None], jnp.array([612]),
-                             method=model.encode_audio)
-    token = model.apply(v, jnp.asarray(gate), state[0], silence[0], method=model.gate_audio)
+    state, _ = model.apply(v, fbank_clip, jnp.array([612]), method=model.encode_audio)
+    silence, _ = model.apply(v, fbank_silence, jnp.array([612]), method=model.encode_audio)
+    token = model.apply(v, gate, state[0], silence[0], method=model.gate_audio)
     seq = jnp.asarray(ids + answer)
     embeds = model.apply(v, seq[None], method=model.embed_tokens)[0]
     embeds = jnp.where((seq == CONFIG.audio_token_id)[:, None], token, embeds)
@@ -107,7 +113,7 @@ def _flax_answer_logp(params, fbank_clip, fbank_silence, gate, ids, answer):
                             method=model.decode)
     logp = jax.nn.log_softmax(model.apply(v, hidden[0], method=model.logits), -1)
     rows = np.arange(len(ids) - 1, len(ids) + len(answer) - 1)
-    return float(logp[rows, np.asarray(answer)].sum())
+    return logp[rows, np.asarray(answer)].sum()
 
 
 def test_answer_logp_matches_the_torch_composition_under_gates(torch_parts):
@@ -135,8 +141,8 @@ def test_global_scores_and_unheard_audio():
     model = PandaGPT(CONFIG)
     wave = np.random.default_rng(2).standard_normal(10 * 16000).astype(np.float32)
     clip, bounds = kf.imagebind_clip_features(wave)
-    scores = model.apply({"params": params}, jnp.asarray(np.concatenate(list(clip), axis=1))[None],
-                         method=model.global_scores)
+    scores = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.global_scores))(
+        params, jnp.asarray(np.concatenate(list(clip), axis=1))[None])
     assert scores.shape == (1, 612)
     per_clip = np.asarray(scores).reshape(3, 204)
     np.testing.assert_allclose(per_clip.sum(1), IB.audio_num_blocks * IB.audio_num_heads, rtol=1e-5)  # rows sum to 1

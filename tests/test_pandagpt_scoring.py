@@ -104,8 +104,8 @@ def test_program_scores_pandagpt_exactly(scorer, tmp_path):
         expected = full - _direct_logp(scorer, inputs, ones.at[t].set(0.0), prompt, answer, video)
         assert abs(out.local[t] - expected) <= 2e-5 * abs(full), t
     assert np.all(out.local[~valid] == 0) and np.all(out.global_[~valid] == 0)
-    model_global = scorer.model.apply({"params": scorer.params}, jnp.asarray(inputs["features"])[None],
-                                      method=scorer.model.global_scores)[0]
+    model_global = jax.jit(lambda p, x: scorer.model.apply({"params": p}, x, method=scorer.model.global_scores))(
+        scorer.params, jnp.asarray(inputs["features"])[None])[0]
     np.testing.assert_allclose(out.global_, np.where(valid, model_global, 0.0), rtol=1e-5, atol=1e-8)
     # frames: 2-4 s and 6-8 s are unheard (-1), every kept frame (rho 0.5 < 6 s heard of 10 s) is heard
     frames = out.frames[100]
