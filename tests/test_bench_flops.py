@@ -63,3 +63,31 @@ def test_forward_and_input_gradient_counts_match_xla(answer_logp, answer_rows_on
 
     assert 1.0 <= xla_forward / forward <= 1.03
     assert 1.0 <= (xla_both - xla_forward) / backward <= 1.03  # weight gradients counted too: 1.6-1.9
+
+
+def test_encoder_forward_and_input_gradient_counts_match_xla():
+    """The encoder's count (the input gate domain encodes every gated log-mel, and IG differentiates
+    it with respect to the mel): XLA's count of the encoder pass, and of its gradient by the mel."""
+    from agac_jax.eval.flops import encoder_flops
+
+    audio = AudioEncoderConfig(num_mel_bins=80, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=512,
+                               d_model=256)
+    config = Qwen2AudioConfig(audio=audio, text=TEXT, audio_token_id=5)
+    model = Qwen2AudioForConditionalGeneration(config)
+    params = nn.meta.unbox(jax.jit(lambda key: init_params(config, key))(jax.random.key(0)))
+    frames = 400
+    mel = jax.random.normal(jax.random.key(1), (1, 80, frames))
+    weights = jax.random.normal(jax.random.key(2), (1, frames // 4, TEXT.hidden_size))
+
+    def encoded(x):
+        audio_embeds, _ = model.apply({"params": params}, x, jnp.asarray([frames]), method=model.encode_audio)
+        return jnp.sum(audio_embeds * weights)
+
+    forward = encoder_flops(audio, frames, TEXT.hidden_size)
+    backward = encoder_flops(audio, frames, TEXT.hidden_size, backward=True)
+    xla_forward = xla_flops(encoded, mel)
+    xla_both = xla_flops(jax.grad(encoded), mel)
+    # XLA adds the element-wise work (GELU on every FFN and convolution output, norms, softmax: 4% of
+    # the forward here); its count of the input gradient is 2% under the model's
+    assert 1.0 <= xla_forward / forward <= 1.05, xla_forward / forward
+    assert 0.97 <= (xla_both - xla_forward) / backward <= 1.03, (xla_both - xla_forward) / backward

@@ -11,6 +11,7 @@ float32 path itself is checked against transformers at 1e-4 (tests/test_model_pa
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,8 +35,9 @@ def _outputs(loaded):
     ids = np.asarray([[1, 2] + [c.audio_token_id] * 100 + [3, 4, 5]])
     model = Qwen2AudioForConditionalGeneration(c)
     variables = {"params": loaded.params}
-    audio, _ = model.apply(variables, feats, np.asarray([400]), method=model.encode_audio)
-    logits = model.apply(variables, ids, np.ones_like(ids), feats, np.asarray([400]))
+    # jitted, as the scoring program runs them (an eager pass compiles every primitive at its shape)
+    audio, _ = jax.jit(lambda v, *x: model.apply(v, *x, method=model.encode_audio))(variables, feats, np.asarray([400]))
+    logits = jax.jit(model.apply)(variables, ids, np.ones_like(ids), feats, np.asarray([400]))
     return np.asarray(audio.astype(jnp.float32)), np.asarray(logits)
 
 

@@ -45,10 +45,9 @@ def _clip_inputs(scorer: Scorer, scores, clip):
     batch, _ = scorer.make_batch(scorer.bucket_frames(len(clip)), [clip], [scores.question],
                                   [scores.answer_ids])
     model, params = scorer.model, scorer.params
-    audio, n_tok = model.apply({"params": params}, batch["features"][:1], batch["mel_lengths"][:1],
-                               method=model.encode_audio)
-    silence, _ = model.apply({"params": params}, batch["silence_features"][:1], batch["mel_lengths"][:1],
-                             method=model.encode_audio)
+    encode = jax.jit(lambda p, *x: model.apply({"params": p}, *x, method=model.encode_audio))  # not per primitive
+    audio, n_tok = encode(params, batch["features"][:1], batch["mel_lengths"][:1])
+    silence, _ = encode(params, batch["silence_features"][:1], batch["mel_lengths"][:1])
     clip_inputs = ClipInputs(audio=audio[0], silence=silence[0], n_tokens=n_tok[0],
                              prompt_ids=jnp.asarray(batch["prompt_ids"][0]),
                              prompt_length=int(batch["prompt_lengths"][0]),

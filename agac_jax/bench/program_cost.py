@@ -50,7 +50,8 @@ def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
 def analytic_program_flops(scorer: Scorer, frames: int) -> float:
     """FLOPs of the scoring program on one batch at its padded shapes: two encoder passes, greedy
     prefill and steps, the full and silence passes, and the estimator's passes, each recomputing the
-    positions from its shared prefix on, the last layer on the answer rows only."""
+    positions from its shared prefix on, the last layer on the answer rows only (with input gates,
+    each pass also encodes its gated log-mel, forward and, for IG, backward)."""
     c, model = scorer.config, scorer.model_config
     text = DecoderShape.from_text_config(model.text)
     t_slots = frames // 4
@@ -65,15 +66,19 @@ def analytic_program_flops(scorer: Scorer, frames: int) -> float:
         return decoder_flops(text, seq - start, seq, a, last_rows=a, backward=backward)
 
     per_clip += pass_from(0)  # silence
+    # input gates: every gated pass encodes its mixed log-mel again, and every audio row changes
+    input_gates = c.gate_domain == "input"
+    encode = encoder_flops(model.audio, frames, model.text.hidden_size) if input_gates else 0
     if c.estimator == "integrated_gradients":
-        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True))
+        encode_backward = encoder_flops(model.audio, frames, model.text.hidden_size, backward=True) if input_gates else 0
+        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
     elif c.share_prefix:
         chunk = min(c.occlusion_chunk, t_slots)
         for first in range(0, t_slots, chunk):
-            start = max(offset + first - (c.window - 1) // 2, 0)
-            per_clip += min(chunk, t_slots - first) * pass_from(start)
+            start = offset if input_gates else max(offset + first - (c.window - 1) // 2, 0)
+            per_clip += min(chunk, t_slots - first) * (pass_from(start) + encode)
     else:
-        per_clip += t_slots * pass_from(0)
+        per_clip += t_slots * (pass_from(0) + encode)
     return c.batch_size * per_clip
 
 

@@ -107,12 +107,16 @@ def decoder_prefill_flops(
     return decoder_flops(shape, sequence_length, sequence_length, head_rows, causal=causal)
 
 
-def encoder_flops(audio: Any, frames: int, text_width: int) -> int:
+def encoder_flops(audio: Any, frames: int, text_width: int, *, backward: bool = False) -> int:
     """FLOPs of the audio encoder (`models.config.AudioEncoderConfig`) and its projector to the
     decoder's `text_width` on `frames` mel frames: two convolutions (kernel 3, the second of stride
-    2), the transformer layers on frames // 2 positions, the projector on the frames // 4 tokens."""
+    2), the transformer layers on frames // 2 positions, the projector on the frames // 4 tokens.
+
+    backward: the gradient with respect to the mel input instead (the input gate domain's integrated
+    gradients): one product per weight matmul and convolution, two per attention product."""
     m, dm = audio.num_mel_bins, audio.d_model
     n = frames // 2
     convs = 2 * frames * m * dm * 3 + 2 * n * dm * dm * 3
-    layer = 2 * n * 4 * dm * dm + 2 * n * 2 * dm * audio.encoder_ffn_dim + 2 * 2 * n * n * dm
+    attention = 2 * 2 * n * n * dm
+    layer = 2 * n * 4 * dm * dm + 2 * n * 2 * dm * audio.encoder_ffn_dim + (2 if backward else 1) * attention
     return convs + audio.encoder_layers * layer + 2 * (n // 2) * dm * text_width
