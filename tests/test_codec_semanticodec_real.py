@@ -5,8 +5,8 @@ in the project's environment, whose torch 2.13 has no matching torchaudio. The s
 r = 100 weights in the hub's layout (``agac_jax.codec.semanticodec_random``: the package's own
 modules, freshly initialised, and a random codebook), runs ``agac_jax.codec.semanticodec_check``
 once in that environment, and starts one sidecar there through ``CodecClient(python=...)``, with
-one DDIM step and one torch thread (the suite's other xdist worker has the other core). Without the environment every test here is
-skipped, and the reason says how to make it.
+one DDIM step and one torch thread (the suite's other xdist worker has the other core). Without the
+environment every test here is skipped, and the reason says how to make it.
 """
 
 from __future__ import annotations

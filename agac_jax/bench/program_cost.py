@@ -70,7 +70,8 @@ def analytic_program_flops(scorer: Scorer, frames: int) -> float:
     input_gates = c.gate_domain == "input"
     encode = encoder_flops(model.audio, frames, model.text.hidden_size) if input_gates else 0
     if c.estimator == "integrated_gradients":
-        encode_backward = encoder_flops(model.audio, frames, model.text.hidden_size, backward=True) if input_gates else 0
+        encode_backward = (encoder_flops(model.audio, frames, model.text.hidden_size, backward=True)
+                           if input_gates else 0)
         per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
     elif c.share_prefix:
         chunk = min(c.occlusion_chunk, t_slots)
