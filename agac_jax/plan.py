@@ -67,6 +67,8 @@ class PlanRequest:
     occlusion_chunk: int = 16
     ig_steps: int = 16
     scan_layers: bool = False
+    remat_layers: bool = False
+    occlusion_segments: int = 0
     programs: tuple[str, ...] = ("scoring", "generation")
     accelerator: str = "H100"
     fraction: float = DEFAULT_FRACTION
@@ -139,12 +141,14 @@ def plan(request: PlanRequest) -> dict[str, Any]:
 
     r = request
     config = Qwen2AudioConfig.from_json_file(r.config_json, dtype=r.dtype or r.param_dtype,
-                                             param_dtype=r.param_dtype, scan_layers=r.scan_layers)
+                                             param_dtype=r.param_dtype, scan_layers=r.scan_layers
+                                             ).replace(remat_layers=r.remat_layers)
     if len(jax.devices()) < r.mesh[0] * r.mesh[1]:
         raise RuntimeError(f"mesh {r.mesh} needs {r.mesh[0] * r.mesh[1]} devices; this process has "
                            f"{len(jax.devices())} (use plan.run, which forces them)")
     scoring = ScoringConfig(estimator=r.estimator, batch_size=r.batch_size, max_new_tokens=r.max_new_tokens,
                             max_text_tokens=r.max_text_tokens, occlusion_chunk=r.occlusion_chunk,
+                            occlusion_segments=r.occlusion_segments,
                             ig_steps=r.ig_steps, buckets_seconds=(r.bucket_seconds,), mesh_shape=r.mesh)
     mesh = make_mesh(r.mesh)
     shardings = param_shardings(config, mesh, scoring.axis_rules)
@@ -252,7 +256,8 @@ def table(record: dict[str, Any]) -> str:
     gb = lambda x: f"{x / 1e9:.2f} GB"
     lines = [f"plan: {r['config_json']} mesh (data, model) = {tuple(r['mesh'])}, {r['param_dtype']} weights, "
              f"{r['bucket_seconds']} s bucket, {r['estimator']}, batch {r['batch_size']}, "
-             f"scan_layers={r['scan_layers']}",
+             f"scan_layers={r['scan_layers']}, remat_layers={r.get('remat_layers', False)}, "
+             f"occlusion_segments={r.get('occlusion_segments', 0)}",
              f"  parameters: {record['model']['params'] / 1e9:.2f} B, {gb(record['params_bytes_per_device'])} per device"]
     lines.append(f"  {'program':<12}{'compile s':>10}{'temps (CPU)':>14}{'temps (low)':>16}"
                  f"{'XLA flops/device':>20}")

@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"  # float32 | bfloat16: dtype the weights are held in (bf16 halves them: 7B 16.8 GB)
     config.model.dtype = "float32"  # float32 | bfloat16: compute dtype (softmax, norms and logits stay float32)
     config.model.scan_layers = False  # nn.scan over the decoder layers: faster compiles, same results (models/decoder.py)
+    config.model.remat_layers = False  # rematerialise each decoder layer in gradients (IG memory), same results
 
     config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
     config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion | integrated_gradients
@@ -46,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.scoring.max_text_tokens = _SCORING.max_text_tokens  # prompt tokens besides the audio placeholders
     config.scoring.batch_size = _SCORING.batch_size  # clips per compiled scoring / answering call
     config.scoring.occlusion_chunk = _SCORING.occlusion_chunk  # occlusion gate vectors evaluated together
+    config.scoring.occlusion_segments = _SCORING.occlusion_segments  # 0: a step per chunk; k: k loops (7B compiles)
     config.scoring.cpu_memory_budget = _SCORING.cpu_memory_budget  # CPU: warn above this share of RAM
     config.scoring.buckets_seconds = _SCORING.buckets_seconds  # clip length buckets, one compiled program each
 

@@ -3,6 +3,7 @@
   .venv/bin/python launch/bench.py --out=bench/results/scoring_cpu.json
   .venv/bin/python launch/bench.py --quick --out=/tmp/bench_quick.json
   .venv/bin/python launch/bench.py --parts=whole,flops --estimators=occlusion
+  .venv/bin/python launch/bench.py --parts=flops,gpu --mid_spec=wide_random --out=bench/results/scoring_gpu.json
 
 Writes the results as JSON (with the machine's description), the `scaling` part's plot beside it
 (<out stem>_scaling.png) and prints a short table last.
@@ -37,6 +38,8 @@ flags.DEFINE_list("occlusion_chunks", None, "`whole`: occlusion chunks tried on 
 flags.DEFINE_list("memory_chunks", None, "`memory`: occlusion chunks compiled for the long bucket (0: the bucket).")
 flags.DEFINE_bool("layer_memory_check", None, "`flops`: also compile each program for twice the layers.")
 flags.DEFINE_list("batch_sizes", None, "Batch sizes of the `batch` part (default 1,2,4,8,16,32).")
+flags.DEFINE_string("mid_spec", None, "Random model of the `mid` role (default mid_random, 512 wide; "
+                                      "wide_random: the 7B's widths with 2 layers, for accelerators).")
 flags.DEFINE_string("tiny_model", None, "Directory of the small model (default assets/tiny_qwen2audio; a random "
                                         "model of its shape when it does not exist).")
 
@@ -65,6 +68,8 @@ def build_config() -> BenchConfig:
         overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
     if FLAGS.tiny_model:
         overrides["tiny_model"] = FLAGS.tiny_model
+    if FLAGS.mid_spec:
+        overrides["mid_spec"] = FLAGS.mid_spec
     if FLAGS.quick:
         return BenchConfig.quick(**overrides)
     return dataclasses.replace(BenchConfig(), **overrides)

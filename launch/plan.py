@@ -33,6 +33,8 @@ flags.DEFINE_integer("max_text_tokens", 64, "Prompt tokens besides the audio pla
 flags.DEFINE_integer("occlusion_chunk", 16, "Occlusion gate vectors per chunk.")
 flags.DEFINE_integer("ig_steps", 16, "Integrated-gradients steps.")
 flags.DEFINE_bool("scan_layers", False, "Scan the decoder layers (nn.scan) instead of unrolling them.")
+flags.DEFINE_bool("remat_layers", False, "Rematerialise each decoder layer in gradients (integrated gradients).")
+flags.DEFINE_integer("occlusion_segments", 0, "Occlusion: 0, a program step per chunk; k, k loops over chunks.")
 flags.DEFINE_list("programs", ["scoring", "generation"], "Programs to compile: scoring, generation.")
 flags.DEFINE_enum("accelerator", "H100", list(plan.ACCELERATORS), "Accelerator of the time estimate.")
 flags.DEFINE_float("fraction", plan.DEFAULT_FRACTION, "Fraction of the accelerator's bf16 peak assumed.")
@@ -53,7 +55,8 @@ def main(argv):
         param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype, bucket_seconds=FLAGS.bucket_seconds,
         estimator=FLAGS.estimator, batch_size=FLAGS.batch_size, max_new_tokens=FLAGS.max_new_tokens,
         max_text_tokens=FLAGS.max_text_tokens, occlusion_chunk=FLAGS.occlusion_chunk, ig_steps=FLAGS.ig_steps,
-        scan_layers=FLAGS.scan_layers, programs=tuple(FLAGS.programs), accelerator=FLAGS.accelerator,
+        scan_layers=FLAGS.scan_layers, remat_layers=FLAGS.remat_layers,
+        occlusion_segments=FLAGS.occlusion_segments, programs=tuple(FLAGS.programs), accelerator=FLAGS.accelerator,
         fraction=FLAGS.fraction, audio_offset=FLAGS.audio_offset)
     for line in plan.main_lines(request, FLAGS.timeout_s):
         print(line, flush=True)

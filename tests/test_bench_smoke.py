@@ -114,3 +114,18 @@ def test_bad_parts_and_config_are_refused():
         scoring_bench.run_benchmark(BenchConfig.quick(), ("whole", "nope"))
     with pytest.raises(ValueError, match="estimator"):
         BenchConfig(estimators=("gradients",))
+
+
+def test_the_wide_spec_has_the_7b_widths_with_two_layers():
+    """`--mid_spec=wide_random` (achieved FLOP/s on an accelerator) is the released 7B per layer."""
+    from agac_jax.bench.context import MODEL_SPECS, REPO_ROOT
+
+    released = json.loads((REPO_ROOT / "configs" / "qwen2_audio_7b_instruct.json").read_text())
+    wide = MODEL_SPECS["wide_random"]
+    for section in ("audio_config", "text_config"):
+        for key, value in wide[section].items():
+            if key in ("encoder_layers", "num_hidden_layers"):
+                assert value == 2
+            elif key in released[section]:
+                assert released[section][key] == value, (section, key)
+    assert BenchConfig(mid_spec="wide_random").mid_spec == "wide_random"

@@ -134,3 +134,16 @@ def test_integrated_gradients_through_imagebind(scorer):
     np.testing.assert_allclose(out.local, np.where(inputs["slot_valid"], expected, 0.0), rtol=1e-3,
                                atol=1e-4 * float(np.abs(expected).max()))
     assert np.all(out.frames[100] >= 0)  # a 3 s clip: the sub-clips overlap and cover it, nothing unheard
+
+
+def test_model_options_the_pandagpt_port_lacks_are_refused():
+    import ml_collections
+
+    from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+    from agac_jax.scoring.scorer import ScoringConfig
+
+    model = ml_collections.ConfigDict(dict(kind="pandagpt", checkpoint_dir="/nowhere", remat_layers=True,
+                                           param_dtype="bfloat16", scan_layers=False))
+    with pytest.raises(ValueError, match="float32 and unrolled; config.model has remat_layers=True, "
+                                         "param_dtype='bfloat16'"):
+        PandaGPTScorer.from_config(model, ScoringConfig())

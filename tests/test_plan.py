@@ -34,8 +34,10 @@ def config_json(tmp_path_factory):
 def test_plan_reports_sharded_params_temps_flops_and_time(config_json):
     request = plan.PlanRequest(config_json=config_json, mesh=(2, 2), param_dtype="bfloat16", bucket_seconds=2,
                                estimator="integrated_gradients", ig_steps=2, batch_size=2, max_text_tokens=8,
-                               max_new_tokens=3, scan_layers=True, accelerator="TPU v5e", fraction=0.5)
+                               max_new_tokens=3, scan_layers=True, remat_layers=True, accelerator="TPU v5e",
+                               fraction=0.5)
     record = plan.plan(request)
+    assert record["request"]["remat_layers"] is True
     assert set(record["programs"]) == {"scoring", "generation"}
     # parameters: bf16, the 'model'-sharded axes halved (vocab 96, mlp 64, heads 4 x 8 divide by 2)
     full = record["model"]["params"] * 2
@@ -69,7 +71,7 @@ def test_plan_flops_count_every_loop_iteration(config_json):
 def test_launch_plan_prints_a_table_and_one_json_line(config_json):
     proc = subprocess.run([sys.executable, "-m", "launch.plan", f"--config_json={config_json}", "--mesh=1,2",
                            "--devices=3", "--param_dtype=float32", "--bucket_seconds=1", "--programs=generation",
-                           "--max_text_tokens=4", "--max_new_tokens=2"], cwd=ROOT, capture_output=True, text=True,
+                           "--max_text_tokens=4", "--max_new_tokens=2", "--remat_layers", "--occlusion_segments=2"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -78,6 +80,8 @@ def test_launch_plan_prints_a_table_and_one_json_line(config_json):
                 "seconds_per_clip"):
         assert key in record
     assert record["weight_upcast_bytes_per_device"] == 0  # float32 weights: nothing to subtract
+    assert record["request"]["remat_layers"] is True and record["request"]["occlusion_segments"] == 2
+    assert "remat_layers=True, occlusion_segments=2" in proc.stdout
     assert "plan:" in proc.stdout and "generation" in proc.stdout
 
 

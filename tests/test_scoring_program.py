@@ -266,3 +266,61 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
         _assert_same_scores(a, b)
     longest = max(s.num_tokens for s in both)
     assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 32) * 32  # 105 tokens: 4 chunks
+
+
+def test_occlusion_schedule_steps_cover_every_gate_once():
+    from agac_jax.scoring.program import OcclusionStep, occlusion_schedule
+
+    kw = dict(window=1, audio_offset=10, audio_rows=200, gate_domain="embedding", share_prefix=True)
+    per_chunk = occlusion_schedule(200, 32, 0, **kw)
+    assert [(s.first, s.chunks, s.size, s.start) for s in per_chunk] == (
+        [(32 * i, 1, 32, 10 + 32 * i) for i in range(6)] + [(192, 1, 8, 202)])
+    looped = occlusion_schedule(200, 32, 2, **kw)
+    assert looped == [OcclusionStep(0, 3, 32, 10), OcclusionStep(96, 3, 32, 106), OcclusionStep(192, 1, 8, 106)]
+    for segments in (0, 1, 2, 5, 6, 50):
+        steps = occlusion_schedule(200, 32, segments, **kw)
+        gates = [g for s in steps for g in range(s.first, s.first + s.chunks * s.size)]
+        assert gates == list(range(200)), segments
+        assert all(s.start <= 10 + s.first for s in steps)  # never after a gate it recomputes
+    assert len(occlusion_schedule(200, 32, 1, **kw)) == 2
+    # one audio row (PandaGPT) or input gates: every step starts at the audio
+    assert {s.start for s in occlusion_schedule(200, 32, 0, **{**kw, "audio_rows": 1})} == {10}
+    assert {s.start for s in occlusion_schedule(200, 32, 0, **{**kw, "gate_domain": "input"})} == {10}
+    assert {s.start for s in occlusion_schedule(200, 32, 0, **{**kw, "share_prefix": False})} == {0}
+
+
+def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(model_dir, occlusion_scores, clips):
+    """occlusion_segments=2 in the 8 s bucket (6 whole chunks of 32 in 2 loops, then a partial one): the
+    5 s bucket's scores, and the loop skips the chunks past the longest clip as the unrolled steps do."""
+    from agac_jax.bench.program_cost import analytic_program_flops
+    from agac_jax.scoring import program
+
+    config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,),
+                           occlusion_segments=2)
+    scorer = Scorer.from_directory(model_dir, config)
+    scorer.count_passes = True
+    program.PASS_COUNTER["occlusion"] = 0
+    both = scorer.score(clips, QUESTIONS)
+    for a, b in zip(both, occlusion_scores):
+        _assert_same_scores(a, b)
+    assert program.PASS_COUNTER["occlusion"] == 2 * -(-max(s.num_tokens for s in both) // 32) * 32
+    # the loops recompute from their first chunk: more work than a step per chunk, counted as such
+    per_chunk = Scorer.from_directory(model_dir, dataclasses.replace(config, occlusion_segments=0))
+    assert analytic_program_flops(scorer, 800) > analytic_program_flops(per_chunk, 800)
+    with pytest.raises(ValueError, match="occlusion_segments must be >= 0"):
+        ScoringConfig(occlusion_segments=-1)
+
+
+def test_rematerialised_layers_give_the_same_gradients_with_fewer_temporaries(model_dir, clips):
+    """Integrated gradients under the layer scan: `remat_layers` keeps each layer's input only, so the
+    program's temporaries shrink (XLA's count), and the scores do not change."""
+    config = ScoringConfig(batch_size=1, max_new_tokens=2, estimator="integrated_gradients", ig_steps=2)
+    scored, temps = [], []
+    for remat in (False, True):
+        scorer = Scorer.from_directory(model_dir, config, scan_layers=True, remat_layers=remat)
+        assert scorer.model_config.remat_layers is remat
+        scored.append(scorer.score(clips[:1], QUESTIONS[:1])[0])
+        (temp,) = scorer.program_memory.values()
+        temps.append(temp)
+    _assert_same_scores(scored[1], scored[0])
+    assert temps[1] < 0.8 * temps[0], temps

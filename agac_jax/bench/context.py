@@ -43,6 +43,14 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
         text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
                          num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False),
     ),
+    # Qwen2-Audio-7B's widths (configs/qwen2_audio_7b_instruct.json) with 2 decoder and 2 encoder layers:
+    # the per-layer work of the 7B, for achieved FLOP/s on an accelerator (`--mid_spec=wide_random`).
+    "wide_random": dict(
+        audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                          d_model=1280),
+        text_config=dict(model_type="qwen2", hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
+                         num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+    ),
     # --quick stand-ins for the two.
     "micro_random": dict(
         audio_config=dict(num_mel_bins=80, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32,

@@ -18,6 +18,7 @@ from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
 from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
 from agac_jax.models.qwen2_audio import init_params
+from agac_jax.scoring.program import occlusion_schedule
 from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 
 
@@ -73,13 +74,11 @@ def analytic_program_flops(scorer: Scorer, frames: int) -> float:
         encode_backward = (encoder_flops(model.audio, frames, model.text.hidden_size, backward=True)
                            if input_gates else 0)
         per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
-    elif c.share_prefix:
-        chunk = min(c.occlusion_chunk, t_slots)
-        for first in range(0, t_slots, chunk):
-            start = offset if input_gates else max(offset + first - (c.window - 1) // 2, 0)
-            per_clip += min(chunk, t_slots - first) * (pass_from(start) + encode)
     else:
-        per_clip += t_slots * (pass_from(0) + encode)
+        steps = occlusion_schedule(t_slots, c.occlusion_chunk, c.occlusion_segments, window=c.window,
+                                   audio_offset=offset, audio_rows=t_slots, gate_domain=c.gate_domain,
+                                   share_prefix=c.share_prefix)
+        per_clip += sum(step.chunks * step.size * (pass_from(step.start) + encode) for step in steps)
     return c.batch_size * per_clip
 
 

@@ -196,7 +196,8 @@ def make_scorer(config: Any) -> Any:
         raise ValueError("config.model.checkpoint_dir is empty: set it to a Hugging Face Qwen2-Audio directory")
     return Scorer.from_directory(model.checkpoint_dir, scoring_config(config),
                                  param_dtype=model.get("param_dtype", "float32"), dtype=model.get("dtype", "float32"),
-                                 scan_layers=bool(model.get("scan_layers", False)))
+                                 scan_layers=bool(model.get("scan_layers", False)),
+                                 remat_layers=bool(model.get("remat_layers", False)))
 
 
 def _codec_factory(config: Any) -> Callable[[], CodecClient]:

@@ -86,6 +86,8 @@ class Qwen2AudioConfig:
     by default, the CPU and parity setting; bfloat16 for the 7B on GPUs and TPUs: 16.8 GB of weights
     instead of 33.6). Softmax, RMSNorm statistics and the logits are float32 whatever they are.
     `scan_layers`: run the decoder layers as one `nn.scan` (parameters stacked, see `models.decoder`).
+    `remat_layers`: rematerialise each decoder layer in gradients (integrated gradients keep every
+    layer's input only); the parameters and results do not change. Neither is in config.json.
     """
 
     audio: AudioEncoderConfig = dataclasses.field(default_factory=AudioEncoderConfig)
@@ -94,6 +96,7 @@ class Qwen2AudioConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
+    remat_layers: bool = False
 
     def replace(self, **changes: Any) -> "Qwen2AudioConfig":
         return dataclasses.replace(self, **changes)

@@ -22,6 +22,11 @@ the same names as without the scan (`layers_{i}/self_attn/...`), so `interface.s
 both. Under the scan the last layer computes every row and `output_rows` is taken after it (one
 layer's rows more work than the unrolled decoder, which computes only those rows in its last layer).
 
+Layer rematerialisation (`Decoder.remat_layers`, off by default): each layer runs under `nn.remat`,
+so a gradient through the decoder (integrated gradients) keeps only every layer's input and recomputes
+the layer's inside on the way back; passes that are not differentiated run as before. Parameters and
+results are unchanged.
+
 What the attention modules sow (opt-in; `sow` is a no-op unless the collection is mutable; the names
 are `interface.PROBS` and `interface.RECEIVED`):
   - collection "attention", name "probs": the softmax probabilities [B, H, Q, K] of every layer.
@@ -293,6 +298,7 @@ class Decoder(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
+    remat_layers: bool = False
 
     def setup(self):
         c = self.config
@@ -307,7 +313,7 @@ class Decoder(nn.Module):
             # What the layers compute for sowing is fixed per apply (the mutable collections).
             want = (self.is_mutable_collection(PROBS[0]), self.is_mutable_collection(RECEIVED[0]))
             self.scanned_layers = nn.scan(
-                _ScanBody,
+                nn.remat(_ScanBody, prevent_cse=False) if self.remat_layers else _ScanBody,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -316,7 +322,8 @@ class Decoder(nn.Module):
             )(c, self.dtype, self.param_dtype, want, name="layers")
             self.relays = [_SownLayer(name=f"layers_{i}") for i in range(c.num_hidden_layers)]
         else:
-            self.layers = [DecoderLayer(c, self.dtype, self.param_dtype, name=f"layers_{i}")
+            layer = nn.remat(DecoderLayer) if self.remat_layers else DecoderLayer
+            self.layers = [layer(c, self.dtype, self.param_dtype, name=f"layers_{i}")
                            for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype)
 

@@ -86,7 +86,7 @@ class Qwen2AudioForConditionalGeneration(nn.Module):
             param_dtype=c.param_dtype,
             kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("audio_embed", "embed")),
         )
-        self.language_model = Decoder(c.text, c.dtype, c.param_dtype, c.scan_layers)
+        self.language_model = Decoder(c.text, c.dtype, c.param_dtype, c.scan_layers, c.remat_layers)
         if not c.text.tie_word_embeddings:
             self.lm_head = nn.Dense(
                 c.text.vocab_size,

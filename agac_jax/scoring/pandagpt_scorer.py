@@ -99,6 +99,11 @@ class PandaGPTScorer(Scorer):
         """From a sweep config's model section: `checkpoint_dir` (a converted PandaGPT directory), or
         `random_init` (a pandagpt_config.json: a random model of it, seed `seed`, with a word-level
         tokenizer; configs/tiny_pandagpt.json). `use_video`: answer with each sample's video too."""
+        unsupported = [f"{name}={model.get(name)!r}" for name, default in
+                       (("scan_layers", False), ("remat_layers", False), ("param_dtype", "float32"),
+                        ("dtype", "float32")) if model.get(name, default) != default]
+        if unsupported:
+            raise ValueError(f"the PandaGPT port runs float32 and unrolled; config.model has {', '.join(unsupported)}")
         if model.get("random_init", ""):
             from agac_jax.parity_pandagpt import random_init_directory
 

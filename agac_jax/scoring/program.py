@@ -46,6 +46,7 @@ class ProgramSpec:
     window: int  # occlusion: tokens gated off around t
     ig_steps: int  # integrated gradients: midpoint-rule steps
     occlusion_chunk: int  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
+    occlusion_segments: int  # 0: one program step per chunk; k: k loops over chunks (`occlusion_schedule`)
     fastv_layer: int  # FastV's K; clamped to the last layer of smaller decoders
     rates: tuple[int, ...]  # codec token rates of the frame scores and keep masks
     share_prefix: bool  # occlusion and IG re-use the full pass's keys/values before the audio (and
@@ -61,7 +62,8 @@ class ProgramSpec:
                     generation: GenerationSettings) -> "ProgramSpec":
         """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
         return cls(estimator=config.estimator, target=config.target, gate_domain=config.gate_domain, window=config.window, ig_steps=config.ig_steps,
-                   occlusion_chunk=config.occlusion_chunk, fastv_layer=config.fastv_layer,
+                   occlusion_chunk=config.occlusion_chunk,
+                   occlusion_segments=config.occlusion_segments, fastv_layer=config.fastv_layer,
                    rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
                    generate=generate, audio_offset=audio_offset, generation=generation)
 
@@ -72,8 +74,9 @@ class ProgramSpec:
             raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
         if self.gate_domain not in GATE_DOMAINS:
             raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
-        if self.window < 1 or self.ig_steps < 1 or self.occlusion_chunk < 1:
-            raise ValueError(f"window, ig_steps and occlusion_chunk must be >= 1, got {self}")
+        if self.window < 1 or self.ig_steps < 1 or self.occlusion_chunk < 1 or self.occlusion_segments < 0:
+            raise ValueError(f"window, ig_steps and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
+                             f"got {self}")
         for r in self.rates:
             selection.frame_samples(r)
 
@@ -383,50 +386,97 @@ def occlusion_gates(ones: Array, window: int) -> Array:
     return jnp.where(off, 0.0, ones[None, :])
 
 
+class OcclusionStep(NamedTuple):
+    """Consecutive occlusion chunks that run as one step of the program (static)."""
+
+    first: int  # the first gate of the step's first chunk
+    chunks: int  # chunks of `size` gates; more than one run as a `lax.fori_loop`
+    size: int  # gates per chunk
+    start: int  # the sequence position every pass of the step recomputes from (0: the whole pass)
+
+
+def occlusion_schedule(t_slots: int, chunk: int, segments: int, *, window: int, audio_offset: int,
+                       audio_rows: int, gate_domain: str, share_prefix: bool) -> list[OcclusionStep]:
+    """The occlusion program's steps over T = t_slots gates, shared by the program and its FLOP count.
+
+    segments 0: one step per chunk, each recomputing from its own first gate (the least work; the
+    program holds one copy of the chunk's passes per chunk, so its compile time grows with T / chunk).
+    segments k >= 1: the whole chunks in k runs of consecutive chunks, each one loop sharing the
+    prefix up to its first chunk (compile time of about k chunks; later chunks of a run recompute
+    more positions), and a last partial chunk as a step of its own.
+
+    A chunk whose first gate switches off token j recomputes sequence positions from audio_offset + j
+    on: audio token j sits at position (first placeholder) + j >= audio_offset + j. A model with one
+    audio row (`audio_rows` 1, PandaGPT) and input-domain gates (the encoder mixes the clip) change
+    every audio row, so their steps start at the audio.
+    """
+    chunk = min(chunk, t_slots)
+
+    def start_of(first: int) -> int:
+        if not share_prefix:
+            return 0
+        first_row = 0 if gate_domain == "input" else min(first - (window - 1) // 2, audio_rows - 1)
+        return max(audio_offset + first_row, 0)
+
+    whole = t_slots // chunk
+    if segments == 0:
+        runs = [(i, 1) for i in range(whole)]
+    else:
+        bounds = [round(i * whole / min(segments, whole)) for i in range(min(segments, whole) + 1)]
+        runs = [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+    steps = [OcclusionStep(lo * chunk, n, chunk, start_of(lo * chunk)) for lo, n in runs]
+    if t_slots % chunk:
+        first = whole * chunk
+        start = start_of(first) if segments == 0 or not steps else steps[-1].start
+        steps.append(OcclusionStep(first, 1, t_slots - first, start))
+    return steps
+
+
 def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,
                      caches: Any) -> Array:
-    """[B, T] logp(1 - w_t) of every clip and gate, `occlusion_chunk` gates at a time.
+    """[B, T] logp(1 - w_t) of every clip and gate, `occlusion_chunk` gates at a time, in the steps of
+    `occlusion_schedule` (with `share_prefix`, each pass recomputes only the positions from its step's
+    start on: exact, a causal decoder's states before it are those of the full pass).
 
     A chunk whose first gate is at or past the batch's largest valid token count is skipped: the
     `lax.cond` sits outside the vmap over clips, so only one branch runs. Each chunk takes the
     previous chunk's result, so chunks run one after another and their temporaries never coexist.
-
-    With `share_prefix`, a chunk whose first gate switches off token j recomputes sequence positions
-    from audio_offset + j on: audio token j sits at position (first placeholder) + j >= audio_offset
-    + j, so this static start is at or before the first position any gate of the chunk touches.
-    Exact: a causal decoder's states before that position are those of the full pass. With chunks
-    of c gates over T tokens and L positions the work is about T (L - audio_offset - T / 2) token
-    passes, against T L without sharing.
+    With chunks of c gates over T tokens and L positions, one step per chunk does about
+    T (L - audio_offset - T / 2) token passes, against T L without sharing.
     """
     b, t = clips.audio.shape[0], clips.audio.shape[1]
-    chunk = min(spec.occlusion_chunk, t)
-    offset = _audio_offset(spec, clips, model)
-    rows = audio_slots(model, t)
     largest = jnp.max(clips.n_tokens)
     ones = slot_valid(clips).astype(jnp.float32)  # [B, T]
     gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(ones)  # [B, T, T]
-    logps = jnp.zeros((b, t), jnp.float32)
-    for first in range(0, t, chunk):
-        # the first placeholder row a gate of the chunk can change: its own (one row per slot) or the
-        # model's only audio row (PandaGPT: every chunk recomputes from the AV token on)
-        first_row = min(first - (spec.window - 1) // 2, rows - 1)
-        if spec.gate_domain == "input":  # the encoder attends across the clip: every audio row changes
-            first_row = 0
-        start = max(offset + first_row, 0) if spec.share_prefix else 0
+    steps = occlusion_schedule(t, spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
+                               audio_offset=_audio_offset(spec, clips, model), audio_rows=audio_slots(model, t),
+                               gate_domain=spec.gate_domain, share_prefix=spec.share_prefix)
 
-        def run(done, first=first, start=start):
+    def chunk_logps(done, first, size, start):
+        """`done` with the chunk of `size` gates from `first` (static or traced) filled in."""
+        def run(done):
             def one_clip(clip, cache, clip_gates):
                 passes = clip_passes(model, params, clip, spec.target)
                 if spec.share_prefix:
                     return jax.vmap(lambda g: passes.suffix_logp(g, start, cache))(clip_gates)
                 return jax.vmap(passes.logp_of)(clip_gates)
 
-            part = jax.vmap(one_clip)(clips, caches, gates[:, first:first + chunk])
+            block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
+            part = jax.vmap(one_clip)(clips, caches, block)
             if spec.count_passes:
                 jax.debug.callback(_count_passes, part.shape[0] * part.shape[1])
             return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
 
-        logps = jax.lax.cond(first < largest, run, lambda done: done, logps)
+        return jax.lax.cond(first < largest, run, lambda done: done, done)
+
+    logps = jnp.zeros((b, t), jnp.float32)
+    for step in steps:
+        if step.chunks == 1:
+            logps = chunk_logps(logps, step.first, step.size, step.start)
+        else:
+            logps = jax.lax.fori_loop(
+                0, step.chunks, lambda i, done, step=step: chunk_logps(done, step.first + i * step.size, step.size,
+                                                                       step.start), logps)
     return logps
 
 

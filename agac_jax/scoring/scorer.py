@@ -68,6 +68,7 @@ class ScoringConfig:
     max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
     batch_size: int = 8  # clips per compiled call (padded up)
     occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
+    occlusion_segments: int = 0  # 0: a program step per chunk (least work); k: k loops (compile time)
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
@@ -88,6 +89,8 @@ class ScoringConfig:
         for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.occlusion_segments < 0:
+            raise ValueError(f"occlusion_segments must be >= 0 (0: one step per chunk); got {self.occlusion_segments}")
         selection.keep_ratio_fraction(self.keep)
         for rate in self.rates:
             selection.frame_samples(rate)
@@ -154,16 +157,19 @@ class Scorer:
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
-                       param_dtype: Any = "float32", dtype: Any = "float32", scan_layers: bool = False) -> "Scorer":
+                       param_dtype: Any = "float32", dtype: Any = "float32", scan_layers: bool = False,
+                       remat_layers: bool = False) -> "Scorer":
         """A Scorer for a Hugging Face directory. The weights stream tensor by tensor onto their
         shardings on this config's mesh (`checkpoints.load_hf_directory(shardings=...)`), cast to
-        `param_dtype`; `dtype` is the compute dtype ('float32' | 'bfloat16')."""
+        `param_dtype`; `dtype` is the compute dtype ('float32' | 'bfloat16'); `scan_layers` and
+        `remat_layers` as `Qwen2AudioConfig`'s."""
         from transformers import AutoTokenizer
 
         mesh = make_mesh(config.mesh_shape)
         loaded = checkpoints.load_hf_directory(
             directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
             shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules))
+        loaded = dataclasses.replace(loaded, config=loaded.config.replace(remat_layers=remat_layers))
         return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config)
 
     def bucket_frames(self, n_samples: int) -> int:
