@@ -40,6 +40,7 @@ flags.DEFINE_bool("layer_memory_check", None, "`flops`: also compile each progra
 flags.DEFINE_list("batch_sizes", None, "Batch sizes of the `batch` part (default 1,2,4,8,16,32).")
 flags.DEFINE_string("mid_spec", None, "Random model of the `mid` role (default mid_random, 512 wide; "
                                       "wide_random: the 7B's widths with 2 layers, for accelerators).")
+flags.DEFINE_integer("seed", None, "Seed of the random models' weights (default 0).")
 flags.DEFINE_string("tiny_model", None, "Directory of the small model (default assets/tiny_qwen2audio; a random "
                                         "model of its shape when it does not exist).")
 
@@ -68,6 +69,8 @@ def build_config() -> BenchConfig:
         overrides["batch_sizes"] = tuple(int(b) for b in FLAGS.batch_sizes)
     if FLAGS.tiny_model:
         overrides["tiny_model"] = FLAGS.tiny_model
+    if FLAGS.seed is not None:
+        overrides["seed"] = FLAGS.seed
     if FLAGS.mid_spec:
         overrides["mid_spec"] = FLAGS.mid_spec
     if FLAGS.quick:

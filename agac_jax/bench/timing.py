@@ -73,7 +73,7 @@ def check_answers(scores: list[ClipScores]) -> None:
     empty = [i for i, s in enumerate(scores) if len(s.answer_ids) == 0]
     if empty:
         raise RuntimeError(f"clips {empty}: the model's greedy answer is empty (first token EOS); the reference "
-                           "cannot score an empty answer; change --seed")
+                           "cannot score an empty answer; change the random models' weights (launch/bench.py --seed)")
 
 
 def bench_whole(ctx: BenchContext) -> dict[str, Any]:
