@@ -3,7 +3,7 @@
   .venv/bin/python launch/bench.py --out=bench/results/scoring_cpu.json
   .venv/bin/python launch/bench.py --quick --out=/tmp/bench_quick.json
   .venv/bin/python launch/bench.py --parts=whole,flops --estimators=occlusion
-  .venv/bin/python launch/bench.py --parts=flops,gpu --mid_spec=wide_random --out=bench/results/scoring_gpu.json
+  .venv/bin/python launch/bench.py --parts=whole,flops,gpu --mid_spec=wide_random --out=bench/results/scoring_gpu.json
 
 Writes the results as JSON (with the machine's description), the `scaling` part's plot beside it
 (<out stem>_scaling.png) and prints a short table last.
