@@ -141,8 +141,8 @@ def plan(request: PlanRequest) -> dict[str, Any]:
 
     r = request
     config = Qwen2AudioConfig.from_json_file(r.config_json, dtype=r.dtype or r.param_dtype,
-                                             param_dtype=r.param_dtype, scan_layers=r.scan_layers
-                                             ).replace(remat_layers=r.remat_layers)
+                                             param_dtype=r.param_dtype, scan_layers=r.scan_layers)
+    config = config.replace(remat_layers=r.remat_layers)
     if len(jax.devices()) < r.mesh[0] * r.mesh[1]:
         raise RuntimeError(f"mesh {r.mesh} needs {r.mesh[0] * r.mesh[1]} devices; this process has "
                            f"{len(jax.devices())} (use plan.run, which forces them)")
@@ -256,8 +256,8 @@ def table(record: dict[str, Any]) -> str:
     gb = lambda x: f"{x / 1e9:.2f} GB"
     lines = [f"plan: {r['config_json']} mesh (data, model) = {tuple(r['mesh'])}, {r['param_dtype']} weights, "
              f"{r['bucket_seconds']} s bucket, {r['estimator']}, batch {r['batch_size']}, "
-             f"scan_layers={r['scan_layers']}, remat_layers={r.get('remat_layers', False)}, "
-             f"occlusion_segments={r.get('occlusion_segments', 0)}",
+             f"scan_layers={r['scan_layers']}, remat_layers={r['remat_layers']}, "
+             f"occlusion_segments={r['occlusion_segments']}",
              f"  parameters: {record['model']['params'] / 1e9:.2f} B, {gb(record['params_bytes_per_device'])} per device"]
     lines.append(f"  {'program':<12}{'compile s':>10}{'temps (CPU)':>14}{'temps (low)':>16}"
                  f"{'XLA flops/device':>20}")
