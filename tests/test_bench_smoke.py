@@ -68,7 +68,8 @@ def test_mix_schema(results):
 def test_scaling_schema_and_plot(results, tmp_path):
     scaling = results["parts"]["scaling"]
     occ = scaling["estimators"]["occlusion"]
-    assert set(occ["lengths"]) == {"2", "5"} and occ["new_compilations"] == 1  # both: 5 s bucket, one slot
+    # both in the 5 s bucket, one slot; the 2 s clip's prompt is a shorter step of it
+    assert set(occ["lengths"]) == {"2", "5"} and occ["new_compilations"] == 2
     assert occ["checks"]["5"]["over_predicted"] == pytest.approx(1.0)  # the full clip is its own prediction
     two = occ["checks"]["2"]
     assert two["token_fraction"] == pytest.approx(occ["lengths"]["2"]["tokens"] / occ["lengths"]["5"]["tokens"])

@@ -265,7 +265,32 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
     longest = max(s.num_tokens for s in both)
-    assert program.PASS_COUNTER["occlusion"] == 2 * -(-longest // 32) * 32  # 105 tokens: 4 chunks
+    # 105 tokens: 4 chunks, the last one cut where the batch's prompt slots end (no slot past them
+    # can hold audio)
+    prompt_slots = scorer.prompt_slots(800, max(len(s.input_ids) for s in both))
+    assert prompt_slots < 800 // 4 + scorer.config.max_text_tokens
+    gate_slots = prompt_slots - scorer.audio_offset
+    assert longest <= gate_slots < 4 * 32
+    assert program.PASS_COUNTER["occlusion"] == 2 * gate_slots
+
+
+def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, occlusion_scores, clips):
+    """A batch's prompt positions are the smallest step that holds its longest prompt; scoring over
+    the bucket's full prompt slots (prompt_steps 1) gives the same scores."""
+    config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,))
+    stepped = Scorer.from_directory(model_dir, config)
+    full = 200 + config.max_text_tokens
+    # four steps of 264 / 4 = 66, each rounded up to a multiple of 8
+    assert [stepped.prompt_slots(800, n) for n in (1, 72, 73, 136, 137, 201, full)] == [72, 72, 136, 136, 200, full, full]
+    batch, _ = stepped.make_batch(800, clips, QUESTIONS, None)
+    longest = int(batch["prompt_lengths"].max())
+    assert batch["prompt_ids"].shape[1] == stepped.prompt_slots(800, longest) < full
+    whole = Scorer.from_directory(model_dir, dataclasses.replace(config, prompt_steps=1))
+    assert whole.make_batch(800, clips, QUESTIONS, None)[0]["prompt_ids"].shape[1] == full
+    for a, b in zip(whole.score(clips, QUESTIONS), occlusion_scores):
+        _assert_same_scores(a, b)
+    with pytest.raises(ValueError, match="prompt_steps"):
+        ScoringConfig(prompt_steps=0)
 
 
 def test_occlusion_schedule_steps_cover_every_gate_once():
@@ -303,7 +328,10 @@ def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(m
     both = scorer.score(clips, QUESTIONS)
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
-    assert program.PASS_COUNTER["occlusion"] == 2 * -(-max(s.num_tokens for s in both) // 32) * 32
+    # every gate up to the batch's prompt slots: the last chunk is cut there
+    gate_slots = scorer.prompt_slots(800, max(len(s.input_ids) for s in both)) - scorer.audio_offset
+    assert max(s.num_tokens for s in both) <= gate_slots < 4 * 32
+    assert program.PASS_COUNTER["occlusion"] == 2 * gate_slots
     # the loops recompute from their first chunk: more work than a step per chunk, counted as such
     per_chunk = Scorer.from_directory(model_dir, dataclasses.replace(config, occlusion_segments=0))
     assert analytic_program_flops(scorer, 800) > analytic_program_flops(per_chunk, 800)
@@ -314,7 +342,8 @@ def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(m
 def test_rematerialised_layers_give_the_same_gradients_with_fewer_temporaries(model_dir, clips):
     """Integrated gradients under the layer scan: `remat_layers` keeps each layer's input only, so the
     program's temporaries shrink (XLA's count), and the scores do not change."""
-    config = ScoringConfig(batch_size=1, max_new_tokens=2, estimator="integrated_gradients", ig_steps=2)
+    config = ScoringConfig(batch_size=1, max_new_tokens=2, estimator="integrated_gradients", ig_steps=2,
+                           prompt_steps=1)  # the bucket's whole sequence: activations dominate
     scored, temps = [], []
     for remat in (False, True):
         scorer = Scorer.from_directory(model_dir, config, scan_layers=True, remat_layers=remat)

@@ -18,7 +18,7 @@ from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
 from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
 from agac_jax.models.qwen2_audio import init_params
-from agac_jax.scoring.program import occlusion_schedule
+from agac_jax.scoring.program import occlusion_gate_slots, occlusion_schedule
 from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 
 
@@ -48,20 +48,22 @@ def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
     return dict(size=size, repeats=repeats, flops=flops, jax_gflops=flops / median(jax_times) / 1e9,
                 torch_gflops=flops / median(torch_times) / 1e9)
 
-def analytic_program_flops(scorer: Scorer, frames: int) -> float:
-    """FLOPs of the scoring program on one batch at its padded shapes: two encoder passes, greedy
-    prefill and steps, the full and silence passes, and the estimator's passes, each recomputing the
-    positions from its shared prefix on, the last layer on the answer rows only (with input gates,
-    each pass also encodes its gated log-mel, forward and, for IG, backward)."""
+def analytic_program_flops(scorer: Scorer, frames: int, prompt_slots: int | None = None) -> float:
+    """FLOPs of the scoring program on one batch at its padded shapes (`prompt_slots` positions per
+    prompt, `Scorer.prompt_slots`; None: the bucket's most): two encoder passes, greedy prefill and
+    steps, the full and silence passes, and the estimator's passes, each recomputing the positions
+    from its shared prefix on, the last layer on the answer rows only (with input gates, each pass
+    also encodes its gated log-mel, forward and, for IG, backward)."""
     c, model = scorer.config, scorer.model_config
     text = DecoderShape.from_text_config(model.text)
     t_slots = frames // 4
-    seq = t_slots + c.max_text_tokens + c.max_new_tokens
+    prompt = t_slots + c.max_text_tokens if prompt_slots is None else prompt_slots
+    seq = prompt + c.max_new_tokens
     a = c.max_new_tokens
     per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
     per_clip += decoder_flops(text, seq - a, seq, 1) + a * decoder_flops(text, 1, seq, 1)
     per_clip += decoder_flops(text, seq, seq, a)  # the full pass (attention maps, cache)
-    offset = min(scorer.audio_offset, seq - a - t_slots) if c.share_prefix else 0
+    offset = max(min(scorer.audio_offset, prompt - 1), 0) if c.share_prefix else 0
 
     def pass_from(start: int, backward: bool = False) -> float:
         return decoder_flops(text, seq - start, seq, a, last_rows=a, backward=backward)
@@ -75,7 +77,8 @@ def analytic_program_flops(scorer: Scorer, frames: int) -> float:
                            if input_gates else 0)
         per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
     else:
-        steps = occlusion_schedule(t_slots, c.occlusion_chunk, c.occlusion_segments, window=c.window,
+        gates = occlusion_gate_slots(t_slots, prompt, offset, t_slots)
+        steps = occlusion_schedule(gates, c.occlusion_chunk, c.occlusion_segments, window=c.window,
                                    audio_offset=offset, audio_rows=t_slots, gate_domain=c.gate_domain,
                                    share_prefix=c.share_prefix)
         per_clip += sum(step.chunks * step.size * (pass_from(step.start) + encode) for step in steps)
@@ -110,11 +113,12 @@ def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
 
 def program_cost(record: ProgramRecord, ceiling_gflops: float, clip_seconds: int,
                  layer_memory_check: bool) -> dict[str, Any]:
-    executable = next(e for key, e in record.scorer.executables.items() if key.frames == record.frames and key.generate)
+    key, executable = next((k, e) for k, e in record.scorer.executables.items()
+                           if k.frames == record.frames and k.generate)
     cost = executable.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     xla_flops = float(cost.get("flops", float("nan")))
-    analytic = analytic_program_flops(record.scorer, record.frames)
+    analytic = analytic_program_flops(record.scorer, record.frames, key.prompt_slots)
     memory = executable.memory_analysis()
     peak = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
     maps = attention_map_bytes(record.scorer, record.frames)
@@ -196,7 +200,7 @@ def bench_memory(ctx: BenchContext) -> dict[str, Any]:
         scorer = ctx.scorer(entry, estimator="occlusion", batch_size=1, occlusion_chunk=gates,
                             buckets_seconds=(c.memory_seconds,))
         seq = t_slots + c.max_text_tokens + c.max_new_tokens
-        offset = min(scorer.audio_offset, seq - c.max_new_tokens - t_slots)
+        offset = max(min(scorer.audio_offset, seq - c.max_new_tokens - 1), 0)
         batch, _ = scorer.make_batch(frames, clips, questions, None)
         ctx.log(f"memory: {c.memory_seconds} s bucket, occlusion chunk {gates}: compiling")
         refused = None
@@ -204,7 +208,7 @@ def bench_memory(ctx: BenchContext) -> dict[str, Any]:
             compile_s, _ = timed(lambda: scorer.program(frames, True, batch))
         except MemoryError as error:  # larger than the host: the Scorer measured it, then refused it
             compile_s, refused = float("nan"), str(error)
-        temp = scorer.program_memory[ProgramKey(frames, True, 1)]
+        temp = scorer.program_memory[ProgramKey.of(frames, True, batch)]
         scores = one_chunk_scores_bytes(gates, heads, seq, offset)
         chunks[str(gates)] = dict(chunk=gates, temp_bytes=temp, one_chunk_scores_bytes=scores,
                                   temp_over_one_chunk_scores=temp / scores, compile_s=compile_s, refused=refused)

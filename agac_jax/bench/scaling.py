@@ -36,7 +36,7 @@ def bench_scaling(ctx: BenchContext) -> dict[str, Any]:
         for seconds in c.scaling_seconds:
             clips, questions = make_clips(1, seconds, c.seed + seconds)
             frames = scorer.bucket_frames(len(clips[0]))
-            key = ProgramKey(frames, True, 1)
+            key = ProgramKey.of(frames, True, scorer.make_batch(frames, clips, questions, None)[0])
             compiled = key in scorer.executables
             wall, _, first = score_timed(scorer, clips, questions)
             first_wall = 0.0 if compiled else wall

@@ -129,7 +129,8 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
     frames = scorer.bucket_frames(len(clips[0]))
     ctx.programs.append(ProgramRecord(f"{entry.role} {estimator}", entry, scorer, frames, n_clips, median(jax_runs)))
     jax_s, torch_s = median(jax_walls) / n_clips, median(torch_walls) / n_clips
-    jax_flops = analytic_program_flops(scorer, frames) / n_clips
+    prompt_slots = next(k.prompt_slots for k in scorer.executables if k.frames == frames and k.generate)
+    jax_flops = analytic_program_flops(scorer, frames, prompt_slots) / n_clips
     torch_flops = float(np.mean([reference_clip_flops(scorer, s) for s in first]))
     work = dict(jax_flops_per_clip=jax_flops, torch_flops_per_clip=torch_flops, torch_over_jax=torch_flops / jax_flops,
                 jax_gflops_per_s=jax_flops / jax_s / 1e9, torch_gflops_per_s=torch_flops / torch_s / 1e9)

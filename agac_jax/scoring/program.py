@@ -315,7 +315,17 @@ class FullPass(NamedTuple):
 
 def _audio_offset(spec: ProgramSpec, clip: ClipInputs, model: Any) -> int:
     """The static start of every gated pass: no prompt's audio starts before it (`Scorer` checks)."""
-    return min(spec.audio_offset, clip.prompt_ids.shape[-1] - audio_slots(model, clip.audio.shape[-2]))
+    return max(min(spec.audio_offset, clip.prompt_ids.shape[-1] - 1), 0)
+
+
+def occlusion_gate_slots(t_slots: int, prompt_slots: int, audio_offset: int, audio_rows: int) -> int:
+    """Gates the occlusion program needs of T = t_slots: with one placeholder row per slot, a prompt of
+    `prompt_slots` positions whose audio starts at or after `audio_offset` holds at most
+    prompt_slots - audio_offset valid slots (a batch of short prompts in a long bucket: fewer chunks
+    to compile); else (PandaGPT: one audio row) every slot."""
+    if audio_rows != t_slots:
+        return t_slots
+    return max(min(t_slots, prompt_slots - audio_offset), 1)
 
 
 def _full_pass(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs) -> FullPass:
@@ -448,9 +458,11 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
     largest = jnp.max(clips.n_tokens)
     ones = slot_valid(clips).astype(jnp.float32)  # [B, T]
     gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(ones)  # [B, T, T]
-    steps = occlusion_schedule(t, spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
-                               audio_offset=_audio_offset(spec, clips, model), audio_rows=audio_slots(model, t),
-                               gate_domain=spec.gate_domain, share_prefix=spec.share_prefix)
+    offset, rows = _audio_offset(spec, clips, model), audio_slots(model, t)
+    steps = occlusion_schedule(occlusion_gate_slots(t, clips.prompt_ids.shape[-1], offset, rows),
+                               spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
+                               audio_offset=offset, audio_rows=rows, gate_domain=spec.gate_domain,
+                               share_prefix=spec.share_prefix)
 
     def chunk_logps(done, first, size, start):
         """`done` with the chunk of `size` gates from `first` (static or traced) filled in."""

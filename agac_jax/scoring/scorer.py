@@ -69,6 +69,8 @@ class ScoringConfig:
     batch_size: int = 8  # clips per compiled call (padded up)
     occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
     occlusion_segments: int = 0  # 0: a program step per chunk (least work); k: k loops (compile time)
+    prompt_steps: int = 4  # a batch's prompt slots: the smallest of this many even steps up to the bucket's
+    #                        (`Scorer.prompt_slots`) holding its longest prompt; 1: always the bucket's
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
@@ -86,7 +88,8 @@ class ScoringConfig:
             raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
-        for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens"):
+        for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens",
+                     "prompt_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.occlusion_segments < 0:
@@ -102,6 +105,12 @@ class ProgramKey(NamedTuple):
     frames: int  # the bucket's mel frames
     generate: bool  # the program generates the answers (False: they are given)
     slots: int  # clips per call (`Scorer.batch_slots`)
+    prompt_slots: int  # prompt positions per clip (`Scorer.prompt_slots`)
+
+    @classmethod
+    def of(cls, frames: int, generate: bool, batch: dict[str, Any]) -> "ProgramKey":
+        """The key of the program that runs `batch` (a `make_batch` result) of a bucket."""
+        return cls(frames, generate, int(batch["n_samples"].shape[0]), int(batch["prompt_ids"].shape[1]))
 
 
 @dataclasses.dataclass
@@ -252,7 +261,7 @@ class Scorer:
         for frames, idx in self.batches(clips):
             batch, n_real = self.make_batch(frames, [clips[i] for i in idx], [questions[i] for i in idx],
                                             [answer_ids[i] for i in idx])
-            key = ProgramKey(frames, False, int(batch["n_samples"].shape[0]))
+            key = ProgramKey.of(frames, False, batch)
             if key not in self._targets:
                 self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
                                                  self.param_shardings, self.mesh, batch)
@@ -276,8 +285,11 @@ class Scorer:
         return tokens[: ends[0]] if ends.size else tokens
 
     def _left_pad(self, ids: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
-        """Left-pads prompts to the bucket's fixed length, so generation compiles once per bucket."""
+        """Left-pads prompts to the batch's prompt slots (`prompt_slots`), so generation compiles at
+        most `prompt_steps` times per bucket."""
         slots = frames // 4 + self.config.max_text_tokens
+        if ids.shape[1] <= slots:
+            slots = self.prompt_slots(frames, ids.shape[1])
         if ids.shape[1] > slots:
             raise ValueError(f"a prompt has {ids.shape[1] - frames // 4}+ text tokens; "
                              f"max_text_tokens={self.config.max_text_tokens}")
@@ -317,6 +329,20 @@ class Scorer:
         slots = 1 << max(n_real - 1, 0).bit_length()
         return min(-(-slots // data) * data, self.config.batch_size)
 
+    def prompt_slots(self, frames: int, longest: int) -> int:
+        """Prompt positions of a batch of one bucket whose longest prompt has `longest` tokens: the
+        smallest of `prompt_steps` evenly spaced lengths (multiples of 8) up to the bucket's T +
+        `max_text_tokens` that holds it. Prompts are right-padded and causal, so every pass over fewer
+        positions is exact; each length used compiles its own program (at most `prompt_steps` per
+        bucket and batch slots), and a bucket's short clips run passes as long as their prompts."""
+        full = frames // 4 + self.config.max_text_tokens
+        steps = self.config.prompt_steps
+        for k in range(1, steps):
+            slots = min(-(-full * k // steps // 8) * 8, full)
+            if longest <= slots:
+                return slots
+        return full
+
     def make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
         """The program's input batch for clips of one bucket (see `program.ClipBatch`) and the number of
         real clips, padded with copies to `batch_slots`."""
@@ -335,8 +361,10 @@ class Scorer:
         if lengths.max() > s_slots:
             raise ValueError(f"a prompt has {lengths.max() - prompts.num_audio_tokens.max()} text tokens; "
                              f"max_text_tokens={c.max_text_tokens}")
+        s_slots = self.prompt_slots(frames, int(lengths.max()))
         prompt_ids = np.zeros((bs, s_slots), np.int32)
-        prompt_ids[:, : prompts.input_ids.shape[1]] = prompts.input_ids * prompts.attention_mask
+        width = min(prompts.input_ids.shape[1], s_slots)
+        prompt_ids[:, :width] = (prompts.input_ids * prompts.attention_mask)[:, :width]
         first_audio = np.argmax(prompt_ids == self.model_config.audio_token_id, axis=1)
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
@@ -362,7 +390,7 @@ class Scorer:
     def program(self, frames: int, generate: bool, batch: dict[str, Any]):
         """The compiled program for a bucket and a batch's slots, cached: (executable, seconds spent
         compiling it now)."""
-        key = ProgramKey(frames, generate, int(batch["n_samples"].shape[0]))
+        key = ProgramKey.of(frames, generate, batch)
         if key in self.executables:
             return self.executables[key], 0.0
         c = self.config
