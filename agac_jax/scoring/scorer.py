@@ -287,12 +287,10 @@ class Scorer:
     def _left_pad(self, ids: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads prompts to the batch's prompt slots (`prompt_slots`), so generation compiles at
         most `prompt_steps` times per bucket."""
-        slots = frames // 4 + self.config.max_text_tokens
-        if ids.shape[1] <= slots:
-            slots = self.prompt_slots(frames, ids.shape[1])
-        if ids.shape[1] > slots:
+        if ids.shape[1] > frames // 4 + self.config.max_text_tokens:
             raise ValueError(f"a prompt has {ids.shape[1] - frames // 4}+ text tokens; "
                              f"max_text_tokens={self.config.max_text_tokens}")
+        slots = self.prompt_slots(frames, ids.shape[1])
         extra = slots - ids.shape[1]
         pad_id = self.tokenizer.pad_token_id or 0
         return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
@@ -363,8 +361,7 @@ class Scorer:
                              f"max_text_tokens={c.max_text_tokens}")
         s_slots = self.prompt_slots(frames, int(lengths.max()))
         prompt_ids = np.zeros((bs, s_slots), np.int32)
-        width = min(prompts.input_ids.shape[1], s_slots)
-        prompt_ids[:, :width] = (prompts.input_ids * prompts.attention_mask)[:, :width]
+        prompt_ids[:, : prompts.input_ids.shape[1]] = prompts.input_ids * prompts.attention_mask
         first_audio = np.argmax(prompt_ids == self.model_config.audio_token_id, axis=1)
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
