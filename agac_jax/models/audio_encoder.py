@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from agac_jax.audio.grids import encoder_output_lengths
 from agac_jax.models.config import AudioEncoderConfig
+from agac_jax.models.decoder import grouped_attention
 
 Array = jax.Array
 
@@ -55,8 +56,8 @@ class EncoderSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key_valid: Array) -> Array:
-        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]. Nothing is sown here, so the fused
-        `jax.nn.dot_product_attention` (float32 softmax) replaces the explicit score matrix."""
+        """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]. Nothing is sown: the decoder's
+        `grouped_attention` (one kv head per head, float32 softmax)."""
         b, s, _ = x.shape
         hd = self.d_model // self.num_heads
         scaling = hd**-0.5
@@ -66,9 +67,8 @@ class EncoderSelfAttention(nn.Module):
         k = dense("k_proj", bias=False)(x)
         v = dense("v_proj")(x)
         q, k, v = (t.reshape(b, s, self.num_heads, hd) for t in (q, k, v))
-        out = jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :], scale=1.0)
-        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"), True,
-                      self.param_dtype)(out.reshape(b, s, self.d_model))
+        out, _ = grouped_attention(q, k, v, key_valid[:, None, :], 1, self.dtype, scale=1.0)
+        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"), True, self.param_dtype)(out)
 
 
 class EncoderLayer(nn.Module):

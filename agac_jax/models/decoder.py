@@ -7,11 +7,11 @@ for generation.
 Parameters are held in `param_dtype` (float32 or bfloat16) and computed in `dtype`; softmax and
 RMSNorm statistics are float32 whatever the compute dtype.
 
-Attention: a layer whose sown collections are not mutable (every pass but the scoring program's one
-sown pass) calls the fused `jax.nn.dot_product_attention` (implementation left to XLA: cuDNN flash
-attention on GPUs where it applies, the plain XLA lowering elsewhere), so no pass that sows nothing
-keeps a [B, H, Q, K] score matrix it does not need. A pass that sows computes the exact float32
-probabilities, as before.
+Attention (`grouped_attention`): head-major grouped-query products (each kv head's query heads stacked as one
+matrix), the key mask as an additive [B, Q, K] bias shared by all heads, and a float32 softmax. On
+XLA:CPU this runs 2-5x faster than `jax.nn.dot_product_attention`, whose default implementation is
+the same XLA computation in a [B, Q, H, K] layout with the boolean mask broadcast over every head
+(issue 13; `launch/bench.py --parts=mix`). The probabilities are returned only to a pass that sows.
 
 Layer scan (`Decoder.scan_layers`, off by default): the decoder layers run as one `nn.scan`, so the
 program holds one layer's computation instead of `num_hidden_layers` copies (compile time). Their
@@ -175,14 +175,9 @@ class DecoderSelfAttention(nn.Module):
         else:
             want_probs, want_received = self.want
             want_received = want_received and query_weights is not None
-        probs = received = None
-        if not (want_probs or want_received):
-            # Nothing sown: the fused kernel, [B, S, H, hd] x [B, K, kv_heads, hd] (GQA handled by it).
-            out = jax.nn.dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask=mask[:, None],
-                                               scale=hd**-0.5).reshape(b, s, nh * hd)
-        else:
-            out, probs = _exact_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask, c.kv_groups,
-                                          self.dtype)
+        received = None
+        out, probs = grouped_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask, c.kv_groups, self.dtype)
+        if want_probs or want_received:
             if query_weights is not None and want_received:
                 received = jnp.einsum("bhqk,bqw->bwk", probs, query_weights)
             if self.sow_inline:
@@ -195,22 +190,24 @@ class DecoderSelfAttention(nn.Module):
         return out, cache, (probs, received)
 
 
-def _exact_attention(q: Array, k: Array, v: Array, mask: Array, groups: int, dtype: Any) -> tuple[Array, Array]:
-    """q [B, S, H, hd], k, v [B, K, kv_heads, hd], mask [B, S, K] -> (out [B, S, H * hd], float32 probs
-    [B, H, S, K]): the softmax probabilities are materialised, for the pass that sows them."""
+def grouped_attention(q: Array, k: Array, v: Array, mask: Array, groups: int, dtype: Any,
+                      scale: float | None = None) -> tuple[Array, Array]:
+    """q [B, S, H, hd], k, v [B, K, H / groups, hd], mask [B, S or 1, K] bool -> (out [B, S, H * hd],
+    float32 probs [B, H, S, K]); XLA drops the probabilities where the caller does not use them.
+    `scale` multiplies q (default hd ** -0.5)."""
     b, s, nh, hd = q.shape
     n_keys, nkv = k.shape[1], k.shape[2]
     # Head-major layout: each kv head's G query heads stacked as one [G * S, hd] matrix, so both
-    # products are plain batched matmuls over (B, kv head) (2.4x faster on CPU than a 5-d einsum).
-    q = q.reshape(b, s, nkv, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, nkv, groups * s, hd)
-    scores = jnp.einsum("bnqd,bnkd->bnqk", q, k.transpose(0, 2, 1, 3)) * (hd**-0.5)
-    scores = scores.reshape(b, nh, s, n_keys).astype(jnp.float32)
-    scores = jnp.where(mask[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    # products are plain batched matmuls over (B, kv head).
+    q = (q * (hd**-0.5 if scale is None else scale)).reshape(b, s, nkv, groups, hd).transpose(0, 2, 3, 1, 4).reshape(b, nkv, groups * s, hd)
+    scores = jnp.einsum("bnqd,bnkd->bnqk", q, k.transpose(0, 2, 1, 3))
+    bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)  # [B, S or 1, K], added to every head
+    scores = scores.reshape(b, nkv, groups, s, n_keys).astype(jnp.float32) + bias[:, None, None]
     probs = jax.nn.softmax(scores, axis=-1)
     weights = probs.astype(dtype).reshape(b, nkv, groups * s, n_keys)
     out = jnp.einsum("bnqk,bnkd->bnqd", weights, v.transpose(0, 2, 1, 3))
     out = out.reshape(b, nkv, groups, s, hd).transpose(0, 3, 1, 2, 4).reshape(b, s, nh * hd)
-    return out, probs
+    return out, probs.reshape(b, nh, s, n_keys)
 
 
 def _take_rows(a: Array, rows: Array) -> Array:
