@@ -246,10 +246,11 @@ def _assert_same_scores(a, b):
 
 def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(model_dir, occlusion_scores,
                                                                                clips):
-    """In an 8 s bucket (more token and prompt slots), alone (1 slot) or beside the other clip (2 slots),
-    a clip gets the scores it gets in the 5 s bucket; and, counted rather than timed, a clip of T valid
-    tokens runs one slot and ceil(T / chunk) chunks whatever its bucket's 200 token slots, a batch the
-    chunks its longest clip needs."""
+    """In an 8 s bucket (more token and prompt slots), alone (1 slot), beside the other clip (2 slots)
+    or in a batch padded with a copy (3 clips in 4 slots), a clip gets the scores it gets in the 5 s
+    bucket; and, counted rather than timed, a clip of T valid tokens runs ceil(T / chunk) chunks
+    whatever its bucket's 200 token slots and whatever the other clips of its batch need, and a
+    padding copy runs none."""
     from agac_jax.scoring import program
 
     scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
@@ -271,7 +272,18 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     assert prompt_slots < 800 // 4 + scorer.config.max_text_tokens
     gate_slots = prompt_slots - scorer.audio_offset
     assert longest <= gate_slots < 4 * 32
-    assert program.PASS_COUNTER["occlusion"] == 2 * gate_slots
+
+    def passes(n_tokens):  # chunks of 32 from gate 0 while the first gate is below n_tokens; the last cut
+        return sum(min(32, gate_slots - first) for first in range(0, gate_slots, 32) if first < n_tokens)
+
+    assert sorted(s.num_tokens for s in both) == [75, 105]
+    assert program.PASS_COUNTER["occlusion"] == passes(75) + passes(105) == 96 + 121
+    program.PASS_COUNTER["occlusion"] = 0
+    three = scorer.score(clips + clips[:1], QUESTIONS + QUESTIONS[:1])
+    assert scorer.batch_slots(3) == 4
+    for a, b in zip(three, occlusion_scores + occlusion_scores[:1]):
+        _assert_same_scores(a, b)
+    assert program.PASS_COUNTER["occlusion"] == sum(passes(s.num_tokens) for s in three)
 
 
 def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, occlusion_scores, clips):
@@ -328,10 +340,11 @@ def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(m
     both = scorer.score(clips, QUESTIONS)
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
-    # every gate up to the batch's prompt slots: the last chunk is cut there
+    # each clip's chunks up to its valid tokens; the last one is cut where the prompt slots end
     gate_slots = scorer.prompt_slots(800, max(len(s.input_ids) for s in both)) - scorer.audio_offset
     assert max(s.num_tokens for s in both) <= gate_slots < 4 * 32
-    assert program.PASS_COUNTER["occlusion"] == 2 * gate_slots
+    assert program.PASS_COUNTER["occlusion"] == sum(
+        min(32, gate_slots - first) for s in both for first in range(0, gate_slots, 32) if first < s.num_tokens)
     # the loops recompute from their first chunk: more work than a step per chunk, counted as such
     per_chunk = Scorer.from_directory(model_dir, dataclasses.replace(config, occlusion_segments=0))
     assert analytic_program_flops(scorer, 800) > analytic_program_flops(per_chunk, 800)

@@ -55,6 +55,7 @@ class ProgramSpec:
     generate: bool  # False: every clip of the batch comes with its answer ids
     audio_offset: int  # a lower bound of every prompt's first audio placeholder position
     generation: GenerationSettings
+    data_shards: int = 1  # the mesh's 'data' devices: the batch's clips run one per shard at a time
     count_passes: bool = False  # tests: count the occlusion passes that run (`PASS_COUNTER`)
 
     @classmethod
@@ -65,7 +66,8 @@ class ProgramSpec:
                    occlusion_chunk=config.occlusion_chunk,
                    occlusion_segments=config.occlusion_segments, fastv_layer=config.fastv_layer,
                    rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
-                   generate=generate, audio_offset=audio_offset, generation=generation)
+                   generate=generate, audio_offset=audio_offset, generation=generation,
+                   data_shards=getattr(config, "mesh_shape", (1, 1))[0])
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -89,6 +91,9 @@ class ClipBatch(dict):
     answer_lengths [B] int32 (-1: generate the answer), n_samples [B] int32, alpha [] float32,
     keep_num [] int32, keep_den [] int32 (rho = keep_num / keep_den).
 
+    Optional: clip_real [B] bool, False for the copies that pad a batch to its slots (their local
+    scores are not computed; default all True).
+
     Optional, for a model whose gate grid is not Qwen2-Audio's token grid (`interface` docstring:
     PandaGPT): slot_valid [B, T] bool (the gate slots that hold audio; default t < n_tokens) and
     slot_ranges [B, T, 2] int32 (the [start, end) waveform samples each slot reads; frames map
@@ -101,10 +106,12 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
                 batch: dict[str, Array]) -> dict[str, Array]:
     """Scores a padded batch. Returns a dict of per-clip arrays (see `_finish_clip`) plus answers.
 
-    Work follows the clips, not the bucket: occlusion chunks past the batch's largest valid token
-    count are skipped by a `lax.cond` outside the vmap over clips (one branch runs), and the chunks
-    run one after another (each takes the previous one's result), so the program's temporaries are
-    those of one chunk. The caller sizes the batch to its real clips (`Scorer`: batch slots).
+    Work follows the clips, not the bucket: the local scores run one clip per data shard at a time,
+    occlusion skips the chunks past each clip's valid token count and integrated gradients the
+    batch-padding copies (`clip_real` False), each by a `lax.cond` outside the vmap over the shards
+    (one branch runs); chunks run one after another (each takes the previous one's result), so the
+    program's temporaries are those of one chunk. The caller sizes the batch to its real clips
+    (`Scorer`: batch slots).
     """
     variables = {"params": params}
     audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
@@ -123,12 +130,13 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
         clips = clips._replace(features=batch["features"], silence_features=batch["silence_features"],
                                mel_length=batch["mel_lengths"])
     full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
+    real = batch.get("clip_real")
+    real = jnp.ones(audio.shape[:1], bool) if real is None else real.astype(bool)
     if spec.estimator == "integrated_gradients":
         logps = None
-        local = jax.vmap(lambda clip, cache: _integrated_gradients_clip(model, spec, params, clip, cache))(
-            clips, full.cache)
+        local = _integrated_gradients(model, spec, params, clips, full.cache, real)
     else:
-        logps = _occlusion_logps(model, spec, params, clips, full.cache)
+        logps = _occlusion_logps(model, spec, params, clips, full.cache, real)
         local = full.logp_full[:, None] - logps
     out = jax.vmap(lambda clip, f, l: _finish_clip(spec, clip, f, l, alpha=batch["alpha"],
                                                    keep_num=batch["keep_num"], keep_den=batch["keep_den"]))(
@@ -442,54 +450,80 @@ def occlusion_schedule(t_slots: int, chunk: int, segments: int, *, window: int, 
     return steps
 
 
+def _by_local_clip(tree: Any, shards: int) -> Any:
+    """[B, ...] -> [B / shards, shards, ...]: row i holds each data shard's i-th clip (the batch axis is
+    split into `shards` contiguous blocks on the mesh's 'data' axis)."""
+    def group(x):
+        return x.reshape((shards, x.shape[0] // shards) + x.shape[1:]).swapaxes(0, 1)
+    return jax.tree_util.tree_map(group, tree)
+
+
+def _from_local_clip(x: Array) -> Array:
+    """The inverse of `_by_local_clip` for one array: [B / shards, shards, ...] -> [B, ...]."""
+    return x.swapaxes(0, 1).reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _shards(spec: ProgramSpec, batch: int) -> int:
+    return spec.data_shards if batch % spec.data_shards == 0 else 1
+
+
 def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,
-                     caches: Any) -> Array:
+                     caches: Any, real: Array) -> Array:
     """[B, T] logp(1 - w_t) of every clip and gate, `occlusion_chunk` gates at a time, in the steps of
     `occlusion_schedule` (with `share_prefix`, each pass recomputes only the positions from its step's
     start on: exact, a causal decoder's states before it are those of the full pass).
 
-    A chunk whose first gate is at or past the batch's largest valid token count is skipped: the
-    `lax.cond` sits outside the vmap over clips, so only one branch runs. Each chunk takes the
-    previous chunk's result, so chunks run one after another and their temporaries never coexist.
-    With chunks of c gates over T tokens and L positions, one step per chunk does about
-    T (L - audio_offset - T / 2) token passes, against T L without sharing.
+    Work follows each clip: the clips run one at a time per data shard (a `lax.map` over the shard's
+    clips; the shards side by side), and a chunk whose first gate is at or past the clip's valid token
+    count (0 for a batch-padding copy, `real` False) is skipped by a `lax.cond` whose predicate is the
+    largest such count over the shards' current clips, so only one branch runs. Each chunk takes the
+    previous chunk's result, so chunks run one after another and the program's temporaries are those
+    of one chunk of one clip per shard. With chunks of c gates over T tokens and L positions, one step
+    per chunk does about T (L - audio_offset - T / 2) token passes, against T L without sharing.
     """
     b, t = clips.audio.shape[0], clips.audio.shape[1]
-    largest = jnp.max(clips.n_tokens)
-    ones = slot_valid(clips).astype(jnp.float32)  # [B, T]
-    gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(ones)  # [B, T, T]
+    shards = _shards(spec, b)
+    n_gates = jnp.where(real, clips.n_tokens, 0)
     offset, rows = _audio_offset(spec, clips, model), audio_slots(model, t)
     steps = occlusion_schedule(occlusion_gate_slots(t, clips.prompt_ids.shape[-1], offset, rows),
                                spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
                                audio_offset=offset, audio_rows=rows, gate_domain=spec.gate_domain,
                                share_prefix=spec.share_prefix)
 
-    def chunk_logps(done, first, size, start):
-        """`done` with the chunk of `size` gates from `first` (static or traced) filled in."""
-        def run(done):
-            def one_clip(clip, cache, clip_gates):
-                passes = clip_passes(model, params, clip, spec.target)
-                if spec.share_prefix:
-                    return jax.vmap(lambda g: passes.suffix_logp(g, start, cache))(clip_gates)
-                return jax.vmap(passes.logp_of)(clip_gates)
+    def local_clips(args):
+        """[shards, T]: the occlusion logps of each shard's i-th clip."""
+        group, cache, n = args
+        largest = jnp.max(n)
+        gates = jax.vmap(lambda o: occlusion_gates(o, spec.window))(slot_valid(group).astype(jnp.float32))
 
-            block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
-            part = jax.vmap(one_clip)(clips, caches, block)
-            if spec.count_passes:
-                jax.debug.callback(_count_passes, part.shape[0] * part.shape[1])
-            return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
+        def chunk_logps(done, first, size, start):
+            """`done` with the chunk of `size` gates from `first` (static or traced) filled in."""
+            def run(done):
+                def one_clip(clip, clip_cache, clip_gates):
+                    passes = clip_passes(model, params, clip, spec.target)
+                    if spec.share_prefix:
+                        return jax.vmap(lambda g: passes.suffix_logp(g, start, clip_cache))(clip_gates)
+                    return jax.vmap(passes.logp_of)(clip_gates)
 
-        return jax.lax.cond(first < largest, run, lambda done: done, done)
+                block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
+                part = jax.vmap(one_clip)(group, cache, block)
+                if spec.count_passes:
+                    jax.debug.callback(_count_passes, jnp.sum(n > first) * size)
+                return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
 
-    logps = jnp.zeros((b, t), jnp.float32)
-    for step in steps:
-        if step.chunks == 1:
-            logps = chunk_logps(logps, step.first, step.size, step.start)
-        else:
-            logps = jax.lax.fori_loop(
-                0, step.chunks, lambda i, done, step=step: chunk_logps(done, step.first + i * step.size, step.size,
-                                                                       step.start), logps)
-    return logps
+            return jax.lax.cond(first < largest, run, lambda done: done, done)
+
+        logps = jnp.zeros((shards, t), jnp.float32)
+        for step in steps:
+            if step.chunks == 1:
+                logps = chunk_logps(logps, step.first, step.size, step.start)
+            else:
+                logps = jax.lax.fori_loop(
+                    0, step.chunks, lambda i, done, step=step: chunk_logps(done, step.first + i * step.size,
+                                                                           step.size, step.start), logps)
+        return logps
+
+    return _from_local_clip(jax.lax.map(local_clips, _by_local_clip((clips, caches, n_gates), shards)))
 
 
 def _count_passes(n: Any) -> None:
@@ -497,6 +531,19 @@ def _count_passes(n: Any) -> None:
 
 
 PASS_COUNTER = {"occlusion": 0}  # gated passes run, when ProgramSpec.count_passes (tests count them)
+
+
+def _integrated_gradients(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,
+                          caches: Any, real: Array) -> Array:
+    """[B, T] integrated gradients of every clip, one clip per data shard at a time (a `lax.map`); the
+    shards' i-th clips are skipped together, by a `lax.cond` outside their vmap, when none is real."""
+    def local_clips(args):
+        group, cache, is_real = args
+        run = lambda _: jax.vmap(lambda clip, c: _integrated_gradients_clip(model, spec, params, clip, c))(group, cache)
+        return jax.lax.cond(jnp.any(is_real), run, lambda _: jnp.zeros(group.audio.shape[:2], jnp.float32), None)
+
+    shards = _shards(spec, clips.audio.shape[0])
+    return _from_local_clip(jax.lax.map(local_clips, _by_local_clip((clips, caches, real), shards)))
 
 
 def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs,

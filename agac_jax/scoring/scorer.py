@@ -378,6 +378,7 @@ class Scorer:
             answer_ids=answer_ids,
             answer_lengths=answer_lengths,
             n_samples=np.asarray([len(x) for x in clips], np.int32),
+            clip_real=np.arange(bs) < n_real,
             alpha=np.float32(c.alpha),
             keep_num=np.int32(num),
             keep_den=np.int32(den),
