@@ -52,7 +52,7 @@ def test_mix_schema(results):
     mix = results["parts"]["mix"]
     assert len(mix["clip_seconds"]) == 4 and all(2.0 <= s <= 4.8 for s in mix["clip_seconds"])
     case = mix["models"]["tiny"]["estimators"]["occlusion"]
-    assert set(case["bucket_sets"]) == {"default", "fine"}
+    assert set(case["bucket_sets"]) == {"default", "coarse"}
     for name, b in case["bucket_sets"].items():
         assert b["compilations"] >= 1 and _positive(b["compile_s"]) and _positive(b["torch_over_jax"]), name
         assert b["max_relative_difference"]["local"] < 1e-3, name  # same clips, answers and estimator

@@ -138,19 +138,23 @@ def test_token_counts_equal_qwen2_audio_encoder_arithmetic() -> None:
 
 def test_encoder_buckets_hold_the_frames_the_encoder_reads() -> None:
     assert [encoder_frames_needed(v) for v in (1, 2, 3, 498, 499, 500)] == [3, 3, 5, 499, 501, 501]
-    assert encoder_bucket_frames(79_680) == 500  # 498 valid frames: the 499th is read
-    assert encoder_bucket_frames(79_681) == 1000  # 499 valid frames: frames 499 and 500 are read
+    coarse = (5, 10, 20, 30)
+    assert encoder_bucket_frames(79_680, buckets=coarse) == 500  # 498 valid frames: the 499th is read
+    assert encoder_bucket_frames(79_681, buckets=coarse) == 1000  # 499 valid frames: frames 499 and 500 are read
+    assert encoder_bucket_frames(79_681) == 600  # the default buckets: 6 s holds it
     assert encoder_bucket_frames(80_000, buckets=(5, 10)) == 1000
     assert encoder_bucket_frames(479_000, buckets=(5, 10)) == 3000  # no bucket holds it: the 30 s input
 
 
 def test_bucket_seconds_boundaries() -> None:
-    assert bucket_seconds(1) == 5
-    assert bucket_seconds(80_000) == 5
-    assert bucket_seconds(80_001) == 10
-    assert bucket_seconds(480_000) == 30
+    coarse = (5, 10, 20, 30)
+    assert bucket_seconds(1, coarse) == 5
+    assert bucket_seconds(80_000, coarse) == 5
+    assert bucket_seconds(80_001, coarse) == 10
+    assert bucket_seconds(480_000, coarse) == 30
+    assert [bucket_seconds(int(s * 16_000)) for s in (1, 3.7, 7.0, 11.3, 13, 29)] == [2, 4, 8, 12, 15, 30]
     assert bucket_seconds(40_000, buckets=(2, 4)) == 4
-    assert bucket_frames(80_001) == 1000
+    assert bucket_frames(80_001, coarse) == 1000
     with pytest.raises(ValueError, match="longer than the largest bucket"):
         bucket_seconds(480_001)
     with pytest.raises(ValueError, match="buckets"):

@@ -17,6 +17,7 @@ from agac_jax.scoring.scorer import Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
 
 QUESTIONS = ["is there a tone ?", "is there a chirp ?"]
+ONE_BUCKET = (5, 10)  # both fixture clips (3.0 and 4.2 s) in one 5 s bucket: one program of 2 slots
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def clips():
 
 @pytest.fixture(scope="module")
 def occlusion_scorer(model_dir):
-    return Scorer.from_directory(model_dir, ScoringConfig(batch_size=2, max_new_tokens=4, occlusion_chunk=32))
+    return Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, occlusion_chunk=32))
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,9 @@ def test_global_score_is_the_direct_reduction_of_sown_maps(occlusion_scorer, occ
 
 
 def test_integrated_gradients_completeness(model_dir, clips):
-    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=2, max_new_tokens=4,
-                                                            estimator="integrated_gradients", ig_steps=64))
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2,
+                                                            max_new_tokens=4, estimator="integrated_gradients",
+                                                            ig_steps=64))
     for s in scorer.score(clips, QUESTIONS):
         evidence = s.logp_full - s.logp_silence
         assert abs(evidence) > 0.1, "the test needs a clip whose audio matters"
@@ -96,7 +98,7 @@ def test_integrated_gradients_completeness(model_dir, clips):
 
 
 def test_integrated_gradients_from_the_cached_prefix_equal_full_passes(model_dir, clips):
-    config = ScoringConfig(batch_size=2, max_new_tokens=4, estimator="integrated_gradients", ig_steps=4)
+    config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, estimator="integrated_gradients", ig_steps=4)
     shared = Scorer.from_directory(model_dir, config)
     assert shared.audio_offset > 0, "the test needs a template with text before the audio"
     full = Scorer.from_directory(model_dir, dataclasses.replace(config, share_prefix=False))
@@ -154,7 +156,7 @@ def test_keep_masks_follow_the_fused_score(occlusion_scores):
 
 # Two chunks of 64 gates over the 125 token slots: the chunked schedule, compiled in a quarter of the
 # default 16-gate chunks' time (each chunk is its own branch of the program).
-SHARDED_CONFIG = ScoringConfig(batch_size=8, max_new_tokens=4, occlusion_chunk=64)
+SHARDED_CONFIG = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=8, max_new_tokens=4, occlusion_chunk=64)
 
 
 @pytest.fixture(scope="module")

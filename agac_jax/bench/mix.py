@@ -2,7 +2,7 @@
 
 A user's folder: `BenchConfig.mix_clips` clips whose lengths are drawn once from `mix_seed` in
 `mix_seconds_range` (unequal counts per bucket), scored in one `Scorer.score` call on the whole list
-(what `launch.score` does), with the default buckets and with finer ones (`fine_buckets_seconds`),
+(what `launch.score` does), with the default buckets and with the coarser ones used before (`BenchConfig.bucket_seconds`),
 against the PyTorch reference scoring each clip unpadded (its natural path: `torch_scores.score_clip`
 on the clip's own prompt and answer); plus issue 13's own three clips in one call. Warm wall times
 (the first call's compile reported apart: compilations and seconds), torch / JAX, the largest score
@@ -29,7 +29,7 @@ KEEP_NOISE_FLOOR = 1e-6  # frame scores are min-max fused in [0, 1]: float32 noi
 def bench_mix(ctx: BenchContext) -> dict[str, Any]:
     c = ctx.config
     lengths = mix_lengths_seconds(c.mix_clips, c.mix_seconds_range, c.mix_seed)
-    bucket_sets = {"default": tuple(ScoringConfig().buckets_seconds), "fine": tuple(c.fine_buckets_seconds)}
+    bucket_sets = {"default": tuple(ScoringConfig().buckets_seconds), "coarse": tuple(c.bucket_seconds)}
     models: dict[str, Any] = {}
     head = dict(clip_seconds=lengths, issue_clip_seconds=list(c.issue_clip_seconds), bucket_sets=bucket_sets,
                 batch_size=c.mix_batch_size, keep=c.mix_keep, models=models)

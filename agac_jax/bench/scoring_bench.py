@@ -5,7 +5,7 @@ Parts (`PARTS`), each a function of a `context.BenchContext` returning a JSON-re
 - `whole`, `batch` (`timing`): the best case (full batches of clips filling the 5 s bucket) against
   `torch_scores.score_clip`; batch scaling and traces.
 - `mix` (`mix`): the realistic case: a user's folder of mixed lengths in one `Scorer.score` call, with
-  the default and finer buckets (compilations and compile seconds), against the reference scoring
+  the default buckets and the coarser ones used before (compilations and compile seconds), against the reference scoring
   each clip unpadded; issue 13's three clips.
 - `scaling` (`scaling`): seconds per clip against clip length, JAX and the reference, with the check
   against the bucket's full cost (plotted by `report.plot_scaling`).

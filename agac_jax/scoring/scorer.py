@@ -74,7 +74,8 @@ class ScoringConfig:
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
-    buckets_seconds: tuple[int, ...] = (5, 10, 20, 30)  # clip length buckets
+    buckets_seconds: tuple[int, ...] = feats.DEFAULT_BUCKETS_SECONDS  # clip length buckets (2-5 s apart: a clip
+    #                                    pads at most 2-5 s; each bucket used compiles its own program)
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
 
