@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from agac_jax.eval.faithfulness import DEFAULT_RHOS
 from agac_jax.eval.results import METHODS
 from agac_jax.scoring.scorer import MESH_AXES, ScoringConfig
 
@@ -68,6 +69,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.codec.deterministic = True  # same input -> same output, so identical compressed clips are shared
     config.codec.crossfade_ms = 5.0  # raised-cosine crossfade at each cut between kept runs
     config.codec.python = ""  # the sidecar's interpreter ("": this one); semanticodec: ".venv-codec/bin/python" (tools/setup_codec_env.sh)
+
+    config.curves = ml_collections.ConfigDict()  # deletion/insertion curves (eval/sweep_curves.py); not fingerprinted
+    config.curves.enabled = False  # per scored sample and method: 2 x (len(rhos) - 2) altered clips answered, no codec
+    config.curves.methods = ()  # selecting methods to curve; (): every one of config.methods
+    config.curves.rate = 50  # the codec frame grid the methods rank (tokens/s)
+    config.curves.rhos = DEFAULT_RHOS  # increasing from 0 to 1
 
     config.runtime = ml_collections.ConfigDict()  # not part of the fingerprint: cannot change a result
     config.runtime.batch_samples = 8  # samples loaded, answered and scored together

@@ -267,3 +267,47 @@ def test_each_original_answer_is_generated_once_and_scored_as_it_is(config, scor
     for question, text in counting.scored:
         assert text == originals[question]
         assert counting.answered[question][0] == text  # the first answer of a question is the original's
+
+
+def test_curves_switched_on_for_a_finished_sweep_are_computed_alone_and_tabled(full_run, config, scorer, tmp_path):
+    """`config.curves` is not fingerprinted: on a finished sweep the resume runs the curves and nothing
+    else; every point is the original answer's log-odds on the clip the method's frames make."""
+    import numpy as np
+
+    from agac_jax.eval import faithfulness, sweep_curves
+    from agac_jax.scoring import methods
+
+    workdir, _ = full_run
+    shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+    with_curves = config.copy_and_resolve_references()
+    with_curves.curves.enabled = True
+    with_curves.curves.methods = ("fused", "random")
+    with_curves.curves.rhos = (0.0, 0.5, 1.0)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    outcome = sweep.run_sweep(with_curves, tmp_path, scorer=scorer)
+    assert outcome.pending_before == 0 and (tmp_path / "results.jsonl").read_bytes() == before
+    records = sweep_curves.read_records(tmp_path)
+    assert len(records) == 4 * 2 and all(r.failure is None and r.rate == 50 for r in records)
+    for r in records:  # the shared ends: the silent clip and the clip itself
+        assert r.log_odds_insertion[0] == r.log_odds_deletion[-1] and r.log_odds_insertion[-1] == r.log_odds_deletion[0]
+        assert r.consistent_insertion[-1] == r.consistent_deletion[0]  # (the random model's answers parse to none)
+
+    from agac_jax.data import load_dataset
+
+    sample = load_dataset(config.dataset)[1].samples[0]
+    (fused,) = [r for r in records if r.sample_id == sample.sample_id and r.method == "fused"]
+    wave = np.asarray(sample.load_waveform(), np.float32)
+    (answer,) = scorer.answers([wave], [sample.question])
+    (scores,) = scorer.score([wave], [sample.question], answer_ids=[answer[1]])
+    (kept,) = methods.select_batch([scores], [wave], "fused", 50, 0.5, [0])
+    inserted, deleted = faithfulness.altered_clips(wave, kept, 50)
+    direct = scorer.answer_targets([inserted, deleted], [sample.question] * 2, [answer[1]] * 2)["log_odds"]
+    np.testing.assert_allclose([fused.log_odds_insertion[1], fused.log_odds_deletion[1]], direct, rtol=1e-6, atol=1e-6)
+
+    table = (tmp_path / "tables.md").read_text()
+    assert "## Faithfulness: deletion and insertion curves" in table and "| fused | 4 |" in table
+    assert (tmp_path / "curves.csv").read_text().count("\n") == 3
+    assert (tmp_path / "plots" / "synthetic-test_r50_deletion_insertion.png").is_file()
+    size = (tmp_path / "curves.jsonl").stat().st_size
+    sweep.run_sweep(with_curves, tmp_path, scorer=scorer)
+    assert (tmp_path / "curves.jsonl").stat().st_size == size  # done curves are not redone

@@ -51,6 +51,7 @@ SKIPPED_NAME = "skipped.json"
 SINGLE_RESULTS_NAME = "results.jsonl"
 RESULTS_GLOB = "results*.jsonl"
 RUNTIME_SECTION = "runtime"
+UNFINGERPRINTED = (RUNTIME_SECTION, "curves")  # cannot change a result record (curve records carry their settings)
 FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
 
 # The methods of DESIGN.md section 4, in table order; the last eight select frames from scores.
@@ -377,12 +378,12 @@ def _canonical(value: Any) -> Any:
 
 
 def fingerprinted_part(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config without its `runtime` section, in canonical form."""
-    return {key: value for key, value in _canonical(config).items() if key != RUNTIME_SECTION}
+    """The config without its `runtime` and `curves` sections (`UNFINGERPRINTED`), in canonical form."""
+    return {key: value for key, value in _canonical(config).items() if key not in UNFINGERPRINTED}
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of the config without its `runtime` section."""
+    """SHA-256 (hex) of the canonical JSON of `fingerprinted_part(config)`."""
     text = json.dumps(fingerprinted_part(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

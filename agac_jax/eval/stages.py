@@ -48,6 +48,7 @@ class Sample:
     answer_ids: np.ndarray | None = None  # the original answer's tokens, scored as they are
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     text_tokens: int = 0
+    curve_methods: list[str] = dataclasses.field(default_factory=list)  # methods whose curves are to do
 
     @property
     def parsed_original(self) -> str | None:
@@ -87,6 +88,8 @@ class Context:
     next_request: int = 0
     codec_seconds: float = 0.0  # sidecar time of the replies (its own timing)
     codec_wait_seconds: float = 0.0  # time this thread was blocked waiting for replies
+    curves: Any = None  # sweep_curves.CurveSettings, or None: no curves
+    curve_writer: results.ResultsWriter | None = None  # appends sweep_curves.CurveRecord lines
 
     def codec_pipeline(self) -> CodecPipeline:
         if self.codec is None:
@@ -185,7 +188,7 @@ def _videos(ctx: Context, samples: Sequence[AudioQASample]) -> dict[str, Any]:
 
 
 def _needs_scores(item: Sample) -> bool:
-    return any(key.method in SELECTING_METHODS for key in item.tasks)
+    return bool(item.curve_methods) or any(key.method in SELECTING_METHODS for key in item.tasks)
 
 
 def _answer_original(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
@@ -211,6 +214,52 @@ def _score(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
         item.scores = scores
     scored_ids = {id(item) for item, _ in scored}
     return [item for item in items if id(item) in scored_ids or not _needs_scores(item)]
+
+
+def _curves(ctx: Context, items: Sequence[Sample]) -> None:
+    """Deletion and insertion curves (`sweep_curves`) of the scored items, per method in one batched
+    call; a method whose call fails is retried sample by sample and the failures are recorded."""
+    from agac_jax.eval import faithfulness, sweep_curves
+
+    items = [item for item in items if item.curve_methods and item.scores is not None]
+    if not items:
+        return
+    settings = ctx.curves
+    seed_of = lambda group: [selection_seed(0, i.sample.sample_id) for i in group]  # noqa: E731 - `random`
+    ends_of: dict[tuple[int, ...], faithfulness.CurveEnds] = {}  # shared by the methods of one group
+
+    def run(group: Sequence[Sample], method: str) -> list[Any]:
+        start = time.perf_counter()
+        args = ([i.scores for i in group], [i.waveform for i in group], [i.sample.question for i in group])
+        key = tuple(id(i) for i in group)
+        if key not in ends_of:
+            ends_of[key] = faithfulness.curve_ends(ctx.scorer, *args)
+        curves = faithfulness.selector_curves(ctx.scorer, method, *args, rate=settings.rate, rhos=settings.rhos,
+                                              seeds=seed_of(group), ends=ends_of[key])
+        share = (time.perf_counter() - start) / len(group)
+        return sweep_curves.from_curves(ctx.dataset_name, [i.sample.sample_id for i in group], curves,
+                                        settings.rate, share)
+
+    for method in settings.methods:
+        group = [item for item in items if method in item.curve_methods]
+        if not group:
+            continue
+        try:
+            records = run(group, method)
+        except Exception as error:  # noqa: BLE001 - isolate the failing sample
+            logging.warning("curves of %s failed for %d samples (%s); retrying one by one", method, len(group), error)
+            records = []
+            for item in group:
+                try:
+                    records += run([item], method)
+                except Exception as one_error:  # noqa: BLE001
+                    logging.warning("sample %s: curves of %s failed: %s", item.sample.sample_id, method, one_error)
+                    records.append(sweep_curves.CurveRecord(
+                        dataset=ctx.dataset_name, sample_id=item.sample.sample_id, method=method, rate=settings.rate,
+                        rhos=settings.rhos, failure=f"{type(one_error).__name__}: {one_error}"))
+        ctx.curve_writer.append(records)
+        logging.info("curves of %s: %d samples at %d ratios in %.1f s", method, len(group), len(settings.rhos),
+                     sum(r.seconds for r in records))
 
 
 def _write_originals(ctx: Context, item: Sample) -> None:
@@ -386,5 +435,8 @@ def run_batch(ctx: Context, items: Sequence[Sample]) -> None:
     items = _answer_original(ctx, _load(ctx, items))
     for item in items:
         _write_originals(ctx, item)
-    _submit(ctx, _plan_jobs(ctx, _score(ctx, items)))
+    scored = _score(ctx, items)
+    if ctx.curves is not None:
+        _curves(ctx, scored)
+    _submit(ctx, _plan_jobs(ctx, scored))
     collect(ctx, ctx.max_backlog if ctx.pipelined else 0)

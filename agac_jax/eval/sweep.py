@@ -39,6 +39,7 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +52,7 @@ from absl import logging
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient
 from agac_jax.data import DATASETS, load_dataset
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import atomic, distributed, flops, lock, plots, results, stages, tables
+from agac_jax.eval import atomic, distributed, flops, lock, plots, results, stages, sweep_curves, tables
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
 from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
@@ -93,6 +94,9 @@ def validate_config(config: Any) -> None:
         raise ValueError(f"config.mesh.axes must be {MESH_AXES}, got {tuple(config.mesh.axes)}")
     if config.runtime.batch_samples < 1:
         raise ValueError(f"config.runtime.batch_samples must be >= 1, got {config.runtime.batch_samples}")
+    curves = sweep_curves.CurveSettings.of_config(config)
+    if curves is not None:
+        curves.validate(config)
     if config.dataset.name == "synthetic" and not config.dataset.root and config.dataset.num_clips < 1:
         raise ValueError(f"config.dataset.num_clips must be >= 1 (clips of the generated synthetic split), "
                          f"got {config.dataset.num_clips}")
@@ -242,6 +246,8 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
     if process_index == 0:
         results.write_skipped(workdir, [(s.item, s.reason) for s in loaded.skipped])
     done = results.done_keys(workdir, retry_failed=config.runtime.retry_failed)
+    curves = sweep_curves.CurveSettings.of_config(config)
+    curves_done = set() if curves is None else sweep_curves.done_keys(workdir, retry_failed=config.runtime.retry_failed)
     pending = []
     planned = 0
     shard = shard_samples(loaded.samples, process_index, process_count)
@@ -249,8 +255,10 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
         keys = plan_tasks(sample.sample_id, config.methods, config.rates, config.rhos, config.seeds)
         planned += len(keys)
         todo = [key for key in keys if key not in done]
-        if todo:
-            pending.append(stages.Sample(sample=sample, tasks=todo))
+        curve_methods = [] if curves is None else [
+            m for m in curves.methods if curves.key(sample.sample_id, m) not in curves_done]
+        if todo or curve_methods:
+            pending.append(stages.Sample(sample=sample, tasks=todo, curve_methods=curve_methods))
     total = sum(len(item.tasks) for item in pending)
     logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
                  process_count, len(shard), total, len(pending))
@@ -258,7 +266,8 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
     written = failed = 0
     timing: dict[str, float] = {}
     if pending:
-        written, failed, timing = _run_pending(config, dataset_name, pending, path, scorer, process_index, total)
+        written, failed, timing = _run_pending(config, dataset_name, pending, path, scorer, process_index, total,
+                                               sweep_curves.curves_path(workdir, process_index, process_count))
     distributed.write_manifest(workdir, dataclasses.replace(manifest, complete=True, written=written, failed=failed))
     merged = merge(workdir) if process_count == 1 else None
     return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged,
@@ -282,8 +291,8 @@ def _start_shard(workdir: Path, process_index: int, process_count: int, planned:
 
 
 def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], path: Path, scorer: Any,
-                 process_index: int, total: int) -> tuple[int, int, dict[str, float]]:
-    """Runs the pending samples; returns (records written, failed, timing).
+                 process_index: int, total: int, curves_file: Path) -> tuple[int, int, dict[str, float]]:
+    """Runs the pending samples (their curves to `curves_file`); returns (records written, failed, timing).
 
     timing: `wall` seconds of the loop (the scorer already loaded), `codec_wait` seconds this thread
     was blocked on codec replies, `codec` the sidecar's own seconds summed over the replies; so
@@ -294,7 +303,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
         item.text_tokens = text_token_count(scorer.tokenizer, item.sample.question, scorer)
-    with results.ResultsWriter(path) as writer, Progress(
+    curves = sweep_curves.CurveSettings.of_config(config)
+    with results.ResultsWriter(path) as writer, (results.ResultsWriter(curves_file) if curves else contextlib.nullcontext()) as curve_writer, Progress(
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
         ctx = stages.Context(
@@ -304,6 +314,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
             process_index=process_index, answer_batch=config.scoring.batch_size,
             pipelined=config.runtime.pipeline_codec, max_backlog=config.runtime.codec_max_backlog,
+            curves=curves, curve_writer=curve_writer,
         )
         started = time.perf_counter()
         try:
@@ -350,8 +361,11 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
     per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
     markdown = tables.render_markdown(rows, records, results.read_skipped(workdir),
                                       codec_backend=stored.get("codec", {}).get("backend"))
+    curves_md, curve_files = sweep_curves.merge_outputs(workdir, SELECTING_METHODS)
+    if curves_md:
+        markdown = markdown.rstrip("\n") + "\n\n" + curves_md
     tables_md = atomic.write_text(workdir / "tables.md", markdown)
-    written_plots = plots.write_plots(rows, workdir / "plots")
+    written_plots = plots.write_plots(rows, workdir / "plots") + [p for p in curve_files if p.suffix == ".png"]
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
                         plots=tuple(written_plots), num_records=len(records), rows=tuple(rows))
