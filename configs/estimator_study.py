@@ -77,9 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.settings = QUICK_SETTINGS  # every estimator, target and gate domain once
     if variant == "targets":
         config.benchmarks = config.benchmarks[1:]  # the scenes benchmark, 205 questions with evidence
-        # the poster's setting and the two cheapest IG settings of the quick run, embedding and input gates
-        config.settings = ("occlusion/1/logp", "integrated_gradients/8/log_odds",
-                           "integrated_gradients/8/log_odds/input")
+        # the poster's setting, IG 8 on the log-odds signed, and both read as smoothed magnitudes
+        config.settings = ("occlusion/1/logp", "occlusion/1/logp/magnitude/smooth9",
+                           "integrated_gradients/8/log_odds", "integrated_gradients/8/log_odds/magnitude/smooth9",
+                           "integrated_gradients/8/log_odds/input/magnitude/smooth9")
         config.alphas = (0.5,)  # the curve alpha only
         config.curve_rhos = (0.0, 0.5, 1.0)  # the targets' A.C. at rho 0.5 (the curves of 7 ratios: default)
     if variant == "local":

@@ -416,3 +416,22 @@ def test_kept_set_independent_of_padding(rate):
         assert not np.asarray(mask)[tight_frames:].any()
         kept.append(selection.kept_indices(mask).tolist())
     assert kept[0] == kept[1] == kept[2]
+
+
+@settings(deadline=None, max_examples=25)
+@given(n_valid=st.integers(1, 40), pad=st.integers(0, 12), smooth=st.sampled_from([1, 2, 5, 9, 15]),
+       sign=st.sampled_from(["signed", "magnitude"]), seed=st.integers(0, 2**16))
+def test_local_evidence_equals_the_reference_on_the_valid_tokens_and_ignores_padding(n_valid, pad, smooth, sign, seed):
+    from agac_jax.reference.selection import local_evidence as reference_local_evidence
+    from agac_jax.scoring.program import local_evidence
+
+    rng = np.random.default_rng(seed)
+    local = rng.normal(size=n_valid + pad).astype(np.float32)
+    local[n_valid:] = 1e6  # padded slots: must reach neither the valid tokens nor the output
+    valid = np.arange(n_valid + pad) < n_valid
+    ours = np.asarray(local_evidence(jnp.asarray(local), jnp.asarray(valid), sign=sign, smooth=smooth))
+    expected = reference_local_evidence(local[:n_valid], sign=sign, smooth=smooth)
+    np.testing.assert_allclose(ours[:n_valid], expected, rtol=1e-5, atol=1e-6)
+    assert np.all(ours[n_valid:] == 0)
+    if sign == "magnitude":
+        assert np.all(ours >= 0)

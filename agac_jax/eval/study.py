@@ -38,29 +38,47 @@ BASELINES = ("energy", "random", "attention")
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One local-score setting: estimator, its window (occlusion) or midpoint steps (IG), the target,
-    the gate domain."""
+    the gate domain, what fusion reads of the local score (sign, smoothing width in tokens)."""
 
     estimator: str
     steps: int
     target: str
     gate_domain: str = "embedding"
+    local_sign: str = "signed"
+    local_smooth: int = 1
 
     @classmethod
     def parse(cls, text: str) -> "Setting":
-        """'occlusion/1/logp', 'integrated_gradients/16/log_odds' or '.../input' (gates on the log-mel)."""
+        """'estimator/window-or-steps/target[/option...]', options 'input' (gates on the log-mel),
+        'magnitude' (|local|) and 'smooth{k}' (a k-token box filter): 'occlusion/1/logp',
+        'integrated_gradients/8/log_odds/magnitude/smooth9'."""
         parts = text.split("/")
-        if len(parts) not in (3, 4) or not parts[1].isdigit():
-            raise ValueError(f"a study setting is 'estimator/window-or-steps/target[/gate domain]', got {text!r}")
-        return cls(parts[0], int(parts[1]), parts[2], *parts[3:])
+        if len(parts) < 3 or not parts[1].isdigit():
+            raise ValueError(f"a study setting is 'estimator/window-or-steps/target[/option...]', got {text!r}")
+        fields: dict[str, Any] = {}
+        for option in parts[3:]:
+            if option == "input":
+                fields["gate_domain"] = option
+            elif option == "magnitude":
+                fields["local_sign"] = option
+            elif option.startswith("smooth") and option[6:].isdigit() and int(option[6:]) >= 1:
+                fields["local_smooth"] = int(option[6:])
+            else:
+                raise ValueError(f"unknown option {option!r} in study setting {text!r}: "
+                                 "expected 'input', 'magnitude' or 'smooth<k>'")
+        return cls(parts[0], int(parts[1]), parts[2], **fields)
 
     @property
     def name(self) -> str:
-        suffix = "" if self.gate_domain == "embedding" else f"/{self.gate_domain}"
-        return f"{self.estimator}/{self.steps}/{self.target}{suffix}"
+        options = [self.gate_domain] if self.gate_domain != "embedding" else []
+        options += [self.local_sign] if self.local_sign != "signed" else []
+        options += [f"smooth{self.local_smooth}"] if self.local_smooth != 1 else []
+        return "/".join([self.estimator, str(self.steps), self.target, *options])
 
     def scoring_fields(self) -> dict[str, Any]:
         key = "window" if self.estimator == "occlusion" else "ig_steps"
-        return {"estimator": self.estimator, key: self.steps, "target": self.target, "gate_domain": self.gate_domain}
+        return {"estimator": self.estimator, key: self.steps, "target": self.target, "gate_domain": self.gate_domain,
+                "local_sign": self.local_sign, "local_smooth": self.local_smooth}
 
 
 def _with_alpha(score: Any, alpha: float) -> Any:

@@ -28,6 +28,21 @@ def minmax_normalize(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span
 
 
+def local_evidence(local: np.ndarray, *, sign: str = "signed", smooth: int = 1) -> np.ndarray:
+    """The local score fusion reads, over a clip's valid tokens [T]: |local| when `sign` is
+    "magnitude"; then each token's mean over the `smooth` tokens starting (smooth - 1) // 2 before it
+    (the occlusion window), clipped at the clip's ends. float64."""
+    x = np.asarray(local, dtype=np.float64)
+    if sign not in ("signed", "magnitude"):
+        raise ValueError(f"sign must be 'signed' or 'magnitude', got {sign!r}")
+    if sign == "magnitude":
+        x = np.abs(x)
+    if smooth > 1:
+        first = np.maximum(np.arange(len(x)) - (smooth - 1) // 2, 0)
+        x = np.array([x[a:t - (smooth - 1) // 2 + smooth].mean() for t, a in enumerate(first)])
+    return x
+
+
 def fuse_scores(local: np.ndarray, global_: np.ndarray, alpha: float) -> np.ndarray:
     """F = alpha * norm(local) + (1 - alpha) * norm(global_), [T] float64."""
     if not 0.0 <= alpha <= 1.0:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from agac_jax.reference.selection import (CODEC_TOKEN_RATES, frame_samples, fuse_scores, keep_count,
+                                          local_evidence,
                                           minmax_normalize, reference_keep, token_scores_to_frames)
 
 ENCODER_FRAMES = 3000
@@ -415,6 +416,8 @@ def score_clip(
     window: int = 1,
     ig_steps: int = 16,
     alpha: float = 0.5,
+    local_sign: str = "signed",
+    local_smooth: int = 1,
     answer_ids: TensorLike | None = None,
     max_new_tokens: int = 8,
     chunk: int = 64,
@@ -430,6 +433,8 @@ def score_clip(
         estimator: "occlusion" or "integrated_gradients".
         window: occlusion window W (tokens); ig_steps: midpoint-rule steps n.
         alpha: fusion weight of the local score.
+        local_sign, local_smooth: what the fusion reads of the local score (`selection.local_evidence`):
+          "signed" or "magnitude", and the width of its box filter in tokens (1: none).
         answer_ids: int [n], used exactly; None: the greedy answer of at most max_new_tokens tokens.
         chunk: gate vectors (occlusion) or IG steps per decoder batch.
         clip_id: the name error messages use.
@@ -462,7 +467,8 @@ def score_clip(
             with timer.stage("silence"):
                 logp_silence = float(tf.logp(tf.gates(0.0))[0])
         with timer.stage("local"):
-            local = _local_scores(tf, logp_full, estimator, window, ig_steps, chunk)
+            local = local_evidence(_local_scores(tf, logp_full, estimator, window, ig_steps, chunk),
+                                   sign=local_sign, smooth=local_smooth)
         with timer.stage("fusion"):
             fused = fuse_scores(local, global_, alpha)
     return ReferenceScores(

@@ -31,6 +31,10 @@ TARGETS = ("logp", "log_odds")
 # Where a gate mixes the clip with silence: the projected audio embeddings (DESIGN.md), or the log-mel
 # frames before the encoder (each token's 4 frames), which re-runs the encoder for every gate.
 GATE_DOMAINS = ("embedding", "input")
+# What the fusion reads of a token's local contribution: its sign (DESIGN.md: evidence for the answer
+# ranks first), or its magnitude (audio the answer rests on either way: counter-evidence that a "no"
+# or an order answer weighs against ranks as high as support).
+LOCAL_SIGNS = ("signed", "magnitude")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,6 +49,8 @@ class ProgramSpec:
     gate_domain: str  # embedding | input (GATE_DOMAINS)
     window: int  # occlusion: tokens gated off around t
     ig_steps: int  # integrated gradients: midpoint-rule steps
+    local_sign: str  # signed | magnitude (LOCAL_SIGNS)
+    local_smooth: int  # box filter width (tokens) over the valid tokens of the local score; 1: none
     occlusion_chunk: int  # gate vectors evaluated together (bounds memory; smaller shares more prefix)
     occlusion_segments: int  # 0: one program step per chunk; k: k loops over chunks (`occlusion_schedule`)
     fastv_layer: int  # FastV's K; clamped to the last layer of smaller decoders
@@ -63,6 +69,7 @@ class ProgramSpec:
                     generation: GenerationSettings) -> "ProgramSpec":
         """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
         return cls(estimator=config.estimator, target=config.target, gate_domain=config.gate_domain, window=config.window, ig_steps=config.ig_steps,
+                   local_sign=config.local_sign, local_smooth=config.local_smooth,
                    occlusion_chunk=config.occlusion_chunk,
                    occlusion_segments=config.occlusion_segments, fastv_layer=config.fastv_layer,
                    rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
@@ -76,8 +83,11 @@ class ProgramSpec:
             raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
         if self.gate_domain not in GATE_DOMAINS:
             raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
-        if self.window < 1 or self.ig_steps < 1 or self.occlusion_chunk < 1 or self.occlusion_segments < 0:
-            raise ValueError(f"window, ig_steps and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
+        if self.local_sign not in LOCAL_SIGNS:
+            raise ValueError(f"local_sign={self.local_sign!r}; expected one of {LOCAL_SIGNS}")
+        if (self.window < 1 or self.ig_steps < 1 or self.local_smooth < 1 or self.occlusion_chunk < 1
+                or self.occlusion_segments < 0):
+            raise ValueError(f"window, ig_steps, local_smooth and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
                              f"got {self}")
         for r in self.rates:
             selection.frame_samples(r)
@@ -369,7 +379,7 @@ def _finish_clip(spec: ProgramSpec, clip: ClipInputs, full: FullPass, local: Arr
     """One clip's outputs: local, global, FastV and fused scores [T]; frame scores, validity and the
     fused keep mask [F_r] per codec rate."""
     token_valid = slot_valid(clip)
-    local = jnp.where(token_valid, local, 0.0)
+    local = local_evidence(local, token_valid, sign=spec.local_sign, smooth=spec.local_smooth)
     fused = selection.fuse(local, full.global_, token_valid, alpha)
     out = dict(local=local, global_=full.global_, fastv=full.fastv, fused=fused, token_valid=token_valid,
                logp_full=full.logp_full, logp_silence=full.logp_silence)
@@ -384,6 +394,24 @@ def _finish_clip(spec: ProgramSpec, clip: ClipInputs, full: FullPass, local: Arr
             key=jax.random.key(0))
         out[f"frame_valid_{r}"] = selection.frame_valid_mask(clip.n_samples, r, max_frames)
     return out
+
+
+def local_evidence(local: Array, valid: Array, *, sign: str, smooth: int) -> Array:
+    """[T] the local score the fusion reads: `local` [T] (0 on invalid slots), its magnitude when `sign`
+    is "magnitude", then averaged over the valid slots of the `smooth` slots starting (smooth - 1) // 2
+    before each slot (occlusion's window). `valid` [T] bool."""
+    local = jnp.where(valid, local, 0.0)
+    if sign == "magnitude":
+        local = jnp.abs(local)
+    if smooth > 1:
+        t = local.shape[0]
+        first = jnp.arange(t) - (smooth - 1) // 2
+        start, end = jnp.clip(first, 0, t), jnp.clip(first + smooth, 0, t)
+        sums = jnp.concatenate([jnp.zeros((1,), local.dtype), jnp.cumsum(local)])
+        counts = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(valid.astype(jnp.int32))])
+        total, count = sums[end] - sums[start], counts[end] - counts[start]
+        local = jnp.where(valid, total / jnp.maximum(count, 1).astype(local.dtype), 0.0)
+    return local
 
 
 def _query_weights(length: int, rows: Array, answer_valid: Array, prompt_length: Array) -> Array:

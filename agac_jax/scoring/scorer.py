@@ -29,7 +29,7 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
-from agac_jax.scoring.program import ESTIMATORS, GATE_DOMAINS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
+from agac_jax.scoring.program import ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
 
 MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
@@ -60,6 +60,8 @@ class ScoringConfig:
     gate_domain: str = "embedding"  # where gates mix clip and silence: embedding (DESIGN.md) | input (log-mel)
     window: int = 1  # occlusion window W in audio tokens
     ig_steps: int = 16  # integrated-gradients midpoint steps n
+    local_sign: str = "signed"  # what fusion reads of the local score: signed (DESIGN.md) | magnitude
+    local_smooth: int = 1  # box filter width over the local score, in tokens (1: none, DESIGN.md)
     alpha: float = 0.5  # fusion weight of the local (AAD) score
     keep: float | str = 0.9  # rho of the keep masks the program returns
     rates: tuple[int, ...] = (25, 50, 100)  # codec token rates the program maps scores to
@@ -87,9 +89,11 @@ class ScoringConfig:
             raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
         if self.gate_domain not in GATE_DOMAINS:
             raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
+        if self.local_sign not in LOCAL_SIGNS:
+            raise ValueError(f"local_sign={self.local_sign!r}; expected one of {LOCAL_SIGNS}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
-        for name in ("window", "ig_steps", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens",
+        for name in ("window", "ig_steps", "local_smooth", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens",
                      "prompt_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
