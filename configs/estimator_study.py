@@ -3,20 +3,27 @@
     python -m launch.study --config=configs/estimator_study.py --workdir=runs/estimator_study
     python -m launch.study --config=configs/estimator_study.py:local --workdir=/tmp/agac_study_local
 
-Per benchmark and setting: fused evidence recall at rho 0.5 and 0.7 for each alpha, deletion and
-insertion areas of the answer's log-odds and of A.C. at `curve_alpha`, FLOPs and seconds per clip;
-energy, random and attention once per benchmark (agac_jax/eval/study.py). Outputs in --workdir:
-rows.jsonl (a rerun resumes), study.md, study.csv, recall_vs_cost.png.
+A setting is 'estimator/window-or-steps/target[/input][/magnitude][/smooth<k>]' (`study.Setting`):
+gates on the log-mel frames instead of the embeddings, and how fusion reads the local score (its
+magnitude, a k-token box filter); readings of one raw score share its scoring run.
+
+Per benchmark and setting: fused evidence recall at rho 0.5 and 0.7 for each alpha; at `curve_alpha`,
+the A.C. of the joined top-rho frames at those ratios and the deletion and insertion areas of the
+answer's log-odds and of A.C.; FLOPs and seconds per clip; energy, random and attention once per
+benchmark (agac_jax/eval/study.py). Outputs in --workdir: rows.jsonl (a rerun resumes), study.md,
+study.csv, recall_vs_cost.png.
 
 Variants (`--config=configs/estimator_study.py:NAME`):
   default  both benchmarks (24 synthetic clips, 90 scenes clips: 29 and 205 questions with evidence),
-           every setting of SETTINGS: the whole grid; hours on 2 CPU cores (occlusion dominates);
+           every setting of SETTINGS (each raw setting signed and as READ): the whole grid; hours on
+           2 CPU cores (occlusion dominates);
   quick    12 synthetic and 20 scenes clips (14 and 46 questions with evidence), QUICK_SETTINGS:
-           the poster's setting, each target, IG steps 4 to 16, the input gate domain once; 25
-           minutes on 2 cores, two thirds of it the two occlusion settings (compilation included);
-  targets  the 90 scenes clips, the poster's setting (occlusion/1/logp) and IG 8 on the log-odds with
-           embedding and input gates against the baselines, curves at rho 0, 0.5 and 1: the issue's
-           targets (recall and A.C. at rho 0.5), measured on 205 questions with evidence;
+           the poster's setting, each target, IG steps 4 to 16, the input gate domain, three of them
+           also as READ;
+  targets  the 90 scenes clips: the poster's setting (occlusion/1/logp) and the default (IG 8 on the
+           log-odds read as |local| over 9 tokens) with its signed reading, against the baselines,
+           curves at rho 0, 0.5 and 1: the issue's targets (recall and A.C. at rho 0.5) on 205
+           questions with evidence, within 15 minutes on 2 cores;
   local    4 clips of each benchmark, two settings, one alpha: a smoke run.
 """
 
@@ -30,11 +37,14 @@ from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "quick", "targets", "local")
-SETTINGS = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
+_RAW = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
     f"integrated_gradients/{n}/{t}" for t in ("logp", "log_odds") for n in (4, 8, 16, 32))
+READ = "magnitude/smooth9"  # the default reading of the local score: |local| over 9 tokens (0.36 s)
+SETTINGS = _RAW + tuple(f"{raw}/{READ}" for raw in _RAW)  # each read both ways (one scoring run each)
 QUICK_SETTINGS = ("occlusion/1/logp", "occlusion/1/log_odds", "integrated_gradients/4/log_odds",
                   "integrated_gradients/8/log_odds", "integrated_gradients/16/logp",
-                  "integrated_gradients/8/log_odds/input")
+                  "integrated_gradients/8/log_odds/input", f"occlusion/1/logp/{READ}",
+                  f"integrated_gradients/8/log_odds/{READ}", f"integrated_gradients/8/log_odds/input/{READ}")
 SHIPPED = REPO_ROOT / "assets" / "tiny_qwen2audio"
 SCENES_MODEL = REPO_ROOT / "assets" / "tiny_qwen2audio_scenes"
 
@@ -77,10 +87,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.settings = QUICK_SETTINGS  # every estimator, target and gate domain once
     if variant == "targets":
         config.benchmarks = config.benchmarks[1:]  # the scenes benchmark, 205 questions with evidence
-        # the poster's setting, IG 8 on the log-odds signed, and both read as smoothed magnitudes
-        config.settings = ("occlusion/1/logp", "occlusion/1/logp/magnitude/smooth9",
-                           "integrated_gradients/8/log_odds", "integrated_gradients/8/log_odds/magnitude/smooth9",
-                           "integrated_gradients/8/log_odds/input/magnitude/smooth9")
+        # the poster's setting, and the default (IG 8 on the log-odds, read as |local| over 9 tokens)
+        # beside its signed reading (the same scoring run)
+        config.settings = ("occlusion/1/logp", "integrated_gradients/8/log_odds",
+                           f"integrated_gradients/8/log_odds/{READ}")
         config.alphas = (0.5,)  # the curve alpha only
         config.curve_rhos = (0.0, 0.5, 1.0)  # the targets' A.C. at rho 0.5 (the curves of 7 ratios: default)
     if variant == "local":

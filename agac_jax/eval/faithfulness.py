@@ -15,7 +15,8 @@ answer on the clip, generated once):
 - answer consistency: whether the greedy answer on the altered clip is still y.
 
 A faithful ranking keeps the answer with few frames (insertion rises early) and loses it when they go
-(deletion falls early). Areas are trapezoid means over rho in [0, 1]; `gap` = insertion - deletion
+(deletion falls early). `joined_consistency` asks instead what the pipeline hears before its codec: the
+top-rho frames joined in time order (`codec.frames.join_frames`, crossfaded cuts), the rest dropped. Areas are trapezoid means over rho in [0, 1]; `gap` = insertion - deletion
 (higher is better). The log-odds areas are of the curve normalised per clip to its ends,
 (f(rho) - f(silent)) / (f(clip) - f(silent)), so clips of different confidence weigh alike; a clip whose
 ends are within 1e-6 of each other is left out of them (its answer does not depend on the audio).
@@ -166,3 +167,19 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
         consistent_insertion=np.concatenate([quiet, same_mid[:, :, 0], heard], axis=1),
         consistent_deletion=np.concatenate([heard, same_mid[:, :, 1], quiet], axis=1),
     )
+
+
+def joined_consistency(scorer: Any, selector: str, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
+                       questions: Sequence[str], *, rate: int, rho: float, seeds: Sequence[int] | None = None,
+                       crossfade_ms: float | None = None) -> np.ndarray:
+    """bool [N]: whether each clip's greedy answer is still the original when the clip is only the
+    top-`rho` frames of `selector` joined in time order (what the codec would be handed), no codec."""
+    from agac_jax.codec.frames import DEFAULT_CROSSFADE_MS, join_frames
+
+    fade = DEFAULT_CROSSFADE_MS if crossfade_ms is None else crossfade_ms
+    seeds = list(seeds) if seeds is not None else [0] * len(scores)
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
+    clips = [join_frames(np.asarray(wave, np.float32), keep, rate, fade) for wave, keep in zip(waveforms, kept)]
+    replies = scorer.answer(clips, list(questions))
+    return np.asarray([metrics.answers_agree(metrics.parse_answer(reply), metrics.parse_answer(s.answer_text))
+                       for reply, s in zip(replies, scores)], bool)

@@ -1,12 +1,14 @@
 """The estimator study (launch/study.py): which local-score estimator keeps what the answer rests on.
 
 For each benchmark of the config (a data set section and the model that answers it) and each scoring
-setting (estimator with its window or steps, target, gate domain): the clips are scored once with the
-original answers, and for each fusion weight alpha the fused selection's evidence recall at the
-config's ratios; at the config's default alpha, its deletion and insertion curves
+setting (estimator with its window or steps, target, gate domain, reading of the local score): the
+clips are scored once with the original answers, and for each fusion weight alpha the fused
+selection's evidence recall at the config's ratios; at the config's default alpha, its deletion and
+insertion curves and the A.C. of its joined top-rho frames at the recall ratios
 (`agac_jax.eval.faithfulness`); and the setting's cost per clip (analytic FLOPs of the program as it
-runs, padded shapes included, and measured seconds without compilation). The question-blind and
-model-only baselines (energy, random, attention) are measured once per benchmark.
+runs, padded shapes included, and measured seconds without compilation). Settings that differ only in
+how the local score is read (sign, smoothing) share one scoring run and its cost (`read_local`). The
+question-blind and model-only baselines (energy, random, attention) are measured once per benchmark.
 
 Rows go to `rows.jsonl` in the workdir as each (benchmark, setting) finishes, so a rerun skips them;
 `study.md`, `study.csv` and `recall_vs_cost.png` are written from all rows at the end.
@@ -75,10 +77,30 @@ class Setting:
         options += [f"smooth{self.local_smooth}"] if self.local_smooth != 1 else []
         return "/".join([self.estimator, str(self.steps), self.target, *options])
 
+    @property
+    def raw(self) -> "Setting":
+        """The setting that scores the same raw local score (signed, unsmoothed): its readings need no
+        scoring of their own (`read_local`)."""
+        return dataclasses.replace(self, local_sign="signed", local_smooth=1)
+
     def scoring_fields(self) -> dict[str, Any]:
         key = "window" if self.estimator == "occlusion" else "ig_steps"
         return {"estimator": self.estimator, key: self.steps, "target": self.target, "gate_domain": self.gate_domain,
                 "local_sign": self.local_sign, "local_smooth": self.local_smooth}
+
+
+def read_local(score: Any, setting: Setting) -> Any:
+    """A copy of `ClipScores` scored at `setting.raw` whose local score is read as `setting` reads it
+    (`program.local_evidence`, the function the program applies), so each reading of one raw score
+    is measured without scoring again. Its fused score, frames and keep masks are not recomputed
+    (the study fuses with `_with_alpha`)."""
+    import jax.numpy as jnp
+
+    from agac_jax.scoring.program import local_evidence
+
+    local = jnp.asarray(score.local)
+    read = local_evidence(local, jnp.ones(local.shape, bool), sign=setting.local_sign, smooth=setting.local_smooth)
+    return dataclasses.replace(score, local=np.asarray(read))
 
 
 def _with_alpha(score: Any, alpha: float) -> Any:
@@ -115,11 +137,14 @@ def clip_flops(scorer: Any, waveforms: Sequence[np.ndarray]) -> float:
 
 
 def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | None, recalls: dict[float, float],
-         curves: faithfulness.Curves | None, flops: float | None, seconds: float | None) -> dict[str, Any]:
+         measured: tuple[faithfulness.Curves, dict[float, float]] | None, flops: float | None,
+         seconds: float | None) -> dict[str, Any]:
     row: dict[str, Any] = dict(benchmark=benchmark, selector=selector,
                                setting=setting.name if setting else "", alpha=alpha)
     row.update({f"recall_{rho:g}": value for rho, value in recalls.items()})
-    if curves is not None:
+    if measured is not None:
+        curves, joined = measured
+        row.update({f"ac_joined_{rho:g}": value for rho, value in joined.items()})
         row.update(curves.areas())
         half = list(curves.rhos).index(0.5) if 0.5 in curves.rhos else None
         if half is not None:
@@ -160,26 +185,33 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     ends = None  # the curves' shared ends (silent clip, clip), computed with the first curves
 
     def curves_of(selector, scores, seeds=None):
+        """The curves, and the A.C. (%) of the joined top-rho frames at each recall ratio."""
         nonlocal ends
         start = time.perf_counter()
         if ends is None:
             ends = faithfulness.curve_ends(first, scores, waveforms, questions)
         out = faithfulness.selector_curves(first, selector, scores, waveforms, questions, rate=rate,
                                            rhos=curve_rhos, seeds=seeds, ends=ends)
-        _log.info("%s %s: curves at %d ratios in %.1f s", label, selector, len(curve_rhos),
-                  time.perf_counter() - start)
-        return out
+        joined = {rho: 100 * float(np.mean(faithfulness.joined_consistency(
+            first, selector, scores, waveforms, questions, rate=rate, rho=rho, seeds=seeds))) for rho in rhos}
+        _log.info("%s %s: curves at %d ratios and joined A.C. at %d in %.1f s", label, selector, len(curve_rhos),
+                  len(rhos), time.perf_counter() - start)
+        return out, joined
+    raw_runs: dict[Setting, tuple[list[Any], float, float, float]] = {}  # raw setting -> scores, wall, s, FLOPs
     for text in config.settings:
         setting = Setting.parse(text)
         if (label, setting.name) in done:
             continue
-        scorer = Scorer(model, tokenizer, dataclasses.replace(base, **setting.scoring_fields()))
-        start = time.perf_counter()
-        scores = scorer.score(waveforms, questions, answer_ids=answer_ids)
-        wall = time.perf_counter() - start
-        run_seconds = sum(s.seconds["run"] for s in scores) / len(scores)
+        if setting.raw not in raw_runs:
+            scorer = Scorer(model, tokenizer, dataclasses.replace(base, **setting.raw.scoring_fields()))
+            start = time.perf_counter()
+            raw_scores = scorer.score(waveforms, questions, answer_ids=answer_ids)
+            raw_runs[setting.raw] = (raw_scores, time.perf_counter() - start,
+                                     sum(s.seconds["run"] for s in raw_scores) / len(raw_scores),
+                                     clip_flops(scorer, waveforms))
+        raw_scores, wall, run_seconds, flops = raw_runs[setting.raw]
+        scores = [read_local(s, setting) for s in raw_scores]
         reference_scores = reference_scores or scores
-        flops = clip_flops(scorer, waveforms)
         for alpha in config.alphas:
             at_alpha = [_with_alpha(s, alpha) for s in scores]
             recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, "fused", rate, rho) for rho in rhos}
@@ -219,7 +251,8 @@ def read_rows(workdir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_insertion_0.5",
+COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_joined_0.5", "ac_joined_0.7",
+           "ac_insertion_0.5",
            "log_odds_insertion", "log_odds_deletion", "log_odds_gap", "ac_insertion", "ac_deletion", "ac_gap",
            "flops_per_clip", "seconds_per_clip")
 
@@ -240,8 +273,10 @@ def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer.writerows(rows)
     atomic.write_text(workdir / "study.csv", buffer.getvalue())
     lines = ["# Estimator study", "",
-             "Evidence recall (%) of the fused selection at rho; deletion/insertion areas of the normalised "
-             "answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.", ""]
+             "Evidence recall (%) of the fused selection at rho; A.C. (%) of the top-rho frames joined (the "
+             "codec's input) and of the insertion clip (the rest silent) at rho; deletion/insertion areas of the "
+             "normalised answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.",
+             ""]
     for bench in dict.fromkeys(row["benchmark"] for row in rows):
         lines += [f"## {bench}", "", "| " + " | ".join(COLUMNS[1:]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
         lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS[1:]) + " |"
