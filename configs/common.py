@@ -17,7 +17,7 @@ _SCORING = ScoringConfig()
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The sweep config's fields with DESIGN.md's defaults."""
+    """The sweep config's fields with ScoringConfig's defaults (DESIGN.md's, but for the local score)."""
     config = ml_collections.ConfigDict()
 
     config.dataset = ml_collections.ConfigDict()
@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.remat_layers = False  # rematerialise each decoder layer in gradients (IG memory), same results
 
     config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
-    config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion | integrated_gradients
+    config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion (DESIGN.md) | integrated_gradients
     config.scoring.target = _SCORING.target  # what AAD contrasts: logp (DESIGN.md) | log_odds
     config.scoring.gate_domain = _SCORING.gate_domain  # where gates act: embedding (DESIGN.md) | input (log-mel)
     config.scoring.window = _SCORING.window  # occlusion window W in audio tokens

@@ -30,7 +30,10 @@ flags.DEFINE_multi_string("audio", None, "Audio file to score; repeat for severa
 flags.DEFINE_string("question", None, "The question asked about every clip.")
 flags.DEFINE_integer("rate", 50, "Codec token rate of the selection grid: 25, 50 or 100 tokens/s.")
 flags.DEFINE_string("keep", "0.7", "Keep ratio rho in (0, 1], exact as written (0.7, or a fraction such as 2/3).")
-flags.DEFINE_enum("estimator", "occlusion", report.ESTIMATORS, "Estimator of the local (AAD) score.")
+flags.DEFINE_enum("estimator", None, report.ESTIMATORS, "Estimator of the local (AAD) score; default: the local "
+                  "score's own (integrated_gradients; occlusion with --local_score=poster).")
+flags.DEFINE_enum("local_score", "default", report.LOCAL_SCORES, "default: IG 8 on the log-odds, |local| over 9 "
+                  "tokens (the estimator study); poster: occlusion of one token on log p, signed (DESIGN.md).")
 flags.DEFINE_float("alpha", 0.5, "Fusion weight of the local score (1: AAD alone, 0: attention alone).")
 flags.DEFINE_enum("method", "fused", METHODS, "Frame selection method for the kept frames.")
 flags.DEFINE_string("input_ids", None, "JSON list of prompt ids (or one list per clip) that must equal the "
@@ -60,6 +63,7 @@ def request_from_flags() -> report.ScoreRequest:
         rate=FLAGS.rate,
         keep=FLAGS.keep,
         estimator=FLAGS.estimator,
+        local_score=FLAGS.local_score,
         alpha=FLAGS.alpha,
         method=FLAGS.method,
         input_ids=report.parse_id_lists(FLAGS.input_ids, "input_ids", n_clips),

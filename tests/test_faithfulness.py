@@ -19,7 +19,8 @@ from agac_jax.scoring.scorer import Scorer, ScoringConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny_qwen2audio"
 CONFIG = ScoringConfig(max_new_tokens=4, max_text_tokens=32, buckets_seconds=(5, 10, 15), rates=(50,),
-                       estimator="integrated_gradients", ig_steps=2, batch_size=4)
+                       estimator="integrated_gradients", ig_steps=2, batch_size=4,
+                       target="logp", local_sign="signed", local_smooth=1)  # the poster's target and reading
 
 
 def test_log_odds_target_is_logp_against_the_rest_in_float64():
@@ -106,21 +107,45 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     config = get_config("local")
     config.benchmarks = config.benchmarks[:1]
     config.benchmarks[0].dataset.num_clips = 2
-    config.settings = ("integrated_gradients/2/log_odds",)
+    read = "integrated_gradients/2/log_odds/magnitude/smooth9"
+    config.settings = ("integrated_gradients/2/log_odds", read)
     rows = study.run_study(config, tmp_path)
     selectors = [(row["selector"], row["setting"]) for row in rows]
     assert selectors == [("fused", "integrated_gradients/2/log_odds"), ("aad", "integrated_gradients/2/log_odds"),
-                         ("energy", ""), ("random", ""), ("attention", "")]
+                         ("fused", read), ("aad", read), ("energy", ""), ("random", ""), ("attention", "")]
     assert all(0 <= row["recall_0.5"] <= 100 for row in rows)
     assert rows[0]["flops_per_clip"] > 0 and rows[0]["seconds_per_clip"] > 0
-    assert (tmp_path / "study.md").read_text().count("| fused |") == 1
+    assert all(0 <= row["ac_joined_0.5"] <= 100 for row in rows if row["selector"] != "aad")
+    assert "ac_joined_0.5" not in rows[1]  # AAD alone: recall only
+    # the reading shares the raw setting's one scoring run, and so its cost
+    assert (rows[2]["flops_per_clip"], rows[2]["seconds_per_clip"]) == (rows[0]["flops_per_clip"],
+                                                                        rows[0]["seconds_per_clip"])
+    assert (tmp_path / "study.md").read_text().count("| fused |") == 2
     assert (tmp_path / "recall_vs_cost.png").stat().st_size > 1000
     again = study.run_study(config, tmp_path)  # every row is there: nothing is scored again
     assert len(again) == len(rows)
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
     with pytest.raises(ValueError, match="estimator/window-or-steps/target"):
         study.Setting.parse("occlusion/one/logp")
+    with pytest.raises(ValueError, match="unknown option 'smooth0'"):
+        study.Setting.parse("occlusion/1/logp/smooth0")
+    assert study.Setting.parse(read).name == read and study.Setting.parse(read).raw.name == config.settings[0]
     json.dumps(rows)
+
+
+def test_a_reading_of_the_raw_local_score_equals_scoring_with_it(scorer, scored):
+    """`study.read_local` on the signed scores equals the program's own magnitude-and-smoothing reading."""
+    waves, questions, scores = scored
+    setting = study.Setting.parse("integrated_gradients/2/logp/magnitude/smooth5")
+    reading = Scorer.__new__(Scorer)
+    reading.__dict__.update(scorer.__dict__, config=dataclasses.replace(CONFIG, **setting.scoring_fields()),
+                            executables={}, program_memory={})
+    direct = reading.score(waves, questions, answer_ids=[s.answer_ids for s in scores])
+    for raw, ours in zip(scores, direct):
+        read = study.read_local(raw, setting)
+        np.testing.assert_allclose(read.local, ours.local, rtol=1e-5, atol=1e-7 * np.abs(ours.local).max())
+        assert not np.allclose(read.local, raw.local)
+        np.testing.assert_allclose(study._with_alpha(read, 0.5).fused, ours.fused, rtol=1e-5, atol=1e-6)
 
 
 def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
@@ -157,3 +182,26 @@ def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):
         np.testing.assert_allclose(got.local[t], full - logp, rtol=1e-4, atol=1e-5 * abs(full))
     with pytest.raises(ValueError, match="gate_domain"):
         ScoringConfig(gate_domain="waveform")
+
+
+def test_joined_consistency_asks_the_joined_frames(scorer, scored, monkeypatch):
+    """At rho 1 the joined clip is the clip (every answer stays); below, the scorer hears exactly the
+    kept frames joined by `join_frames`."""
+    from agac_jax.codec.frames import join_frames
+    from agac_jax.scoring import methods
+
+    waves, questions, scores = scored
+    assert faithfulness.joined_consistency(scorer, "fused", scores, waves, questions, rate=50, rho=1.0).all()
+    heard = []
+    answer = scorer.answer
+    monkeypatch.setattr(scorer, "answer", lambda clips, asked: heard.extend(clips) or answer(clips, asked))
+    same = faithfulness.joined_consistency(scorer, "energy", scores, waves, questions, rate=50, rho=0.3)
+    kept = methods.select_batch(scores, waves, "energy", 50, 0.3, [0] * len(scores))
+    for clip, wave, keep in zip(heard, waves, kept):
+        np.testing.assert_array_equal(clip, join_frames(np.asarray(wave, np.float32), keep, 50))
+        assert len(clip) < 0.35 * len(wave)
+    from agac_jax.eval import metrics
+
+    expected = [metrics.answers_agree(metrics.parse_answer(s.answer_text), metrics.parse_answer(reply))
+                for s, reply in zip(scores, answer(heard, questions))]
+    assert same.tolist() == expected

@@ -17,7 +17,7 @@ from agac_jax.models.llama import LlamaConfig
 from agac_jax.models.pandagpt import UNHEARD, PandaGPT, PandaGPTConfig, init_params
 from agac_jax.scoring import methods, selection
 from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
-from agac_jax.scoring.scorer import ScoringConfig
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ScoringConfig
 from agac_jax.tokenizer import build_word_tokenizer
 
 IB = ImageBindConfig(out_embed_dim=24, audio_embed_dim=32, audio_num_blocks=2, audio_num_heads=4,
@@ -50,7 +50,7 @@ def scorer(tmp_path_factory):
     tokenizer = build_word_tokenizer(sorted(set(WORDS)), tmp_path_factory.mktemp("tok"))
     params = jax.jit(lambda k: init_params(CONFIG, k))(jax.random.key(0))
     config = ScoringConfig(occlusion_chunk=306, max_text_tokens=24, max_new_tokens=3, buckets_seconds=(10,),
-                           rates=(100,), keep=0.5, batch_size=1)
+                           rates=(100,), keep=0.5, batch_size=1, **POSTER_LOCAL_SCORE)
     return PandaGPTScorer(params, CONFIG, tokenizer, config)
 
 

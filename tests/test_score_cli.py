@@ -181,6 +181,7 @@ def test_a_prompt_that_differs_fails_only_its_clip(model_dir, wavs, mixed_run, w
     ("--keep=1.5",),
     ("--alpha=2",),
     ("--estimator=gradients",),
+    ("--local_score=poster", "--estimator=integrated_gradients"),
     ("--answer_ids=[[1], [2], [3]]",),
     ("--input_ids=not json",),
     ("--answer_ids=[1, 2, 3, 4, 5]",),

@@ -13,11 +13,13 @@ import pytest
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.scoring.program import ClipInputs, clip_passes, occlusion_gates
 from agac_jax.scoring import scorer as scorer_module
-from agac_jax.scoring.scorer import Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
 
 QUESTIONS = ["is there a tone ?", "is there a chirp ?"]
 ONE_BUCKET = (5, 10)  # both fixture clips (3.0 and 4.2 s) in one 5 s bucket: one program of 2 slots
+POSTER = POSTER_LOCAL_SCORE  # these tests check the occlusion program: the poster's local score
+POSTER_IG = dict(POSTER_LOCAL_SCORE, estimator="integrated_gradients")  # IG on log p, signed (completeness)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def clips():
 
 @pytest.fixture(scope="module")
 def occlusion_scorer(model_dir):
-    return Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, occlusion_chunk=32))
+    return Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, occlusion_chunk=32,
+                                                          **POSTER))
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,7 @@ def test_global_score_is_the_direct_reduction_of_sown_maps(occlusion_scorer, occ
 
 def test_integrated_gradients_completeness(model_dir, clips):
     scorer = Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2,
-                                                            max_new_tokens=4, estimator="integrated_gradients",
-                                                            ig_steps=64))
+                                                            max_new_tokens=4, ig_steps=64, **POSTER_IG))
     for s in scorer.score(clips, QUESTIONS):
         evidence = s.logp_full - s.logp_silence
         assert abs(evidence) > 0.1, "the test needs a clip whose audio matters"
@@ -98,7 +100,7 @@ def test_integrated_gradients_completeness(model_dir, clips):
 
 
 def test_integrated_gradients_from_the_cached_prefix_equal_full_passes(model_dir, clips):
-    config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, estimator="integrated_gradients", ig_steps=4)
+    config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, ig_steps=4, **POSTER_IG)
     shared = Scorer.from_directory(model_dir, config)
     assert shared.audio_offset > 0, "the test needs a template with text before the audio"
     full = Scorer.from_directory(model_dir, dataclasses.replace(config, share_prefix=False))
@@ -156,7 +158,7 @@ def test_keep_masks_follow_the_fused_score(occlusion_scores):
 
 # Two chunks of 64 gates over the 125 token slots: the chunked schedule, compiled in a quarter of the
 # default 16-gate chunks' time (each chunk is its own branch of the program).
-SHARDED_CONFIG = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=8, max_new_tokens=4, occlusion_chunk=64)
+SHARDED_CONFIG = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=8, max_new_tokens=4, occlusion_chunk=64, **POSTER)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +258,7 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     from agac_jax.scoring import program
 
     scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
-                                                            buckets_seconds=(8,)))
+                                                            buckets_seconds=(8,), **POSTER))
     assert scorer.bucket_frames(len(clips[0])) == 800
     scorer.count_passes = True
     program.PASS_COUNTER["occlusion"] = 0
@@ -291,7 +293,7 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
 def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, occlusion_scores, clips):
     """A batch's prompt positions are the smallest step that holds its longest prompt; scoring over
     the bucket's full prompt slots (prompt_steps 1) gives the same scores."""
-    config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,))
+    config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,), **POSTER)
     stepped = Scorer.from_directory(model_dir, config)
     full = 200 + config.max_text_tokens
     # four steps of 264 / 4 = 66, each rounded up to a multiple of 8
@@ -335,7 +337,7 @@ def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(m
     from agac_jax.scoring import program
 
     config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,),
-                           occlusion_segments=2)
+                           occlusion_segments=2, **POSTER)
     scorer = Scorer.from_directory(model_dir, config)
     scorer.count_passes = True
     program.PASS_COUNTER["occlusion"] = 0
@@ -357,8 +359,8 @@ def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(m
 def test_rematerialised_layers_give_the_same_gradients_with_fewer_temporaries(model_dir, clips):
     """Integrated gradients under the layer scan: `remat_layers` keeps each layer's input only, so the
     program's temporaries shrink (XLA's count), and the scores do not change."""
-    config = ScoringConfig(batch_size=1, max_new_tokens=2, estimator="integrated_gradients", ig_steps=2,
-                           prompt_steps=1)  # the bucket's whole sequence: activations dominate
+    config = ScoringConfig(batch_size=1, max_new_tokens=2, ig_steps=2, prompt_steps=1,
+                           **POSTER_IG)  # the bucket's whole sequence: activations dominate
     scored, temps = [], []
     for remat in (False, True):
         scorer = Scorer.from_directory(model_dir, config, scan_layers=True, remat_layers=remat)
@@ -368,3 +370,28 @@ def test_rematerialised_layers_give_the_same_gradients_with_fewer_temporaries(mo
         temps.append(temp)
     _assert_same_scores(scored[1], scored[0])
     assert temps[1] < 0.8 * temps[0], temps
+
+
+def test_the_default_local_score_and_the_posters_reach_every_entry_point():
+    """ScoringConfig's default local score (the estimator study's) and POSTER_LOCAL_SCORE (DESIGN.md),
+    through the sweep config and its poster variant, and through launch.score's request."""
+    from agac_jax.eval.sweep import scoring_config
+    from agac_jax.scoring import report
+    from configs import synthetic_tiny
+
+    local_fields = tuple(POSTER_LOCAL_SCORE)
+    default = ScoringConfig()
+    assert {f: getattr(default, f) for f in local_fields + ("ig_steps",)} == dict(
+        estimator="integrated_gradients", window=1, target="log_odds", gate_domain="embedding",
+        local_sign="magnitude", local_smooth=9, ig_steps=8)
+    swept = scoring_config(synthetic_tiny.get_config())
+    poster = scoring_config(synthetic_tiny.get_config("poster"))
+    assert {f: getattr(swept, f) for f in local_fields} == {f: getattr(default, f) for f in local_fields}
+    assert {f: getattr(poster, f) for f in local_fields} == POSTER_LOCAL_SCORE
+    assert dataclasses.replace(poster, **{f: getattr(swept, f) for f in local_fields}) == swept  # nothing else differs
+    request = report.ScoreRequest(checkpoint="", audio=("a.wav",), question="?")
+    assert report.scoring_config(request, 1).estimator == "integrated_gradients"
+    as_poster = report.scoring_config(dataclasses.replace(request, local_score="poster"), 1)
+    assert {f: getattr(as_poster, f) for f in local_fields} == POSTER_LOCAL_SCORE
+    occlusion = report.scoring_config(dataclasses.replace(request, estimator="occlusion"), 1)
+    assert (occlusion.estimator, occlusion.local_sign, occlusion.local_smooth) == ("occlusion", "magnitude", 9)

@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     return directory, load_hf_eager(directory), clips
 
 
-def reference_scores(hf, scores, clip, estimator, ig_steps, local_sign="signed", local_smooth=1):
+def reference_scores(hf, scores, clip, estimator, ig_steps, local_sign="signed", local_smooth=1, target="logp"):
     n_mels = hf.config.audio_config.num_mel_bins
     features, _ = log_mel(clip, n_mels, pad_to_samples=480_000)
     silence, _ = log_mel(np.zeros_like(clip), n_mels, pad_to_samples=480_000)
@@ -33,23 +33,24 @@ def reference_scores(hf, scores, clip, estimator, ig_steps, local_sign="signed",
     with torch.no_grad():
         return torch_scores.score_clip(hf, torch.tensor(scores.input_ids), torch.tensor(features), torch.tensor(mask),
                                        torch.tensor(silence), estimator=estimator, ig_steps=ig_steps,
-                                       local_sign=local_sign, local_smooth=local_smooth,
+                                       local_sign=local_sign, local_smooth=local_smooth, target=target,
                                        answer_ids=torch.tensor(scores.answer_ids))
 
 
-@pytest.mark.parametrize("estimator,local_sign,local_smooth", [
-    ("occlusion", "signed", 1), ("integrated_gradients", "signed", 1), ("integrated_gradients", "magnitude", 9)])
-def test_jax_scores_equal_the_pytorch_reference(setup, estimator, local_sign, local_smooth):
+@pytest.mark.parametrize("estimator,target,local_sign,local_smooth", [
+    ("occlusion", "logp", "signed", 1), ("integrated_gradients", "logp", "signed", 1),
+    ("occlusion", "log_odds", "magnitude", 3), ("integrated_gradients", "log_odds", "magnitude", 9)])
+def test_jax_scores_equal_the_pytorch_reference(setup, estimator, target, local_sign, local_smooth):
     directory, hf, clips = setup
     config = ScoringConfig(batch_size=2, max_new_tokens=4, estimator=estimator, ig_steps=8, keep=0.7, rates=RATES,
-                           local_sign=local_sign, local_smooth=local_smooth)
+                           target=target, local_sign=local_sign, local_smooth=local_smooth)
     for scores, clip in zip(Scorer.from_directory(directory, config).score(clips, QUESTIONS), clips):
-        ref = reference_scores(hf, scores, clip, estimator, 8, local_sign, local_smooth)
+        ref = reference_scores(hf, scores, clip, estimator, 8, local_sign, local_smooth, target)
         assert scores.logp_full == pytest.approx(ref.logp_full, rel=1e-3)
         assert scores.logp_silence == pytest.approx(ref.logp_silence, rel=1e-3)
         for name, ours, theirs in (("local", scores.local, ref.local), ("global", scores.global_, ref.global_),
                                    ("fastv", scores.fastv, ref.fastv)):
-            scale = np.abs(theirs).max() if name != "local" else abs(ref.logp_full)
+            scale = abs(ref.logp_full) if name == "local" and target == "logp" else np.abs(theirs).max()
             err = np.abs(ours - theirs).max() / scale
             assert err <= 1e-3, f"{name}: {err:.2e} relative"
         for rate in RATES:

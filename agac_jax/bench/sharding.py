@@ -18,7 +18,7 @@ import numpy as np
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.bench.context import REPO_ROOT, BenchContext, ModelEntry, make_clips, median, score_timed
 from agac_jax.bench.report import json_default
-from agac_jax.scoring.scorer import Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 
 WORKER_COMMAND = "import sys; from agac_jax.bench.sharding import worker_main; worker_main(sys.argv[1:])"
 
@@ -54,7 +54,7 @@ def sharding_worker(request: dict[str, Any]) -> dict[str, Any]:
     scorers = {}
     for mesh in meshes:
         config = ScoringConfig(batch_size=request["batch_size"], mesh_shape=mesh,
-                               max_new_tokens=request["max_new_tokens"])
+                               max_new_tokens=request["max_new_tokens"], **POSTER_LOCAL_SCORE)
         scorers[mesh] = Scorer(entry.loaded(), entry.tokenizer(), config)
     first = {mesh: score_timed(s, clips, questions) for mesh, s in scorers.items()}
     walls: dict[tuple[int, int], list[float]] = {mesh: [] for mesh in meshes}

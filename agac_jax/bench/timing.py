@@ -40,6 +40,8 @@ def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], 
     def run() -> list[Any]:
         return [torch_scores.score_clip(hf, s.input_ids, **reference_inputs(hf, clip), estimator=estimator,
                                         window=config.window, ig_steps=config.ig_steps, alpha=config.alpha,
+                                        target=config.target, local_sign=config.local_sign,
+                                        local_smooth=config.local_smooth,
                                         answer_ids=s.answer_ids, chunk=chunk,
                                         clip_id=f"clip {i}")
                 for i, (clip, s) in enumerate(zip(clips, scores))]

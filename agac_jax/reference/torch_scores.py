@@ -51,8 +51,9 @@ class ReferenceScores:
 
     Attributes:
         answer_ids: int64 [n], the answer y (no EOS, no padding).
-        logp_full: logp(1), the answer's log-probability under the audio.
-        logp_silence: logp(0), under the silence.
+        logp_full: logp(1), the answer's log-probability under the audio (its log-odds when the
+            local score's target is "log_odds", as the program reports it).
+        logp_silence: logp(0), under the silence (the same target).
         local: float64 [T], the local (AAD) score L of the chosen estimator.
         global_: float64 [T], the global attention score G.
         fastv: float64 [T], FastV's score (mean attention received at decoder layer K).
@@ -298,9 +299,19 @@ class TeacherForced:
         picked = token_logp.gather(-1, self.answer[None, :, None].expand(batch, -1, 1))[..., 0]
         return picked.double().sum(-1)
 
-    def logp(self, gates: torch.Tensor) -> torch.Tensor:
-        """[B] float64 logp(m) for gate vectors [B, T]; differentiable in the gates."""
-        return self.answer_logp(self.run(gates).last_hidden_state)
+    def answer_target(self, hidden: torch.Tensor, target: str) -> torch.Tensor:
+        """[B] float64: logp of y ("logp"), or the sum over y's tokens of log p - log(1 - p) ("log_odds",
+        log(1 - p) as the log-sum-exp of the other tokens' logits), from hidden states [B, S + n, d]."""
+        if target == "logp":
+            return self.answer_logp(hidden)
+        logits = self.model.lm_head(hidden[:, self.answer_rows]).float()
+        index = self.answer[None, :, None].expand(hidden.shape[0], -1, 1)
+        others = torch.logsumexp(logits.scatter(-1, index, float("-inf")), dim=-1)
+        return (logits.gather(-1, index)[..., 0] - others).double().sum(-1)
+
+    def logp(self, gates: torch.Tensor, target: str = "logp") -> torch.Tensor:
+        """[B] float64 logp(m) (or the answer's `target`) for gate vectors [B, T]; differentiable in the gates."""
+        return self.answer_target(self.run(gates).last_hidden_state, target)
 
     def gates(self, value: float, batch: int = 1) -> torch.Tensor:
         return torch.full((batch, self.n_tokens), value, dtype=self.audio.dtype, device=self.audio.device)
@@ -357,15 +368,18 @@ def occlusion_gates(n_tokens: int, window: int) -> np.ndarray:
     return (~off).astype(np.float64)
 
 
-def occlusion_scores(tf: TeacherForced, logp_full: float, window: int, chunk: int) -> np.ndarray:
-    """L_t = logp(1) - logp(1 - w_t), the T gate vectors evaluated ``chunk`` at a time; [T] float64."""
+def occlusion_scores(tf: TeacherForced, logp_full: float, window: int, chunk: int,
+                     target: str = "logp") -> np.ndarray:
+    """L_t = logp(1) - logp(1 - w_t), the T gate vectors evaluated ``chunk`` at a time; [T] float64.
+    ``logp_full`` is the answer's `target` at m = 1."""
     gates = torch.as_tensor(occlusion_gates(tf.n_tokens, window), dtype=tf.audio.dtype, device=tf.audio.device)
-    logp = torch.cat([tf.logp(gates[start: start + chunk]) for start in range(0, tf.n_tokens, chunk)])
+    logp = torch.cat([tf.logp(gates[start: start + chunk], target) for start in range(0, tf.n_tokens, chunk)])
     return logp_full - logp.cpu().numpy()
 
 
-def integrated_gradients_scores(tf: TeacherForced, steps: int, chunk: int) -> np.ndarray:
-    """L_t = (1/n) sum_i d logp / d m_t at m = (i + 0.5)/n, ``chunk`` steps per backward pass; [T] float64."""
+def integrated_gradients_scores(tf: TeacherForced, steps: int, chunk: int, target: str = "logp") -> np.ndarray:
+    """L_t = (1/n) sum_i d logp / d m_t at m = (i + 0.5)/n (or of the answer's `target`), ``chunk`` steps
+    per backward pass; [T] float64."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"ig_steps must be a positive int, got {steps!r}")
     tf = tf.for_autograd()
@@ -376,7 +390,7 @@ def integrated_gradients_scores(tf: TeacherForced, steps: int, chunk: int) -> np
         gates = alphas[:, None].expand(-1, tf.n_tokens).to(device=tf.audio.device, dtype=tf.audio.dtype)
         gates = gates.clone().requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(tf.logp(gates).sum(), gates)
+            (grad,) = torch.autograd.grad(tf.logp(gates, target).sum(), gates)
         total += grad.double().sum(0)
     return (total / steps).cpu().numpy()
 
@@ -387,11 +401,12 @@ def integrated_gradients_scores(tf: TeacherForced, steps: int, chunk: int) -> np
 
 
 def _local_scores(tf: TeacherForced, logp_full: float, estimator: str, window: int, ig_steps: int,
-                  chunk: int) -> np.ndarray:
+                  chunk: int, target: str) -> np.ndarray:
+    """The raw local score; `logp_full` is the answer's `target` at m = 1."""
     if estimator == "occlusion":
         with torch.inference_mode():
-            return occlusion_scores(tf, logp_full, window, chunk)
-    return integrated_gradients_scores(tf, ig_steps, chunk)
+            return occlusion_scores(tf, logp_full, window, chunk, target)
+    return integrated_gradients_scores(tf, ig_steps, chunk, target)
 
 
 def _check_options(estimator: str, chunk: int, alpha: float, max_new_tokens: int) -> None:
@@ -416,6 +431,7 @@ def score_clip(
     window: int = 1,
     ig_steps: int = 16,
     alpha: float = 0.5,
+    target: str = "logp",
     local_sign: str = "signed",
     local_smooth: int = 1,
     answer_ids: TensorLike | None = None,
@@ -433,6 +449,7 @@ def score_clip(
         estimator: "occlusion" or "integrated_gradients".
         window: occlusion window W (tokens); ig_steps: midpoint-rule steps n.
         alpha: fusion weight of the local score.
+        target: what the local score contrasts, "logp" (DESIGN.md) or "log_odds" (`TeacherForced.answer_target`).
         local_sign, local_smooth: what the fusion reads of the local score (`selection.local_evidence`):
           "signed" or "magnitude", and the width of its box filter in tokens (1: none).
         answer_ids: int [n], used exactly; None: the greedy answer of at most max_new_tokens tokens.
@@ -441,6 +458,8 @@ def score_clip(
     """
     _check_model(model)
     _check_options(estimator, chunk, alpha, max_new_tokens)
+    if target not in ("logp", "log_odds"):
+        raise ValueError(f"target must be 'logp' or 'log_odds', got {target!r}")
     device, dtype = _model_device_dtype(model)
     n_mels = model.config.audio_config.num_mel_bins
     ids = _vector(input_ids, "input_ids", clip_id, torch.long, device)
@@ -465,9 +484,11 @@ def score_clip(
             with timer.stage("attention"):
                 logp_full, global_, fastv = attention_scores(tf)
             with timer.stage("silence"):
-                logp_silence = float(tf.logp(tf.gates(0.0))[0])
+                logp_silence = float(tf.logp(tf.gates(0.0), target)[0])
+                if target != "logp":
+                    logp_full = float(tf.logp(tf.gates(1.0), target)[0])
         with timer.stage("local"):
-            local = local_evidence(_local_scores(tf, logp_full, estimator, window, ig_steps, chunk),
+            local = local_evidence(_local_scores(tf, logp_full, estimator, window, ig_steps, chunk, target),
                                    sign=local_sign, smooth=local_smooth)
         with timer.stage("fusion"):
             fused = fuse_scores(local, global_, alpha)

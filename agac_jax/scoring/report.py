@@ -40,12 +40,13 @@ from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
 from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.methods import select_batch
-from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ClipScores, Scorer, ScoringConfig
 from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
 
 EXIT_CLIP_FAILED = 1
 EXIT_BAD_REQUEST = 2
 MAX_BATCH = 8
+LOCAL_SCORES = ("default", "poster")  # ScoringConfig's local score, or POSTER_LOCAL_SCORE
 SELECTION_SEED = 0
 CLIP_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
 
@@ -65,7 +66,8 @@ class ScoreRequest:
     question: str
     rate: int = 50
     keep: str = "0.7"
-    estimator: str = "occlusion"
+    estimator: str | None = None  # None: the local score's own (integrated_gradients; poster: occlusion)
+    local_score: str = "default"  # default (ScoringConfig's) | poster (POSTER_LOCAL_SCORE, DESIGN.md)
     alpha: float = 0.5
     method: str = "fused"
     input_ids: IdLists | None = None  # one prompt per clip, or None
@@ -139,8 +141,12 @@ def check_request(request: ScoreRequest) -> None:
         raise RequestError(f"--rate={request.rate} --keep={request.keep}: {error}") from error
     if not (math.isfinite(request.alpha) and 0.0 <= request.alpha <= 1.0):
         raise RequestError(f"--alpha must lie in [0, 1]; got {request.alpha}")
-    if request.estimator not in ESTIMATORS:
+    if request.estimator is not None and request.estimator not in ESTIMATORS:
         raise RequestError(f"--estimator={request.estimator!r}; expected one of {ESTIMATORS}")
+    if request.local_score not in LOCAL_SCORES:
+        raise RequestError(f"--local_score={request.local_score!r}; expected one of {LOCAL_SCORES}")
+    if request.local_score == "poster" and request.estimator not in (None, POSTER_LOCAL_SCORE["estimator"]):
+        raise RequestError(f"--local_score=poster is occlusion of one token; it cannot take --estimator={request.estimator}")
     if request.method not in METHODS:
         raise RequestError(f"--method={request.method!r}; expected one of {METHODS}")
     if request.max_new_tokens < 1:
@@ -169,8 +175,12 @@ def check_answer_ids(answers: IdLists, scorer: Scorer, files: Sequence[str]) -> 
 
 
 def scoring_config(request: ScoreRequest, n_clips: int) -> ScoringConfig:
-    """The Scorer's configuration: one rate, the request's rho, estimator and alpha, batch min(8, clips)."""
-    return ScoringConfig(rates=(request.rate,), keep=request.keep, estimator=request.estimator,
+    """The Scorer's configuration: one rate, the request's rho, local score, estimator and alpha, batch
+    min(8, clips)."""
+    local = dict(POSTER_LOCAL_SCORE) if request.local_score == "poster" else {}
+    if request.estimator is not None:
+        local["estimator"] = request.estimator
+    return ScoringConfig(rates=(request.rate,), keep=request.keep, **local,
                          alpha=float(request.alpha), max_new_tokens=request.max_new_tokens,
                          batch_size=max(1, min(MAX_BATCH, n_clips)))
 
