@@ -95,6 +95,9 @@ def test_records_have_the_schema_and_lengths(mixed_run, wavs, model_dir):
         assert len(frames["keep"]) == _expected_keep(n)
         assert frames["keep"] == sorted(set(frames["keep"]))
         assert set(record["seconds"]) == {"compile", "run"}
+        assert record["local_score"] == dict(estimator="integrated_gradients", ig_steps=8, target="log_odds",
+                                             gate_domain="embedding", local_sign="magnitude", local_smooth=9)
+        assert min(record["local"]) >= 0  # the default reads the local score's magnitude
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:

@@ -9,7 +9,9 @@ the exit code: 0, or `EXIT_CLIP_FAILED` when any clip failed. A bad request rais
 
 Record of a scored clip:
     file, question, samples, input_ids, answer_ids, answer_text, audio_tokens (T),
-    local, global, fused (T floats each), logp_full, logp_silence,
+    local, global, fused (T floats each), logp_full, logp_silence (the local score's target: log p
+    or log-odds), local_score {estimator, window or ig_steps, target, gate_domain, local_sign,
+    local_smooth} (the settings the local score was computed and read with),
     frames {rate, method, rho, scores (fused frame scores, N floats), keep (sorted kept frame indices)},
     seconds {compile, run}.
 
@@ -272,8 +274,15 @@ def _score_indices(outcomes: list[ClipOutcome], indices: list[int], scorer: Scor
         outcomes[i].scores, outcomes[i].keep = scores, keep
 
 
-def clip_record(outcome: ClipOutcome, request: ScoreRequest) -> dict[str, Any]:
-    """The JSON record of one clip (see the module docstring)."""
+def local_score_fields(config: ScoringConfig) -> dict[str, Any]:
+    """The settings of `config`'s local score, as a record names them."""
+    steps = {"window": config.window} if config.estimator == "occlusion" else {"ig_steps": config.ig_steps}
+    return dict(estimator=config.estimator, **steps, target=config.target, gate_domain=config.gate_domain,
+                local_sign=config.local_sign, local_smooth=config.local_smooth)
+
+
+def clip_record(outcome: ClipOutcome, request: ScoreRequest, config: ScoringConfig) -> dict[str, Any]:
+    """The JSON record of one clip (see the module docstring), scored with `config`."""
     if outcome.error is not None:
         return {"file": outcome.file, "error": outcome.error}
     s = outcome.scores
@@ -290,6 +299,7 @@ def clip_record(outcome: ClipOutcome, request: ScoreRequest) -> dict[str, Any]:
         "fused": _floats(s.fused),
         "logp_full": float(s.logp_full),
         "logp_silence": float(s.logp_silence),
+        "local_score": local_score_fields(config),
         "frames": {
             "rate": request.rate,
             "method": request.method,
@@ -426,7 +436,8 @@ def run(request: ScoreRequest, stdout: TextIO | None = None, stderr: TextIO | No
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     outcomes, scorer = score_request(request)
-    records = [clip_record(outcome, request) for outcome in outcomes]
+    config = scorer.config if scorer is not None else scoring_config(request, max(1, len(outcomes)))
+    records = [clip_record(outcome, request, config) for outcome in outcomes]
     write_records(records, request.output, stdout)
     failed = [o for o in outcomes if o.error is not None]
     for outcome in failed:
