@@ -16,7 +16,8 @@ answer on the clip, generated once):
 
 A faithful ranking keeps the answer with few frames (insertion rises early) and loses it when they go
 (deletion falls early). `joined_consistency` asks instead what the pipeline hears before its codec: the
-top-rho frames joined in time order (`codec.frames.join_frames`, crossfaded cuts), the rest dropped. Areas are trapezoid means over rho in [0, 1]; `gap` = insertion - deletion
+top-rho frames joined in time order (`codec.frames.join_frames`, crossfaded cuts), the rest dropped.
+Areas are trapezoid means over rho in [0, 1]; `gap` = insertion - deletion
 (higher is better). The log-odds areas are of the curve normalised per clip to its ends,
 (f(rho) - f(silent)) / (f(clip) - f(silent)), so clips of different confidence weigh alike; a clip whose
 ends are within 1e-6 of each other is left out of them (its answer does not depend on the audio).

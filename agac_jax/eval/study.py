@@ -99,7 +99,8 @@ def read_local(score: Any, setting: Setting) -> Any:
     from agac_jax.scoring.program import local_evidence
 
     local = jnp.asarray(score.local)
-    read = local_evidence(local, jnp.ones(local.shape, bool), sign=setting.local_sign, smooth=setting.local_smooth)
+    valid = jnp.ones(local.shape, bool) if score.slot_valid is None else jnp.asarray(score.slot_valid, bool)
+    read = local_evidence(local, valid, sign=setting.local_sign, smooth=setting.local_smooth)
     return dataclasses.replace(score, local=np.asarray(read))
 
 
