@@ -29,6 +29,8 @@ flags.DEFINE_bool("quick", False, "Tiny random models, one repeat, few sizes (a 
 flags.DEFINE_string("out", "bench/results/scoring.json", "Where the JSON results go.")
 flags.DEFINE_list("parts", list(scoring_bench.PARTS), f"Parts to run, of {', '.join(scoring_bench.PARTS)}.")
 flags.DEFINE_list("estimators", None, "Local-score estimators (default: occlusion and integrated_gradients).")
+flags.DEFINE_enum("local_score", None, ["bench", "default"], "bench: the local-score settings the recorded "
+                  "figures used (log p, signed, IG 16 steps); default: ScoringConfig's (default bench).")
 flags.DEFINE_list("models", None, "Models of the `whole` part: tiny, mid (default both).")
 flags.DEFINE_integer("repeats", None, "Repeats of the cheap measurements (default 3; 1 with --quick).")
 flags.DEFINE_integer("slow_repeats", None, "Repeats of the mid-size model and long clips (default 2).")
@@ -49,6 +51,8 @@ def build_config() -> BenchConfig:
     overrides = {}
     if FLAGS.estimators:
         overrides["estimators"] = tuple(FLAGS.estimators)
+    if FLAGS.local_score:
+        overrides["local_score"] = FLAGS.local_score
     if FLAGS.models:
         overrides["whole_models"] = tuple(FLAGS.models)
     if FLAGS.repeats is not None:

@@ -115,6 +115,20 @@ def test_bad_parts_and_config_are_refused():
         scoring_bench.run_benchmark(BenchConfig.quick(), ("whole", "nope"))
     with pytest.raises(ValueError, match="estimator"):
         BenchConfig(estimators=("gradients",))
+    with pytest.raises(ValueError, match="local_score='poster'"):
+        BenchConfig(local_score="poster")
+
+
+def test_the_bench_pins_the_recorded_local_score_unless_asked_for_the_default(tmp_path):
+    from agac_jax.bench.context import BENCH_LOCAL_SCORE, BenchContext, ModelEntry, SHIPPED_TINY
+    from agac_jax.scoring.scorer import ScoringConfig
+
+    entry = ModelEntry("tiny", SHIPPED_TINY, "shipped", True)
+    for local_score, expected in (("bench", BENCH_LOCAL_SCORE), ("default", {
+            f: getattr(ScoringConfig(), f) for f in BENCH_LOCAL_SCORE})):
+        ctx = BenchContext(BenchConfig.quick(local_score=local_score), tmp_path, log=lambda line: None)
+        config = ctx.scorer(entry, estimator="integrated_gradients").config
+        assert {f: getattr(config, f) for f in BENCH_LOCAL_SCORE} == expected
 
 
 def test_the_wide_spec_has_the_7b_widths_with_two_layers():

@@ -81,6 +81,7 @@ class BenchConfig:
     whole_models: tuple[str, ...] = ("tiny", "mid")  # roles measured by the `whole` part
     whole_clips: dict[str, int] = dataclasses.field(default_factory=lambda: {"tiny": 4, "mid": 2})
     estimators: tuple[str, ...] = ESTIMATORS
+    local_score: str = "bench"  # bench: BENCH_LOCAL_SCORE (the recorded figures' settings) | default: ScoringConfig's
     clip_seconds: int = 5  # nominal clip length of `whole`, `batch`, `flops` and `sharding`
     bucket_seconds: tuple[int, ...] = (5, 10, 20, 30)  # every Scorer's buckets but the `mix` default's: coarser
     #   than ScoringConfig's (the buckets before issue 13), so the best case fills its bucket and `scaling`
@@ -138,6 +139,8 @@ class BenchConfig:
         low, high = self.mix_seconds_range
         if not 0 < low <= high <= 30:
             raise ValueError(f"mix_seconds_range={self.mix_seconds_range}; expected 0 < low <= high <= 30")
+        if self.local_score not in ("bench", "default"):
+            raise ValueError(f"local_score={self.local_score!r}; expected 'bench' or 'default'")
         for estimator in self.estimators:
             if estimator not in ESTIMATORS:
                 raise ValueError(f"estimator {estimator!r}; expected one of {ESTIMATORS}")
@@ -299,7 +302,8 @@ class BenchContext:
         return self._scorers[key]
 
     def scorer(self, entry: ModelEntry, **overrides: Any) -> Scorer:
-        overrides = {"buckets_seconds": self.config.bucket_seconds, **BENCH_LOCAL_SCORE, **overrides}
+        pinned = BENCH_LOCAL_SCORE if self.config.local_score == "bench" else {}
+        overrides = {"buckets_seconds": self.config.bucket_seconds, **pinned, **overrides}
         config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, max_text_tokens=self.config.max_text_tokens,
                                **overrides)
         return Scorer(entry.loaded(), entry.tokenizer(), config)
