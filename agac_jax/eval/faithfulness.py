@@ -102,16 +102,21 @@ class CurveEnds:
     consistent_full: np.ndarray
 
 
+def _agreement(scorer: Any, clips: Sequence[np.ndarray], owner: Sequence[int], scores: Sequence[Any],
+               questions: Sequence[str]) -> np.ndarray:
+    """bool per altered clip: whether the greedy answer on it is still its owner's original answer."""
+    replies = scorer.answer(clips, [questions[i] for i in owner])
+    original = [metrics.parse_answer(s.answer_text) for s in scores]
+    return np.asarray([metrics.answers_agree(metrics.parse_answer(reply), original[i])
+                       for reply, i in zip(replies, owner)], bool)
+
+
 def _targets_and_agreement(scorer: Any, clips: Sequence[np.ndarray], owner: Sequence[int], scores: Sequence[Any],
                            questions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per altered clip: the original answer's log-odds, and whether the greedy answer is still it."""
     asked = [questions[i] for i in owner]
     log_odds = scorer.answer_targets(clips, asked, [scores[i].answer_ids for i in owner])["log_odds"]
-    replies = scorer.answer(clips, asked)
-    original = [metrics.parse_answer(s.answer_text) for s in scores]
-    same = np.asarray([metrics.answers_agree(metrics.parse_answer(reply), original[i])
-                       for reply, i in zip(replies, owner)], bool)
-    return np.asarray(log_odds), same
+    return np.asarray(log_odds), _agreement(scorer, clips, owner, scores, questions)
 
 
 def curve_ends(scorer: Any, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
@@ -181,6 +186,4 @@ def joined_consistency(scorer: Any, selector: str, scores: Sequence[Any], wavefo
     seeds = list(seeds) if seeds is not None else [0] * len(scores)
     kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
     clips = [join_frames(np.asarray(wave, np.float32), keep, rate, fade) for wave, keep in zip(waveforms, kept)]
-    replies = scorer.answer(clips, list(questions))
-    return np.asarray([metrics.answers_agree(metrics.parse_answer(reply), metrics.parse_answer(s.answer_text))
-                       for reply, s in zip(replies, scores)], bool)
+    return _agreement(scorer, clips, range(len(clips)), scores, questions)
