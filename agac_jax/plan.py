@@ -174,7 +174,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     if "generation" in r.programs:
         fn = jit_generation(model, generation, shardings, mesh)
         args = (sds((b, s_slots), jnp.int32), sds((b, s_slots), jnp.int32), sds((b, n_mels, frames), jnp.float32),
-                sds((b,), jnp.int32))
+                sds((b,), jnp.int32), sds((b,), jnp.bool_))
         programs["generation"] = _compile(fn, abstract, *args)
     flops = analytic_program_flops(
         types.SimpleNamespace(config=scoring, model_config=config, audio_offset=r.audio_offset), frames) / b

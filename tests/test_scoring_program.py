@@ -254,15 +254,18 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     or in a batch padded with a copy (3 clips in 4 slots), a clip gets the scores it gets in the 5 s
     bucket; and, counted rather than timed, a clip of T valid tokens runs ceil(T / chunk) chunks
     whatever its bucket's 200 token slots and whatever the other clips of its batch need, and a
-    padding copy runs none."""
+    padding copy runs none and generates no answer."""
     from agac_jax.scoring import program
 
     scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
                                                             buckets_seconds=(8,), **POSTER))
     assert scorer.bucket_frames(len(clips[0])) == 800
+    assert scorer.generate_per_clip  # the CPU default
     scorer.count_passes = True
     program.PASS_COUNTER["occlusion"] = 0
+    program.PASS_COUNTER["generation"] = 0
     (alone,) = scorer.score(clips[:1], QUESTIONS[:1])
+    assert program.PASS_COUNTER["generation"] == 1
     _assert_same_scores(alone, occlusion_scores[0])
     assert program.PASS_COUNTER["occlusion"] == -(-alone.num_tokens // 32) * 32  # 75 valid tokens: 3 of 7 chunks
     program.PASS_COUNTER["occlusion"] = 0
@@ -283,11 +286,63 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     assert sorted(s.num_tokens for s in both) == [75, 105]
     assert program.PASS_COUNTER["occlusion"] == passes(75) + passes(105) == 96 + 121
     program.PASS_COUNTER["occlusion"] = 0
+    program.PASS_COUNTER["generation"] = 0
     three = scorer.score(clips + clips[:1], QUESTIONS + QUESTIONS[:1])
     assert scorer.batch_slots(3) == 4
     for a, b in zip(three, occlusion_scores + occlusion_scores[:1]):
         _assert_same_scores(a, b)
     assert program.PASS_COUNTER["occlusion"] == sum(passes(s.num_tokens) for s in three)
+    assert program.PASS_COUNTER["generation"] == 3  # 3 clips in 4 slots: the copy generates nothing
+
+
+def test_clips_of_like_length_run_together_on_several_data_shards(model_dir, occlusion_scores, clips):
+    """On a (2, 1) mesh the shards' i-th clips run together until the longest is done, so the slots
+    go longest first, the k-th longest to shard k mod 2: a batch given as (long, long, short, short)
+    runs the long clips' chunks on one step and the short clips' on the other (passes counted, every
+    shard's counted while its step runs), and every clip keeps its scores."""
+    from agac_jax.scoring import program
+
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
+                                                            buckets_seconds=(8,), mesh_shape=(2, 1), **POSTER))
+    assert list(scorer.slot_order([10, 50, 20, 40], 4)) == [1, 2, 3, 0]  # steps: (50, 40), (20, 10)
+    assert list(scorer.slot_order([10, 50, 20], 4)) == [1, 0, 2, 3]  # steps (50, 20), (10, the copy 3)
+    long, short = (1, 0) if len(clips[1]) > len(clips[0]) else (0, 1)
+    batch = [clips[long], clips[long], clips[short], clips[short]]
+    questions = [QUESTIONS[long]] * 2 + [QUESTIONS[short]] * 2
+    scorer.count_passes = True
+    program.PASS_COUNTER["occlusion"] = 0
+    scores = scorer.score(batch, questions)
+    for got, i in zip(scores, (long, long, short, short)):
+        _assert_same_scores(got, occlusion_scores[i])
+    gate_slots = scorer.prompt_slots(800, max(len(s.input_ids) for s in scores)) - scorer.audio_offset
+
+    def passes(n_tokens):
+        return sum(min(32, gate_slots - first) for first in range(0, gate_slots, 32) if first < n_tokens)
+
+    n_long, n_short = scores[0].num_tokens, scores[2].num_tokens
+    assert passes(n_long) > passes(n_short)
+    assert program.PASS_COUNTER["occlusion"] == 2 * passes(n_long) + 2 * passes(n_short)
+
+
+def test_answers_skip_batch_padding_copies_and_equal_the_whole_batchs(model_dir, clips):
+    """`Scorer.answers` generates one clip at a time on CPU, and none for the copy that pads 3 clips
+    to 4 slots (rows counted); its answers are those of the whole batch generated at once."""
+    from agac_jax.scoring import program
+
+    config = ScoringConfig(batch_size=4, max_new_tokens=4, buckets_seconds=(8,))
+    per_clip = Scorer.from_directory(model_dir, config)
+    whole = Scorer.from_directory(model_dir, dataclasses.replace(config, generate_per_clip=False))
+    assert per_clip.generate_per_clip and not whole.generate_per_clip
+    per_clip.count_passes = True
+    program.PASS_COUNTER["generation"] = 0
+    three, questions = clips + clips[:1], QUESTIONS + QUESTIONS[:1]
+    answers = per_clip.answers(three, questions)
+    assert program.PASS_COUNTER["generation"] == 3
+    expected = whole.answers(three, questions)
+    assert [text for text, _ in answers] == [text for text, _ in expected]
+    for (_, a), (_, b) in zip(answers, expected):
+        np.testing.assert_array_equal(a, b)
+    assert all(len(ids) > 0 for _, ids in answers)
 
 
 def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, occlusion_scores, clips):

@@ -62,7 +62,9 @@ class ProgramSpec:
     audio_offset: int  # a lower bound of every prompt's first audio placeholder position
     generation: GenerationSettings
     data_shards: int = 1  # the mesh's 'data' devices: the batch's clips run one per shard at a time
-    count_passes: bool = False  # tests: count the occlusion passes that run (`PASS_COUNTER`)
+    generate_per_clip: bool = False  # greedy answers one clip per shard at a time, batch-padding copies
+    #                                  skipped (`map_real_clips`); False: the whole batch at once
+    count_passes: bool = False  # tests: count the occlusion passes and generated rows that run (`PASS_COUNTER`)
 
     @classmethod
     def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
@@ -126,7 +128,9 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
     variables = {"params": params}
     audio, n_tokens = model.apply(variables, batch["features"], batch["mel_lengths"], method=model.encode_audio)
     silence, _ = model.apply(variables, batch["silence_features"], batch["mel_lengths"], method=model.encode_audio)
-    answers, answer_lengths = _answers(model, spec, params, batch, audio, n_tokens)
+    real = batch.get("clip_real")
+    real = jnp.ones(audio.shape[:1], bool) if real is None else real.astype(bool)
+    answers, answer_lengths = _answers(model, spec, params, batch, audio, n_tokens, real)
     valid = batch.get("slot_valid")
     context = batch.get("context")
     model_global = None
@@ -140,8 +144,6 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
         clips = clips._replace(features=batch["features"], silence_features=batch["silence_features"],
                                mel_length=batch["mel_lengths"])
     full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
-    real = batch.get("clip_real")
-    real = jnp.ones(audio.shape[:1], bool) if real is None else real.astype(bool)
     if spec.estimator == "integrated_gradients":
         logps = None
         local = _integrated_gradients(model, spec, params, clips, full.cache, real)
@@ -209,8 +211,10 @@ def audio_slots(model: Any, gate_slots: int) -> int:
     return int(getattr(model, "audio_slots", None) or gate_slots)
 
 
-def _answers(model, spec, params, batch, audio, n_tokens):
-    """The given answers, or greedy ones: ([B, A] ids, [B] lengths before the first EOS)."""
+def _answers(model, spec, params, batch, audio, n_tokens, real):
+    """The given answers, or greedy ones: ([B, A] ids, [B] lengths before the first EOS). With
+    `generate_per_clip`, one clip per data shard generates at a time and batch-padding copies (`real`
+    False) generate nothing (their answer: no tokens)."""
     given_ids, given_lengths = batch["answer_ids"], batch["answer_lengths"]
     if not spec.generate:
         return given_ids, given_lengths.astype(jnp.int32)
@@ -218,8 +222,18 @@ def _answers(model, spec, params, batch, audio, n_tokens):
     extra = {} if batch.get("context") is None else {"context": batch["context"]}
     embeds = model.apply({"params": params}, batch["prompt_ids"], audio, n_tokens, method=model.embed_prompt, **extra)
     settings = spec.generation
-    tokens, n_generated = greedy_generate_from_embeddings(model, params, embeds, batch["prompt_ids"], prompt_mask,
-                                                          settings)
+
+    def generate(rows):
+        embeds, ids, mask = rows
+        if spec.count_passes:
+            jax.debug.callback(count_generated, ids.shape[0])
+        return greedy_generate_from_embeddings(model, params, embeds, ids, mask, settings)
+
+    rows = (embeds, batch["prompt_ids"], prompt_mask)
+    if spec.generate_per_clip:
+        tokens, n_generated = map_real_clips(generate, rows, real, _shards(spec, real.shape[0]))
+    else:
+        tokens, n_generated = generate(rows)
     ended = jnp.any(jnp.isin(tokens, jnp.asarray(settings.eos_token_ids or (-1,))), axis=1)
     lengths = jnp.where(ended, n_generated - 1, n_generated)
     a = given_ids.shape[1]
@@ -536,7 +550,7 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
                 block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
                 part = jax.vmap(one_clip)(group, cache, block)
                 if spec.count_passes:
-                    jax.debug.callback(_count_passes, jnp.sum(n > first) * size)
+                    jax.debug.callback(_count_passes, n.shape[0] * size)  # every shard runs the chunk
                 return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
 
             return jax.lax.cond(first < largest, run, lambda done: done, done)
@@ -558,20 +572,38 @@ def _count_passes(n: Any) -> None:
     PASS_COUNTER["occlusion"] += int(n)
 
 
-PASS_COUNTER = {"occlusion": 0}  # gated passes run, when ProgramSpec.count_passes (tests count them)
+def count_generated(n: Any) -> None:
+    PASS_COUNTER["generation"] += int(n)
+
+
+# when ProgramSpec.count_passes (tests count them): gated occlusion passes run, and rows generated
+PASS_COUNTER = {"occlusion": 0, "generation": 0}
 
 
 def _integrated_gradients(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,
                           caches: Any, real: Array) -> Array:
-    """[B, T] integrated gradients of every clip, one clip per data shard at a time (a `lax.map`); the
-    shards' i-th clips are skipped together, by a `lax.cond` outside their vmap, when none is real."""
-    def local_clips(args):
-        group, cache, is_real = args
-        run = lambda _: jax.vmap(lambda clip, c: _integrated_gradients_clip(model, spec, params, clip, c))(group, cache)
-        return jax.lax.cond(jnp.any(is_real), run, lambda _: jnp.zeros(group.audio.shape[:2], jnp.float32), None)
+    """[B, T] integrated gradients of every clip, one clip per data shard at a time (`map_real_clips`:
+    the shards' i-th clips are skipped together when none is real)."""
+    def group_gradients(group):
+        clip, cache = group
+        return jax.vmap(lambda c, kv: _integrated_gradients_clip(model, spec, params, c, kv))(clip, cache)
 
-    shards = _shards(spec, clips.audio.shape[0])
-    return _from_local_clip(jax.lax.map(local_clips, _by_local_clip((clips, caches, real), shards)))
+    return map_real_clips(group_gradients, (clips, caches), real, _shards(spec, clips.audio.shape[0]))
+
+
+def map_real_clips(fn: Any, rows: Any, real: Array, shards: int) -> Any:
+    """fn over a batch's rows one clip per data shard at a time: a `lax.map` over the shards' i-th
+    clips (`_by_local_clip`), each step a `lax.cond` outside the vmap over the shards, so a step whose
+    clips are all batch-padding copies (`real` False) runs nothing and returns zeros. fn maps a
+    [shards, ...] tree of rows to a [shards, ...] tree of outputs; the result is [B, ...]."""
+    def step(args):
+        group, is_real = args
+        shapes = jax.eval_shape(fn, group)
+        skip = lambda _: jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        return jax.lax.cond(jnp.any(is_real), fn, skip, group)
+
+    out = jax.lax.map(step, _by_local_clip((rows, real), shards))
+    return jax.tree_util.tree_map(_from_local_clip, out)
 
 
 def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs,

@@ -29,7 +29,8 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
-from agac_jax.scoring.program import ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch, score_batch
+from agac_jax.scoring.program import (ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch,
+                                      count_generated, map_real_clips, score_batch)
 
 MESH_AXES = ("data", "model")
 # Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
@@ -88,6 +89,9 @@ class ScoringConfig:
     buckets_seconds: tuple[int, ...] = feats.DEFAULT_BUCKETS_SECONDS  # clip length buckets (2-5 s apart: a clip
     #                                    pads at most 2-5 s; each bucket used compiles its own program)
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
+    generate_per_clip: bool | None = None  # greedy answers one clip per data shard at a time, so
+    #   batch-padding copies generate nothing; None: on CPU (rows cost what they add there), not on
+    #   accelerators (decoding reads the weights once per step whatever the batch holds)
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
 
     def __post_init__(self):
@@ -177,6 +181,8 @@ class Scorer:
         self.executables: dict[ProgramKey, Any] = {}  # the compiled programs
         self.program_memory: dict[ProgramKey, int] = {}  # temporary bytes of each compiled program
         self.count_passes = False  # tests: programs compiled from now on count their occlusion passes
+        self.generate_per_clip = (config.generate_per_clip if config.generate_per_clip is not None
+                                  else self.mesh.devices.flat[0].platform == "cpu")
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
@@ -258,7 +264,8 @@ class Scorer:
                                     padding_side="left", max_frames=self.max_frames)
             ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
             tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
-                                                prompts.feature_attention_mask.sum(axis=1)))
+                                                prompts.feature_attention_mask.sum(axis=1),
+                                                np.arange(len(batch_clips)) < len(idx)))
             for j, i in enumerate(idx):
                 ids = self._answer_ids(tokens[j, : int(n[j])])
                 texts[i] = (self._decode_answer(ids), ids)
@@ -280,16 +287,19 @@ class Scorer:
                 self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
                                                  self.param_shardings, self.mesh, batch)
             values = jax.device_get(self._targets[key](self.params, batch))
+            real = batch["source_clip"] >= 0
             for target in TARGETS:
-                out[target][idx] = np.asarray(values[target][:n_real], np.float64)
+                out[target][np.asarray(idx)[batch["source_clip"][real]]] = np.asarray(values[target][real], np.float64)
         return out
 
     def generation_program(self) -> Any:
         """The greedy generator, jitted with the scoring program's shardings: prompts, features and
         outputs on 'data', parameters by the axis rules. fn(params, ids [B, S], mask [B, S], features
-        [B, n_mels, P], mel_lengths [B]) -> (tokens [B, max_new_tokens], generated counts [B])."""
+        [B, n_mels, P], mel_lengths [B], real [B] bool) -> (tokens [B, max_new_tokens], generated counts [B]);
+        with `generate_per_clip`, rows of batch-padding copies (real False) generate nothing."""
         if self._generate is None:
-            self._generate = jit_generation(self.model, self.generation, self.param_shardings, self.mesh)
+            self._generate = jit_generation(self.model, self.generation, self.param_shardings, self.mesh,
+                                            per_clip=self.generate_per_clip, count=self.count_passes)
         return self._generate
 
     def _answer_ids(self, tokens: np.ndarray) -> np.ndarray:
@@ -330,7 +340,8 @@ class Scorer:
         start = time.perf_counter()
         out = jax.device_get(fn(self.params, batch))
         run_seconds = time.perf_counter() - start
-        return [self._clip_result(out, batch, j, questions[j], len(clips[j]), compile_seconds / n_real,
+        slot = {int(i): p for p, i in enumerate(batch["source_clip"]) if i >= 0}
+        return [self._clip_result(out, batch, slot[j], questions[j], len(clips[j]), compile_seconds / n_real,
                                   run_seconds / n_real) for j in range(n_real)]
 
     def batch_slots(self, n_real: int) -> int:
@@ -340,6 +351,22 @@ class Scorer:
         data = self.config.mesh_shape[0]
         slots = 1 << max(n_real - 1, 0).bit_length()
         return min(-(-slots // data) * data, self.config.batch_size)
+
+    def slot_order(self, n_samples: Sequence[int], slots: int) -> np.ndarray:
+        """[slots] the clip in each batch slot (indices from len(n_samples) on: batch-padding copies).
+        The program runs each data shard's i-th clips together and until the longest of them is done
+        (`program.map_real_clips`, `_occlusion_logps`), so with several data shards the clips go
+        longest first, the k-th longest to shard k mod shards at row k // shards: clips that run
+        together are of like length and rows of copies alone are skipped. One shard: input order."""
+        shards = self.config.mesh_shape[0]
+        if shards == 1 or slots % shards:
+            return np.arange(slots)
+        n = len(n_samples)
+        by_length = sorted(range(n), key=lambda i: -n_samples[i]) + list(range(n, slots))
+        order = np.empty(slots, np.int64)
+        for k, clip in enumerate(by_length):
+            order[(k % shards) * (slots // shards) + k // shards] = clip
+        return order
 
     def prompt_slots(self, frames: int, longest: int) -> int:
         """Prompt positions of a batch of one bucket whose longest prompt has `longest` tokens: the
@@ -357,13 +384,15 @@ class Scorer:
 
     def make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
         """The program's input batch for clips of one bucket (see `program.ClipBatch`) and the number of
-        real clips, padded with copies to `batch_slots`."""
+        real clips, padded with copies to `batch_slots`, in the slots of `slot_order`: clip i is in the
+        slot where `source_clip` is i (-1: a copy)."""
         c = self.config
         n_real = len(clips)
         bs = self.batch_slots(n_real)
-        pad = bs - n_real
-        clips = list(clips) + [clips[0]] * pad
-        questions = list(questions) + [questions[0]] * pad
+        order = self.slot_order([len(x) for x in clips], bs)  # slot -> clip (n_real and up: copies)
+        source = lambda items: [items[i] if i < n_real else items[0] for i in order]
+        clips, questions = source(list(clips)), source(list(questions))
+        answers = None if answers is None else source(list(answers))
         n_mels = self.model_config.audio.num_mel_bins
         prompts = build_prompts(self.tokenizer, questions, clips, num_mel_bins=n_mels, pad_to_frames=frames,
                                 padding_side="right", max_frames=self.max_frames)
@@ -382,6 +411,7 @@ class Scorer:
                              f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
         silence = feats.silence_log_mel(bs, n_mels, frames, self.max_frames)
         answer_ids, answer_lengths = answer_arrays(answers, bs, c.max_new_tokens)
+        source_clip = np.where(order < n_real, order, -1).astype(np.int32)
         num, den = self.keep_fraction
         batch = dict(
             features=prompts.input_features.astype(np.float32),
@@ -392,7 +422,8 @@ class Scorer:
             answer_ids=answer_ids,
             answer_lengths=answer_lengths,
             n_samples=np.asarray([len(x) for x in clips], np.int32),
-            clip_real=np.arange(bs) < n_real,
+            clip_real=source_clip >= 0,
+            source_clip=source_clip,
             alpha=np.float32(c.alpha),
             keep_num=np.int32(num),
             keep_den=np.int32(den),
@@ -408,7 +439,7 @@ class Scorer:
         c = self.config
         spec = ProgramSpec.from_config(c, max_samples=frames * feats.HOP_LENGTH, generate=generate,
                                        audio_offset=self.audio_offset, generation=self.generation)
-        spec = dataclasses.replace(spec, count_passes=self.count_passes)
+        spec = dataclasses.replace(spec, count_passes=self.count_passes, generate_per_clip=self.generate_per_clip)
 
         def program(params, batch):
             self.traces += 1
@@ -461,12 +492,28 @@ def jit_scoring(program: Any, shardings: Any, mesh: Mesh, batch: dict[str, Any])
     return jax.jit(program, in_shardings=(shardings, batch_sh), out_shardings=data)
 
 
-def jit_generation(model: Any, settings: GenerationSettings, shardings: Any, mesh: Mesh) -> Any:
+def jit_generation(model: Any, settings: GenerationSettings, shardings: Any, mesh: Mesh, *,
+                   per_clip: bool = False, count: bool = False) -> Any:
     """`models.generate.greedy_generate` jitted like the scoring program: fn(params, ids, mask, features,
-    mel_lengths) with the four batch arrays and both outputs on 'data', parameters on `shardings`."""
+    mel_lengths, real) with the five batch arrays and both outputs on 'data', parameters on `shardings`.
+    `per_clip`: one clip per data shard at a time, rows with `real` False skipped
+    (`program.map_real_clips`); else the whole batch at once. `count`: count the rows generated
+    (`program.PASS_COUNTER`)."""
     data = NamedSharding(mesh, PartitionSpec("data"))
-    return jax.jit(functools.partial(greedy_generate, model, settings=settings),
-                   in_shardings=(shardings, data, data, data, data), out_shardings=(data, data))
+    shards = mesh.shape["data"]
+
+    def generate(params, ids, mask, features, mel_lengths, real):
+        def rows_fn(rows):
+            if count:
+                jax.debug.callback(count_generated, rows[0].shape[0])
+            return greedy_generate(model, params, *rows, settings=settings)
+
+        rows = (ids, mask, features, mel_lengths)
+        if per_clip:
+            return map_real_clips(rows_fn, rows, real, shards if ids.shape[0] % shards == 0 else 1)
+        return rows_fn(rows)
+
+    return jax.jit(generate, in_shardings=(shardings, data, data, data, data, data), out_shardings=(data, data))
 
 
 
