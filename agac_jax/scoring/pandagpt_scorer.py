@@ -78,6 +78,7 @@ class PandaGPTScorer(Scorer):
         self.executables = {}
         self.program_memory = {}
         self.count_passes = False
+        self.generate_per_clip = False  # its answers come from its own generator (`generation_program`)
         self._context = None  # the video vectors of the batch being built (`score`)
         self._video_fn = None
         self._video_cache: dict[str, np.ndarray] = {}

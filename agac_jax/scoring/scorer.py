@@ -287,9 +287,11 @@ class Scorer:
                 self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
                                                  self.param_shardings, self.mesh, batch)
             values = jax.device_get(self._targets[key](self.params, batch))
-            real = batch["source_clip"] >= 0
+            sources = batch.get("source_clip", np.where(np.arange(len(batch["n_samples"])) < n_real, np.arange(
+                len(batch["n_samples"])), -1))  # absent: input order, copies last
+            real = sources >= 0
             for target in TARGETS:
-                out[target][np.asarray(idx)[batch["source_clip"][real]]] = np.asarray(values[target][real], np.float64)
+                out[target][np.asarray(idx)[sources[real]]] = np.asarray(values[target][real], np.float64)
         return out
 
     def generation_program(self) -> Any:
@@ -340,7 +342,8 @@ class Scorer:
         start = time.perf_counter()
         out = jax.device_get(fn(self.params, batch))
         run_seconds = time.perf_counter() - start
-        slot = {int(i): p for p, i in enumerate(batch["source_clip"]) if i >= 0}
+        sources = batch.get("source_clip", np.arange(len(batch["n_samples"])))  # absent: input order
+        slot = {int(i): p for p, i in enumerate(sources) if 0 <= i < n_real}
         return [self._clip_result(out, batch, slot[j], questions[j], len(clips[j]), compile_seconds / n_real,
                                   run_seconds / n_real) for j in range(n_real)]
 
