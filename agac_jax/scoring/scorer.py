@@ -287,8 +287,7 @@ class Scorer:
                 self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
                                                  self.param_shardings, self.mesh, batch)
             values = jax.device_get(self._targets[key](self.params, batch))
-            sources = batch.get("source_clip", np.where(np.arange(len(batch["n_samples"])) < n_real, np.arange(
-                len(batch["n_samples"])), -1))  # absent: input order, copies last
+            sources = _source_clips(batch, n_real)
             real = sources >= 0
             for target in TARGETS:
                 out[target][np.asarray(idx)[sources[real]]] = np.asarray(values[target][real], np.float64)
@@ -342,8 +341,7 @@ class Scorer:
         start = time.perf_counter()
         out = jax.device_get(fn(self.params, batch))
         run_seconds = time.perf_counter() - start
-        sources = batch.get("source_clip", np.arange(len(batch["n_samples"])))  # absent: input order
-        slot = {int(i): p for p, i in enumerate(sources) if 0 <= i < n_real}
+        slot = {int(i): p for p, i in enumerate(_source_clips(batch, n_real)) if i >= 0}
         return [self._clip_result(out, batch, slot[j], questions[j], len(clips[j]), compile_seconds / n_real,
                                   run_seconds / n_real) for j in range(n_real)]
 
@@ -484,6 +482,15 @@ class Scorer:
             keep=keep,
             seconds={"compile": compile_share, "run": run_share},
         )
+
+
+def _source_clips(batch: dict[str, Any], n_real: int) -> np.ndarray:
+    """[slots] the clip each slot of a `make_batch` batch holds (-1: a copy); a batch without
+    `source_clip` (PandaGPT's) is in input order, copies last."""
+    if "source_clip" in batch:
+        return np.asarray(batch["source_clip"])
+    slots = np.arange(len(batch["n_samples"]))
+    return np.where(slots < n_real, slots, -1)
 
 
 def jit_scoring(program: Any, shardings: Any, mesh: Mesh, batch: dict[str, Any]) -> Any:
