@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.scoring.occlusion_chunk = _SCORING.occlusion_chunk  # occlusion gate vectors evaluated together
     config.scoring.occlusion_segments = _SCORING.occlusion_segments  # 0: a step per chunk; k: k loops (7B compiles)
     config.scoring.prompt_steps = _SCORING.prompt_steps  # a batch's prompt slots: this many steps per bucket
+    config.scoring.prompt_step_ratio = _SCORING.prompt_step_ratio  # each prompt step's share of the next
     config.scoring.cpu_memory_budget = _SCORING.cpu_memory_budget  # CPU: warn above this share of RAM
     config.scoring.buckets_seconds = _SCORING.buckets_seconds  # clip length buckets, one compiled program each
 

@@ -351,8 +351,11 @@ def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, o
     config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,), **POSTER)
     stepped = Scorer.from_directory(model_dir, config)
     full = 200 + config.max_text_tokens
-    # four steps of 264 / 4 = 66, each rounded up to a multiple of 8
-    assert [stepped.prompt_slots(800, n) for n in (1, 72, 73, 136, 137, 201, full)] == [72, 72, 136, 136, 200, full, full]
+    # 264 x 0.8^3, 0.8^2, 0.8 = 135.2, 169.0, 211.2, each rounded up to a multiple of 8
+    assert [stepped.prompt_slots(800, n) for n in (1, 136, 137, 176, 177, 216, 217, full)] == [
+        136, 136, 176, 176, 216, 216, full, full]
+    for longest in range(137, full + 1):  # past the smallest step, a prompt runs at most 1/0.8 of itself
+        assert stepped.prompt_slots(800, longest) <= longest / 0.8 + 8
     batch, _ = stepped.make_batch(800, clips, QUESTIONS, None)
     longest = int(batch["prompt_lengths"].max())
     assert batch["prompt_ids"].shape[1] == stepped.prompt_slots(800, longest) < full
@@ -362,6 +365,8 @@ def test_prompt_slots_follow_the_longest_prompt_and_change_no_score(model_dir, o
         _assert_same_scores(a, b)
     with pytest.raises(ValueError, match="prompt_steps"):
         ScoringConfig(prompt_steps=0)
+    with pytest.raises(ValueError, match="prompt_step_ratio"):
+        ScoringConfig(prompt_step_ratio=0.0)
 
 
 def test_occlusion_schedule_steps_cover_every_gate_once():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -81,8 +82,10 @@ class ScoringConfig:
     batch_size: int = 8  # clips per compiled call (padded up)
     occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
     occlusion_segments: int = 0  # 0: a program step per chunk (least work); k: k loops (compile time)
-    prompt_steps: int = 4  # a batch's prompt slots: the smallest of this many even steps up to the bucket's
+    prompt_steps: int = 4  # a batch's prompt slots: the smallest of this many steps up to the bucket's
     #                        (`Scorer.prompt_slots`) holding its longest prompt; 1: always the bucket's
+    prompt_step_ratio: float = 0.8  # each prompt step is this share of the next: a prompt past the
+    #                                 smallest step runs at most 1 / ratio of its own positions
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
@@ -112,6 +115,8 @@ class ScoringConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.occlusion_segments < 0:
             raise ValueError(f"occlusion_segments must be >= 0 (0: one step per chunk); got {self.occlusion_segments}")
+        if not 0.0 < self.prompt_step_ratio <= 1.0:
+            raise ValueError(f"prompt_step_ratio must lie in (0, 1]; got {self.prompt_step_ratio}")
         selection.keep_ratio_fraction(self.keep)
         for rate in self.rates:
             selection.frame_samples(rate)
@@ -371,14 +376,17 @@ class Scorer:
 
     def prompt_slots(self, frames: int, longest: int) -> int:
         """Prompt positions of a batch of one bucket whose longest prompt has `longest` tokens: the
-        smallest of `prompt_steps` evenly spaced lengths (multiples of 8) up to the bucket's T +
-        `max_text_tokens` that holds it. Prompts are right-padded and causal, so every pass over fewer
-        positions is exact; each length used compiles its own program (at most `prompt_steps` per
-        bucket and batch slots), and a bucket's short clips run passes as long as their prompts."""
+        smallest of `prompt_steps` lengths full x ratio^k (k < prompt_steps, rounded up to multiples
+        of 8; full = the bucket's T + `max_text_tokens`, ratio = `prompt_step_ratio`) that holds it.
+        Steps in a constant ratio bound every prompt past the smallest step to 1 / ratio of its own
+        positions (even steps cannot: one just past a step runs up to 4/3 more), and a bucket's clips
+        are longer than the bucket below, so few prompts fall under the smallest. Prompts are
+        right-padded and causal, so every pass over fewer positions is exact; each length used
+        compiles its own program (at most `prompt_steps` per bucket and batch slots)."""
         full = frames // 4 + self.config.max_text_tokens
-        steps = self.config.prompt_steps
-        for k in range(1, steps):
-            slots = min(-(-full * k // steps // 8) * 8, full)
+        ratio = self.config.prompt_step_ratio
+        for k in reversed(range(1, self.config.prompt_steps)):
+            slots = min(-(-math.ceil(full * ratio ** k) // 8) * 8, full)
             if longest <= slots:
                 return slots
         return full
