@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agac_jax.models.interface import PROBS, stack_sown
-from agac_jax.scoring.program import ClipInputs, clip_passes, occlusion_gates
+from agac_jax.scoring.program import ClipInputs, clip_passes, ig_steps_per_chunk, occlusion_gates
 from agac_jax.scoring import scorer as scorer_module
 from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
@@ -107,6 +107,25 @@ def test_integrated_gradients_from_the_cached_prefix_equal_full_passes(model_dir
     for a, b in zip(shared.score(clips, QUESTIONS), full.score(clips, QUESTIONS)):
         np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
         np.testing.assert_allclose(a.local, b.local, rtol=0, atol=1e-5 * np.abs(b.local).max())
+
+
+def test_integrated_gradients_in_chunks_of_steps_equal_one_step_at_a_time(model_dir, clips):
+    """Midpoints vmapped together (`ig_chunk`: the largest divisor of ig_steps up to it) give the
+    scores of one midpoint at a time; on CPU the default evaluates every step together."""
+    assert [ig_steps_per_chunk(n, c) for n, c in ((8, 8), (8, 3), (6, 4), (7, 4), (4, 1), (2, 9))] == [
+        8, 2, 3, 1, 1, 2]
+    config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, ig_steps=6, **POSTER_IG)
+    together = Scorer.from_directory(model_dir, config)
+    assert together.ig_chunk == 6
+    alone = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=1))
+    pairs = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=2))
+    reference = alone.score(clips, QUESTIONS)
+    for other in (together, pairs):
+        for a, b in zip(other.score(clips, QUESTIONS), reference):
+            np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
+            np.testing.assert_allclose(a.local, b.local, rtol=0, atol=1e-6 * np.abs(b.local).max())
+    with pytest.raises(ValueError, match="ig_chunk"):
+        ScoringConfig(ig_chunk=0)
 
 
 def test_cpu_memory_budget_warns_and_a_program_larger_than_the_host_is_refused(model_dir, occlusion_scorer,

@@ -18,7 +18,7 @@ from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
 from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
 from agac_jax.models.qwen2_audio import init_params
-from agac_jax.scoring.program import occlusion_gate_slots, occlusion_schedule
+from agac_jax.scoring.program import ig_steps_per_chunk, occlusion_gate_slots, occlusion_schedule
 from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 
 
@@ -106,7 +106,8 @@ def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
     c, text = scorer.config, scorer.model_config.text
     seq = frames // 4 + c.max_text_tokens + c.max_new_tokens
     all_layers = float(text.num_hidden_layers * text.num_attention_heads * seq ** 2 * 4 * c.batch_size)
-    chunk = min(c.occlusion_chunk, frames // 4) if c.estimator == "occlusion" else c.ig_steps
+    chunk = (min(c.occlusion_chunk, frames // 4) if c.estimator == "occlusion"
+             else ig_steps_per_chunk(c.ig_steps, scorer.ig_chunk))
     return dict(sequence=seq, all_layers_batch=all_layers, all_layers_batch_times_chunk=all_layers * chunk,
                 one_layer_batch_times_chunk=all_layers * chunk / text.num_hidden_layers)
 

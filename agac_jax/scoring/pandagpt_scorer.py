@@ -79,6 +79,8 @@ class PandaGPTScorer(Scorer):
         self.program_memory = {}
         self.count_passes = False
         self.generate_per_clip = False  # its answers come from its own generator (`generation_program`)
+        on_cpu = self.mesh.devices.flat[0].platform == "cpu"
+        self.ig_chunk = config.ig_chunk or (config.ig_steps if on_cpu else 1)  # as `Scorer`
         self._context = None  # the video vectors of the batch being built (`score`)
         self._video_fn = None
         self._video_cache: dict[str, np.ndarray] = {}

@@ -64,6 +64,7 @@ class ProgramSpec:
     data_shards: int = 1  # the mesh's 'data' devices: the batch's clips run one per shard at a time
     generate_per_clip: bool = False  # greedy answers one clip per shard at a time, batch-padding copies
     #                                  skipped (`map_real_clips`); False: the whole batch at once
+    ig_chunk: int = 1  # IG steps vmapped together: the largest divisor of ig_steps up to this
     count_passes: bool = False  # tests: count the occlusion passes and generated rows that run (`PASS_COUNTER`)
 
     @classmethod
@@ -88,8 +89,8 @@ class ProgramSpec:
         if self.local_sign not in LOCAL_SIGNS:
             raise ValueError(f"local_sign={self.local_sign!r}; expected one of {LOCAL_SIGNS}")
         if (self.window < 1 or self.ig_steps < 1 or self.local_smooth < 1 or self.occlusion_chunk < 1
-                or self.occlusion_segments < 0):
-            raise ValueError(f"window, ig_steps, local_smooth and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
+                or self.occlusion_segments < 0 or self.ig_chunk < 1):
+            raise ValueError(f"window, ig_steps, ig_chunk, local_smooth and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
                              f"got {self}")
         for r in self.rates:
             selection.frame_samples(r)
@@ -608,7 +609,8 @@ def map_real_clips(fn: Any, rows: Any, real: Array, shards: int) -> Any:
 
 def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clip: ClipInputs,
                                cache: Any) -> Array:
-    """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d target / d m_t at m = a_i * 1."""
+    """[T] L_t = mean over midpoints a_i = (i + 0.5) / n of d target / d m_t at m = a_i * 1, the
+    midpoints in chunks of `ig_steps_per_chunk` vmapped together."""
     passes = clip_passes(model, params, clip, spec.target)
     if spec.share_prefix:  # positions before the first audio token do not depend on the gate
         offset = _audio_offset(spec, clip, model)
@@ -617,5 +619,13 @@ def _integrated_gradients_clip(model: AudioLanguageModel, spec: ProgramSpec, par
         logp_of = passes.logp_of
     ones = slot_valid(clip).astype(jnp.float32)
     alphas = (jnp.arange(spec.ig_steps, dtype=jnp.float32) + 0.5) / spec.ig_steps
-    grads = jax.lax.map(lambda a: jax.grad(logp_of)(a * ones), alphas)
-    return jnp.mean(grads, axis=0)
+    chunk = ig_steps_per_chunk(spec.ig_steps, spec.ig_chunk)
+    gradient = jax.vmap(lambda a: jax.grad(logp_of)(a * ones))
+    grads = jax.lax.map(gradient, alphas.reshape(spec.ig_steps // chunk, chunk))
+    return jnp.mean(grads.reshape(spec.ig_steps, -1), axis=0)
+
+
+def ig_steps_per_chunk(steps: int, chunk: int) -> int:
+    """The IG midpoints evaluated together: the largest divisor of `steps` up to `chunk` (no
+    padded steps)."""
+    return max(d for d in range(1, min(steps, chunk) + 1) if steps % d == 0)

@@ -71,6 +71,9 @@ class ScoringConfig:
     gate_domain: str = "embedding"  # where gates mix clip and silence: embedding (DESIGN.md) | input (log-mel)
     window: int = 1  # occlusion window W in audio tokens
     ig_steps: int = 8  # integrated-gradients midpoint steps n
+    ig_chunk: int | None = None  # IG steps evaluated together (vmapped; each holds a pass's activations
+    #                              for its backward); None: every step on CPU (small matmuls batch
+    #                              well there), one at a time on accelerators (a 7B pass's memory)
     local_sign: str = "magnitude"  # what fusion reads of the local score: signed (DESIGN.md) | magnitude
     local_smooth: int = 9  # box filter width over the local score, in tokens (1: none, DESIGN.md; 9: 0.36 s)
     alpha: float = 0.5  # fusion weight of the local (AAD) score
@@ -113,6 +116,8 @@ class ScoringConfig:
                      "prompt_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.ig_chunk is not None and self.ig_chunk < 1:
+            raise ValueError(f"ig_chunk must be >= 1 or None; got {self.ig_chunk}")
         if self.occlusion_segments < 0:
             raise ValueError(f"occlusion_segments must be >= 0 (0: one step per chunk); got {self.occlusion_segments}")
         if not 0.0 < self.prompt_step_ratio <= 1.0:
@@ -186,8 +191,9 @@ class Scorer:
         self.executables: dict[ProgramKey, Any] = {}  # the compiled programs
         self.program_memory: dict[ProgramKey, int] = {}  # temporary bytes of each compiled program
         self.count_passes = False  # tests: programs compiled from now on count their occlusion passes
-        self.generate_per_clip = (config.generate_per_clip if config.generate_per_clip is not None
-                                  else self.mesh.devices.flat[0].platform == "cpu")
+        on_cpu = self.mesh.devices.flat[0].platform == "cpu"
+        self.generate_per_clip = config.generate_per_clip if config.generate_per_clip is not None else on_cpu
+        self.ig_chunk = config.ig_chunk or (config.ig_steps if on_cpu else 1)
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
@@ -448,7 +454,8 @@ class Scorer:
         c = self.config
         spec = ProgramSpec.from_config(c, max_samples=frames * feats.HOP_LENGTH, generate=generate,
                                        audio_offset=self.audio_offset, generation=self.generation)
-        spec = dataclasses.replace(spec, count_passes=self.count_passes, generate_per_clip=self.generate_per_clip)
+        spec = dataclasses.replace(spec, count_passes=self.count_passes, generate_per_clip=self.generate_per_clip,
+                                   ig_chunk=self.ig_chunk)
 
         def program(params, batch):
             self.traces += 1
