@@ -59,6 +59,18 @@ def scored(scorer, samples):
     return waves, questions, scorer.score(waves, questions, answer_ids=[ids for _, ids in answers])
 
 
+def test_audio_dependent_clips_are_those_the_silent_clip_changes():
+    consistent = np.array([[True, True, True], [False, True, True], [False, False, True]])
+    zeros = np.zeros((3, 3))
+    curves = faithfulness.Curves("fused", (0.0, 0.5, 1.0), zeros, zeros, consistent, consistent[:, ::-1])
+    np.testing.assert_array_equal(curves.audio_dependent(), [False, True, True])
+    assert study._percent(curves.consistent_insertion[curves.audio_dependent(), 1]) == 50.0
+    assert np.isnan(study._percent(np.zeros(0, bool)))
+    with pytest.raises(ValueError, match="silent clip"):
+        faithfulness.Curves("fused", (0.1, 1.0), zeros[:, :2], zeros[:, :2], consistent[:, :2],
+                            consistent[:, :2]).audio_dependent()
+
+
 def test_answer_targets_equal_the_scoring_passes_and_the_log_odds_identity(scorer, scored):
     waves, questions, scores = scored
     targets = scorer.answer_targets(waves, questions, [s.answer_ids for s in scores])
@@ -117,6 +129,9 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     assert rows[0]["flops_per_clip"] > 0 and rows[0]["seconds_per_clip"] > 0
     assert all(0 <= row["ac_joined_0.5"] <= 100 for row in rows if row["selector"] != "aad")
     assert "ac_joined_0.5" not in rows[1]  # AAD alone: recall only
+    measured = [row for row in rows if row["selector"] != "aad"]
+    assert len({row["audio_questions"] for row in measured}) == 1  # one silent clip per question
+    assert all(0 <= row["audio_questions"] <= 2 for row in measured)
     # the reading shares the raw setting's one scoring run, and so its cost
     assert (rows[2]["flops_per_clip"], rows[2]["seconds_per_clip"]) == (rows[0]["flops_per_clip"],
                                                                         rows[0]["seconds_per_clip"])

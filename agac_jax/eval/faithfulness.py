@@ -60,6 +60,15 @@ class Curves:
         keep = np.abs(span) > FLAT_ENDS
         return (curve[keep] - silent[keep, None]) / span[keep, None]
 
+    def audio_dependent(self) -> np.ndarray:
+        """bool [N]: the clips whose answer the silent clip changes (insertion at rho 0 inconsistent).
+        Only on these can an A.C. tell selections apart: on the others keeping no frame at all keeps
+        the answer (a yes/no model whose silence answer is "no" keeps every "no" answer). Needs no
+        ground truth, so it applies to any data set."""
+        if self.rhos[0] != 0.0:
+            raise ValueError(f"the curves start at rho {self.rhos[0]}, not at the silent clip (0)")
+        return ~self.consistent_insertion[:, 0]
+
     def areas(self) -> dict[str, float]:
         """Trapezoid areas over rho of the mean curves: log-odds (normalised) and A.C., insertion,
         deletion and their gap."""

@@ -137,19 +137,29 @@ def clip_flops(scorer: Any, waveforms: Sequence[np.ndarray]) -> float:
     return total / len(waveforms)
 
 
+def _percent(same: np.ndarray) -> float:
+    """A.C. (%) of bool answers-unchanged; nan for none."""
+    return 100 * float(np.mean(same)) if len(same) else float("nan")
+
+
 def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | None, recalls: dict[float, float],
-         measured: tuple[faithfulness.Curves, dict[float, float]] | None, flops: float | None,
+         measured: tuple[faithfulness.Curves, dict[float, np.ndarray]] | None, flops: float | None,
          seconds: float | None) -> dict[str, Any]:
     row: dict[str, Any] = dict(benchmark=benchmark, selector=selector,
                                setting=setting.name if setting else "", alpha=alpha)
     row.update({f"recall_{rho:g}": value for rho, value in recalls.items()})
     if measured is not None:
         curves, joined = measured
-        row.update({f"ac_joined_{rho:g}": value for rho, value in joined.items()})
+        dependent = curves.audio_dependent()
+        row.update({f"ac_joined_{rho:g}": _percent(same) for rho, same in joined.items()})
         row.update(curves.areas())
         half = list(curves.rhos).index(0.5) if 0.5 in curves.rhos else None
         if half is not None:
-            row["ac_insertion_0.5"] = 100 * float(np.mean(curves.consistent_insertion[:, half]))
+            row["ac_insertion_0.5"] = _percent(curves.consistent_insertion[:, half])
+            row["ac_audio_insertion_0.5"] = _percent(curves.consistent_insertion[dependent, half])
+        if 0.5 in joined:
+            row["ac_audio_joined_0.5"] = _percent(joined[0.5][dependent])
+        row["audio_questions"] = int(dependent.sum())
     row.update(flops_per_clip=flops, seconds_per_clip=seconds)
     return row
 
@@ -186,15 +196,15 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     ends = None  # the curves' shared ends (silent clip, clip), computed with the first curves
 
     def curves_of(selector, scores, seeds=None):
-        """The curves, and the A.C. (%) of the joined top-rho frames at each recall ratio."""
+        """The curves, and per recall ratio whether each clip's answer survives its joined top-rho frames."""
         nonlocal ends
         start = time.perf_counter()
         if ends is None:
             ends = faithfulness.curve_ends(first, scores, waveforms, questions)
         out = faithfulness.selector_curves(first, selector, scores, waveforms, questions, rate=rate,
                                            rhos=curve_rhos, seeds=seeds, ends=ends)
-        joined = {rho: 100 * float(np.mean(faithfulness.joined_consistency(
-            first, selector, scores, waveforms, questions, rate=rate, rho=rho, seeds=seeds))) for rho in rhos}
+        joined = {rho: faithfulness.joined_consistency(first, selector, scores, waveforms, questions, rate=rate,
+                                                       rho=rho, seeds=seeds) for rho in rhos}
         _log.info("%s %s: curves at %d ratios and joined A.C. at %d in %.1f s", label, selector, len(curve_rhos),
                   len(rhos), time.perf_counter() - start)
         return out, joined
@@ -253,7 +263,7 @@ def read_rows(workdir: Path) -> list[dict[str, Any]]:
 
 
 COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_joined_0.5", "ac_joined_0.7",
-           "ac_insertion_0.5",
+           "ac_insertion_0.5", "ac_audio_joined_0.5", "ac_audio_insertion_0.5", "audio_questions",
            "log_odds_insertion", "log_odds_deletion", "log_odds_gap", "ac_insertion", "ac_deletion", "ac_gap",
            "flops_per_clip", "seconds_per_clip")
 
@@ -275,7 +285,8 @@ def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic.write_text(workdir / "study.csv", buffer.getvalue())
     lines = ["# Estimator study", "",
              "Evidence recall (%) of the fused selection at rho; A.C. (%) of the top-rho frames joined (the "
-             "codec's input) and of the insertion clip (the rest silent) at rho; deletion/insertion areas of the "
+             "codec's input) and of the insertion clip (the rest silent) at rho, over all questions and over the "
+             "audio questions (ac_audio_*: those whose answer the silent clip changes, `audio_questions` of them); deletion/insertion areas of the "
              "normalised answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.",
              ""]
     for bench in dict.fromkeys(row["benchmark"] for row in rows):
