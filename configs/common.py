@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.scoring.window = _SCORING.window  # occlusion window W in audio tokens
     config.scoring.ig_steps = _SCORING.ig_steps  # integrated gradients: midpoint-rule steps
     config.scoring.ig_chunk = ml_collections.config_dict.placeholder(int)  # IG steps vmapped together;
-    #   None: every step on CPU, one on accelerators (a 7B pass's activations each)
+    #   None: 4 on CPU (scorer.CPU_IG_CHUNK), 1 on accelerators (a 7B pass's activations each)
     config.scoring.local_sign = _SCORING.local_sign  # fusion reads the local score signed (DESIGN.md) | magnitude
     config.scoring.local_smooth = _SCORING.local_smooth  # box filter over the local score, tokens (1: none)
     config.scoring.alpha = _SCORING.alpha  # `fused`: weight of the local (AAD) score; aad uses 1, attention 0

@@ -30,7 +30,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.pandagpt import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
 from agac_jax.scoring import selection
-from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, make_mesh  # noqa: F401
+from agac_jax.scoring.scorer import CPU_IG_CHUNK, ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, make_mesh  # noqa: F401
 
 HOP = 160  # the scorer's bucket unit: frames of 10 ms (max_samples = frames * HOP)
 
@@ -80,7 +80,7 @@ class PandaGPTScorer(Scorer):
         self.count_passes = False
         self.generate_per_clip = False  # its answers come from its own generator (`generation_program`)
         on_cpu = self.mesh.devices.flat[0].platform == "cpu"
-        self.ig_chunk = config.ig_chunk or (config.ig_steps if on_cpu else 1)  # as `Scorer`
+        self.ig_chunk = config.ig_chunk or (CPU_IG_CHUNK if on_cpu else 1)  # as `Scorer`
         self._context = None  # the video vectors of the batch being built (`score`)
         self._video_fn = None
         self._video_cache: dict[str, np.ndarray] = {}
