@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,10 @@ def test_machine_and_parts(results):
         assert machine[key], key
     assert set(results["parts"]) == {"whole", "mix", "scaling", "flops", "memory", "gpu"}
     assert results["config"]["label"] == "quick"
+    if Path("/proc/cpuinfo").exists():  # the CPU is named, with the vector extensions it has
+        assert machine["cpu_model"]
+        assert set(machine["cpu_features"]) <= set(scoring_bench.CPU_FEATURES)
+        assert report.format_table(results).splitlines()[1].startswith(f"CPU: {machine['cpu_model']}")
 
 
 def test_whole_scoring_schema(results):

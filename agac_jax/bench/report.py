@@ -34,6 +34,8 @@ def format_table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"agac-jax scoring benchmark: {m['jax_backend']} ({m['device_kind']}), {m['usable_cpus']} CPUs, "
              f"load {m['load_average'][0]:.1f}, jax {m['jax']}, torch {m['torch']} ({m['torch_threads']} threads)"]
+    if m.get("cpu_model"):
+        lines.append(f"CPU: {m['cpu_model']} ({', '.join(m.get('cpu_features') or ['no vector extension listed'])})")
     rows: list[tuple[str, str, str]] = []
     parts = results["parts"]
     if "whole" in parts:

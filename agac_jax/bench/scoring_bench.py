@@ -55,6 +55,25 @@ def bench_gpu(ctx: BenchContext) -> dict[str, Any]:
     return dict(status=GPU_NOT_MEASURED, device_kind=device.device_kind, platform=device.platform)
 
 
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")  # the ones XLA and oneDNN use
+
+
+def cpu_description() -> dict[str, Any]:
+    """The host CPU's model name and which of CPU_FEATURES it has (Linux /proc/cpuinfo; empty elsewhere).
+
+    Two machines that report the same platform can differ by 2x in matmul rate (AVX-512 or not), so
+    a figure is comparable only with those measured on the same CPU.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return dict(cpu_model=fields.get("model name", ""), cpu_features=[f for f in CPU_FEATURES if f in flags])
+
+
 def machine_info() -> dict[str, Any]:
     """The host, the library versions and the device the results were measured on."""
     import flax
@@ -75,7 +94,7 @@ def machine_info() -> dict[str, Any]:
                 device_kind=device.device_kind, device_count=jax.device_count(),
                 torch_threads=torch.get_num_threads(),
                 torch_device="cuda" if torch.cuda.is_available() else "cpu",
-                matmul_precision=str(jax.config.jax_default_matmul_precision))
+                matmul_precision=str(jax.config.jax_default_matmul_precision), **cpu_description())
 
 
 def source_info() -> dict[str, Any]:
