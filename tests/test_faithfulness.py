@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from pathlib import Path
 
 import jax
@@ -57,6 +58,17 @@ def scored(scorer, samples):
     questions = [s.question for s in samples]
     answers = scorer.answers(waves, questions)
     return waves, questions, scorer.score(waves, questions, answer_ids=[ids for _, ids in answers])
+
+
+def test_by_kind_splits_answer_consistency_per_question_group():
+    groups = ["count yes", "exist no", "count yes", "exist no", "exist no"]
+    insertion = np.array([True, False, False, True, True])
+    joined = np.array([True, True, True, False, True])
+    kinds = study.by_kind(groups, insertion, joined)
+    assert list(kinds) == ["count yes", "exist no"]
+    assert kinds["count yes"] == dict(questions=2, insertion=50.0, joined=100.0)
+    assert kinds["exist no"]["questions"] == 3 and kinds["exist no"]["insertion"] == pytest.approx(200 / 3)
+    assert study.question_groups([types.SimpleNamespace(answer="yes")]) is None  # no kind: no groups
 
 
 def test_audio_dependent_clips_are_those_the_silent_clip_changes():
@@ -135,7 +147,21 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     # the reading shares the raw setting's one scoring run, and so its cost
     assert (rows[2]["flops_per_clip"], rows[2]["seconds_per_clip"]) == (rows[0]["flops_per_clip"],
                                                                         rows[0]["seconds_per_clip"])
-    assert (tmp_path / "study.md").read_text().count("| fused |") == 2
+    table = (tmp_path / "study.md").read_text()
+    assert table.count("| fused |") == 4  # the main table and the by-kind one
+    sizes = {group: kind["questions"] for group, kind in measured[0]["ac_by_kind_0.5"].items()}
+    for row in measured:  # per question kind and true answer, the same groups, all questions between them
+        kinds = row["ac_by_kind_0.5"]
+        assert {group: kind["questions"] for group, kind in kinds.items()} == sizes
+        assert all(0 <= k["insertion"] <= 100 and 0 <= k["joined"] <= 100 for k in kinds.values())
+    assert all(group.split(" ")[0] in (synthetic.EXISTENCE, synthetic.ORDER) and group.split(" ")[1] in ("yes", "no")
+               for group in sizes)
+    from agac_jax.data import load_dataset
+
+    questions = load_dataset(config.benchmarks[0].dataset)[1].samples
+    assert sum(sizes.values()) == len(questions)
+    assert sizes == {g: study.question_groups(questions).count(g) for g in sizes}
+    assert all(f"{group} ({size})" in table for group, size in sizes.items())
     assert (tmp_path / "recall_vs_cost.png").stat().st_size > 1000
     again = study.run_study(config, tmp_path)  # every row is there: nothing is scored again
     assert len(again) == len(rows)

@@ -142,9 +142,25 @@ def _percent(same: np.ndarray) -> float:
     return 100 * float(np.mean(same)) if len(same) else float("nan")
 
 
+def question_groups(samples: Sequence[Any]) -> list[str] | None:
+    """Each sample's "{kind} {answer}" (e.g. "count yes"), the groups of `by_kind`; None when the samples
+    carry no question kind (ClothoAQA, AVHBench)."""
+    if not all(getattr(s, "kind", None) for s in samples):
+        return None
+    return [f"{s.kind} {s.answer}" for s in samples]
+
+
+def by_kind(groups: Sequence[str], insertion: np.ndarray, joined: np.ndarray) -> dict[str, dict[str, Any]]:
+    """A.C. (%) of the insertion clip and of the joined frames per question group, with its size:
+    {group: {"questions", "insertion", "joined"}}, groups sorted. insertion, joined: bool [N]."""
+    groups = np.asarray(groups)
+    return {group: dict(questions=int(np.sum(groups == group)), insertion=_percent(insertion[groups == group]),
+                        joined=_percent(joined[groups == group])) for group in sorted(set(groups.tolist()))}
+
+
 def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | None, recalls: dict[float, float],
          measured: tuple[faithfulness.Curves, dict[float, np.ndarray]] | None, flops: float | None,
-         seconds: float | None) -> dict[str, Any]:
+         seconds: float | None, groups: Sequence[str] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = dict(benchmark=benchmark, selector=selector,
                                setting=setting.name if setting else "", alpha=alpha)
     row.update({f"recall_{rho:g}": value for rho, value in recalls.items()})
@@ -159,6 +175,8 @@ def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | 
             row["ac_audio_insertion_0.5"] = _percent(curves.consistent_insertion[dependent, half])
         if 0.5 in joined:
             row["ac_audio_joined_0.5"] = _percent(joined[0.5][dependent])
+        if groups is not None and half is not None and 0.5 in joined:
+            row["ac_by_kind_0.5"] = by_kind(groups, curves.consistent_insertion[:, half], joined[0.5])
         row["audio_questions"] = int(dependent.sum())
     row.update(flops_per_clip=flops, seconds_per_clip=seconds)
     return row
@@ -176,6 +194,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     waveforms = [np.asarray(s.load_waveform(), np.float32) for s in samples]
     questions = [s.question for s in samples]
     evidence = [s.evidence for s in samples]
+    groups = question_groups(samples)
     label = bench.label or name
     model = checkpoints.load_hf_directory(bench.checkpoint_dir)
     tokenizer = AutoTokenizer.from_pretrained(bench.checkpoint_dir)
@@ -229,7 +248,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             curves = None
             if alpha == config.curve_alpha:
                 curves = curves_of("fused", at_alpha)
-            rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds))
+            rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds, groups))
         aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
         rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
         _log.info("%s %s: scored in %.1f s (%.3f s a clip without compilation); fused recall %s", label,
@@ -242,7 +261,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         for selector in BASELINES:
             recalls = {rho: evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho) for rho in rhos}
             curves = curves_of(selector, reference_scores, seeds=list(range(len(samples))))
-            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None))
+            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None, groups))
         _append(workdir, baseline_rows)
         rows += baseline_rows
     return rows
@@ -294,7 +313,26 @@ def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
         lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS[1:]) + " |"
                   for row in rows if row["benchmark"] == bench]
         lines.append("")
+        lines += _by_kind_table(bench, [row for row in rows if row["benchmark"] == bench])
     atomic.write_text(workdir / "study.md", "\n".join(lines))
+
+
+def _by_kind_table(bench: str, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """study.md's section of A.C. at rho 0.5 per question group (insertion / joined), one row per selector."""
+    rows = [row for row in rows if row.get("ac_by_kind_0.5")]
+    if not rows:
+        return []
+    groups = sorted({group for row in rows for group in row["ac_by_kind_0.5"]})
+    sizes = {group: next(row["ac_by_kind_0.5"][group]["questions"] for row in rows if group in row["ac_by_kind_0.5"])
+             for group in groups}
+    lines = [f"### {bench}: A.C. (%) at rho 0.5 by question kind and true answer, insertion / joined", "",
+             "| selector | setting | alpha | " + " | ".join(f"{g} ({sizes[g]})" for g in groups) + " |",
+             "|" + "---|" * (3 + len(groups))]
+    for row in rows:
+        cells = [row["ac_by_kind_0.5"].get(g) for g in groups]
+        lines.append(f"| {row['selector']} | {row['setting']} | {_cell(row['alpha'])} | " + " | ".join(
+            f"{_cell(c['insertion'])} / {_cell(c['joined'])}" if c else "" for c in cells) + " |")
+    return lines + [""]
 
 
 def plot_recall_vs_cost(workdir: Path, rows: Sequence[dict[str, Any]], alpha: float, rho: float) -> Path:
