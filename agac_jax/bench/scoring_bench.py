@@ -61,8 +61,8 @@ CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_til
 def cpu_description() -> dict[str, Any]:
     """The host CPU's model name and which of CPU_FEATURES it has (Linux /proc/cpuinfo; empty elsewhere).
 
-    Two machines that report the same platform can differ by 2x in matmul rate (AVX-512 or not), so
-    a figure is comparable only with those measured on the same CPU.
+    Two VMs that reported the same platform differed by 2x in matmul rate, so a figure is comparable
+    only with those measured on the same CPU.
     """
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
