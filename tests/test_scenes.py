@@ -308,7 +308,8 @@ def _scenes_training_config(**data):
     cfg, local = get_config("scenes"), get_config("local")
     cfg.model, cfg.bucket_seconds = local.model, (12,)
     cfg.data.update(train_clips=3, mix_clips=2, validation_clips=2, test_clips=2, test_questions=4, **data)
-    cfg.optim.update(local.optim.to_dict(), order_share=0.375, count_share=0.25)
+    cfg.optim.update(local.optim.to_dict(), order_share=0.375, count_share=0.25, counting_weight=1.0,
+                     recurrence_weight=1.0)
     cfg.optim.update(steps=2, batch_clips=2, questions_per_clip=4)
     cfg.update(log_every=1, eval_every=0, checkpoint_every=2, eval_batch_size=4)
     return cfg
@@ -345,9 +346,12 @@ def test_the_scenes_training_data_mixes_both_benchmarks_with_the_union_vocabular
     assert train_data.split_samples(cfg, "test", 2) == scenes.generate_split("test", 2, cfg.data.seed)
     tokenizer = model.build_processor(tmp_path / "processor", cfg.num_mel_bins, train_data.vocabulary(cfg))
     data = train_data.split_set(cfg, tokenizer, tmp_path, "train", cfg.data.train_clips, None)
-    assert (tmp_path / "all_scenes_mix-synthetic2_train_clips3_seed0_mel80_buckets12_v2.npz").is_file()
+    assert (tmp_path / "all_scenes_mix-synthetic2_train_clips3_seed0_mel80_buckets12_v3.npz").is_file()
     assert len(data) == len(pool) and tokenizer.unk_token_id not in data.input_ids
     assert data.event_ranks.max() <= 5 and set(np.unique(data.kinds)) == set(scenes.QUESTION_KINDS)
+    for i in np.flatnonzero(data.kinds == scenes.COUNT):  # the counted class occurs once ("no") or twice ("yes")
+        counted = data.event_counts[data.clip_index[i], data.question_labels[i, 0]]
+        assert counted == (2 if tokenizer.decode(data.input_ids[i][data.target_mask[i] > 0][:1]) == "yes" else 1)
     for i in np.flatnonzero(data.kinds == scenes.COUNT):
         assert data.question_labels[i, 0] == data.question_labels[i, 1]
     clips, questions = train_data.step_batch(data, 2, 8, seed=0, step=3, order_share=0.375, count_share=0.25)
@@ -371,3 +375,5 @@ def test_a_local_sized_scenes_training_run_trains_and_checkpoints(tmp_path) -> N
     manager = checkpointing.checkpoint_manager(tmp_path)
     _, _, trainable, _ = checkpointing.restore_checkpoint(manager, steps.make_optimizer(cfg.optim), max_rank=5)
     assert trainable["listener"]["kernel"].shape == (cfg.model.hidden_size, len(scenes.EVENT_CLASSES), 6)
+    assert np.any(trainable["counter"]["kernel"]) and np.any(trainable["recurrence"]["kernel"])  # weights 1: trained
+    assert all(np.isfinite(r["counting_loss"]) and np.isfinite(r["recurrence_loss"]) for r in losses)

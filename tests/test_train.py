@@ -131,6 +131,48 @@ def test_event_ranks_give_each_class_its_place_in_time() -> None:
     np.testing.assert_array_equal(ranks, expected)
 
 
+def test_event_counts_count_each_class_up_to_the_cap() -> None:
+    siren = lambda start: synthetic.Event("siren", start, start + 0.3, 10.0)  # noqa: E731
+    events = (siren(0.5), synthetic.Event("low tone", 1.0, 1.5, 10.0), siren(2.0), siren(3.0), siren(4.0))
+    counts = train_data.event_counts(events)
+    expected = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
+    expected[synthetic.EVENT_CLASSES.index("siren")] = train_data.MAX_COUNT  # four sirens saturate at 3
+    expected[synthetic.EVENT_CLASSES.index("low tone")] = 1
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(train_data.event_counts(events[:3]), np.minimum(expected, 2))
+
+
+def test_counting_loss_reads_the_last_prompt_position() -> None:
+    n, width = len(synthetic.EVENT_CLASSES), train_data.MAX_COUNT + 1
+    counter = losses.init_counter(2)
+    middle = np.zeros((1, 3, 2), np.float32)
+    middle[0, 1] = (1.0, 0.0)  # the position before the first answer token (index 2)
+    batch = {"target_mask": np.array([[0.0, 0.0, 1.0]], np.float32),
+             "event_counts": np.array([[0, 1, 2, 3, 0, 0, 0, 0]], np.int32)}
+    np.testing.assert_allclose(losses.counting_loss(counter, middle, batch), np.log(width), rtol=1e-6)
+    kernel = np.zeros((2, n, width), np.float32)
+    kernel[0, np.arange(n), batch["event_counts"][0]] = 20.0  # feature 0 of that position says every count
+    assert losses.counting_loss({"kernel": kernel, "bias": counter["bias"]}, middle, batch) < 1e-6
+    middle[0, 1], middle[0, 0] = 0.0, (1.0, 0.0)  # the same feature one position early is not read
+    np.testing.assert_allclose(losses.counting_loss({"kernel": kernel, "bias": counter["bias"]}, middle, batch),
+                               np.log(width), rtol=1e-6)
+
+
+def test_recurrence_loss_marks_the_tokens_of_classes_that_occur_twice() -> None:
+    siren, low = (synthetic.EVENT_CLASSES.index(c) for c in ("siren", "low tone"))
+    labels = np.array([[siren, low, train_data.BACKGROUND_LABEL, siren, -1]])
+    clip_counts = np.zeros((1, len(synthetic.EVENT_CLASSES)), np.int32)
+    clip_counts[0, siren], clip_counts[0, low] = 2, 1
+    audio = np.zeros((1, 5, 2), np.float32)
+    audio[0, :, 0] = (1.0, -1.0, 50.0, 1.0, 50.0)  # background and invalid tokens are not read
+    head = losses.init_recurrence(2)
+    np.testing.assert_allclose(losses.recurrence_loss(head, audio, labels, clip_counts), np.log(2), rtol=1e-6)
+    head = {"kernel": np.array([20.0, 0.0], np.float32), "bias": np.zeros((), np.float32)}
+    assert losses.recurrence_loss(head, audio, labels, clip_counts) < 1e-6  # sirens (twice) 1, the low tone 0
+    clip_counts[0, low] = 3
+    np.testing.assert_allclose(losses.recurrence_loss(head, audio, labels, clip_counts), 20.0 / 3, rtol=1e-5)
+
+
 def test_tagging_loss_ignores_invalid_tokens() -> None:
     tagger = losses.init_tagger(4)
     audio = np.ones((1, 3, 4), np.float32)
@@ -164,6 +206,10 @@ def test_checkpoints_restore_step_parameters_and_optimizer(trained) -> None:
     assert step == 6 and config == result.config
     jax.tree.map(np.testing.assert_array_equal, trainable["model"], jax.device_get(result.params))
     assert trainable["tagger"]["kernel"].shape == (config.text.hidden_size, len(synthetic.EVENT_CLASSES) + 1)
+    counter = trainable["counter"]  # counting_weight 0 on the synthetic benchmark: no gradient reaches it
+    assert counter["kernel"].shape == (config.text.hidden_size, len(synthetic.EVENT_CLASSES), train_data.MAX_COUNT + 1)
+    assert not np.any(counter["kernel"]) and not np.any(counter["bias"])
+    assert not np.any(trainable["recurrence"]["kernel"])
     counts = [np.asarray(leaf) for leaf in jax.tree.leaves(opt_state) if np.asarray(leaf).dtype == np.int32]
     assert counts and all(int(c) == 6 for c in counts)
 

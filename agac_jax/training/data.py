@@ -52,7 +52,8 @@ from agac_jax.tokenizer import AUDIO_EOS, IM_END
 
 Batch = dict[str, np.ndarray]
 
-SET_FORMAT = 2  # version of the cached training-set files (2: suffix_start)
+SET_FORMAT = 3  # version of the cached training-set files (2: suffix_start, 3: event_counts)
+MAX_COUNT = 3  # `event_counts` saturate here: 0, 1, 2, 3 or more occurrences of a class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,8 @@ class TrainingSet:
       question_labels: int8 [N, 2] the classes a question names (see `question_labels`).
       event_ranks: int8 [C, 8] per class of EVENT_CLASSES, 0 when the clip lacks it, else the place
         (1, 2, ...) of its first onset in the clip's time order (see `event_ranks`).
+      event_counts: int8 [C, 8] per class of EVENT_CLASSES, how often it occurs in the clip, 0 to
+        MAX_COUNT (see `event_counts`).
     """
 
     features: np.ndarray
@@ -91,6 +94,7 @@ class TrainingSet:
     token_labels: np.ndarray
     question_labels: np.ndarray
     event_ranks: np.ndarray
+    event_counts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.clip_index)
@@ -121,8 +125,8 @@ class TrainingSet:
           prefix_ids, prefix_mask [C, Lp] (right-padded); suffix_ids, suffix_mask, target_mask [B, Ls]
           (target_mask 1 on the answer tokens); suffix_start [B]; features float32 [C, mels, P];
           mel_lengths [C]; question_clip [B] int32, the position in `clips` of each question's clip;
-          token_labels int32 [C, P // 4]; question_labels int32 [B, 2]; event_ranks int32 [B, 8] (of
-          each question's clip).
+          token_labels int32 [C, P // 4]; question_labels int32 [B, 2]; event_ranks and event_counts int32
+          [B, 8] (of each question's clip); clip_event_counts int32 [C, 8] (of each clip).
         """
         frames = np.unique(self.buckets[questions])
         if len(frames) != 1:
@@ -161,6 +165,8 @@ class TrainingSet:
             "token_labels": self.token_labels[clips, : frames // 4].astype(np.int32),
             "question_labels": self.question_labels[questions].astype(np.int32),
             "event_ranks": self.event_ranks[own].astype(np.int32),
+            "event_counts": self.event_counts[own].astype(np.int32),
+            "clip_event_counts": self.event_counts[clips].astype(np.int32),
         }
 
     def questions_by_clip(self) -> list[np.ndarray]:
@@ -225,6 +231,18 @@ def event_ranks(events: Sequence[synthetic.Event]) -> np.ndarray:
     for place, label in enumerate(first_onsets, start=1):
         ranks[synthetic.EVENT_CLASSES.index(label)] = place
     return ranks
+
+
+def event_counts(events: Sequence[synthetic.Event]) -> np.ndarray:
+    """int8 [8]: per class of EVENT_CLASSES, how many of the clip's events are of it, capped at MAX_COUNT.
+
+    The count question ("is there more than one {x} ?") compares this with one; the ranks of
+    `event_ranks` cannot tell once from twice."""
+    counts = np.zeros(len(synthetic.EVENT_CLASSES), np.int8)
+    for event in events:
+        index = synthetic.EVENT_CLASSES.index(event.label)
+        counts[index] = min(counts[index] + 1, MAX_COUNT)
+    return counts
 
 
 def _synthetic_all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]:
@@ -385,6 +403,7 @@ def encode_training_set(
         token_labels=token_labels,
         question_labels=np.asarray([question_labels(s.question) for s in samples], np.int8),
         event_ranks=np.stack([event_ranks(events) for events in clip_events]),
+        event_counts=np.stack([event_counts(events) for events in clip_events]),
     )
 
 

@@ -101,9 +101,11 @@ def train(
             record = {"step": step, **{k: float(np.mean([m[k] for m in window])) for k in window[0]},
                       "seconds_per_step": (time.perf_counter() - tick) / len(window)}
             history.append(record)
-            logger.info("step %d: loss %.4f (answer %.4f, tagging %.4f, reading %.4f, listening %.4f), "
+            logger.info("step %d: loss %.4f (answer %.4f, tagging %.4f, reading %.4f, listening %.4f, counting %.4f, "
+                        "recurrence %.4f), "
                         "train answer accuracy %.3f, %.2f s/step", step, record["loss"], record["answer_loss"],
                         record["tagging_loss"], record["reading_loss"], record["listening_loss"],
+                        record["counting_loss"], record["recurrence_loss"],
                         record["accuracy"], record["seconds_per_step"])
             window, tick = [], time.perf_counter()
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.optim.steps):

@@ -5,11 +5,13 @@ A step takes `batch_clips` clips and `questions_per_clip` questions about each; 
 once, its prompt prefix (system turn and audio) decoded once into a KV cache, and each question
 decoded on a copy of that cache (`forward`; the model's own stages, as `__call__` chains them).
 
-Loss: the teacher-forced cross-entropy of the answer tokens, plus three training-only auxiliary
+Loss: the teacher-forced cross-entropy of the answer tokens, plus five training-only auxiliary
 losses whose linear heads are discarded (never exported): `tagging_loss` (the event class of every
-audio token, from the known event intervals, on the projected audio embeddings), `reading_loss`
-(the classes the question names) and `listening_loss` (each class's place in the clip's time order),
-both read at the last prompt position from the input of the last decoder layer. They teach the
+audio token, from the known event intervals) and `recurrence_loss` (whether that class occurs more
+than once in the clip), both on the projected audio embeddings, `reading_loss`
+(the classes the question names), `listening_loss` (each class's place in the clip's time order)
+and `counting_loss` (how often each class occurs), the last three read at the last prompt position
+from the input of the last decoder layer. They teach the
 encoder to tell the events apart and the decoder to bring the question and the events to the
 position that answers; the last layer then only has to combine them. No loss touches the
 attention maps.
@@ -17,7 +19,8 @@ attention maps.
 The labels are defined on both benchmarks (`agac_jax.training.data`): a token under overlapping
 events takes the loudest one's class, a count question names its class twice, and a class's rank
 is that of its first onset among the classes present (1..MAX_RANK on the synthetic benchmark,
-1..5 on scenes: the listener's width follows the config, `init_auxiliary(max_rank=...)`).
+1..5 on scenes: the listener's width follows the config, `init_auxiliary(max_rank=...)`); a count
+saturates at `data.MAX_COUNT`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 from agac_jax.data import synthetic
 from agac_jax.models.decoder import LayerCache, init_cache
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask
-from agac_jax.training.data import BACKGROUND_LABEL, Batch
+from agac_jax.training.data import BACKGROUND_LABEL, MAX_COUNT, Batch
 
 Params = Any
 
@@ -102,6 +105,16 @@ def init_tagger(hidden_size: int) -> Params:
     return {"kernel": jnp.zeros((hidden_size, BACKGROUND_LABEL + 1)), "bias": jnp.zeros((BACKGROUND_LABEL + 1,))}
 
 
+def _answering_position_loss(head: Params, middle: jax.Array, batch: Batch, labels: jax.Array) -> jax.Array:
+    """Mean cross-entropy of labels [B, K] (K targets of a head, each a class of its last axis) read by
+    `head` (kernel [D, K, classes]) from middle [B, L, D] at the last prompt position."""
+    last = jnp.argmax(batch["target_mask"], axis=1) - 1
+    h = middle[jnp.arange(middle.shape[0]), last].astype(jnp.float32)
+    logits = jnp.einsum("bd,dkc->bkc", h, head["kernel"]) + head["bias"]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+
+
 def init_reader(hidden_size: int) -> Params:
     """The training-only question reader: two linear maps from a hidden state to the classes a question names."""
     return {"kernel": jnp.zeros((hidden_size, 2, BACKGROUND_LABEL + 1)), "bias": jnp.zeros((2, BACKGROUND_LABEL + 1))}
@@ -115,11 +128,7 @@ def reading_loss(reader: Params, middle: jax.Array, batch: Batch) -> jax.Array:
     alone, so the answer loss alone gives the decoder almost no signal to bring the question to
     the position that answers. The reader is not part of the model and is not exported.
     """
-    last = jnp.argmax(batch["target_mask"], axis=1) - 1
-    h = middle[jnp.arange(middle.shape[0]), last].astype(jnp.float32)
-    logits = jnp.einsum("bd,dkc->bkc", h, reader["kernel"]) + reader["bias"]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["question_labels"][..., None], axis=-1))
+    return _answering_position_loss(reader, middle, batch, batch["question_labels"])
 
 
 MAX_RANK = 3  # the synthetic benchmark's clips hold at most 3 events (`data.max_rank` of a config)
@@ -137,17 +146,54 @@ def listening_loss(listener: Params, middle: jax.Array, batch: Batch) -> jax.Arr
     With the question (reading) and the clip's events in time order (listening) both at the
     answering position, the last layer only has to combine them.
     """
-    last = jnp.argmax(batch["target_mask"], axis=1) - 1
-    h = middle[jnp.arange(middle.shape[0]), last].astype(jnp.float32)
-    logits = jnp.einsum("bd,dkc->bkc", h, listener["kernel"]) + listener["bias"]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, batch["event_ranks"][..., None], axis=-1))
+    return _answering_position_loss(listener, middle, batch, batch["event_ranks"])
+
+
+def init_recurrence(hidden_size: int) -> Params:
+    """The training-only recurrence head: a linear map from an audio embedding to one logit."""
+    return {"kernel": jnp.zeros((hidden_size,)), "bias": jnp.zeros(())}
+
+
+def recurrence_loss(head: Params, audio: jax.Array, labels: jax.Array, clip_counts: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy, over the audio tokens inside an event, of whether the token's class
+    occurs more than once in its clip.
+
+    audio [C, T, D]: projected audio embeddings; labels [C, T]: `audio_token_labels` (a class, the
+    background or -1); clip_counts [C, 8]: `event_counts` of each clip. With this mark on every token
+    of a repeated class, "is there more than one {x} ?" asks whether a token of class x carries it,
+    which is how the existence question is answered; the encoder has the whole clip to find the other
+    occurrence. Like the tagger, the head is not exported.
+    """
+    logits = audio.astype(jnp.float32) @ head["kernel"] + head["bias"]
+    inside = (labels >= 0) & (labels < BACKGROUND_LABEL)
+    counts = jnp.take_along_axis(clip_counts, jnp.clip(labels, 0, BACKGROUND_LABEL - 1), axis=1)
+    target = (counts >= 2).astype(jnp.float32)
+    nll = jax.nn.softplus(logits) - target * logits  # -log sigmoid(logit) for 1, -log(1 - sigmoid) for 0
+    return jnp.sum(jnp.where(inside, nll, 0.0)) / jnp.maximum(jnp.sum(inside), 1)
+
+
+def init_counter(hidden_size: int) -> Params:
+    """The training-only counter: per class, a linear map from a hidden state to its count (0 .. MAX_COUNT)."""
+    n = len(synthetic.EVENT_CLASSES)
+    return {"kernel": jnp.zeros((hidden_size, n, MAX_COUNT + 1)), "bias": jnp.zeros((n, MAX_COUNT + 1))}
+
+
+def counting_loss(counter: Params, middle: jax.Array, batch: Batch) -> jax.Array:
+    """Mean cross-entropy of each class's number of occurrences in the clip (`event_counts`), read like
+    `reading_loss`.
+
+    The listener ranks a class by its first onset, so it says nothing about a second occurrence; the
+    scenes' count question needs exactly that at the answering position.
+    """
+    return _answering_position_loss(counter, middle, batch, batch["event_counts"])
 
 
 def init_auxiliary(hidden_size: int, max_rank: int = MAX_RANK) -> Params:
-    """The training-only heads: {"tagger": `init_tagger`, "reader": `init_reader`, "listener": `init_listener`}."""
+    """The training-only heads: {"tagger": `init_tagger`, "reader": `init_reader`, "listener": `init_listener`,
+    "counter": `init_counter`, "recurrence": `init_recurrence`}."""
     return {"tagger": init_tagger(hidden_size), "reader": init_reader(hidden_size),
-            "listener": init_listener(hidden_size, max_rank)}
+            "listener": init_listener(hidden_size, max_rank), "counter": init_counter(hidden_size),
+            "recurrence": init_recurrence(hidden_size)}
 
 
 def tagging_loss(tagger: Params, audio: jax.Array, labels: jax.Array) -> jax.Array:

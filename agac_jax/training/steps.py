@@ -15,8 +15,8 @@ import optax
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
 from agac_jax.training.data import TrainingSet
-from agac_jax.training.losses import (answer_loss, answer_loss_from_logits, forward, listening_loss, reading_loss,
-                                      tagging_loss)
+from agac_jax.training.losses import (answer_loss, answer_loss_from_logits, counting_loss, forward, listening_loss,
+                                      reading_loss, recurrence_loss, tagging_loss)
 
 Params = Any
 
@@ -37,12 +37,14 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
 
 
 def make_train_step(model: Qwen2AudioForConditionalGeneration, optimizer: optax.GradientTransformation,
-                    tagging_weight: float, reading_weight: float, listening_weight: float) -> Callable:
+                    tagging_weight: float, reading_weight: float, listening_weight: float,
+                    counting_weight: float = 0.0, recurrence_weight: float = 0.0) -> Callable:
     """jitted (trainable, opt_state, batch) -> (trainable, opt_state, metrics).
 
     `trainable` is {"model": parameters, **`init_auxiliary`}; the loss is the answer loss plus the
-    weighted tagging, reading and listening losses; metrics: loss, answer_loss, tagging_loss,
-    reading_loss, listening_loss, accuracy (of the answer word).
+    weighted tagging, reading, listening, counting and recurrence losses; metrics: loss, answer_loss,
+    tagging_loss, reading_loss, listening_loss, counting_loss, recurrence_loss, accuracy (of the answer word). A head of weight 0
+    gets no gradient and stays at zero.
     """
 
     def loss_fn(trainable, batch):
@@ -51,9 +53,13 @@ def make_train_step(model: Qwen2AudioForConditionalGeneration, optimizer: optax.
         tagging = tagging_loss(trainable["tagger"], audio, batch["token_labels"])
         reading = reading_loss(trainable["reader"], middle, batch)
         listening = listening_loss(trainable["listener"], middle, batch)
+        counting = counting_loss(trainable["counter"], middle, batch)
+        recurrence = recurrence_loss(trainable["recurrence"], audio, batch["token_labels"], batch["clip_event_counts"])
         metrics = {"answer_loss": answer, "tagging_loss": tagging, "reading_loss": reading,
-                   "listening_loss": listening, "accuracy": jnp.mean(correct)}
-        total = answer + tagging_weight * tagging + reading_weight * reading + listening_weight * listening
+                   "listening_loss": listening, "counting_loss": counting, "recurrence_loss": recurrence,
+                   "accuracy": jnp.mean(correct)}
+        total = (answer + tagging_weight * tagging + reading_weight * reading + listening_weight * listening
+                 + counting_weight * counting + recurrence_weight * recurrence)
         return total, metrics
 
     def step(trainable, opt_state, batch):
@@ -75,7 +81,8 @@ def cached_steps(config: Qwen2AudioConfig, optim_items: tuple) -> tuple[Callable
     model = Qwen2AudioForConditionalGeneration(config)
     optim = ml_collections.ConfigDict(dict(optim_items))
     train_step = make_train_step(model, make_optimizer(optim), optim.tagging_weight, optim.reading_weight,
-                                 optim.listening_weight)
+                                 optim.listening_weight, optim.counting_weight,
+                                 optim.recurrence_weight)
     return train_step, make_eval_step(model)
 
 
