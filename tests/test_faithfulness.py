@@ -144,6 +144,11 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     measured = [row for row in rows if row["selector"] != "aad"]
     assert len({row["audio_questions"] for row in measured}) == 1  # one silent clip per question
     assert all(0 <= row["audio_questions"] <= 2 for row in measured)
+    for row in measured:  # right and wrong answers split the insertion A.C. of all questions
+        n, r = sum(row["ac_by_kind_0.5"][g]["questions"] for g in row["ac_by_kind_0.5"]), row["right_answers"]
+        parts = [row[f"ac_{part}_insertion_0.5"] * size for part, size in (("right", r), ("wrong", n - r)) if size]
+        assert row["right_answers"] == measured[0]["right_answers"] and 0 <= r <= n
+        np.testing.assert_allclose(sum(parts), row["ac_insertion_0.5"] * n)
     # the reading shares the raw setting's one scoring run, and so its cost
     assert (rows[2]["flops_per_clip"], rows[2]["seconds_per_clip"]) == (rows[0]["flops_per_clip"],
                                                                         rows[0]["seconds_per_clip"])

@@ -160,7 +160,7 @@ def by_kind(groups: Sequence[str], insertion: np.ndarray, joined: np.ndarray) ->
 
 def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | None, recalls: dict[float, float],
          measured: tuple[faithfulness.Curves, dict[float, np.ndarray]] | None, flops: float | None,
-         seconds: float | None, groups: Sequence[str] | None = None) -> dict[str, Any]:
+         seconds: float | None, groups: Sequence[str] | None = None, right: np.ndarray | None = None) -> dict[str, Any]:
     row: dict[str, Any] = dict(benchmark=benchmark, selector=selector,
                                setting=setting.name if setting else "", alpha=alpha)
     row.update({f"recall_{rho:g}": value for rho, value in recalls.items()})
@@ -177,6 +177,10 @@ def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | 
             row["ac_audio_joined_0.5"] = _percent(joined[0.5][dependent])
         if groups is not None and half is not None and 0.5 in joined:
             row["ac_by_kind_0.5"] = by_kind(groups, curves.consistent_insertion[:, half], joined[0.5])
+        if right is not None and half is not None:  # A.C. of the answers the model got right, and wrong
+            row["ac_right_insertion_0.5"] = _percent(curves.consistent_insertion[right, half])
+            row["ac_wrong_insertion_0.5"] = _percent(curves.consistent_insertion[~right, half])
+            row["right_answers"] = int(right.sum())
         row["audio_questions"] = int(dependent.sum())
     row.update(flops_per_clip=flops, seconds_per_clip=seconds)
     return row
@@ -205,8 +209,9 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     originals = first.answers(waveforms, questions)
     answer_ids = [ids for _, ids in originals]
     with_evidence = sum(bool(e) for e in evidence)
+    right = np.asarray([metrics.parse_answer(t) == s.answer for (t, _), s in zip(originals, samples)])
     _log.info("%s: %d questions (%d with evidence); accuracy of the original answers %.1f%%", label, len(samples),
-              with_evidence, 100 * np.mean([metrics.parse_answer(t) == s.answer for (t, _), s in zip(originals, samples)]))
+              with_evidence, 100 * right.mean())
     rows: list[dict[str, Any]] = []
     rhos = tuple(config.recall_rhos)
     curve_rhos = tuple(config.curve_rhos)
@@ -248,7 +253,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             curves = None
             if alpha == config.curve_alpha:
                 curves = curves_of("fused", at_alpha)
-            rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds, groups))
+            rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds, groups, right))
         aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
         rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
         _log.info("%s %s: scored in %.1f s (%.3f s a clip without compilation); fused recall %s", label,
@@ -261,7 +266,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         for selector in BASELINES:
             recalls = {rho: evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho) for rho in rhos}
             curves = curves_of(selector, reference_scores, seeds=list(range(len(samples))))
-            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None, groups))
+            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None, groups, right))
         _append(workdir, baseline_rows)
         rows += baseline_rows
     return rows
@@ -283,6 +288,7 @@ def read_rows(workdir: Path) -> list[dict[str, Any]]:
 
 COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_joined_0.5", "ac_joined_0.7",
            "ac_insertion_0.5", "ac_audio_joined_0.5", "ac_audio_insertion_0.5", "audio_questions",
+           "ac_right_insertion_0.5", "ac_wrong_insertion_0.5", "right_answers",
            "log_odds_insertion", "log_odds_deletion", "log_odds_gap", "ac_insertion", "ac_deletion", "ac_gap",
            "flops_per_clip", "seconds_per_clip")
 
@@ -305,7 +311,9 @@ def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
     lines = ["# Estimator study", "",
              "Evidence recall (%) of the fused selection at rho; A.C. (%) of the top-rho frames joined (the "
              "codec's input) and of the insertion clip (the rest silent) at rho, over all questions and over the "
-             "audio questions (ac_audio_*: those whose answer the silent clip changes, `audio_questions` of them); deletion/insertion areas of the "
+             "audio questions (ac_audio_*: those whose answer the silent clip changes, `audio_questions` of them), "
+             "and of the insertion clip over the questions the model answers right and wrong (ac_right_*, ac_wrong_*; "
+             "`right_answers` right); deletion/insertion areas of the "
              "normalised answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.",
              ""]
     for bench in dict.fromkeys(row["benchmark"] for row in rows):
