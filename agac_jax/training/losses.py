@@ -8,12 +8,11 @@ decoded on a copy of that cache (`forward`; the model's own stages, as `__call__
 Loss: the teacher-forced cross-entropy of the answer tokens, plus five training-only auxiliary
 losses whose linear heads are discarded (never exported): `tagging_loss` (the event class of every
 audio token, from the known event intervals) and `recurrence_loss` (whether that class occurs more
-than once in the clip), both on the projected audio embeddings, `reading_loss`
-(the classes the question names), `listening_loss` (each class's place in the clip's time order)
-and `counting_loss` (how often each class occurs), the last three read at the last prompt position
-from the input of the last decoder layer. They teach the
-encoder to tell the events apart and the decoder to bring the question and the events to the
-position that answers; the last layer then only has to combine them. No loss touches the
+than once in the clip), both on the projected audio embeddings; `reading_loss` (the classes the
+question names), `listening_loss` (each class's place in the clip's time order) and `counting_loss`
+(how often each class occurs), read at the last prompt position from the input of the last decoder
+layer. They teach the encoder to tell the events apart and the decoder to bring the question and the
+events to the position that answers; the last layer then only has to combine them. No loss touches the
 attention maps.
 
 The labels are defined on both benchmarks (`agac_jax.training.data`): a token under overlapping

@@ -43,8 +43,8 @@ def make_train_step(model: Qwen2AudioForConditionalGeneration, optimizer: optax.
 
     `trainable` is {"model": parameters, **`init_auxiliary`}; the loss is the answer loss plus the
     weighted tagging, reading, listening, counting and recurrence losses; metrics: loss, answer_loss,
-    tagging_loss, reading_loss, listening_loss, counting_loss, recurrence_loss, accuracy (of the answer word). A head of weight 0
-    gets no gradient and stays at zero.
+    tagging_loss, reading_loss, listening_loss, counting_loss, recurrence_loss, accuracy (of the answer
+    word). A head of weight 0 gets no gradient and stays at zero.
     """
 
     def loss_fn(trainable, batch):
