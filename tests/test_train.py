@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from agac_jax.audio.features import batch_log_mel
 from agac_jax.data import synthetic
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
 from agac_jax.tokenizer import IM_END
@@ -59,6 +60,20 @@ def test_training_set_targets_are_answer_then_im_end(samples, tmp_path: Path) ->
     again = train_data.load_training_set(tmp_path / "set.npz")
     assert again.bucket_lengths == data.bucket_lengths
     np.testing.assert_array_equal(again.input_ids, data.input_ids)
+
+
+def test_training_features_are_the_batch_log_mel_of_the_clips(samples, tmp_path: Path) -> None:
+    """Features are computed one clip at a time at the largest bucket and cut to the largest bucket in
+    use: they must equal `batch_log_mel` of all clips at that bucket, and a bucket no clip needs (9 s
+    here: the clips are at most 5 s) must not widen them."""
+    tokenizer = model.build_processor(tmp_path, 80)
+    data = train_data.encode_training_set(tokenizer, samples, 80, (4, 5, 9))
+    assert data.features.shape[2] == int(data.buckets.max()) == 500
+    clip_samples = {s.clip_id: s for s in samples}
+    first = [next(s for s in samples if s.clip_id == c) for c in clip_samples]
+    expected, mask = batch_log_mel([s.load_waveform() for s in first], 80, 500)
+    np.testing.assert_array_equal(data.features, expected.astype(np.float16))
+    np.testing.assert_array_equal(data.mel_lengths, mask.sum(-1))
 
 
 def test_batches_hold_one_bucket_and_depend_only_on_seed_and_step() -> None:

@@ -18,12 +18,12 @@ they are answerable); answered from the clip's events. The benchmark's own quest
 so neither the question nor the audio alone says anything about the answer; a small model trained
 on them alone stays at chance for hundreds of steps.
 
-Log-mel features of the training clips are computed once (`batch_log_mel`, padded to the largest
-frame bucket) and kept as float16 to halve their memory; a batch is cast back to float32. Each
+Log-mel features of the training clips are computed once, one clip at a time (`log_mel`, padded to
+the largest frame bucket), and kept as float16 to halve their memory; a batch is cast back to float32. Each
 question belongs to the frame bucket of its clip (`agac_jax.audio.features.bucket_frames`); a batch
 holds questions of one bucket only, cut to that bucket's frames and token length, so short clips
 cost less and each bucket compiles once. Cutting the features is exact: every frame of
-`batch_log_mel` equals the 30 s reference at its index whatever the padding. Encoded splits are
+`log_mel` equals the 30 s reference at its index whatever the padding. Encoded splits are
 cached in the workdir as .npz (`split_set`).
 
 Batch order is a function of (seed, step) only (`step_batch`), so a resumed run sees the batches the
@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from agac_jax.audio.features import audio_token_count, batch_log_mel, bucket_frames
+from agac_jax.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, audio_token_count, bucket_frames, log_mel
 from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN
 from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
@@ -352,16 +352,26 @@ def encode_training_set(
     if not samples:
         raise ValueError("samples is empty: nothing to train on")
     clip_order: dict[str, int] = {}
-    waveforms: list[np.ndarray] = []
-    clip_events: list[Sequence[synthetic.Event]] = []
+    clip_samples: list[Any] = []
     for sample in samples:
         if sample.clip_id not in clip_order:
-            clip_order[sample.clip_id] = len(waveforms)
-            waveforms.append(sample.load_waveform())
-            clip_events.append(sample.events)
-    clip_buckets = np.asarray([bucket_frames(w.size, bucket_seconds) for w in waveforms], np.int32)
-    features, feature_mask = batch_log_mel(waveforms, num_mel_bins, int(clip_buckets.max()))
-    mel_lengths = feature_mask.sum(-1).astype(np.int32)
+            clip_order[sample.clip_id] = len(clip_samples)
+            clip_samples.append(sample)
+    clip_events = [sample.events for sample in clip_samples]
+    # One waveform at a time (16000 clips of 12 s are 12 GB as float32): each clip's features at the
+    # largest bucket, exact at every frame (`log_mel` equals the 30 s reference), cut to the largest
+    # bucket in use below.
+    largest = max(bucket_seconds) * FRAMES_PER_SECOND
+    features = np.empty((len(clip_samples), num_mel_bins, largest), np.float16)
+    mel_lengths = np.empty(len(clip_samples), np.int32)
+    clip_buckets = np.empty(len(clip_samples), np.int32)
+    for index, sample in enumerate(clip_samples):
+        waveform = sample.load_waveform()
+        clip_buckets[index] = bucket_frames(waveform.size, bucket_seconds)
+        clip_features, mel_lengths[index] = log_mel(waveform, num_mel_bins, largest * HOP_LENGTH,
+                                                    name=f"clip {sample.clip_id!r}")
+        features[index] = clip_features
+    features = features[:, :, : int(clip_buckets.max())]
     clip_index = np.asarray([clip_order[s.clip_id] for s in samples], np.int32)
     num_tokens = audio_token_count(mel_lengths[clip_index]).tolist()
     prompts = expand_audio_placeholders([render_prompt(tokenizer, s.question) for s in samples], num_tokens)
@@ -390,7 +400,7 @@ def encode_training_set(
     token_labels = np.stack([audio_token_labels(events, int(n), max_tokens)
                              for events, n in zip(clip_events, clip_tokens)])
     return TrainingSet(
-        features=features.astype(np.float16),
+        features=features,
         mel_lengths=mel_lengths,
         clip_index=clip_index,
         input_ids=input_ids,
