@@ -77,6 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.rate = 50  # codec frame grid the selections rank (tokens/s)
     config.recall_rhos = (0.5, 0.7)  # keep ratios of the evidence recall columns
     config.curve_rhos = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # ratios of the curves (from 0 to 1)
+    config.random_draws = 4  # draws of the random baseline averaged (one moves its A.C. at rho 0.5 by ~1 point)
     config.scoring.max_new_tokens = 4  # the tiny models answer one word and <|im_end|>
     config.scoring.max_text_tokens = 32  # the synthetic prompts have at most 32 text tokens
     config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
@@ -99,4 +100,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.settings = ("occlusion/1/logp", "integrated_gradients/4/log_odds")  # one of each estimator
         config.alphas = (0.5,)  # the curve alpha only
         config.curve_rhos = (0.0, 0.5, 1.0)  # three points
+        config.random_draws = 2  # the mean of two draws
     return config

@@ -125,6 +125,24 @@ def test_curves_have_shared_ends_and_altered_clips_split_the_clip(scorer, scored
                                      ends=faithfulness.CurveEnds(*(x[:2] for x in dataclasses.astuple(ends))))
 
 
+def test_mean_curves_average_random_draws():
+    rhos = (0.0, 0.5, 1.0)
+    silent_changed = np.array([[False, True, True], [True, True, True]])  # question 0 needs its audio
+    one = faithfulness.Curves("random", rhos, np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.5]]), np.zeros((2, 3)),
+                              silent_changed, silent_changed)
+    other = faithfulness.Curves("random", rhos, np.array([[0.0, 0.0, 2.0], [1.0, 1.5, 1.5]]), np.ones((2, 3)),
+                                np.array([[False, False, True], [True, False, True]]), silent_changed)
+    mean = faithfulness.mean_curves([one, other])
+    np.testing.assert_array_equal(mean.consistent_insertion, [[0, 0.5, 1], [1, 0.5, 1]])
+    np.testing.assert_array_equal(mean.log_odds_insertion, [[0, 0.5, 2], [1, 1.25, 1.5]])
+    np.testing.assert_array_equal(mean.audio_dependent(), one.audio_dependent())
+    np.testing.assert_array_equal(one.audio_dependent(), [True, False])
+    for key, value in mean.areas().items():  # the curves' ends agree, so every area is the draws' mean
+        np.testing.assert_allclose(value, (one.areas()[key] + other.areas()[key]) / 2, err_msg=key)
+    with pytest.raises(ValueError, match="same ratios"):
+        faithfulness.mean_curves([one, dataclasses.replace(other, rhos=(0.0, 0.7, 1.0))])
+
+
 def test_study_writes_its_table_and_resumes(tmp_path):
     from configs.estimator_study import get_config
 
@@ -141,6 +159,7 @@ def test_study_writes_its_table_and_resumes(tmp_path):
     assert rows[0]["flops_per_clip"] > 0 and rows[0]["seconds_per_clip"] > 0
     assert all(0 <= row["ac_joined_0.5"] <= 100 for row in rows if row["selector"] != "aad")
     assert "ac_joined_0.5" not in rows[1]  # AAD alone: recall only
+    assert [row.get("draws") for row in rows[4:]] == [1, config.random_draws, 1] and config.random_draws == 2
     measured = [row for row in rows if row["selector"] != "aad"]
     assert len({row["audio_questions"] for row in measured}) == 1  # one silent clip per question
     assert all(0 <= row["audio_questions"] <= 2 for row in measured)

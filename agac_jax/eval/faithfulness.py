@@ -43,7 +43,8 @@ class Curves:
     """One selector's curves over N clips at the ratios `rhos` [R].
 
     log_odds_insertion, log_odds_deletion: float64 [N, R]; consistent_insertion, consistent_deletion:
-    bool [N, R] (the altered clip's answer is the original's).
+    bool [N, R] (the altered clip's answer is the original's), or float64 [N, R], the share of
+    several random draws in which it is (`mean_curves`).
     """
 
     selector: str
@@ -67,7 +68,7 @@ class Curves:
         ground truth, so it applies to any data set."""
         if self.rhos[0] != 0.0:
             raise ValueError(f"the curves start at rho {self.rhos[0]}, not at the silent clip (0)")
-        return ~self.consistent_insertion[:, 0]
+        return np.asarray(self.consistent_insertion[:, 0]) < 1  # bool, or a share of draws (equal at rho 0)
 
     def areas(self) -> dict[str, float]:
         """Trapezoid areas over rho of the mean curves: log-odds (normalised) and A.C., insertion,
@@ -83,6 +84,18 @@ class Curves:
         out["log_odds_gap"] = out["log_odds_insertion"] - out["log_odds_deletion"]
         out["ac_gap"] = out["ac_insertion"] - out["ac_deletion"]
         return out
+
+
+def mean_curves(draws: Sequence[Curves]) -> Curves:
+    """The mean of one selector's curves over random draws (the same clips and ratios): log-odds
+    averaged, consistency as the share of draws whose answer is unchanged. A.C. and areas of the mean
+    are the means of the draws'."""
+    first = draws[0]
+    if any(d.rhos != first.rhos or d.selector != first.selector for d in draws):
+        raise ValueError("mean_curves needs draws of one selector at the same ratios")
+    mean = lambda name: np.mean([np.asarray(getattr(d, name), np.float64) for d in draws], axis=0)  # noqa: E731
+    return Curves(first.selector, first.rhos, mean("log_odds_insertion"), mean("log_odds_deletion"),
+                  mean("consistent_insertion"), mean("consistent_deletion"))
 
 
 def frame_sample_mask(kept: np.ndarray, num_samples: int, rate: int) -> np.ndarray:

@@ -8,7 +8,8 @@ insertion curves and the A.C. of its joined top-rho frames at the recall ratios
 (`agac_jax.eval.faithfulness`); and the setting's cost per clip (analytic FLOPs of the program as it
 runs, padded shapes included, and measured seconds without compilation). Settings that differ only in
 how the local score is read (sign, smoothing) share one scoring run and its cost (`read_local`). The
-question-blind and model-only baselines (energy, random, attention) are measured once per benchmark.
+question-blind and model-only baselines (energy, random, attention) are measured once per benchmark;
+random as the mean of `random_draws` draws, since one draw moves its A.C. by a point or more.
 
 Rows go to `rows.jsonl` in the workdir as each (benchmark, setting) finishes, so a rerun skips them;
 `study.md`, `study.csv` and `recall_vs_cost.png` are written from all rows at the end.
@@ -112,9 +113,11 @@ def _with_alpha(score: Any, alpha: float) -> Any:
 
 
 def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
-                     selector: str, rate: int, rho: float) -> float:
-    """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent)."""
-    kept = methods.select_batch(scores, waveforms, selector, rate, rho, list(range(len(scores))))
+                     selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None) -> float:
+    """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent); `seeds`:
+    the `random` selector's seed per sample (default: its index)."""
+    seeds = list(range(len(scores))) if seeds is None else list(seeds)
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
     recalls = []
     for keep, wave, intervals in zip(kept, waveforms, evidence):
         if intervals:
@@ -264,9 +267,17 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             reference_scores = first.score(waveforms, questions, answer_ids=answer_ids)
         baseline_rows = []
         for selector in BASELINES:
-            recalls = {rho: evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho) for rho in rhos}
-            curves = curves_of(selector, reference_scores, seeds=list(range(len(samples))))
-            baseline_rows.append(_row(label, selector, None, None, recalls, curves, None, None, groups, right))
+            # random: the mean of `random_draws` draws, seeds k * N + i for draw k and question i
+            draws = [[k * len(samples) + i for i in range(len(samples))]
+                     for k in range(config.random_draws if selector == "random" else 1)]
+            recalls = {rho: float(np.mean([evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho,
+                                                            seeds) for seeds in draws])) for rho in rhos}
+            measured = [curves_of(selector, reference_scores, seeds=seeds) for seeds in draws]
+            curves = faithfulness.mean_curves([c for c, _ in measured])
+            joined = {rho: np.mean([np.asarray(j[rho], np.float64) for _, j in measured], axis=0) for rho in rhos}
+            row = _row(label, selector, None, None, recalls, (curves, joined), None, None, groups, right)
+            row["draws"] = len(draws)
+            baseline_rows.append(row)
         _append(workdir, baseline_rows)
         rows += baseline_rows
     return rows
@@ -288,7 +299,7 @@ def read_rows(workdir: Path) -> list[dict[str, Any]]:
 
 COLUMNS = ("benchmark", "selector", "setting", "alpha", "recall_0.5", "recall_0.7", "ac_joined_0.5", "ac_joined_0.7",
            "ac_insertion_0.5", "ac_audio_joined_0.5", "ac_audio_insertion_0.5", "audio_questions",
-           "ac_right_insertion_0.5", "ac_wrong_insertion_0.5", "right_answers",
+           "ac_right_insertion_0.5", "ac_wrong_insertion_0.5", "right_answers", "draws",
            "log_odds_insertion", "log_odds_deletion", "log_odds_gap", "ac_insertion", "ac_deletion", "ac_gap",
            "flops_per_clip", "seconds_per_clip")
 
@@ -314,7 +325,8 @@ def write_tables(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:
              "audio questions (ac_audio_*: those whose answer the silent clip changes, `audio_questions` of them), "
              "and of the insertion clip over the questions the model answers right and wrong (ac_right_*, ac_wrong_*; "
              "`right_answers` right); deletion/insertion areas of the "
-             "normalised answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip.",
+             "normalised answer log-odds and of A.C. (gap = insertion - deletion, higher is better); cost per clip. "
+             "Random: the mean of `draws` draws.",
              ""]
     for bench in dict.fromkeys(row["benchmark"] for row in rows):
         lines += [f"## {bench}", "", "| " + " | ".join(COLUMNS[1:]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
