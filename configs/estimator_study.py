@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     scenes_model = SCENES_MODEL if SCENES_MODEL.is_dir() else SHIPPED
     config.benchmarks = [  # each: a data set section and the model that answers it
         _benchmark("synthetic", 24, SHIPPED, "synthetic"),  # the main job's benchmark (29 questions with evidence)
-        _benchmark("synthetic_scenes", 90, scenes_model, "scenes"),  # the harder one (206 questions with evidence)
+        _benchmark("synthetic_scenes", 90, scenes_model, "scenes"),  # the harder one (205 questions with evidence)
     ]
     config.settings = SETTINGS  # estimator/window-or-steps/target of each scored setting
     config.alphas = (0.25, 0.5, 0.75)  # fusion weights of the local score measured for every setting
