@@ -78,6 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.validation_clips = 80  # validation clips for the progress evaluation
     c.data.test_clips = 130  # test clips generated for the final evaluation
     c.data.test_questions = 200  # test questions measured (the first ones of the split)
+    c.data.silence_share = 0.0  # share of training clips with event-free frames cut to zeros (training.data)
+    c.data.silence_cut = (0.25, 1.0)  # range of the per-clip probability that an event-free frame is cut
 
     c.optim = ml_collections.ConfigDict()
     c.optim.steps = 2400  # optimiser steps
@@ -130,6 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.validation_clips = 80  # scenes validation clips (220 questions)
         c.data.test_clips = 100  # scenes test clips (280 questions, 229 with evidence)
         c.data.test_questions = 250  # the first 250 of them measured
+        c.data.silence_share = 0.5  # half the clips heard with background cut away, as insertion clips are
         c.optim.steps = 6000  # more steps than the default: more clips, harder questions
         c.optim.order_share = 0.375  # 3 of a clip's 8 questions from its order questions
         c.optim.count_share = 0.375  # 3 from its count questions (the other 2 existence questions)

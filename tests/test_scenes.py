@@ -346,7 +346,7 @@ def test_the_scenes_training_data_mixes_both_benchmarks_with_the_union_vocabular
     assert train_data.split_samples(cfg, "test", 2) == scenes.generate_split("test", 2, cfg.data.seed)
     tokenizer = model.build_processor(tmp_path / "processor", cfg.num_mel_bins, train_data.vocabulary(cfg))
     data = train_data.split_set(cfg, tokenizer, tmp_path, "train", cfg.data.train_clips, None)
-    assert (tmp_path / "all_scenes_mix-synthetic2_train_clips3_seed0_mel80_buckets12_v3.npz").is_file()
+    assert (tmp_path / "all_silence0.5-0.25-1_scenes_mix-synthetic2_train_clips3_seed0_mel80_buckets12_v3.npz").is_file()
     assert len(data) == len(pool) and tokenizer.unk_token_id not in data.input_ids
     assert data.event_ranks.max() <= 5 and set(np.unique(data.kinds)) == set(scenes.QUESTION_KINDS)
     for i in np.flatnonzero(data.kinds == scenes.COUNT):  # the counted class occurs once ("no") or twice ("yes")

@@ -76,6 +76,54 @@ def test_training_features_are_the_batch_log_mel_of_the_clips(samples, tmp_path:
     np.testing.assert_array_equal(data.mel_lengths, mask.sum(-1))
 
 
+def test_silence_outside_events_cuts_only_event_free_frames() -> None:
+    """Zeros fall on whole codec frames more than EVENT_MARGIN_S from every event; every event sample
+    is kept; cut probability 1 silences every event-free frame, 0 none."""
+    rng = np.random.default_rng(3)
+    wave = rng.uniform(0.1, 0.2, 4 * synthetic.SAMPLE_RATE).astype(np.float32)  # no sample is zero
+    events = (synthetic.Event("siren", 0.5, 1.1, 10.0), synthetic.Event("dog bark", 2.3, 2.9, 10.0))
+    event_samples = np.zeros(wave.size, bool)
+    for e in events:
+        event_samples[int(e.start_s * 16000) : int(e.end_s * 16000)] = True
+    for seed in range(6):
+        out = train_data.silence_outside_events(wave, events, np.random.default_rng(seed), (1.0, 1.0))
+        np.testing.assert_array_equal(out[event_samples], wave[event_samples])
+        zero = out == 0
+        starts = np.flatnonzero(np.diff(np.concatenate([[0], zero.astype(int)])) == 1)
+        frame = {320, 640, 1280}
+        assert any(all(s % f == 0 for s in starts) for f in frame)  # cuts start on one codec grid
+        margin = int(train_data.EVENT_MARGIN_S * 16000)
+        near = np.zeros(wave.size, bool)
+        for e in events:
+            near[int(e.start_s * 16000) - margin : int(e.end_s * 16000) + margin] = True
+        assert not zero[near].any()
+        assert zero[~near].mean() > 0.8  # p = 1: all but the frames straddling the margins
+    untouched = train_data.silence_outside_events(wave, events, np.random.default_rng(0), (0.0, 0.0))
+    np.testing.assert_array_equal(untouched, wave)
+    with pytest.raises(ValueError, match="cut_range"):
+        train_data.silence_outside_events(wave, events, rng, (0.5, 0.2))
+
+
+def test_silence_share_changes_only_the_chosen_training_clips(samples, tmp_path: Path) -> None:
+    """With silence_share 1 every clip's features differ from the plain encoding where it had
+    event-free background, and the cut frames sit at the log-mel floor (max - 2 after Whisper's
+    normalisation); share 0 reproduces the plain features; a share outside [0, 1] is refused."""
+    tokenizer = model.build_processor(tmp_path, 80)
+    plain = train_data.encode_training_set(tokenizer, samples, 80, (5,))
+    cut = train_data.encode_training_set(tokenizer, samples, 80, (5,), silence_share=1.0, silence_cut=(1.0, 1.0))
+    again = train_data.encode_training_set(tokenizer, samples, 80, (5,), silence_share=0.0)
+    np.testing.assert_array_equal(again.features, plain.features)
+    for clip in range(plain.features.shape[0]):
+        changed = np.any(cut.features[clip] != plain.features[clip], axis=0)[: cut.mel_lengths[clip]]
+        assert 0.2 < changed.mean() < 1.0
+        floor = cut.features[clip].astype(np.float32).max() - 2.0
+        frames = cut.features[clip][:, : cut.mel_lengths[clip]].astype(np.float32)
+        assert np.mean(np.all(np.abs(frames - floor) < 1e-2, axis=0)) > 0.2  # whole frames of digital silence
+    np.testing.assert_array_equal(cut.token_labels, plain.token_labels)
+    with pytest.raises(ValueError, match="silence_share"):
+        train_data.encode_training_set(tokenizer, samples, 80, (5,), silence_share=1.5)
+
+
 def test_batches_hold_one_bucket_and_depend_only_on_seed_and_step() -> None:
     buckets = np.repeat([600, 900, 1200], [10, 7, 5])
     per_epoch = [train_data.batch_indices(buckets, 3, seed=1, step=s) for s in range(5)]

@@ -26,6 +26,12 @@ cost less and each bucket compiles once. Cutting the features is exact: every fr
 `log_mel` equals the 30 s reference at its index whatever the padding. Encoded splits are
 cached in the workdir as .npz (`split_set`).
 
+Silence outside the events (`data.silence_share`, training split only): a share of the training
+clips is encoded with some of its codec frames that overlap no event set to digital zeros
+(`silence_outside_events`), so the model hears a clip whose background is partly cut away, as in the
+insertion clips of the faithfulness curves and at the AAD's gated tokens, as the same scene. Every
+label stays exact: no event loses a sample.
+
 Batch order is a function of (seed, step) only (`step_batch`), so a resumed run sees the batches the
 interrupted one would have.
 """
@@ -44,7 +50,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from agac_jax.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, audio_token_count, bucket_frames, log_mel
-from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN
+from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
+from agac_jax.codec.base import frame_samples
 from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
 from agac_jax.prompts import expand_audio_placeholders, render_prompt
@@ -339,16 +346,53 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[in
     return ids + [tokenizer.convert_tokens_to_ids(IM_END)]
 
 
+EVENT_MARGIN_S = 0.02  # a frame this close to an event counts as the event's in `silence_outside_events`
+
+
+def silence_outside_events(waveform: np.ndarray, events: Sequence[synthetic.Event], rng: np.random.Generator,
+                           cut_range: tuple[float, float]) -> np.ndarray:
+    """float32 [n]: `waveform` with a random share of its event-free codec frames set to zeros.
+
+    The frame grid is the codec's at a token rate drawn from `CODEC_TOKEN_RATES` (frames of 80, 40 or 20 ms);
+    a frame is event-free when it lies more than EVENT_MARGIN_S from every event's interval. Each
+    event-free frame is cut with probability p, drawn uniformly from `cut_range` per clip, so p = 1
+    leaves the events alone in silence, as the insertion clip of a selector that keeps every event
+    does. Every event's samples are kept.
+    """
+    low, high = cut_range
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"cut_range must satisfy 0 <= low <= high <= 1, got {cut_range}")
+    frame = frame_samples(int(rng.choice(CODEC_TOKEN_RATES)))
+    starts = np.arange(0, waveform.size, frame)
+    ends = np.minimum(starts + frame, waveform.size)
+    free = np.ones(starts.size, bool)
+    margin = EVENT_MARGIN_S * SAMPLE_RATE
+    for event in events:
+        free &= (ends <= event.start_s * SAMPLE_RATE - margin) | (starts >= event.end_s * SAMPLE_RATE + margin)
+    cut = free & (rng.random(starts.size) < rng.uniform(low, high))
+    out = np.array(waveform, np.float32)
+    for start, end in zip(starts[cut], ends[cut]):
+        out[start:end] = 0.0
+    return out
+
+
 def encode_training_set(
     tokenizer: PreTrainedTokenizerBase,
     samples: Sequence[synthetic.Sample],
     num_mel_bins: int,
     bucket_seconds: Sequence[int],
+    silence_share: float = 0.0,
+    silence_cut: tuple[float, float] = (0.25, 1.0),
+    seed: int = 0,
 ) -> TrainingSet:
     """Computes each clip's features once and each question's ids (prompt + answer) once.
 
     `bucket_seconds`: the frame buckets in seconds (e.g. (6, 9, 12)); the largest must hold every clip.
+    `silence_share`: the share of clips encoded through `silence_outside_events` (cut probability drawn
+    from `silence_cut`), chosen and cut by a generator seeded with (`seed`, clip index).
     """
+    if not 0.0 <= silence_share <= 1.0:
+        raise ValueError(f"silence_share must lie in [0, 1], got {silence_share}")
     if not samples:
         raise ValueError("samples is empty: nothing to train on")
     clip_order: dict[str, int] = {}
@@ -367,6 +411,10 @@ def encode_training_set(
     clip_buckets = np.empty(len(clip_samples), np.int32)
     for index, sample in enumerate(clip_samples):
         waveform = sample.load_waveform()
+        if silence_share:
+            rng = np.random.default_rng([seed, index])
+            if rng.random() < silence_share:
+                waveform = silence_outside_events(waveform, sample.events, rng, silence_cut)
         clip_buckets[index] = bucket_frames(waveform.size, bucket_seconds)
         clip_features, mel_lengths[index] = log_mel(waveform, num_mel_bins, largest * HOP_LENGTH,
                                                     name=f"clip {sample.clip_id!r}")
@@ -526,8 +574,11 @@ def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase
     """The encoded split of the config's benchmarks (`split_samples`, cached in the workdir), or the
     given samples encoded (not cached)."""
 
+    silence = cfg.data.get("silence_share", 0.0) if split == "train" else 0.0
+
     def encode(chosen: Sequence[Any]) -> TrainingSet:
-        return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds)
+        return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds, silence,
+                                   tuple(cfg.data.get("silence_cut", (0.25, 1.0))), cfg.data.seed)
 
     if samples is not None:
         return encode(samples)
@@ -537,6 +588,9 @@ def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase
     if benchmark != "synthetic" or mixed:  # the synthetic splits keep the names they always had
         mix = f"_mix-{mixed}{cfg.data.mix_clips}" if mixed and split == "train" else ""
         name = f"{benchmark}{mix}_{name}"
+    if silence:
+        low, high = cfg.data.silence_cut
+        name = f"silence{silence:g}-{low:g}-{high:g}_" + name
     if split == "train" and cfg.data.all_questions:
         name = "all_" + name
     return cached_training_set(workdir / name, lambda: encode(split_samples(cfg, split, num_clips)))
