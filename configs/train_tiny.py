@@ -25,13 +25,15 @@ Variants (`--config=configs/train_tiny.py:NAME`):
   local    a 1-layer, 32-wide model, 40 training clips, 6 steps, 20 test questions (2.6 minutes
            measured on the busy 2-core machine, most of it compiling the three frame buckets);
   scenes   the default model on 16000 scenes clips and 1000 synthetic ones (the union vocabulary: the
-           count question's "more", "than", "one" added; 314438 training questions), 6000 steps, with
-           the counting and recurrence heads, evaluated on 250 scenes test questions. Run in full
-           (assets/tiny_qwen2audio_scenes): 42 minutes on the 2 cores, 6 of them encoding the clips
-           (16.3 GB peak memory), 6000 steps in 36; test accuracy with audio 96.8% (existence 100%,
-           order 94.3%, count 95.6%), with silence 50.0%. Fewer clips were memorised: 8000 clips at
-           5000 steps reached 93.6% (count 85.6%, train accuracy 0.98 against 0.91 on validation),
-           2000 clips without the counting heads 83.2% (count 64.4%).
+           count question's "more", "than", "one" added; 314438 training questions), half of them with
+           event-free frames cut to zeros (`data.silence_share`), 6000 steps, with the counting and
+           recurrence heads, evaluated on 250 scenes test questions. Run in full
+           (assets/tiny_qwen2audio_scenes, 2026-12-06): 40 minutes on the 2 cores, 6 of them encoding
+           the clips, 6000 steps in 34; test accuracy with audio 96.4% (existence 98.9%, order 100%,
+           count 91.1%), with silence 49.2%. The same run without the cut clips reached 96.8% (count
+           95.6%) but lost answers on the insertion clips' silence (WORKSPACE.md, the estimator
+           default). Fewer clips were memorised: 8000 clips at 5000 steps reached 93.6% (count 85.6%,
+           train accuracy 0.98 against 0.91 on validation), 2000 clips without the counting heads 83.2%.
 
 Fields can be overridden on the command line, e.g. `--config.optim.steps=200`.
 """
