@@ -19,8 +19,9 @@ Variants (`--config=configs/synthetic_tiny.py:NAME`):
   default  the grid above;
   local    2 clips, methods original/codec/fused/random, r = 50, rho in {1.0, 0.7}, seeds {0, 1}:
            a smoke run (3 questions; 2.7 minutes measured on the busy machine);
-  poster   the grid above with the poster's local score (`scorer.POSTER_LOCAL_SCORE`: occlusion of one
-           token on log p, signed) in place of the default (IG 8 on the log-odds, |local| over 9 tokens).
+  poster   the grid above with the poster's method (`scorer.POSTER_LOCAL_SCORE`: occlusion of one token on
+           log p, signed; alpha `POSTER_ALPHA` 0.5) in place of the default (IG 8 on the log-odds,
+           |local| over 9 tokens, alpha 0.75).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import ml_collections
 
-from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE
+from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE
 from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.codec.deterministic = True  # rvq_mel is seeded: identical clips share one codec pass
     if variant == "poster":
         config.scoring.update(POSTER_LOCAL_SCORE)  # DESIGN.md section 2's local score, exactly
+        config.scoring.alpha = POSTER_ALPHA  # and the poster's fusion weight
     if variant == "local":
         config.dataset.num_clips = 2  # a smoke run
         config.methods = ("original", "codec", "fused", "random")  # one scored method, one seeded

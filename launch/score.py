@@ -34,7 +34,8 @@ flags.DEFINE_enum("estimator", None, report.ESTIMATORS, "Estimator of the local 
                   "score's own (integrated_gradients; occlusion with --local_score=poster).")
 flags.DEFINE_enum("local_score", "default", report.LOCAL_SCORES, "default: IG 8 on the log-odds, |local| over 9 "
                   "tokens (the estimator study); poster: occlusion of one token on log p, signed (DESIGN.md).")
-flags.DEFINE_float("alpha", 0.5, "Fusion weight of the local score (1: AAD alone, 0: attention alone).")
+flags.DEFINE_float("alpha", None, "Fusion weight of the local score (1: AAD alone, 0: attention alone); default: "
+                   "0.75 (the estimator study), 0.5 with --local_score=poster (the poster's).")
 flags.DEFINE_enum("method", "fused", METHODS, "Frame selection method for the kept frames.")
 flags.DEFINE_string("input_ids", None, "JSON list of prompt ids (or one list per clip) that must equal the "
                     "prompt built from --question; a clip whose prompt differs fails.")

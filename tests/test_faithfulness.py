@@ -210,7 +210,7 @@ def test_a_reading_of_the_raw_local_score_equals_scoring_with_it(scorer, scored)
         read = study.read_local(raw, setting)
         np.testing.assert_allclose(read.local, ours.local, rtol=1e-5, atol=1e-7 * np.abs(ours.local).max())
         assert not np.allclose(read.local, raw.local)
-        np.testing.assert_allclose(study._with_alpha(read, 0.5).fused, ours.fused, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(study._with_alpha(read, CONFIG.alpha).fused, ours.fused, rtol=1e-5, atol=1e-6)
 
 
 def test_input_domain_gates_equal_encoding_the_mixed_log_mel(scorer, scored):

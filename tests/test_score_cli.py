@@ -14,6 +14,7 @@ from absl import app
 
 from agac_jax.audio import features
 from agac_jax.scoring import report, selection
+from agac_jax.scoring.scorer import POSTER_ALPHA, ScoringConfig
 from launch import score
 from tests.tiny_models import make_scoring_checkpoint
 
@@ -108,10 +109,22 @@ def test_fused_is_the_alpha_mix_and_keep_is_its_top_k(mixed_run):
     _, records, _ = mixed_run
     for record in (records[0], records[4]):
         local, global_ = np.asarray(record["local"]), np.asarray(record["global"])
-        np.testing.assert_allclose(record["fused"], 0.5 * _minmax(local) + 0.5 * _minmax(global_), atol=1e-5)
+        assert record["alpha"] == ScoringConfig.alpha == 0.75  # the estimator study's default
+        np.testing.assert_allclose(record["fused"], 0.75 * _minmax(local) + 0.25 * _minmax(global_), atol=1e-5)
         scores = np.asarray(record["frames"]["scores"])
         order = np.argsort(-scores, kind="stable")
         assert record["frames"]["keep"] == sorted(order[: len(record["frames"]["keep"])].tolist())
+
+
+def test_alpha_defaults_to_the_study_s_and_to_the_poster_s_with_its_local_score():
+    """--alpha unset: 0.75 with the default local score, POSTER_ALPHA (0.5) with --local_score=poster;
+    a given --alpha wins over both."""
+    request = lambda **kw: report.ScoreRequest(checkpoint="x", audio=("a.wav",), question="q", **kw)  # noqa: E731
+    assert report.scoring_config(request(), 1).alpha == 0.75
+    poster = report.scoring_config(request(local_score="poster"), 1)
+    assert poster.alpha == POSTER_ALPHA == 0.5 and poster.estimator == "occlusion" and poster.local_smooth == 1
+    assert report.scoring_config(request(local_score="poster", alpha=0.25), 1).alpha == 0.25
+    assert report.scoring_config(request(alpha=1.0), 1).alpha == 1.0
 
 
 def test_bad_files_get_error_records_naming_them(mixed_run, wavs):

@@ -13,7 +13,7 @@ import pytest
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.scoring.program import ClipInputs, clip_passes, ig_steps_per_chunk, occlusion_gates
 from agac_jax.scoring import scorer as scorer_module
-from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 from tests.tiny_models import make_scoring_checkpoint
 
 QUESTIONS = ["is there a tone ?", "is there a chirp ?"]
@@ -467,10 +467,12 @@ def test_the_default_local_score_and_the_posters_reach_every_entry_point():
     poster = scoring_config(synthetic_tiny.get_config("poster"))
     assert {f: getattr(swept, f) for f in local_fields} == {f: getattr(default, f) for f in local_fields}
     assert {f: getattr(poster, f) for f in local_fields} == POSTER_LOCAL_SCORE
-    assert dataclasses.replace(poster, **{f: getattr(swept, f) for f in local_fields}) == swept  # nothing else differs
+    assert (default.alpha, swept.alpha, poster.alpha) == (0.75, 0.75, POSTER_ALPHA)
+    assert dataclasses.replace(poster, alpha=swept.alpha,
+                               **{f: getattr(swept, f) for f in local_fields}) == swept  # nothing else differs
     request = report.ScoreRequest(checkpoint="", audio=("a.wav",), question="?")
     assert report.scoring_config(request, 1).estimator == "integrated_gradients"
     as_poster = report.scoring_config(dataclasses.replace(request, local_score="poster"), 1)
-    assert {f: getattr(as_poster, f) for f in local_fields} == POSTER_LOCAL_SCORE
+    assert {f: getattr(as_poster, f) for f in local_fields} == POSTER_LOCAL_SCORE and as_poster.alpha == POSTER_ALPHA
     occlusion = report.scoring_config(dataclasses.replace(request, estimator="occlusion"), 1)
     assert (occlusion.estimator, occlusion.local_sign, occlusion.local_smooth) == ("occlusion", "magnitude", 9)

@@ -11,7 +11,8 @@ Record of a scored clip:
     file, question, samples, input_ids, answer_ids, answer_text, audio_tokens (T),
     local, global, fused (T floats each), logp_full, logp_silence (the local score's target: log p
     or log-odds), local_score {estimator, window or ig_steps, target, gate_domain, local_sign,
-    local_smooth} (the settings the local score was computed and read with),
+    local_smooth} (the settings the local score was computed and read with), alpha (the fusion weight
+    of the local score in `fused`),
     frames {rate, method, rho, scores (fused frame scores, N floats), keep (sorted kept frame indices)},
     seconds {compile, run}.
 
@@ -42,7 +43,7 @@ from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
 from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.methods import select_batch
-from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ClipScores, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE, ClipScores, Scorer, ScoringConfig
 from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
 
 EXIT_CLIP_FAILED = 1
@@ -70,7 +71,7 @@ class ScoreRequest:
     keep: str = "0.7"
     estimator: str | None = None  # None: the local score's own (integrated_gradients; poster: occlusion)
     local_score: str = "default"  # default (ScoringConfig's) | poster (POSTER_LOCAL_SCORE, DESIGN.md)
-    alpha: float = 0.5
+    alpha: float | None = None  # None: ScoringConfig's (0.75), POSTER_ALPHA (0.5) with local_score poster
     method: str = "fused"
     input_ids: IdLists | None = None  # one prompt per clip, or None
     answer_ids: IdLists | None = None  # one answer per clip, or None: greedy
@@ -141,7 +142,7 @@ def check_request(request: ScoreRequest) -> None:
         selection.keep_ratio_fraction(request.keep)
     except (TypeError, ValueError) as error:
         raise RequestError(f"--rate={request.rate} --keep={request.keep}: {error}") from error
-    if not (math.isfinite(request.alpha) and 0.0 <= request.alpha <= 1.0):
+    if request.alpha is not None and not (math.isfinite(request.alpha) and 0.0 <= request.alpha <= 1.0):
         raise RequestError(f"--alpha must lie in [0, 1]; got {request.alpha}")
     if request.estimator is not None and request.estimator not in ESTIMATORS:
         raise RequestError(f"--estimator={request.estimator!r}; expected one of {ESTIMATORS}")
@@ -179,11 +180,13 @@ def check_answer_ids(answers: IdLists, scorer: Scorer, files: Sequence[str]) -> 
 def scoring_config(request: ScoreRequest, n_clips: int) -> ScoringConfig:
     """The Scorer's configuration: one rate, the request's rho, local score, estimator and alpha, batch
     min(8, clips)."""
-    local = dict(POSTER_LOCAL_SCORE) if request.local_score == "poster" else {}
+    poster = request.local_score == "poster"
+    local = dict(POSTER_LOCAL_SCORE) if poster else {}
     if request.estimator is not None:
         local["estimator"] = request.estimator
+    alpha = request.alpha if request.alpha is not None else POSTER_ALPHA if poster else ScoringConfig.alpha
     return ScoringConfig(rates=(request.rate,), keep=request.keep, **local,
-                         alpha=float(request.alpha), max_new_tokens=request.max_new_tokens,
+                         alpha=float(alpha), max_new_tokens=request.max_new_tokens,
                          batch_size=max(1, min(MAX_BATCH, n_clips)))
 
 
@@ -300,6 +303,7 @@ def clip_record(outcome: ClipOutcome, request: ScoreRequest, config: ScoringConf
         "logp_full": float(s.logp_full),
         "logp_silence": float(s.logp_silence),
         "local_score": local_score_fields(config),
+        "alpha": float(config.alpha),
         "frames": {
             "rate": request.rate,
             "method": request.method,

@@ -61,13 +61,15 @@ CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=fals
 # **POSTER_LOCAL_SCORE)` scores with it; the defaults below are the estimator study's choice (WORKSPACE.md).
 POSTER_LOCAL_SCORE = dict(estimator="occlusion", window=1, target="logp", gate_domain="embedding",
                           local_sign="signed", local_smooth=1)
+POSTER_ALPHA = 0.5  # the poster's fusion weight (DESIGN.md); ScoringConfig's default weighs the local score more
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoringConfig:
     """What `Scorer` needs. The local score defaults to integrated gradients (8 steps) on the answer's
     log-odds, read as its magnitude smoothed over 9 tokens (the estimator study, WORKSPACE.md); every
-    other field has the DESIGN.md default, and POSTER_LOCAL_SCORE restores the poster's local score."""
+    fusion weight alpha is 0.75 (the same study); every other field has the DESIGN.md default.
+    POSTER_LOCAL_SCORE with alpha POSTER_ALPHA restores the poster's method."""
 
     estimator: str = "integrated_gradients"  # occlusion (DESIGN.md) | integrated_gradients
     target: str = "log_odds"  # what the local score contrasts: logp (DESIGN.md) | log_odds (program.TARGETS)
@@ -79,7 +81,7 @@ class ScoringConfig:
     #                              accelerators (a 7B pass's activations each)
     local_sign: str = "magnitude"  # what fusion reads of the local score: signed (DESIGN.md) | magnitude
     local_smooth: int = 9  # box filter width over the local score, in tokens (1: none, DESIGN.md; 9: 0.36 s)
-    alpha: float = 0.5  # fusion weight of the local (AAD) score
+    alpha: float = 0.75  # fusion weight of the local (AAD) score (the study's choice; POSTER_ALPHA: 0.5)
     keep: float | str = 0.9  # rho of the keep masks the program returns
     rates: tuple[int, ...] = (25, 50, 100)  # codec token rates the program maps scores to
     fastv_layer: int = 2  # FastV's decoder layer K
