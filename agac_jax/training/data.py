@@ -575,10 +575,11 @@ def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase
     given samples encoded (not cached)."""
 
     silence = cfg.data.get("silence_share", 0.0) if split == "train" else 0.0
+    cut = tuple(cfg.data.get("silence_cut", (0.25, 1.0)))
 
     def encode(chosen: Sequence[Any]) -> TrainingSet:
-        return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds, silence,
-                                   tuple(cfg.data.get("silence_cut", (0.25, 1.0))), cfg.data.seed)
+        return encode_training_set(tokenizer, chosen, cfg.num_mel_bins, cfg.bucket_seconds, silence, cut,
+                                   cfg.data.seed)
 
     if samples is not None:
         return encode(samples)
@@ -589,8 +590,7 @@ def split_set(cfg: ml_collections.ConfigDict, tokenizer: PreTrainedTokenizerBase
         mix = f"_mix-{mixed}{cfg.data.mix_clips}" if mixed and split == "train" else ""
         name = f"{benchmark}{mix}_{name}"
     if silence:
-        low, high = cfg.data.silence_cut
-        name = f"silence{silence:g}-{low:g}-{high:g}_" + name
+        name = f"silence{silence:g}-{cut[0]:g}-{cut[1]:g}_" + name
     if split == "train" and cfg.data.all_questions:
         name = "all_" + name
     return cached_training_set(workdir / name, lambda: encode(split_samples(cfg, split, num_clips)))
