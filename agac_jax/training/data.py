@@ -51,9 +51,9 @@ from transformers import PreTrainedTokenizerBase
 
 from agac_jax.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, audio_token_count, bucket_frames, log_mel
 from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
-from agac_jax.codec.base import frame_samples
 from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
+from agac_jax.eval import metrics
 from agac_jax.prompts import expand_audio_placeholders, render_prompt
 from agac_jax.tokenizer import AUDIO_EOS, IM_END
 
@@ -362,9 +362,7 @@ def silence_outside_events(waveform: np.ndarray, events: Sequence[synthetic.Even
     low, high = cut_range
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"cut_range must satisfy 0 <= low <= high <= 1, got {cut_range}")
-    frame = frame_samples(int(rng.choice(CODEC_TOKEN_RATES)))
-    starts = np.arange(0, waveform.size, frame)
-    ends = np.minimum(starts + frame, waveform.size)
+    starts, ends = metrics.frame_bounds(waveform.size, int(rng.choice(CODEC_TOKEN_RATES))).T
     free = np.ones(starts.size, bool)
     margin = EVENT_MARGIN_S * SAMPLE_RATE
     for event in events:
