@@ -1,12 +1,12 @@
 """The cross-framework check: transformers (eager attention) and the Flax port on the same inputs.
 
-`run_parity` builds one left-padded batch (a prompt per clip, placeholders expanded), runs both
-frameworks and reports, per quantity, the max absolute and max relative difference (relative to the
-largest magnitude of the transformers value): audio embeddings, logits, every decoder layer's
-attention, and the greedy tokens. Padding positions are left out of every comparison.
-
-Directories without tokenizer files (as `save_pretrained` writes them for a bare model) get a fixed
-synthetic prompt: two text ids, the placeholders, three text ids (ids chosen away from the audio id).
+`run_parity` builds one left-padded batch (a prompt per clip, placeholders expanded) twice: the
+transformers side with transformers' own `Qwen2AudioProcessor` from the checkpoint directory, the Flax
+side with `agac_jax.prompts`. It compares the prompt ids first (stopping at the first differing
+position), then reports, per quantity, the max absolute and max relative difference (relative to the
+largest magnitude of the transformers value): log-mel features, audio embeddings, logits, every decoder
+layer's attention, and the greedy tokens. Padding positions are left out of every comparison. A
+directory without tokenizer and processor files is refused: parity never substitutes a prompt.
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ import jax
 import numpy as np
 
 from agac_jax import checkpoints
-from agac_jax.audio.features import audio_token_count, log_mel, num_valid_frames
-from agac_jax.audio.grids import HOP_LENGTH, MAX_SAMPLES, encoder_output_lengths
+from agac_jax.audio.grids import HOP_LENGTH, MAX_SAMPLES, SAMPLE_RATE, encoder_output_lengths
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from agac_jax.prompts import (DEFAULT_PROMPT_FORMAT, RAW_AUDIO_ITEM, PromptError, PromptFormat, build_prompts,
+                              load_prompt_format)
 
 FLOAT32_TOLERANCE = 1e-4
+# Log-mel features against the processor's (WhisperFeatureExtractor takes its float32 torch STFT where
+# torch is installed: 4.5e-5 relative on the default clips; its float64 numpy path agrees to 1.2e-7).
+FEATURE_TOLERANCE = 1e-4
+# The random model's tokenizer words: the default questions' (`run_parity`) and yes/no answers.
+PARITY_WORDS = ("What", "is", "in", "the", "audio", "?", "Is", "there", "a", "dog", "yes", "no", "Yes", "No")
 
 
 @dataclasses.dataclass
@@ -46,6 +52,7 @@ class Comparison:
 class ParityReport:
     comparisons: list[Comparison]
     arrays: dict[str, np.ndarray]  # the Flax side, for --dump
+    message: str = ""  # why the check stopped early (the prompt ids differ)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +63,8 @@ class ParityReport:
         for c in self.comparisons:
             lines.append(f"{c.name:<22} {c.max_abs:>12.3e} {c.max_rel:>12.3e} {c.tolerance:>10.0e}  "
                          f"{'ok' if c.ok else 'FAIL'}")
+        if self.message:
+            lines.append(self.message)
         return "\n".join(lines)
 
 
@@ -71,51 +80,87 @@ def synthetic_clips(max_samples: int = MAX_SAMPLES) -> list[np.ndarray]:
 
 
 def random_init_directory(config_json: str | Path, seed: int = 0) -> Path:
-    """A random transformers model built from a `config.json`, saved to a temporary directory."""
+    """A random transformers model of a `config.json`'s shapes, saved to a temporary directory with a
+    word-level tokenizer and processor files (`agac_jax.tokenizer.save_processor_files`, no download); the
+    config's `audio_token_index` becomes the tokenizer's and its vocabulary at least the tokenizer's."""
     import torch
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration as HFModel
 
+    from agac_jax.tokenizer import AUDIO_TOKEN, save_processor_files
+
     with open(config_json) as f:
-        config = Qwen2AudioConfig(**{k: v for k, v in json.load(f).items() if k != "model_type"})
-    torch.manual_seed(seed)
+        fields = {k: v for k, v in json.load(f).items() if k != "model_type"}
     directory = Path(tempfile.mkdtemp(prefix="agac_parity_"))
-    HFModel(config).save_pretrained(directory)
+    n_mels = fields.get("audio_config", {}).get("num_mel_bins", 128)
+    tokenizer = save_processor_files(directory, PARITY_WORDS, num_mel_bins=n_mels)
+    text = dict(fields.get("text_config", {}))
+    text["vocab_size"] = max(int(text.get("vocab_size", 0)), len(tokenizer))
+    fields.update(text_config=text, audio_token_index=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN))
+    torch.manual_seed(seed)
+    HFModel(Qwen2AudioConfig(**fields)).save_pretrained(directory)
     return directory
 
 
-def _prompt_ids(directory: Path, config, questions: Sequence[str], n_tokens: Sequence[int]) -> list[list[int]]:
-    has_tokenizer = (directory / "tokenizer.json").exists() or (directory / "vocab.json").exists()
-    if has_tokenizer:
-        from transformers import AutoTokenizer
-
-        from agac_jax.prompts import expand_audio_placeholders, render_prompt
-
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        texts = expand_audio_placeholders([render_prompt(tokenizer, q) for q in questions], n_tokens)
-        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    vocab = config.text.vocab_size
-    text = [i for i in range(1, vocab) if i != config.audio_token_id][:5]
-    return [text[:2] + [config.audio_token_id] * int(n) + text[2:] for n in n_tokens]
+def _conversation_with_audio(question: str, clips: Sequence[np.ndarray]) -> list[dict]:
+    items = [{"type": "audio", "audio": np.asarray(c, np.float32)} for c in clips]
+    return [{"role": "user", "content": [*items, {"type": "text", "text": question}]}]
 
 
-def build_inputs(directory: Path, config, clips: Sequence[np.ndarray], questions: Sequence[str]) -> dict:
-    """Left-padded ids, masks and features of the encoder's whole window (transformers requires exactly
-    2 x max_source_positions mel frames: 3000, 30 s, for the released model)."""
-    n_mels, window = config.audio.num_mel_bins, config.audio.max_mel_frames
-    features = np.stack([log_mel(c, n_mels, pad_to_samples=window * HOP_LENGTH, max_frames=window)[0]
-                         for c in clips]).astype(np.float32)
-    mel_lengths = np.asarray([num_valid_frames(len(c), window) for c in clips])
-    n_tokens = [int(audio_token_count(int(m))) for m in mel_lengths]
-    rows = _prompt_ids(directory, config, questions, n_tokens)
-    s = max(map(len, rows))
-    ids = np.zeros((len(rows), s), np.int64)
-    mask = np.zeros((len(rows), s), np.int64)
-    for i, row in enumerate(rows):
-        ids[i, s - len(row):] = row
-        mask[i, s - len(row):] = 1
-    feature_mask = (np.arange(window)[None] < mel_lengths[:, None]).astype(np.int64)
-    return dict(input_ids=ids, attention_mask=mask, features=features, feature_mask=feature_mask,
-                mel_lengths=mel_lengths, n_tokens=np.asarray(n_tokens))
+def processor_inputs(directory: Path, fmt: PromptFormat, clips: Sequence[np.ndarray],
+                     questions: Sequence[str]) -> dict:
+    """transformers' own inputs, left-padded: `Qwen2AudioProcessor.from_pretrained(directory)` with the model
+    card's conversation (`apply_chat_template(..., sanitize_control_tokens=True)`) or, for the raw format,
+    the processor on the base model's prompt text."""
+    from transformers import Qwen2AudioProcessor
+
+    processor = Qwen2AudioProcessor.from_pretrained(str(directory))
+    kwargs = dict(padding=True, padding_side="left", return_tensors="np")
+    if fmt.kind == "chat":
+        conversations = [_conversation_with_audio(q, [c]) for q, c in zip(questions, clips)]
+        out = processor.apply_chat_template(conversations, chat_template=fmt.template, add_generation_prompt=True,
+                                            tokenize=True, return_dict=True, sanitize_control_tokens=True,
+                                            processor_kwargs=kwargs)
+    else:
+        texts = [RAW_AUDIO_ITEM + q for q in questions]
+        out = processor(text=texts, audio=[np.asarray(c, np.float32) for c in clips], sampling_rate=SAMPLE_RATE,
+                        **kwargs)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def first_difference(ours: np.ndarray, our_mask: np.ndarray, theirs: np.ndarray, their_mask: np.ndarray) -> str | None:
+    """None when every prompt's ids (padding left out) are equal, else where the first prompt that differs
+    first differs: 'prompt 1, position 17: 151646 (agac_jax) vs 40 (...)' or where one of them ends."""
+    for row, (a, b) in enumerate(zip(ours, theirs)):
+        a, b = a[our_mask[row].astype(bool)], b[their_mask[row].astype(bool)]
+        n = min(len(a), len(b))
+        differ = np.nonzero(a[:n] != b[:n])[0]
+        if differ.size:
+            i = int(differ[0])
+            return f"prompt {row}, position {i}: {int(a[i])} (agac_jax) vs {int(b[i])} (transformers' processor)"
+        if len(a) != len(b):
+            return (f"prompt {row}, position {n}: agac_jax's prompt has {len(a)} ids, transformers' processor's "
+                    f"{len(b)}")
+    if len(ours) != len(theirs):
+        return f"{len(ours)} prompts (agac_jax) vs {len(theirs)} (transformers' processor)"
+    return None
+
+
+def build_inputs(directory: Path, config, clips: Sequence[np.ndarray], questions: Sequence[str],
+                 fmt: PromptFormat) -> dict:
+    """The Flax side's left-padded ids, masks and features of the encoder's whole window (transformers
+    requires exactly 2 x max_source_positions mel frames: 3000, 30 s, for the released model), built by
+    `prompts.build_prompts` from the directory's tokenizer and prompt format."""
+    from transformers import AutoTokenizer
+
+    window = config.audio.max_mel_frames
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    batch = build_prompts(tokenizer, list(questions), list(clips), prompt_format=fmt,
+                          num_mel_bins=config.audio.num_mel_bins, pad_to_frames=window, padding_side="left",
+                          max_frames=window)
+    mel_lengths = batch.feature_attention_mask.sum(-1)
+    return dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, features=batch.input_features,
+                feature_mask=batch.feature_attention_mask.astype(np.int64), mel_lengths=mel_lengths,
+                n_tokens=batch.num_audio_tokens)
 
 
 def _compare(name: str, ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> Comparison:
@@ -126,21 +171,47 @@ def _compare(name: str, ours: np.ndarray, theirs: np.ndarray, tolerance: float) 
     return Comparison(name, max_abs, max_abs / scale, tolerance)
 
 
+def _check_processor_files(directory: Path) -> None:
+    if not any((directory / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        raise PromptError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt): parity "
+                          "builds both sides' prompts from the checkpoint's own tokenizer and processor")
+    if not (directory / "preprocessor_config.json").is_file():
+        raise PromptError(f"{directory} has no preprocessor_config.json: transformers' processor cannot load")
+
+
+def _processor_side(directory: Path, config, fmt: PromptFormat, clips, questions) -> dict:
+    """The processor's inputs as transformers' model takes them: features cut to the encoder's window
+    (the processor pads to its own 30 s chunk; a shorter window's frames past it are padding)."""
+    theirs = processor_inputs(directory, fmt, clips, questions)
+    window = config.audio.max_mel_frames
+    mask = theirs["feature_attention_mask"][:, :window].astype(np.int64)
+    return dict(input_ids=theirs["input_ids"].astype(np.int64), attention_mask=theirs["attention_mask"].astype(np.int64),
+                features=theirs["input_features"][..., :window].astype(np.float32), feature_mask=mask,
+                mel_lengths=mask.sum(-1))
+
+
 def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
                questions: Sequence[str] | None = None, max_new_tokens: int = 8,
                tolerance: float = FLOAT32_TOLERANCE, *, param_dtype: str = "float32",
-               dtype: str = "float32") -> ParityReport:
+               dtype: str = "float32", prompt_format: str = DEFAULT_PROMPT_FORMAT) -> ParityReport:
     """Runs both frameworks (transformers in float32 at highest matmul precision, the Flax side in
-    `param_dtype` weights and `dtype` compute) and compares them."""
+    `param_dtype` weights and `dtype` compute) and compares them.
+
+    The two sides build their inputs independently: transformers' from `Qwen2AudioProcessor` of the
+    directory, the Flax side's from `prompts.build_prompts`. The prompt ids are compared first; when they
+    differ the report holds that one failed comparison, naming the first differing position.
+    """
     import torch
     from transformers import Qwen2AudioForConditionalGeneration as HFModel
 
     directory = Path(directory)
+    fmt = load_prompt_format(directory, prompt_format)
+    _check_processor_files(directory)
     loaded = checkpoints.load_hf_directory(directory, param_dtype=param_dtype, dtype=dtype)
     config = loaded.config
     window = config.audio.max_mel_frames * HOP_LENGTH
     clips = list(clips) if clips is not None else synthetic_clips(window)
-    questions = list(questions) if questions else ["what is in the audio ?"] * len(clips)
+    questions = list(questions) if questions else ["What is in the audio?"] * len(clips)
     if len(questions) == 1:
         questions = questions * len(clips)
     if len(questions) != len(clips):
@@ -149,21 +220,27 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
         if len(clip) > window:
             raise ValueError(f"clip {i} has {len(clip)} samples, more than this model's encoder window of {window} "
                              f"({config.audio.max_mel_frames} mel frames)")
-    x = build_inputs(directory, config, clips, questions)
+    x = build_inputs(directory, config, clips, questions, fmt)
+    theirs = _processor_side(directory, config, fmt, clips, questions)
+    mismatch = first_difference(x["input_ids"], x["attention_mask"], theirs["input_ids"], theirs["attention_mask"])
+    if mismatch is not None:
+        failed = Comparison("prompt ids", 1.0, 1.0, 0.0)
+        return ParityReport([failed], dict(input_ids=x["input_ids"], processor_input_ids=theirs["input_ids"]),
+                            f"prompt ids differ ({fmt.source}): {mismatch}")
     hf = HFModel.from_pretrained(str(directory), attn_implementation="eager", dtype=torch.float32).eval()
     settings = GenerationSettings.from_hf(loaded.generation_config, config, max_new_tokens=max_new_tokens)
 
     with torch.no_grad():
-        out = hf(input_ids=torch.tensor(x["input_ids"]), attention_mask=torch.tensor(x["attention_mask"]),
-                 input_features=torch.tensor(x["features"]), feature_attention_mask=torch.tensor(x["feature_mask"]),
-                 output_attentions=True)
-        hf_audio = _hf_audio_embeddings(hf, x)
+        tensors = dict(input_ids=torch.tensor(theirs["input_ids"]), attention_mask=torch.tensor(theirs["attention_mask"]),
+                       input_features=torch.tensor(theirs["features"]),
+                       feature_attention_mask=torch.tensor(theirs["feature_mask"]))
+        out = hf(**tensors, output_attentions=True)
+        hf_audio = _hf_audio_embeddings(hf, theirs)
         hf_tokens = hf.generate(
-            input_ids=torch.tensor(x["input_ids"]), attention_mask=torch.tensor(x["attention_mask"]),
-            input_features=torch.tensor(x["features"]), feature_attention_mask=torch.tensor(x["feature_mask"]),
-            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(settings.eos_token_ids) or None,
-            pad_token_id=settings.pad_token_id, suppress_tokens=list(settings.suppress_tokens),
-            repetition_penalty=settings.repetition_penalty)[:, x["input_ids"].shape[1]:].numpy()
+            **tensors, do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=list(settings.eos_token_ids) or None, pad_token_id=settings.pad_token_id,
+            suppress_tokens=list(settings.suppress_tokens),
+            repetition_penalty=settings.repetition_penalty)[:, theirs["input_ids"].shape[1]:].numpy()
 
     model = Qwen2AudioForConditionalGeneration(config)
     with jax.default_matmul_precision("highest"):
@@ -179,6 +256,8 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     valid = x["attention_mask"].astype(bool)
     audio_valid = np.arange(audio.shape[1])[None] < x["n_tokens"][:, None]
     comparisons = [
+        Comparison("prompt ids", 0.0, 0.0, 0.0),
+        _compare("log-mel features", x["features"], theirs["features"], FEATURE_TOLERANCE),
         _compare("audio_embeddings", audio[audio_valid], hf_audio[:, : audio.shape[1]][audio_valid], tolerance),
         _compare("logits", logits[valid], out.logits.numpy()[valid], tolerance),
     ]

@@ -23,7 +23,7 @@ AUDIO_EOS = "<|audio_eos|>"
 UNK = "<unk>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS, UNK)
 
-# Qwen2-Audio-7B-Instruct's chat template (the same as Qwen2AudioProcessor.default_chat_template):
+# transformers' `Qwen2AudioProcessor.default_chat_template` (tests/test_prompts.py holds them equal):
 # a default system turn, "Audio k: <|audio_bos|><|AUDIO|><|audio_eos|>\n" per audio item, then text.
 QWEN2_AUDIO_CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}"
@@ -36,7 +36,8 @@ QWEN2_AUDIO_CHAT_TEMPLATE = (
     "{{ message['content'] }}<|im_end|>\n"
     "{% else %}"
     "{% for content in message['content'] %}"
-    "{% if 'audio' in content or 'audio_url' in content %}"
+    "{% if 'audio' in content or 'audio_url' in content or message['type'] == 'audio' "
+    "or content['type'] == 'audio' %}"
     "{% set audio_count.value = audio_count.value + 1 %}"
     "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
     "{% elif 'text' in content %}"

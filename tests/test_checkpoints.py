@@ -13,8 +13,9 @@ from safetensors.numpy import load_file, save_file
 
 from agac_jax import checkpoints
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from agac_jax.parity import run_parity
-from tests.tiny_models import load_hf_eager, make_hf_checkpoint
+from agac_jax.parity import PARITY_WORDS, run_parity
+from agac_jax.prompts import PromptError
+from tests.tiny_models import load_hf_eager, make_hf_checkpoint, make_scoring_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,13 @@ def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_parity_tool_passes_and_flags_differences_over_tolerance(hf_dir):
+def test_parity_refuses_a_directory_without_processor_files(hf_dir):
+    with pytest.raises(PromptError, match="no tokenizer files"):
+        run_parity(hf_dir, max_new_tokens=1)
+
+
+def test_parity_tool_passes_and_flags_differences_over_tolerance(tmp_path):
+    hf_dir = make_scoring_checkpoint(tmp_path, "gqa3_mel80", words=PARITY_WORDS)
     report = run_parity(hf_dir, max_new_tokens=4)
     assert report.ok, report.table()
     assert set(report.arrays) == {"audio_embeddings", "logits", "attentions", "greedy_tokens", "input_ids"}

@@ -10,11 +10,12 @@ from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2AudioProcessor
 
 from agac_jax.prompts import (
+    PromptError,
+    PromptFormat,
     build_prompts,
     conversation,
-    encode_prompts,
-    expand_audio_placeholders,
-    render_prompt,
+    expand_audio_ids,
+    load_prompt_format,
 )
 from agac_jax.tokenizer import (
     AUDIO_TOKEN,
@@ -36,11 +37,17 @@ def make_clips(lengths=CLIP_SAMPLES) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module", params=["chat_template", "no_template"])
 def saved(request, tmp_path_factory) -> tuple[PreTrainedTokenizerFast, Qwen2AudioProcessor]:
-    """(our tokenizer, the processor loaded from the same directory), with and without a chat template."""
+    """(our tokenizer, the processor loaded from the same directory), with a chat template file and without
+    one (the processor's default template then)."""
     out_dir = tmp_path_factory.mktemp(request.param)
     template = QWEN2_AUDIO_CHAT_TEMPLATE if request.param == "chat_template" else None
     tokenizer = save_processor_files(out_dir, WORDS, num_mel_bins=128, chat_template=template)
     return tokenizer, Qwen2AudioProcessor.from_pretrained(out_dir)
+
+
+def render_prompt(processor: Qwen2AudioProcessor, question: str, num_audios: int = 1) -> str:
+    """The processor's own prompt text for the model card's conversation."""
+    return processor.apply_chat_template(conversation(question, num_audios), tokenize=False, add_generation_prompt=True)
 
 
 def processor_reference(processor: Qwen2AudioProcessor, texts: list[str], clips: list[np.ndarray], **kwargs):
@@ -79,33 +86,18 @@ def test_processor_loads_and_finds_audio_token(saved) -> None:
     assert processor.feature_extractor.feature_size == 128
 
 
-def test_chat_template_equals_processor_default(tmp_path: Path) -> None:
-    tokenizer = build_word_tokenizer(WORDS, tmp_path / "ours", QWEN2_AUDIO_CHAT_TEMPLATE)
-    save_processor_files(tmp_path / "default", WORDS, chat_template=None)
-    processor = Qwen2AudioProcessor.from_pretrained(tmp_path / "default")
-    for num_audios in (1, 2):
-        messages = conversation("Is there a dog barking?", num_audios)
-        expected = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert render_prompt(tokenizer, "Is there a dog barking?", num_audios) == expected
-
-
-def test_render_prompt_forms(saved) -> None:
-    tokenizer, _ = saved
-    text = render_prompt(tokenizer, "Is there a dog?")
-    if tokenizer.chat_template:
-        assert text == (
-            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-            "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nIs there a dog?<|im_end|>\n<|im_start|>assistant\n"
-        )
-    else:
-        assert text == "<|audio_bos|><|AUDIO|><|audio_eos|>Is there a dog?"
+def test_both_layouts_take_the_audio_template(saved) -> None:
+    tokenizer, processor = saved
+    fmt = load_prompt_format(tokenizer.name_or_path)
+    assert fmt.kind == "chat" and fmt.template == processor.chat_template == QWEN2_AUDIO_CHAT_TEMPLATE
+    assert load_prompt_format(tokenizer.name_or_path, "raw") == PromptFormat.raw()
 
 
 @pytest.mark.parametrize("padding_side", [None, "left"])
 def test_build_prompts_equals_processor(saved, padding_side) -> None:
     tokenizer, processor = saved
     clips = make_clips()
-    texts = [render_prompt(tokenizer, question) for question in QUESTIONS]
+    texts = [render_prompt(processor, question) for question in QUESTIONS]
     ref = processor_reference(processor, texts, clips, **({"padding_side": padding_side} if padding_side else {}))
 
     batch = build_prompts(tokenizer, QUESTIONS, clips, padding_side=padding_side)
@@ -126,7 +118,7 @@ def test_build_prompts_equals_processor(saved, padding_side) -> None:
 def test_bucketed_features_keep_ids_and_equal_reference_prefix(saved) -> None:
     tokenizer, processor = saved
     clips = make_clips()
-    texts = [render_prompt(tokenizer, question) for question in QUESTIONS]
+    texts = [render_prompt(processor, question) for question in QUESTIONS]
     ref = processor_reference(processor, texts, clips)
 
     batch = build_prompts(tokenizer, QUESTIONS, clips, pad_to_frames=1000)
@@ -141,7 +133,7 @@ def test_several_clips_in_one_prompt_equal_processor(saved) -> None:
     tokenizer, processor = saved
     clips = make_clips((16_000, 24_000, 8_000))
     questions = ["Does someone speak?", "Is there a dog?"]
-    texts = [render_prompt(tokenizer, questions[0], 2), render_prompt(tokenizer, questions[1])]
+    texts = [render_prompt(processor, questions[0], 2), render_prompt(processor, questions[1])]
     ref = processor_reference(processor, texts, clips)
 
     batch = build_prompts(tokenizer, questions, [clips[:2], clips[2]], pad_to_frames=500)
@@ -154,27 +146,22 @@ def test_several_clips_in_one_prompt_equal_processor(saved) -> None:
 def test_single_question_and_clip(saved) -> None:
     tokenizer, processor = saved
     clip = make_clips((40_000,))[0]
-    ref = processor_reference(processor, [render_prompt(tokenizer, "Is there a dog?")], [clip])
+    ref = processor_reference(processor, [render_prompt(processor, "Is there a dog?")], [clip])
     batch = build_prompts(tokenizer, "Is there a dog?", clip, pad_to_frames=300)
     np.testing.assert_array_equal(batch.input_ids, ref["input_ids"])
     assert batch.input_features.shape == (1, 128, 300)
 
 
-def test_expand_audio_placeholders_in_batch_order() -> None:
-    texts = ["a<|AUDIO|>b<|AUDIO|>", "<|AUDIO|>c"]
-    assert expand_audio_placeholders(texts, [1, 2, 3]) == [
-        "a<|AUDIO|>b<|AUDIO|><|AUDIO|>",
-        "<|AUDIO|><|AUDIO|><|AUDIO|>c",
-    ]
+def test_expand_audio_ids_in_batch_order() -> None:
+    rows = [[7, 3, 8, 3], [3, 9]]
+    assert expand_audio_ids(rows, 3, [1, 2, 3]) == [[7, 3, 8, 3, 3], [3, 3, 3, 9]]
     with pytest.raises(ValueError, match="3 <\\|AUDIO\\|> placeholders but 2 clips"):
-        expand_audio_placeholders(texts, [1, 2])
+        expand_audio_ids(rows, 3, [1, 2])
 
 
 def test_prompt_errors(saved) -> None:
     tokenizer, _ = saved
     clip = make_clips((8_000,))[0]
-    with pytest.raises(ValueError, match="must not contain <\\|AUDIO\\|>"):
-        build_prompts(tokenizer, "Is <|AUDIO|> a dog?", clip)
     with pytest.raises(ValueError, match="2 questions but clips for 1 prompts"):
         build_prompts(tokenizer, ["a", "b"], [clip])
     with pytest.raises(ValueError, match="clips\\[0\\] is empty"):
@@ -183,8 +170,8 @@ def test_prompt_errors(saved) -> None:
         build_prompts(tokenizer, "a", clip, padding_side="middle")
     with pytest.raises(ValueError, match="pad_to_frames"):
         build_prompts(tokenizer, "a", clip, pad_to_frames=10)
-    with pytest.raises(ValueError, match="1 <\\|AUDIO\\|> placeholders but 2 clips"):
-        encode_prompts(tokenizer, ["<|AUDIO|>a"], [clip, clip])
+    with pytest.raises(TypeError, match="question must be a string"):
+        build_prompts(tokenizer, [3], [clip])
 
 
 def test_tokenizer_without_audio_token_is_refused() -> None:
@@ -193,5 +180,5 @@ def test_tokenizer_without_audio_token_is_refused() -> None:
         unk_token="<unk>",
         pad_token="<unk>",
     )
-    with pytest.raises(ValueError, match="no <\\|AUDIO\\|> token"):
-        encode_prompts(plain, ["<|AUDIO|>a"], [np.zeros(100, np.float32)])
+    with pytest.raises(PromptError, match="no <\\|AUDIO\\|> token"):
+        build_prompts(plain, "a", np.zeros(100, np.float32), prompt_format=PromptFormat.chat())

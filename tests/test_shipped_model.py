@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration, Qwen
 from agac_jax import checkpoints
 from agac_jax.data import synthetic
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration as FlaxQwen2Audio
-from agac_jax.prompts import render_prompt
+from agac_jax.prompts import conversation
 from agac_jax.tokenizer import AUDIO_TOKEN, IM_END
 from agac_jax.training.evaluation import evaluate_generation
 
@@ -53,7 +53,7 @@ def test_flax_logits_equal_transformers_on_a_processor_prompt(loaded, test_sampl
     processor = Qwen2AudioProcessor.from_pretrained(SHIPPED)
     hf = Qwen2AudioForConditionalGeneration.from_pretrained(SHIPPED, attn_implementation="eager").eval()
     sample = test_samples[0]
-    text = render_prompt(processor.tokenizer, sample.question)
+    text = processor.apply_chat_template(conversation(sample.question), tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], audio=[sample.load_waveform()], return_tensors="np", padding=True,
                        sampling_rate=synthetic.SAMPLE_RATE)
     assert inputs["input_features"].shape[-1] == 3000

@@ -80,6 +80,7 @@ class ScoreRequest:
     plot: str | None = None
     param_dtype: str = "float32"  # float32 | bfloat16: the weights' dtype
     dtype: str = "float32"  # float32 | bfloat16: the compute dtype
+    prompt_format: str = "chat"  # chat (the processor's template) | raw (the base model's form)
 
 
 @dataclasses.dataclass
@@ -191,10 +192,12 @@ def scoring_config(request: ScoreRequest, n_clips: int) -> ScoringConfig:
 
 
 @functools.lru_cache(maxsize=4)
-def load_scorer(checkpoint: str, config: ScoringConfig, param_dtype: str = "float32", dtype: str = "float32") -> Scorer:
+def load_scorer(checkpoint: str, config: ScoringConfig, param_dtype: str = "float32", dtype: str = "float32",
+                prompt_format: str = "chat") -> Scorer:
     """A Scorer for the checkpoint directory, kept for later requests with the same configuration."""
     try:
-        return Scorer.from_directory(checkpoint, config, param_dtype=param_dtype, dtype=dtype)
+        return Scorer.from_directory(checkpoint, config, param_dtype=param_dtype, dtype=dtype,
+                                     prompt_format=prompt_format)
     except (OSError, ValueError) as error:
         raise RequestError(f"--checkpoint {checkpoint!r} cannot be loaded: {error}") from error
 
@@ -222,7 +225,7 @@ def _error_text(file: str, error: BaseException) -> str:
 
 def expected_prompt(scorer: Scorer, question: str, waveform: np.ndarray) -> np.ndarray:
     """The prompt ids the scorer builds for one clip: chat template, audio placeholders expanded."""
-    prompts = build_prompts(scorer.tokenizer, question, waveform,
+    prompts = build_prompts(scorer.tokenizer, question, waveform, prompt_format=scorer.prompt_format,
                             num_mel_bins=scorer.model_config.audio.num_mel_bins,
                             pad_to_frames=scorer.bucket_frames(len(waveform)))
     return np.asarray(prompts.input_ids[0])
@@ -331,7 +334,7 @@ def score_request(request: ScoreRequest) -> tuple[list[ClipOutcome], Scorer | No
     if not readable:
         return outcomes, None
     scorer = load_scorer(str(Path(request.checkpoint).resolve()), scoring_config(request, readable),
-                         request.param_dtype, request.dtype)
+                         request.param_dtype, request.dtype, request.prompt_format)
     if request.answer_ids is not None:
         check_answer_ids(request.answer_ids, scorer, request.audio)
     check_prompts(outcomes, scorer, request)

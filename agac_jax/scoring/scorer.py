@@ -28,7 +28,8 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
-from agac_jax.prompts import build_prompts
+from agac_jax.prompts import (DEFAULT_PROMPT_FORMAT, PromptFormat, build_prompts, load_prompt_format,
+                              prompt_format_of, prompt_ids)
 from agac_jax.scoring import selection
 from agac_jax.scoring.program import (ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch,
                                       count_generated, map_real_clips, score_batch)
@@ -174,11 +175,15 @@ class ClipScores:
 class Scorer:
     """Scores clips with a Qwen2-Audio model held as Flax parameters."""
 
-    def __init__(self, loaded: checkpoints.LoadedModel, tokenizer: Any, config: ScoringConfig = ScoringConfig()):
+    def __init__(self, loaded: checkpoints.LoadedModel, tokenizer: Any, config: ScoringConfig = ScoringConfig(),
+                 prompt_format: PromptFormat | None = None):
+        """`prompt_format`: how questions become prompts (`prompts.load_prompt_format`); None: the chat
+        format of the directory the tokenizer was loaded from."""
         self.config = config
         self.model_config = loaded.config
         self.model = Qwen2AudioForConditionalGeneration(loaded.config)
         self.tokenizer = tokenizer
+        self.prompt_format = prompt_format or prompt_format_of(tokenizer)
         self.generation = GenerationSettings.from_hf(loaded.generation_config, loaded.config,
                                                      max_new_tokens=config.max_new_tokens)
         self.keep_fraction = selection.keep_ratio_fraction(config.keep)
@@ -203,19 +208,21 @@ class Scorer:
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
                        param_dtype: Any = "float32", dtype: Any = "float32", scan_layers: bool = False,
-                       remat_layers: bool = False) -> "Scorer":
+                       remat_layers: bool = False, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> "Scorer":
         """A Scorer for a Hugging Face directory. The weights stream tensor by tensor onto their
         shardings on this config's mesh (`checkpoints.load_hf_directory(shardings=...)`), cast to
         `param_dtype`; `dtype` is the compute dtype ('float32' | 'bfloat16'); `scan_layers` and
-        `remat_layers` as `Qwen2AudioConfig`'s."""
+        `remat_layers` as `Qwen2AudioConfig`'s; `prompt_format` "chat" | "raw" (`prompts.load_prompt_format`),
+        decided before any weight is read."""
         from transformers import AutoTokenizer
 
+        fmt = load_prompt_format(directory, prompt_format)
         mesh = make_mesh(config.mesh_shape)
         loaded = checkpoints.load_hf_directory(
             directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
             shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules))
         loaded = dataclasses.replace(loaded, config=loaded.config.replace(remat_layers=remat_layers))
-        return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config)
+        return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config, fmt)
 
     def bucket_frames(self, n_samples: int) -> int:
         """Mel frames of the bucket for a clip: the smallest that holds every frame the encoder reads
@@ -275,7 +282,7 @@ class Scorer:
             pad = self.batch_slots(len(idx)) - len(idx)
             batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
             batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
-            prompts = build_prompts(self.tokenizer, batch_questions, batch_clips,
+            prompts = build_prompts(self.tokenizer, batch_questions, batch_clips, prompt_format=self.prompt_format,
                                     num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
                                     padding_side="left", max_frames=self.max_frames)
             ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
@@ -337,11 +344,16 @@ class Scorer:
         return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
                 np.pad(mask, ((0, 0), (extra, 0)), constant_values=0))
 
+    def text_tokens(self, question: str) -> int:
+        """Prompt tokens of a question besides the audio: its prompt's ids less the one placeholder."""
+        return len(prompt_ids(self.tokenizer, self.prompt_format, question)) - 1
+
     def _first_audio_position(self, question: str) -> int:
         """Where the first audio placeholder sits in the prompt of `question` (the template's prefix;
         the empty question gives a lower bound even for templates that put the question first)."""
         frames = min(feats.FRAMES_PER_SECOND, self.max_frames)
         prompts = build_prompts(self.tokenizer, [question], [np.zeros(frames * feats.HOP_LENGTH, np.float32)],
+                                prompt_format=self.prompt_format,
                                 num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
                                 padding_side="right", max_frames=self.max_frames)
         return int(np.argmax(prompts.input_ids[0] == self.model_config.audio_token_id))
@@ -414,8 +426,8 @@ class Scorer:
         clips, questions = source(list(clips)), source(list(questions))
         answers = None if answers is None else source(list(answers))
         n_mels = self.model_config.audio.num_mel_bins
-        prompts = build_prompts(self.tokenizer, questions, clips, num_mel_bins=n_mels, pad_to_frames=frames,
-                                padding_side="right", max_frames=self.max_frames)
+        prompts = build_prompts(self.tokenizer, questions, clips, prompt_format=self.prompt_format, num_mel_bins=n_mels,
+                                pad_to_frames=frames, padding_side="right", max_frames=self.max_frames)
         check_placeholder_count(prompts.input_ids, prompts.num_audio_tokens, self.model_config.audio_token_id)
         s_slots = frames // 4 + c.max_text_tokens
         lengths = prompts.attention_mask.sum(axis=1)

@@ -1,7 +1,7 @@
 """The training data: questions with their answers as token ids, the features of their clips, the
 auxiliary targets, and the batch order.
 
-Each training question is rendered exactly as at inference (`agac_jax.prompts.render_prompt`) and
+Each training question is rendered exactly as at inference (`agac_jax.prompts.prompt_ids`) and
 followed by its answer word and `<|im_end|>`. Sequences are right-padded, so positions 0..S-1 equal
 the positions that left-padded greedy generation derives for the real tokens.
 
@@ -54,8 +54,8 @@ from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE, SAMPLES_PER_AUD
 from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
 from agac_jax.eval import metrics
-from agac_jax.prompts import expand_audio_placeholders, render_prompt
-from agac_jax.tokenizer import AUDIO_EOS, IM_END
+from agac_jax import prompts as prompting
+from agac_jax.tokenizer import AUDIO_EOS, AUDIO_TOKEN, IM_END
 
 Batch = dict[str, np.ndarray]
 
@@ -420,8 +420,10 @@ def encode_training_set(
     features = features[:, :, : int(clip_buckets.max())]
     clip_index = np.asarray([clip_order[s.clip_id] for s in samples], np.int32)
     num_tokens = audio_token_count(mel_lengths[clip_index]).tolist()
-    prompts = expand_audio_placeholders([render_prompt(tokenizer, s.question) for s in samples], num_tokens)
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_format = prompting.prompt_format_of(tokenizer)
+    prompt_ids = prompting.expand_audio_ids(
+        [prompting.prompt_ids(tokenizer, prompt_format, s.question) for s in samples],
+        tokenizer.convert_tokens_to_ids(AUDIO_TOKEN), num_tokens)
     rows = [p + answer_token_ids(tokenizer, s.answer) for p, s in zip(prompt_ids, samples)]
     audio_eos = tokenizer.convert_tokens_to_ids(AUDIO_EOS)
     suffix_start = np.asarray([p.index(audio_eos) + 1 for p in prompt_ids], np.int32)
