@@ -14,16 +14,23 @@ dropped; keys a table names but the model lacks, and shapes that differ, are err
 
 The Flax tree (`models.pandagpt.PandaGPT`): `imagebind/{audio,vision}/...`, `llama_proj`,
 `language_model/...`, `lm_head`. LoRA is merged into q/k/v/o at conversion (`merge_lora`).
+
+The tokenizer is Vicuna's sentencepiece `tokenizer.model`, which conversion copies beside the weights
+and `load_tokenizer` reads as PandaGPT does (`VicunaTokenizer`).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 from agac_jax.checkpoints import CheckpointError, flatten, unflatten
+from agac_jax.errors import UserError
 
 SAME, LINEAR, CONV2D, CONV3D = "same", "linear", "conv2d", "conv3d"
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -149,7 +156,7 @@ def llama_params_from_hf(state: Mapping[str, np.ndarray]) -> dict:
 
 
 __all__ = ["LLAMA_NAME_MAP", "IMAGEBIND_NAME_MAP", "DELTA_NAME_MAP", "map_keys", "merge_lora", "check_against",
-           "convert_pandagpt",
+           "convert_pandagpt", "VicunaTokenizer", "load_tokenizer", "copy_tokenizer", "MissingTokenizerError",
            "llama_params_from_hf", "flatten", "unflatten"]
 
 
@@ -234,13 +241,15 @@ def config_from_dict(d: Mapping) -> Any:
 
 def convert_to_directory(imagebind_path, vicuna_directory, delta_path, out_directory, config,
                          allow_pickle: bool = False):
-    """PandaGPT's released pickles -> `out_directory` (PANDAGPT_WEIGHTS, PANDAGPT_CONFIG), LoRA merged.
+    """PandaGPT's released pickles -> `out_directory` (PANDAGPT_WEIGHTS, PANDAGPT_CONFIG), LoRA merged,
+    with the Vicuna directory's tokenizer files (`copy_tokenizer`).
 
     Returns the Flax parameters. Every pickle is refused unless `allow_pickle`.
     """
     params = convert_pandagpt(read_torch_pickle(imagebind_path, allow_pickle), read_vicuna(vicuna_directory,
                               allow_pickle), read_torch_pickle(delta_path, allow_pickle), config)
     write_directory(params, config, out_directory)
+    copy_tokenizer(vicuna_directory, out_directory)
     return params
 
 
@@ -270,3 +279,88 @@ def load_pandagpt_directory(directory):
         raise FileNotFoundError(f"{directory / PANDAGPT_CONFIG} not found: not a converted PandaGPT directory")
     config = config_from_dict(json.loads((directory / PANDAGPT_CONFIG).read_text()))
     return config, unflatten(load_file(str(directory / PANDAGPT_WEIGHTS)))
+
+
+# --- the Vicuna tokenizer ---------------------------------------------------------------------------
+
+VICUNA_TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+LLAMA_SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}  # ids 0, 1, 2
+
+
+class MissingTokenizerError(UserError, FileNotFoundError):
+    """A PandaGPT directory without a tokenizer: neither Vicuna's tokenizer.model nor a tokenizer.json."""
+
+
+class VicunaTokenizer(SentencePieceBackend):
+    """PandaGPT's tokenizer: `LlamaTokenizer.from_pretrained(vicuna, use_fast=False)` of the transformers
+    it pins (4.29), i.e. sentencepiece itself on Vicuna's `tokenizer.model`.
+
+    transformers 5 turns a `tokenizer.model` into a converted `tokenizers` BPE and has no sentencepiece
+    Llama class; this one keeps sentencepiece's ids: text between special tokens is `sp.encode(text)`
+    (the dummy-prefix space included: the "legacy" encoding that version had), and decoding runs
+    sentencepiece's decoder (byte-fallback pieces such as <0x0A> become their bytes). Special tokens
+    are the directory's (tokenizer_config.json, special_tokens_map.json), Llama's <unk>, <s>, </s> where
+    it names none or a blank one (as early LLaMA conversions wrote); `add_special_tokens` prepends <s>.
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, vocab_file: str, **kwargs: Any):
+        for name, default in LLAMA_SPECIAL_TOKENS.items():
+            if not str(kwargs.get(name) or ""):
+                kwargs[name] = default
+        kwargs["legacy"] = True
+        kwargs.setdefault("special_tokens_pattern", "bos")
+        super().__init__(vocab_file=vocab_file, **kwargs)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        """Pieces -> text: each run of vocabulary pieces through sentencepiece's decoder, special tokens as
+        they are written."""
+        special = set(self.all_special_tokens)
+        parts, run = [], []
+        for token in tokens:
+            if token in special:
+                parts += [self.sp_model.decode_pieces(run), token]
+                run = []
+            else:
+                run.append(token)
+        parts.append(self.sp_model.decode_pieces(run))
+        return "".join(parts)
+
+
+def copy_tokenizer(vicuna_directory, out_directory) -> list[str]:
+    """Copies the Vicuna directory's tokenizer files (those of VICUNA_TOKENIZER_FILES it has) into
+    `out_directory`, where `load_tokenizer` reads them; returns the names copied."""
+    source, out = Path(vicuna_directory), Path(out_directory)
+    copied = [name for name in VICUNA_TOKENIZER_FILES if (source / name).is_file()]
+    for name in copied:
+        if (out / name).resolve() != (source / name).resolve():
+            shutil.copyfile(source / name, out / name)
+    return copied
+
+
+def load_tokenizer(directory) -> Any:
+    """The tokenizer beside a converted PandaGPT's weights.
+
+    Vicuna's `tokenizer.model` is read as PandaGPT reads it (`VicunaTokenizer`), even beside a
+    tokenizer.json; without one, a `tokenizer.json` (the random tiny models' word-level tokenizer)
+    through AutoTokenizer. Raises MissingTokenizerError when the directory has neither, and a
+    UserError when the tokenizer.model cannot be read.
+    """
+    directory = Path(directory)
+    model = directory / "tokenizer.model"
+    if model.is_file():
+        try:
+            return VicunaTokenizer.from_pretrained(str(directory))
+        except ImportError as error:
+            raise UserError(f"reading {model} needs the sentencepiece package ({error}); run bash tools/setup.sh"
+                            ) from error
+        except (RuntimeError, OSError) as error:
+            raise UserError(f"{model} is not a readable sentencepiece model: {error}") from error
+    if (directory / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(directory))
+    raise MissingTokenizerError(
+        f"{directory} holds no tokenizer (tokenizer.model or tokenizer.json): copy the Vicuna directory's "
+        f"{', '.join(VICUNA_TOKENIZER_FILES)} into it (convert_to_directory copies them)")

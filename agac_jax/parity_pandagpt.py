@@ -5,7 +5,8 @@ inverse of `checkpoints_pandagpt`'s name maps into imagebind-unofficial's `Image
 vision branches; `reference.imagebind_torch`), a torch `Linear` for `llama_proj` and transformers'
 `LlamaForCausalLM` (LoRA already merged). On the same inputs (each clip's three normalised fbanks, one
 video's vision inputs, a prompt with the AV token) it compares the audio and video vectors, the AV
-token W(a + v) + 2b, the logits of every prompt row and the greedy tokens.
+token W(a + v) + 2b, the logits of every prompt row and the greedy tokens. The prompt is PandaGPT's for
+the question, tokenised by the directory's tokenizer; without one the check stops with a user error.
 
 `random_init_directory(config_json)` writes a random PandaGPT of that config (`pandagpt_config.json`
 layout) with a word-level tokenizer, so the check runs without a download.
@@ -26,7 +27,7 @@ import numpy as np
 from agac_jax.audio import kaldi_fbank as kf
 from agac_jax.checkpoints import flatten
 from agac_jax.checkpoints_pandagpt import (DELTA_NAME_MAP, IMAGEBIND_NAME_MAP, LLAMA_NAME_MAP, PANDAGPT_CONFIG,
-                                          config_from_dict, load_pandagpt_directory, write_directory)
+                                          config_from_dict, load_pandagpt_directory, load_tokenizer, write_directory)
 from agac_jax.parity import FLOAT32_TOLERANCE, Comparison, ParityReport, _compare
 
 INVERSE = {"same": lambda w: w, "linear": lambda w: w.T, "conv2d": lambda w: w.transpose(3, 2, 0, 1),
@@ -101,7 +102,9 @@ def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | Non
                         questions: Sequence[str] | None = None, max_new_tokens: int = 8,
                         tolerance: float = FLOAT32_TOLERANCE, video: np.ndarray | None = None) -> ParityReport:
     """Both frameworks on the same inputs (see the module docstring); the first clip's audio with `video`
-    (default: random vision inputs), every clip's audio vector."""
+    (default: random vision inputs), every clip's audio vector. The prompt is PandaGPT's, tokenised by
+    the directory's own tokenizer (`checkpoints_pandagpt.load_tokenizer`): a directory without one is a
+    MissingTokenizerError, never a stand-in prompt. `arrays["prompt_ids"]` holds the prompt compared."""
     import torch
     import transformers
 
@@ -112,6 +115,8 @@ def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | Non
     torch.backends.cuda.matmul.allow_tf32 = False
     directory = Path(directory)
     config, params = load_pandagpt_directory(directory)
+    question = (questions or ["is there a dog in the video ?"])[0]
+    ids = prompt_ids(load_tokenizer(directory), question, config.llama.bos_token_id, config.audio_token_id)
     ib = config.imagebind
     module = imagebind_model()
     imagebind_state, llama_state, proj_state = torch_states(params)
@@ -133,14 +138,6 @@ def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | Non
     if video is None:
         video = np.random.default_rng(0).standard_normal((15, 3, ib.video_frames, ib.image_size, ib.image_size),
                                                          dtype=np.float32)
-    question = (questions or ["is there a dog in the video ?"])[0]
-    try:
-        from transformers import AutoTokenizer
-
-        ids = prompt_ids(AutoTokenizer.from_pretrained(str(directory)), question, config.llama.bos_token_id,
-                         config.audio_token_id)
-    except (OSError, ValueError):  # no tokenizer files: a fixed synthetic prompt
-        ids = [config.llama.bos_token_id, 3, 4, config.audio_token_id, 5, 6, 7]
     position = ids.index(config.audio_token_id)
 
     def branch(key, x):
@@ -189,5 +186,5 @@ def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | Non
         Comparison("greedy_tokens", float(np.sum(f_tokens != t_tokens)), float(np.sum(f_tokens != t_tokens)), 0.0),
     ]
     arrays = dict(audio_vectors=np.asarray(f_audio), video_vector=np.asarray(f_video), av_token=np.asarray(f_token),
-                  logits=f_logits, greedy_tokens=f_tokens)
+                  logits=f_logits, greedy_tokens=f_tokens, prompt_ids=np.asarray(ids))
     return ParityReport(comparisons, arrays)

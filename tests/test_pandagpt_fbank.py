@@ -72,3 +72,48 @@ def test_clip_features_pad_and_normalise():
     np.testing.assert_allclose(feats[0, :, valid:], (0 - kf.MEAN) / kf.STD, rtol=1e-6)
     expected = (kf.kaldi_fbank(wave - wave.mean()).T - kf.MEAN) / kf.STD
     np.testing.assert_allclose(feats[0, :, :valid], expected, rtol=1e-5, atol=1e-5)
+
+
+def torch_imagebind_audio(waveform: np.ndarray, windows) -> np.ndarray:
+    """ImageBind's `load_and_transform_audio_data` for one float32 waveform, in its order of operations:
+    for each sub-clip window (seconds), the slice `waveform[:, a:b]` (a view of the loaded tensor) gets
+    `-= its mean` in place, then its fbank is taken, padded or cut to 204 frames, and normalised."""
+    loaded = torch.tensor(waveform)[None]  # [1, N], as torchaudio.load returns
+    out = []
+    for start, end in windows:
+        clip = loaded[:, int(start * 16000):int(end * 16000)]
+        clip -= clip.mean()
+        fbank = torch_kaldi_fbank(clip[0]).T
+        fbank = torch.nn.functional.pad(fbank, (0, max(204 - fbank.shape[1], 0)))[:, :204]
+        out.append((fbank - kf.MEAN) / kf.STD)
+    return torch.stack(out).numpy()
+
+
+def _offset_clip(seconds: float, offset: float) -> np.ndarray:
+    rng = np.random.default_rng(2)
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.1 * np.sin(2 * np.pi * 300 * t) * (t > 1.2) + 0.01 * rng.standard_normal(t.size) + offset
+            ).astype(np.float32)
+
+
+def test_overlapping_subclips_see_the_earlier_means_subtracted_as_upstream():
+    clip = _offset_clip(3.0, 0.02)  # windows 0-2, 0.5-2.5, 1-3 s: they overlap
+    before = clip.copy()
+    expected = torch_imagebind_audio(clip, [(0, 2), (0.5, 2.5), (1, 3)])
+    upstream, bounds = kf.imagebind_clip_features(clip)
+    independent, _ = kf.imagebind_clip_features(clip, in_place=False)
+    np.testing.assert_array_equal(clip, before)  # the caller's waveform is left alone
+    assert bounds.tolist() == [[0, 32000], [8000, 40000], [16000, 48000]]
+    assert np.abs(upstream - expected).max() < 1e-4
+    # the intended arithmetic differs just where a sub-clip crosses an earlier window's edge (2 s)
+    gap = np.abs(independent - expected).max(axis=1)  # [clips, frames]
+    assert gap[0].max() < 1e-4 and gap[1].max() > 0.1 and gap[2].max() > 0.1
+    assert set(np.flatnonzero(gap[1] > 1e-3)) <= {148, 149} and set(np.flatnonzero(gap[2] > 1e-3)) <= {98, 99, 148, 149}
+
+
+def test_subclips_that_do_not_overlap_are_the_same_either_way():
+    clip = _offset_clip(10.0, 0.02)  # windows 0-2, 4-6, 8-10 s
+    upstream, _ = kf.imagebind_clip_features(clip)
+    independent, _ = kf.imagebind_clip_features(clip, in_place=False)
+    np.testing.assert_allclose(upstream, independent, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(upstream, torch_imagebind_audio(clip, [(0, 2), (4, 6), (8, 10)]), rtol=0, atol=1e-4)

@@ -61,8 +61,13 @@ def _direct_logp(scorer, inputs, gate, prompt, answer, video=None):
                    None if video is None else jnp.asarray(video))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _direct(model, params, state, silence, gate, prompt, answer, video):
+    return jnp.sum(_direct_tokens(model, params, state, silence, gate, prompt, answer, video))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _direct_tokens(model, params, state, silence, gate, prompt, answer, video):
+    """[len(answer)]: log p of each answer token, the AV token of the gated fbank at the placeholder."""
     v = {"params": params}
     mixed = gate[:, None] * state + (1 - gate[:, None]) * silence
     audio = model.apply(v, model.apply(v, mixed, method=lambda m, x: m._clips(x)), method=model.audio_embedding)
@@ -76,7 +81,25 @@ def _direct(model, params, state, silence, gate, prompt, answer, video):
                             method=model.decode)
     logp = jax.nn.log_softmax(model.apply(v, hidden[0], method=model.logits), -1)
     rows = np.arange(len(prompt) - 1, n - 1)
-    return jnp.sum(logp[rows, np.asarray(answer)])
+    return logp[rows, np.asarray(answer)]
+
+
+def test_answer_targets_equal_the_direct_evaluation(scorer):
+    rng = np.random.default_rng(4)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (3 * 16000, 7 * 16000)]
+    questions = ["is there a dog ?", "is there a dog in the video ?"]
+    answers = [[20, 21], [22]]
+    targets = scorer.answer_targets(clips, questions, answers)
+    assert sorted(targets) == ["log_odds", "logp"]
+    for clip, question, answer, logp, log_odds in zip(clips, questions, answers, targets["logp"], targets["log_odds"]):
+        inputs = scorer.clip_inputs(clip)
+        tokens = np.asarray(_direct_tokens(scorer.model, scorer.params, jnp.asarray(inputs["features"]).T,
+                                           jnp.asarray(inputs["silence"]).T,
+                                           jnp.asarray(inputs["slot_valid"], jnp.float32),
+                                           tuple(scorer._prompt(question)), tuple(answer), None), np.float64)
+        assert abs(logp - tokens.sum()) <= 1e-5 * abs(tokens.sum())
+        expected_odds = np.sum(tokens - np.log1p(-np.exp(tokens)))
+        assert abs(log_odds - expected_odds) <= 1e-5 * abs(expected_odds)
 
 
 def test_program_scores_pandagpt_exactly(scorer, tmp_path):

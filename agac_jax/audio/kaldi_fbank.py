@@ -13,6 +13,14 @@ use_energy False, htk_compat changes nothing.
 sub-clip windows of `clip_windows`, each waveform slice mean-subtracted, its fbank cut or
 zero-padded to 204 frames, then (x + 4.268) / 9.138 (padding therefore becomes 0.467).
 
+An upstream quirk it reproduces by default: ImageBind's `waveform2melspec` runs `waveform -= waveform.mean()`
+on the slice it is handed, a view of the loaded waveform, so each sub-clip's mean is subtracted from the
+waveform itself, in sub-clip order. Below 6 s the three 2 s sub-clips overlap, and a later one reads
+samples an earlier one has already shifted: with a DC offset its slice holds a step where an earlier
+window ended, which the fbank's per-frame DC removal does not undo for the frames across it. PandaGPT's own
+outputs come from that arithmetic; `in_place=False` gives the intended one (every sub-clip centred on its own
+unmodified samples; the same when the sub-clips do not overlap, from 6 s on).
+
 `clip_windows` is pytorchvideo's ConstantClipsPerVideoSampler at the commit PandaGPT pins
 (28fe037; the same rule at ImageBind's pin 6cdc929 and at pytorchvideo's head): clip k of n starts at
 k * max(D - 2, 0) / max(n - 1, 1) seconds (so the first starts at 0 and the last ends at the end;
@@ -84,16 +92,34 @@ def clip_windows(duration: float, clip_seconds: int = CLIP_SECONDS,
     return windows
 
 
-def imagebind_clip_features(waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _subclip_fbank(piece: np.ndarray) -> np.ndarray:
+    """A mean-subtracted waveform slice [n] -> its normalised fbank [128, 204] float64, cut or
+    zero-padded (before the normalisation) to 204 frames."""
+    fbank = kaldi_fbank(piece).T[:, :TARGET_FRAMES]
+    fbank = np.pad(fbank, ((0, 0), (0, TARGET_FRAMES - fbank.shape[1])))
+    return (fbank - MEAN) / STD
+
+
+def imagebind_clip_features(waveform: np.ndarray, in_place: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """waveform [N] at 16 kHz -> (normalised fbank [clips, 128, 204] float32, window sample bounds
-    [clips, 2] int: each sub-clip's [start, end) sample indices, end clipped to N)."""
+    [clips, 2] int: each sub-clip's [start, end) sample indices, end clipped to N).
+
+    in_place: as ImageBind (the default), each sub-clip's mean is subtracted, in float32, from one
+    working copy of the waveform before the next sub-clip is cut from it (the module docstring's
+    upstream quirk); False: each sub-clip is centred on its own samples of the unmodified waveform.
+    The caller's array is never modified.
+    """
     n = waveform.shape[0]
+    loaded = np.array(waveform, np.float32)  # the working copy: torchaudio.load's float32 waveform
     features, bounds = [], []
     for start, end in clip_windows(n / SAMPLE_RATE):
         a, b = int(start * SAMPLE_RATE), min(int(end * SAMPLE_RATE), n)
-        piece = np.asarray(waveform[a:b], np.float64)
-        fbank = kaldi_fbank(piece - piece.mean()).T[:, :TARGET_FRAMES]
-        fbank = np.pad(fbank, ((0, 0), (0, TARGET_FRAMES - fbank.shape[1])))
-        features.append((fbank - MEAN) / STD)
+        if in_place:
+            piece = loaded[a:b]  # a view: the subtraction below reaches every later overlapping sub-clip
+            piece -= np.float32(piece.mean(dtype=np.float64))
+        else:
+            piece = np.asarray(waveform[a:b], np.float64)
+            piece = piece - piece.mean()
+        features.append(_subclip_fbank(piece))
         bounds.append((a, b))
     return np.stack(features).astype(np.float32), np.asarray(bounds, np.int64)

@@ -72,6 +72,7 @@ class PandaGPTScorer(Scorer):
         self.param_shardings = pandagpt_param_shardings(model_config, self.mesh, config.axis_rules)
         self.params = jax.device_put(params, self.param_shardings)
         self._generate = None
+        self._targets: dict[ProgramKey, Any] = {}  # jitted `answer_targets` programs (`Scorer.answer_targets`)
         self.max_frames = max(config.buckets_seconds) * kf.SAMPLE_RATE // HOP
         self.traces = 0
         self.audio_offset = self._first_audio_position("")
@@ -89,13 +90,13 @@ class PandaGPTScorer(Scorer):
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), **_: Any) -> "PandaGPTScorer":
-        """A directory of `checkpoints_pandagpt.write_directory` with a tokenizer beside the weights."""
-        from transformers import AutoTokenizer
-
-        from agac_jax.checkpoints_pandagpt import load_pandagpt_directory
+        """A directory of `checkpoints_pandagpt.convert_to_directory` (or `write_directory`) with a tokenizer
+        beside the weights: Vicuna's tokenizer.model, read as PandaGPT does, or a tokenizer.json
+        (`checkpoints_pandagpt.load_tokenizer`)."""
+        from agac_jax.checkpoints_pandagpt import load_pandagpt_directory, load_tokenizer
 
         model_config, params = load_pandagpt_directory(directory)
-        return cls(params, model_config, AutoTokenizer.from_pretrained(str(directory)), config)
+        return cls(params, model_config, load_tokenizer(directory), config)
 
     @classmethod
     def from_config(cls, model: Any, config: ScoringConfig) -> "PandaGPTScorer":
