@@ -28,11 +28,17 @@ def base_config() -> ml_collections.ConfigDict:
     config.dataset.num_clips = 12  # synthetic, generated: clips (1 or 2 questions each)
     config.dataset.generation_seed = 0  # synthetic, generated: the split's seed (fixed across sweep seeds)
     config.dataset.max_samples = 0  # evaluate the first N samples only; 0: all
+    config.dataset.prompt_suffix = ml_collections.config_dict.placeholder(str)  # appended to every question and
+    #   recorded; None: the data set's default (agac_jax.data.default_prompt_suffix): clotho_aqa lmms-eval's
+    #   "\nAnswer the question using a single word only. ", the others nothing; "": nothing
 
     config.model = ml_collections.ConfigDict()
+    config.model.kind = "qwen2_audio"  # qwen2_audio | pandagpt: the model family of checkpoint_dir
     config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
     config.model.param_dtype = "float32"  # float32 | bfloat16: dtype the weights are held in (bf16 halves them: 7B 16.8 GB)
     config.model.dtype = "float32"  # float32 | bfloat16: compute dtype (softmax, norms and logits stay float32)
+    config.model.prompt_format = "chat"  # chat: the processor's chat template (Instruct); raw: the base model's
+    #                                      "<|audio_bos|><|AUDIO|><|audio_eos|>" + question (agac_jax/prompts.py)
     config.model.scan_layers = False  # nn.scan over the decoder layers: faster compiles, same results (models/decoder.py)
     config.model.remat_layers = False  # rematerialise each decoder layer in gradients (IG memory), same results
 

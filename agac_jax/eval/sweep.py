@@ -56,10 +56,12 @@ from agac_jax.eval import atomic, distributed, flops, lock, plots, results, stag
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
 from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
-from agac_jax.prompts import render_prompt
 from agac_jax.scoring.scorer import MESH_AXES
 from agac_jax.scoring.selection import keep_ratio_fraction
 
+
+
+MODEL_KINDS = ("qwen2_audio", "pandagpt")
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -97,9 +99,35 @@ def validate_config(config: Any) -> None:
     curves = sweep_curves.CurveSettings.of_config(config)
     if curves is not None:
         curves.validate(config)
+    validate_model_and_codec(config)
     if config.dataset.name == "synthetic" and not config.dataset.root and config.dataset.num_clips < 1:
         raise ValueError(f"config.dataset.num_clips must be >= 1 (clips of the generated synthetic split), "
                          f"got {config.dataset.num_clips}")
+
+
+def validate_model_and_codec(config: Any) -> None:
+    """The model's prompt format and kind, the codec backend and its options, and the scoring section: a
+    bad override is refused here, before any model is loaded or any clip is scored."""
+    from agac_jax.codec.backends import BACKEND_NAMES, check_options
+    from agac_jax.prompts import PROMPT_FORMATS
+
+    prompt_format = config.model.get("prompt_format", "chat")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"config.model.prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    kind = config.model.get("kind", "qwen2_audio")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"config.model.kind must be one of {MODEL_KINDS}, got {kind!r}")
+    if config.codec.backend not in BACKEND_NAMES:
+        raise ValueError(f"config.codec.backend must be one of {BACKEND_NAMES}, got {config.codec.backend!r}")
+    try:
+        check_options(config.codec.backend, config_to_dict(config.codec.options))
+    except ValueError as error:
+        raise ValueError(f"config.codec.options: {error} (set --config.codec.options to the backend's options "
+                         "when changing config.codec.backend)") from error
+    try:
+        scoring_config(config)
+    except TypeError as error:
+        raise ValueError(f"config.scoring: {error}") from error
 
 
 def scoring_config(config: Any) -> Any:
@@ -180,13 +208,6 @@ class MergeOutputs:
     rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
 
 
-def text_token_count(tokenizer: Any, question: str, scorer: Any = None) -> int:
-    """Prompt tokens of a question besides the audio: the rendered prompt minus its one placeholder."""
-    if getattr(scorer, "text_tokens", None) is not None:  # a model with its own prompt (PandaGPT)
-        return scorer.text_tokens(question)
-    return len(tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]) - 1
-
-
 def make_scorer(config: Any) -> Any:
     """The real Scorer of the config's checkpoint."""
     from agac_jax.scoring.scorer import Scorer
@@ -201,7 +222,8 @@ def make_scorer(config: Any) -> Any:
     return Scorer.from_directory(model.checkpoint_dir, scoring_config(config),
                                  param_dtype=model.get("param_dtype", "float32"), dtype=model.get("dtype", "float32"),
                                  scan_layers=bool(model.get("scan_layers", False)),
-                                 remat_layers=bool(model.get("remat_layers", False)))
+                                 remat_layers=bool(model.get("remat_layers", False)),
+                                 prompt_format=model.get("prompt_format", "chat"))
 
 
 def _codec_factory(config: Any) -> Callable[[], CodecClient]:
@@ -302,7 +324,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
 
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
-        item.text_tokens = text_token_count(scorer.tokenizer, item.sample.question, scorer)
+        item.text_tokens = scorer.text_tokens(item.sample.question)
     curves = sweep_curves.CurveSettings.of_config(config)
     with results.ResultsWriter(path) as writer, (results.ResultsWriter(curves_file) if curves else contextlib.nullcontext()) as curve_writer, Progress(
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
