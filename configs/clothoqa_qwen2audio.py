@@ -6,11 +6,15 @@
         --config.codec.options.weights_dir=/models/semanticodec \
         --workdir=runs/clothoqa_qwen2audio
 
-Data: the yes/no subset of the ClothoAQA test split (`agac_jax.data.clotho_aqa`, released layout under
-dataset.root). Model: a Hugging Face Qwen2-Audio-7B-Instruct directory (config, safetensors, tokenizer,
-preprocessor). Grid: every method of DESIGN.md section 4, r in {25, 50, 100}, rho in {1.0, 0.9, 0.7},
-seeds {0, 1, 2}; codec: SemantiCodec in its sidecar (under .venv-codec, made by tools/setup_codec_env.sh; put its
-weights in codec.options.weights_dir; the sidecar says exactly what is missing). SemantiCodec decodes
+Data: the yes/no subset of the ClothoAQA test split (`agac_jax.data.clotho_aqa`: the released CSV and
+wav tree, or the parquet export lmms-eval reads, under dataset.root). Protocol: lmms-eval's
+`clotho_aqa`: each question followed by its single-word instruction (`dataset.prompt_suffix`), the
+processor's chat template with its system prompt, greedy answers of at most 8 new tokens; tables.md
+adds lmms-eval's exact match (EM) beside the accuracy of the parsed yes/no answer. Model: a Hugging
+Face Qwen2-Audio-7B-Instruct directory (config, safetensors, tokenizer, preprocessor). Grid: every
+method of DESIGN.md section 4, r in {25, 50, 100}, rho in {1.0, 0.9, 0.7}, seeds {0, 1, 2}; codec:
+SemantiCodec in its sidecar (under .venv-codec, made by tools/setup_codec_env.sh; put its weights in
+codec.options.weights_dir; the sidecar says exactly what is missing). SemantiCodec decodes
 by diffusion sampling, so it is not taken as deterministic: each seed is its own codec pass.
 
 For several hosts: `--config.runtime.distributed=True` on every host (jax.distributed.initialize),
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from agac_jax.data.clotho_aqa import LMMS_EVAL_PROMPT_SUFFIX
 from configs.common import base_config
 
 VARIANTS = ("default", "local")
@@ -37,13 +42,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of clothoqa_qwen2audio; choose one of {VARIANTS}")
     config = base_config()
-    config.dataset.name = "clotho_aqa"  # yes/no subset, majority label of the three annotators
+    config.dataset.name = "clotho_aqa"  # yes/no subset; CSV: majority label of the three annotators
     config.dataset.root = ""  # set on the command line: the ClothoAQA directory
-    config.dataset.split = "test"  # train | val | test
+    config.dataset.split = "test"  # train | val | test (the parquet export: val | test)
+    config.dataset.prompt_suffix = LMMS_EVAL_PROMPT_SUFFIX  # lmms-eval's clotho_aqa post_prompt; "" asks bare
     config.model.checkpoint_dir = ""  # set on the command line: Qwen2-Audio-7B-Instruct, local
     config.model.param_dtype = "bfloat16"  # the released weights' dtype: 16.8 GB instead of 33.6 (fp32)
     config.model.dtype = "bfloat16"  # bf16 compute on GPUs/TPUs (tolerances: tests/test_bf16.py)
-    config.scoring.max_new_tokens = 8  # enough for "Yes." / "No, there is not."
+    config.scoring.max_new_tokens = 8  # lmms-eval's clotho_aqa limit; enough for "Yes." / "No, there is not."
     config.scoring.batch_size = 8  # clips per compiled call; a multiple of mesh.shape[0]
     config.scoring.buckets_seconds = (10, 20, 30)  # Clotho clips last 15 to 30 s
     config.mesh.shape = (1, 1)  # (data, model): one 80 GB GPU; (1, 8) shards the 7B over 8 16 GB devices

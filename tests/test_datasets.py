@@ -5,16 +5,28 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import subprocess
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 import soundfile
 
-from agac_jax.data import avhbench, clotho_aqa
+from agac_jax import errors
+from agac_jax.data import avhbench, clotho_aqa, load_dataset
 from agac_jax.data import synthetic
-from agac_jax.data.common import SAMPLE_RATE, AudioQASample, AudioSource, WavFile
+from agac_jax.data.common import (
+    OUTSIDE_ROOT,
+    SAMPLE_RATE,
+    AudioQASample,
+    AudioSource,
+    DatasetError,
+    WavFile,
+    resolve_inside,
+    skip_kind,
+)
 
 try:
     FFMPEG = avhbench.find_ffmpeg()
@@ -256,3 +268,161 @@ def test_every_audio_source_follows_the_protocol(tmp_path: Path) -> None:
     clip = synthetic.generate_split("test", 1, seed=0)[0].audio
     sources = [clip, WavFile(tmp_path / "a.wav"), avhbench.VideoSoundtrack(tmp_path / "a.mp4")]
     assert all(isinstance(source, AudioSource) for source in sources)
+
+
+# --- paths stay inside the root ------------------------------------------------------------------
+
+
+def _clotho_tree(root: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    (root / "audio_files").mkdir(parents=True)
+    soundfile.write(root / "audio_files" / "inside.wav", _sine(440, 0.5, SAMPLE_RATE), SAMPLE_RATE)
+    _write_clotho_csv(root / "clotho_aqa_test.csv", rows)
+    return root
+
+
+def _yes(file_name: str, question: str = "Is it there?") -> list[tuple[str, str, str, str]]:
+    return [(file_name, question, "yes", "yes")] * 3
+
+
+def test_clotho_rows_pointing_outside_the_root_are_skipped(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    soundfile.write(outside / "x.wav", _sine(440, 0.5, SAMPLE_RATE), SAMPLE_RATE)
+    root = _clotho_tree(tmp_path / "data", [])
+    (root / "audio_files" / "linked.wav").symlink_to(outside / "x.wav")
+    (root / "audio_files" / "folder").symlink_to(outside, target_is_directory=True)
+    rows = (_yes("inside.wav") + _yes("../../elsewhere/x.wav") + _yes(str(outside / "x.wav"))
+            + _yes("linked.wav") + _yes("folder/x.wav") + _yes("../clotho_aqa_test.csv"))
+    _write_clotho_csv(root / "clotho_aqa_test.csv", rows)
+    loaded = clotho_aqa.load_clotho_aqa(root, "test")
+    assert [s.clip_id for s in loaded.samples] == ["inside.wav"]
+    reasons = {item.item: item.reason for item in loaded.skipped}
+    assert set(reasons) == {"test/../../elsewhere/x.wav/0", f"test/{outside / 'x.wav'}/0", "test/linked.wav/0",
+                            "test/folder/x.wav/0", "test/../clotho_aqa_test.csv/0"}
+    assert all(reason.startswith("outside the data set root") for reason in reasons.values())
+    assert "climbs out" in reasons["test/../../elsewhere/x.wav/0"]
+    assert "absolute path" in reasons[f"test/{outside / 'x.wav'}/0"]
+    assert "links to" in reasons["test/linked.wav/0"]
+
+
+def test_clotho_root_and_audio_directory_may_be_symlinks(tmp_path: Path) -> None:
+    real = _clotho_tree(tmp_path / "disk" / "clotho", _yes("inside.wav"))
+    audio = tmp_path / "audio_disk"
+    (real / "audio_files").rename(audio)
+    (real / "audio_files").symlink_to(audio, target_is_directory=True)
+    (real / "audio_files" / "inner.wav").symlink_to(audio / "inside.wav")  # a link that stays inside
+    _write_clotho_csv(real / "clotho_aqa_test.csv", _yes("inside.wav") + _yes("inner.wav", "Is it loud?"))
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    loaded = clotho_aqa.load_clotho_aqa(tmp_path / "link", "test")
+    assert [s.clip_id for s in loaded.samples] == ["inside.wav", "inner.wav"] and not loaded.skipped
+    assert loaded.samples[1].load_waveform().size == SAMPLE_RATE // 2
+
+
+def test_resolve_inside_reasons(tmp_path: Path) -> None:
+    assert resolve_inside(tmp_path, "a/b.wav") == ((tmp_path / "a" / "b.wav").resolve(), None)
+    assert resolve_inside(tmp_path, "a/../b.wav")[0] == (tmp_path / "b.wav").resolve()
+    path, reason = resolve_inside(tmp_path / "a", "../b.wav")
+    assert path is None and reason.startswith(OUTSIDE_ROOT) and skip_kind(reason) == OUTSIDE_ROOT
+
+
+def test_avhbench_videos_outside_the_root_are_skipped(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "v2.mp4").write_bytes(b"placeholder")
+    root = tmp_path / "avh"
+    (root / "videos").mkdir(parents=True)
+    (root / "videos" / "v1.mp4").write_bytes(b"placeholder")
+    (root / "videos" / "v2.mp4").symlink_to(outside / "v2.mp4")
+    entries = [{"video_id": video_id, "task": TASK, "text": "Is it?", "label": "Yes"}
+               for video_id in ("v1", "v2", "../elsewhere/v2")]
+    (root / "QA.json").write_text(json.dumps(entries))
+    loaded = avhbench.load_avhbench(root)
+    assert [s.sample_id for s in loaded.samples] == ["v1/0"]
+    reasons = {item.item: item.reason for item in loaded.skipped}
+    assert set(reasons) == {"v2/0", "../elsewhere/v2/0"}
+    assert all(reason.startswith(OUTSIDE_ROOT) for reason in reasons.values())
+
+
+# --- loader errors are one line ------------------------------------------------------------------
+
+
+def _one_error_line(capsys: pytest.CaptureFixture, function) -> str:
+    """Runs `function` the way the launch scripts run main; returns its single stderr line."""
+    with pytest.raises(SystemExit) as exit_info:
+        errors.main(lambda argv: function())([])
+    assert exit_info.value.code == errors.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def _section(root: Path, name: str = "clotho_aqa", split: str = "test", **fields) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"name": name, "root": str(root), "split": split, "max_samples": 0,
+                                      "task": TASK, **fields})
+
+
+def test_clotho_csv_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    csv_file = tmp_path / "clotho_aqa_test.csv"
+    cases = {
+        "file_name,QuestionText,answer\na.wav,Is it?,yes\n".encode(): "missing columns ['confidence']",
+        "file_name,QuestionText,answer,confidence\na.wav,Is it caf\xe9?,yes,yes\n".encode("latin-1"): "not UTF-8",
+        b"file_name,QuestionText,answer,confidence\n": "0 samples",
+        b"": "empty file, 0 samples",
+    }
+    for content, expected in cases.items():
+        csv_file.write_bytes(content)
+        with pytest.raises(DatasetError, match=re.escape(expected)):
+            clotho_aqa.load_clotho_aqa(tmp_path, "test")
+        line = _one_error_line(capsys, lambda: load_dataset(_section(tmp_path)))
+        assert expected in line and str(csv_file) in line
+
+
+def test_a_data_set_without_samples_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _clotho_tree(tmp_path, _yes("missing.wav") + _yes("../x.wav", "Is it far?") + [("a.wav", "What?", "dog", "yes")])
+    line = _one_error_line(capsys, lambda: load_dataset(_section(tmp_path)))
+    assert "clotho_aqa-test: 0 samples" in line and "2 skipped (1 missing audio file, 1 outside the data set root)" in line
+
+
+def test_avhbench_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    entries = [{"video_id": f"v{i}", "task": TASK, "text": "Is it?", "label": "Yes"} for i in range(2)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "QA.json").write_text(json.dumps(entries))
+    (tmp_path / "b.json").write_text(json.dumps(entries))
+    line = _one_error_line(capsys, lambda: load_dataset(_section(tmp_path, "avhbench")))
+    assert "several AVHBench QA files" in line and str(tmp_path / "b.json") in line
+
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    (wrapped / "QA.json").write_text(json.dumps({"annotations": entries}))
+    line = _one_error_line(capsys, lambda: load_dataset(_section(wrapped, "avhbench")))
+    assert str(wrapped / "QA.json") in line and "JSON object (keys ['annotations'])" in line
+    assert "not found" not in line
+    line = _one_error_line(capsys, lambda: load_dataset(_section(wrapped / "QA.json", "avhbench")))
+    assert str(wrapped / "QA.json") in line and "expected a JSON list" in line
+
+
+# --- the prompt suffix ---------------------------------------------------------------------------
+
+
+def test_clotho_questions_get_lmms_evals_suffix_by_default(clotho_root: Path) -> None:
+    name, loaded = load_dataset(_section(clotho_root, split="val"))
+    bare = {s.sample_id: s.question for s in clotho_aqa.load_clotho_aqa(clotho_root, "val").samples}
+    assert name == "clotho_aqa-val" and clotho_aqa.LMMS_EVAL_PROMPT_SUFFIX == (
+        "\nAnswer the question using a single word only. ")
+    for sample in loaded.samples:
+        assert sample.prompt_suffix == clotho_aqa.LMMS_EVAL_PROMPT_SUFFIX
+        assert sample.question == bare[sample.sample_id] + clotho_aqa.LMMS_EVAL_PROMPT_SUFFIX
+    _, plain = load_dataset(_section(clotho_root, split="val", prompt_suffix=""))
+    assert [s.question for s in plain.samples] == list(bare.values()) and plain.samples[0].prompt_suffix == ""
+
+
+def test_other_data_sets_get_no_suffix_unless_asked() -> None:
+    section = ml_collections.ConfigDict({"name": "synthetic", "root": "", "split": "test", "num_clips": 2,
+                                         "generation_seed": 0, "max_samples": 0,
+                                         "prompt_suffix": ml_collections.config_dict.placeholder(str)})
+    _, loaded = load_dataset(section)
+    assert [s.question for s in loaded.samples] == [s.question for s in synthetic.generate_split("test", 2, 0)]
+    assert all(s.prompt_suffix == "" for s in loaded.samples)
+    section.prompt_suffix = " Answer yes or no."
+    _, asked = load_dataset(section)
+    assert all(s.question.endswith("? Answer yes or no.") for s in asked.samples)

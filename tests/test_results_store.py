@@ -104,17 +104,20 @@ def test_latest_by_key_prefers_a_success_over_a_failure_and_later_over_earlier()
     assert len(chosen) == 2
 
 
-def test_done_keys_across_shards_and_retry_failed(tmp_path):
+def test_done_keys_across_shards_retry_transient_failures_always_and_input_failures_on_request(tmp_path):
+    load_failure = Failure(stage="load", error_type="FileNotFoundError", message="no such file: clip-s3.wav")
+    timeout = Failure(stage="codec", error_type="Timeout", message="failed on 2 sidecar processes: no reply")
     with ResultsWriter(results.results_path(tmp_path, 0, 2)) as writer:
-        writer.append([make_record("s0"), make_record("s2", failure=CODEC_FAILURE)])
+        writer.append([make_record("s0"), make_record("s2", failure=CODEC_FAILURE),
+                       make_record("s3", failure=load_failure), make_record("s4", failure=timeout)])
     with ResultsWriter(results.results_path(tmp_path, 1, 2)) as writer:
         writer.append([make_record("s1", method="original", rate=None, rho=1.0)])
     assert [p.name for p in results.results_files(tmp_path)] == ["results.0.jsonl", "results.1.jsonl"]
-    everything = results.done_keys(tmp_path)
-    assert everything == {TaskKey("s0", "fused", 25, 0.9, 0), TaskKey("s2", "fused", 25, 0.9, 0),
-                          TaskKey("s1", "original", None, 1.0, 0)}
-    assert results.done_keys(tmp_path, retry_failed=True) == everything - {TaskKey("s2", "fused", 25, 0.9, 0)}
-    assert len(results.read_workdir(tmp_path)) == 3
+    assert CODEC_FAILURE.transient and timeout.transient and not load_failure.transient
+    successes = {TaskKey("s0", "fused", 25, 0.9, 0), TaskKey("s1", "original", None, 1.0, 0)}
+    assert results.done_keys(tmp_path) == successes | {TaskKey("s3", "fused", 25, 0.9, 0)}
+    assert results.done_keys(tmp_path, retry_failed=True) == successes
+    assert len(results.read_workdir(tmp_path)) == 5
 
 
 def test_results_path_names():

@@ -139,13 +139,53 @@ def test_markdown_table_and_problems(rows):
     assert "`fused` 1" in text
 
 
+def test_exact_match_is_lmms_evals_rule_on_the_whole_reply():
+    suffix = "\nAnswer the question using a single word only. "
+    replies = {0: "Yes.", 1: "No, there is none.", 2: "yes", 3: "Nope"}  # labels yes, no, yes, no
+    records = [
+        ResultRecord(**{**record(i, "original", None, 1.0, 0, parsed).__dict__, "dataset": "clotho_aqa-test",
+                        "answer_original": replies[i], "answer_compressed": replies[i], "parsed_original": parsed,
+                        "prompt_suffix": suffix})
+        for i, parsed in enumerate(("yes", "no", "yes", "no"))
+    ]
+    (metrics_,) = tables.seed_metrics(records)
+    assert metrics_.accuracy == 1.0 and metrics_.exact_match == pytest.approx(0.5)
+    rows_ = tables.summarize_rows([metrics_])
+    assert rows_[0].summaries["exact_match"].mean == pytest.approx(0.5)
+    text = tables.render_markdown(rows_, records)
+    assert "| Method | r | ρ | Acc | EM | F1 | A.C. |" in text
+    assert "| `original` | — | 1.0 | 100.0 | 50.0 | 100.0 | 100.0 | " in text
+    assert '`"\\nAnswer the question using a single word only. "`' in text and "lmms-eval" in text
+
+
+def test_tables_without_a_prompt_suffix_keep_their_columns(rows):
+    text = tables.render_markdown(rows, sweep_records())
+    header = next(line for line in text.splitlines() if line.startswith("| Method |"))
+    assert header == "| " + " | ".join(tables.TABLE_COLUMNS) + " |"
+    assert "EM" not in header and "Prompt:" not in text
+
+
+def test_summary_csv_has_exact_match(rows, tmp_path):
+    lines = tables.read_summary_csv(tables.write_summary_csv(rows, tmp_path / "summary.csv"))
+    fused = next(line for line in lines if line["method"] == "fused" and line["rho"] == "0.5")
+    assert float(fused["exact_match_mean"]) == pytest.approx(0.5)  # "Yes." / "No." match, "a siren" does not
+
+
+def test_skipped_items_are_counted_by_kind(rows):
+    skipped = [("val/a.wav/0", "outside the data set root /d/audio_files: absolute path '/etc/x.wav'"),
+               ("val/b.wav/0", "outside the data set root /d/audio_files: path '../x.wav' climbs out with '..'"),
+               ("val/c.wav/1", "tied vote ['yes', 'no']")]
+    text = tables.render_markdown(rows, sweep_records(), skipped=skipped)
+    assert "3 skipped: 2 outside the data set root, 1 tied vote." in text
+
+
 def test_terminal_table_has_the_poster_columns_and_evidence_recall(rows):
     text = tables.terminal_table(rows)
     lines = text.splitlines()
-    assert lines[1].split() == ["Method", "r", "rho", "Acc", "F1", "A.C.", "dAcc", "Ev.recall", "Tokens"]
+    assert lines[1].split() == ["Method", "r", "rho", "Acc", "F1", "A.C.", "dAcc", "Ev.recall", "Tokens", "Failed"]
     fused = next(line for line in lines if line.split()[:3] == ["fused", "25", "0.5"])
     assert " ".join(fused.split()[3:]) == ("50.0 ± 0.00 65.0 ± 21.21 62.5 ± 53.03 +0.0 ± 0.00 75.0 ± 0.00 "
-                                           "50.0 ± 0.00")
+                                           "50.0 ± 0.00 1")  # the codec failure of seed 1
     original = next(line for line in lines if line.split()[0] == "original")
     assert original.split()[1:3] == ["-", "1.0"] and len({len(line) for line in lines[1:len(rows) + 2]}) == 1
 

@@ -14,13 +14,23 @@ mixed, and a folder of videos):
 - The layout is found by content: a JSON list of entries with those four keys that names several
   videos (or, outside {root}/json, any such list) is a QA file; without one, {root}/json is read as
   v0. Several QA files are an error naming them (pass the one to use as `root`: a QA file given
-  directly is read with the videos found under its directory).
+  directly is read with the videos found under its directory). Without either, a JSON object
+  (a dict, not a list of entries) under the root is named in the error as the likely QA file.
 - Entries are selected by task, compared case-insensitively with runs of spaces collapsed
   (default "Audio-driven Video Hallucination"). If none match, the tasks that were found are logged.
 - Labels are normalised like answers ("Yes", "yes.", " NO " -> yes/no); any other label is skipped.
 - A missing video, an unreadable JSON file, an entry lacking a key or naming another video than its
   file, and an unknown label are skipped with the reason and logged; loading goes on. The number of
   videos the asked task names but the release lacks is logged once as a summary.
+- Paths stay inside the root (`common.resolve_inside`): the video an entry names is resolved,
+  symlinks followed, and must lie inside the root (the QA file's directory when the file is given);
+  an entry whose video lies outside (a symlinked video or folder pointing elsewhere, a video id that
+  is a path climbing out) is skipped with a reason beginning "outside the data set root", counted
+  and logged. The root itself may be a symlink: containment is checked against its target. The QA
+  file, found by listing the root rather than named by an entry, is read wherever it links.
+- Input errors raise `common.DatasetError` naming the file (one `error:` line from the launch
+  scripts): several QA files, a QA file given as root that is not a JSON list, a JSON object where
+  the QA list was expected.
 - Sample ids are "{video_id}/{k}", k the entry's index among that video's entries (every task) in
   file order, so both layouts give the same ids to the same entries.
 - The audio is the video's soundtrack, extracted on demand with ffmpeg (mono, 16 kHz, float32).
@@ -47,11 +57,13 @@ from agac_jax.data.common import (
     ANSWERS,
     SAMPLE_RATE,
     AudioQASample,
+    DatasetError,
     LoadedDataset,
     SkippedItem,
     WavFile,
     normalize_answer,
     record_skip,
+    resolve_inside,
 )
 
 DEFAULT_TASK = "Audio-driven Video Hallucination"
@@ -164,21 +176,53 @@ def _qa_video_ids(entries: object) -> set[str] | None:
     return ids or None
 
 
-def find_qa_files(root: Path) -> list[Path]:
-    """The 2025-03 QA files under `root`, found by content (see the module docstring), sorted."""
-    found = []
+@dataclasses.dataclass(frozen=True)
+class JsonScan:
+    """The JSON files under a root by what they hold: QA lists, objects (dicts), unreadable files."""
+
+    qa_files: list[Path]
+    objects: list[tuple[Path, list[str]]]  # (file, its first keys)
+    unreadable: list[Path]
+
+
+def scan_json(root: Path) -> JsonScan:
+    """Sorts the JSON files under `root` into QA files (module docstring), objects and unreadable ones."""
+    qa_files, objects, unreadable = [], [], []
     per_video_directory = root / "json"
     for path in sorted(root.rglob("*.json")):
         try:
-            ids = _qa_video_ids(json.loads(path.read_text(encoding="utf-8")))
+            content = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            unreadable.append(path)
             continue
+        if isinstance(content, dict):
+            objects.append((path, [str(key) for key in list(content)[:5]]))
+            continue
+        ids = _qa_video_ids(content)
         if ids is None:
             continue
         if path.parent == per_video_directory and len(ids) < 2:
             continue  # a v0 per-video file
-        found.append(path)
-    return found
+        qa_files.append(path)
+    return JsonScan(qa_files=qa_files, objects=objects, unreadable=unreadable)
+
+
+def find_qa_files(root: Path) -> list[Path]:
+    """The 2025-03 QA files under `root`, found by content (see the module docstring), sorted."""
+    return scan_json(root).qa_files
+
+
+def _not_found(root: Path, scan: JsonScan) -> Exception:
+    """The error for a root holding neither layout: a JSON object is named as the likely QA file."""
+    expected = f"a JSON list of entries with keys {list(REQUIRED_KEYS)}"
+    if scan.objects:
+        path, keys = scan.objects[0]
+        return DatasetError(f"{path}: AVHBench QA file is a JSON object (keys {keys}), expected {expected}; "
+                            f"no QA json under {root}")
+    unreadable = f"; unreadable JSON: {[str(p) for p in scan.unreadable[:3]]}" if scan.unreadable else ""
+    return FileNotFoundError(
+        f"AVHBench annotations not found: no QA json under {root} and {root / 'json'} is not a directory{unreadable}"
+    )
 
 
 def find_videos(root: Path) -> dict[str, Path]:
@@ -203,10 +247,15 @@ def find_videos(root: Path) -> dict[str, Path]:
 def _annotation_groups(root: Path, skipped: list[SkippedItem]) -> tuple[list[tuple[str | None, list]], dict[str, Path]]:
     """[(video id the entries must name or None, entries in file order)] and the video files."""
     if root.is_file():
-        return [(None, _read_entries(root))], find_videos(root.parent)
-    qa_files = find_qa_files(root)
+        try:
+            entries = _read_entries(root)
+        except ValueError as error:
+            raise DatasetError(f"{root}: not an AVHBench QA file: {error}") from error
+        return [(None, entries)], find_videos(root.parent)
+    scan = scan_json(root)
+    qa_files = scan.qa_files
     if len(qa_files) > 1:
-        raise ValueError(
+        raise DatasetError(
             f"several AVHBench QA files under {root}: {[str(p) for p in qa_files]}; pass the one to use as root"
         )
     if qa_files:
@@ -214,9 +263,7 @@ def _annotation_groups(root: Path, skipped: list[SkippedItem]) -> tuple[list[tup
         return [(None, _read_entries(qa_files[0]))], find_videos(root)
     json_directory = root / "json"
     if not json_directory.is_dir():
-        raise FileNotFoundError(
-            f"AVHBench annotations not found: no QA json under {root} and {json_directory} is not a directory"
-        )
+        raise _not_found(root, scan)
     groups: list[tuple[str | None, list]] = []
     for json_path in sorted(json_directory.glob("*.json")):
         try:
@@ -226,6 +273,15 @@ def _annotation_groups(root: Path, skipped: list[SkippedItem]) -> tuple[list[tup
     video_directory = root / "video"
     videos = {p.stem: p for p in sorted(video_directory.glob("*.mp4"))} if video_directory.is_dir() else {}
     return groups, videos
+
+
+def _video_file(base: Path, video: Path | None, video_id: str) -> tuple[Path | None, str | None]:
+    """(the video of `video_id` resolved inside `base`, or None when there is none, None), or
+    (None, why it lies outside the root)."""
+    if video is None:
+        _, outside = resolve_inside(base, f"{video_id}.mp4")
+        return None, outside
+    return resolve_inside(base, str(video.relative_to(base)))
 
 
 def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None = None) -> LoadedDataset:
@@ -240,10 +296,12 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
       The samples (sample_id "{video_id}/{k}", clip_id the video id, question the entry's text,
       evidence None) and the skipped items with their reasons.
     Raises:
-      FileNotFoundError if neither layout is found; ValueError for several QA files or an unreadable
-      QA file.
+      FileNotFoundError if neither layout is found; DatasetError (a ValueError) for several QA files,
+      a QA file given as root that is not a JSON list, or a JSON object where a QA list was expected.
     """
     root = Path(root)
+    base = root.parent if root.is_file() else root
+    video_files: dict[str, tuple[Path | None, str | None]] = {}
     wanted = _task_key(task)
     samples: list[AudioQASample] = []
     skipped: list[SkippedItem] = []
@@ -266,7 +324,10 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
                     continue
             sample_id = f"{video_id}/{index}"
             problem = _entry_problem(entry, video_id)
-            video = videos.get(video_id)
+            if problem is None:
+                if video_id not in video_files:
+                    video_files[video_id] = _video_file(base, videos.get(video_id), video_id)
+                video, problem = video_files[video_id]
             if problem is None and video is None:
                 expected = root / "video" / f"{video_id}.mp4" if file_video_id is not None else f"{video_id}.mp4"
                 problem = f"missing video {expected}"

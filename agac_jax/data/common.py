@@ -6,6 +6,12 @@ knows it, the time intervals (seconds) of the audio that decides the answer.
 
 `evidence` is `None` when the data set does not record evidence (ClothoAQA, AVHBench) and an empty
 tuple when the answer rests on no localised stretch of audio (a synthetic "no" existence question).
+
+Paths a data set's rows name (a CSV's file name, a parquet row's audio path, an AVHBench video id)
+go through `resolve_inside`: resolved with symlinks followed, they must lie inside the data set's
+root, else the row is skipped with a reason beginning `OUTSIDE_ROOT`. A loader's input errors (a
+file it cannot parse, a missing column, several candidate annotation files) raise `DatasetError`,
+which the launch scripts print as one `error:` line naming the file.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import soundfile
 
+from agac_jax import errors
 from agac_jax.audio.grids import SAMPLE_RATE
 
 YES = "yes"
@@ -26,7 +33,28 @@ ANSWERS = (YES, NO)
 
 Interval = tuple[float, float]
 
+OUTSIDE_ROOT = "outside the data set root"
+# Phrases that open or mark a loader's skip reasons, for counting skips by kind (`skip_kind`).
+SKIP_KINDS = (
+    OUTSIDE_ROOT,
+    "missing audio file",
+    "unreadable audio file",
+    "empty audio file",
+    "no audio",
+    "tied vote",
+    "missing video",
+    "unreadable JSON",
+    "neither yes nor no",
+    "lacks keys",
+    "names video",
+    "not an object",
+)
+
 logger = logging.getLogger(__name__)
+
+
+class DatasetError(errors.UserError, ValueError):
+    """A data set's files cannot be read as that data set (the message names the file and what is wrong)."""
 
 
 @runtime_checkable
@@ -56,11 +84,12 @@ class AudioQASample:
     Attributes:
       sample_id: unique within the data set and split.
       clip_id: identifies the clip; several samples may share one clip.
-      question: the question text given to the model.
+      question: the question text given to the model (with `prompt_suffix` at its end).
       answer: the reference answer, "yes" or "no".
       audio: produces the clip's waveform on demand.
       evidence: intervals (start_s, end_s) of the audio that decides the answer, sorted by start;
         None when unknown, () when the answer rests on no localised stretch of audio.
+      prompt_suffix: the text appended to the data set's question (`with_prompt_suffix`), "" for none.
     """
 
     sample_id: str
@@ -69,6 +98,7 @@ class AudioQASample:
     answer: str
     audio: AudioSource
     evidence: tuple[Interval, ...] | None = None
+    prompt_suffix: str = ""
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
@@ -79,6 +109,12 @@ class AudioQASample:
     def load_waveform(self) -> np.ndarray:
         """Returns the clip as mono float32 at 16 kHz, shape [num_samples]."""
         return self.audio.load()
+
+    def with_prompt_suffix(self, suffix: str) -> "AudioQASample":
+        """This sample asked with `suffix` appended to its question (and recorded in `prompt_suffix`)."""
+        if not suffix:
+            return self
+        return dataclasses.replace(self, question=self.question + suffix, prompt_suffix=self.prompt_suffix + suffix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +188,41 @@ def audio_file_problem(path: Path) -> str | None:
     if info.frames == 0:
         return f"empty audio file {path}"
     return None
+
+
+def resolve_inside(base: Path, name: str) -> tuple[Path | None, str | None]:
+    """The file `name` (relative to `base`) resolved, symlinks followed, if it lies inside `base`.
+
+    `base` itself may be a symlink: containment is checked against its resolved target. Returns
+    (resolved path, None), or (None, reason) when the path is absolute and elsewhere, climbs out
+    with "..", or is a symlink (or lies below one) whose target is outside; the reason begins with
+    OUTSIDE_ROOT.
+    """
+    inside = base.resolve()
+    resolved = (base / name).resolve()
+    if resolved == inside or resolved.is_relative_to(inside):
+        return resolved, None
+    if Path(name).is_absolute():
+        how = f"absolute path {name!r}"
+    elif ".." in Path(name).parts:
+        how = f"path {name!r} climbs out with '..'"
+    else:
+        how = f"{base / name} links to {resolved}"
+    return None, f"{OUTSIDE_ROOT} {base}: {how}"
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason: the first phrase of SKIP_KINDS it contains, else "other"."""
+    return next((kind for kind in SKIP_KINDS if kind in reason), "other")
+
+
+def skip_counts(reasons: list[str]) -> dict[str, int]:
+    """How many skip reasons there are of each kind, most frequent first."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        kind = skip_kind(reason)
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def normalize_answer(text: str) -> str:

@@ -1,9 +1,17 @@
 """Evaluation metrics (DESIGN.md section 5) and evidence recall on the codec frame grid.
 
 Conventions, decided here:
-- Answers: the first whole word "yes" or "no" of a reply, case-insensitive; otherwise "unknown".
-  "unknown" is never equal to any answer, itself included, so it is always wrong and always
-  inconsistent.
+- Answers: parsed as lmms-eval parses yes/no replies (`parse_pred_ans` of its MME task, "brought
+  from Otter Eval"; POPE-style tasks read them the same way): lower-cased, stripped, every "."
+  removed; "yes"/"no" as such, "y"/"n" alone, else "yes" if the first four characters contain
+  "yes", else "no" if they contain "no", else "unknown" (Otter's "other"). So "Yes, there is a dog
+  barking." -> yes, "Nope." -> no, "Yeah" -> unknown; its quirks are kept so that figures compare:
+  "Not sure" -> no, "The answer is no" -> unknown. "unknown" is never equal to any answer, itself
+  included, so it is always wrong and always inconsistent; the tables count it.
+- Exact match (`exact_match`): lmms-eval's `exact_match` metric as its clotho_aqa task sets it
+  (ignore_case, ignore_punctuation): the reply stripped of surrounding whitespace, then both reply
+  and reference lower-cased with every ASCII punctuation character removed, then compared whole.
+  "Yes." matches "yes"; "Yes, it is." and "Nope" do not.
 - Precision, recall and F1 take "yes" as the positive class; an "unknown" prediction counts as not
   "yes" (a false negative when the reference is "yes"). A ratio with a zero denominator is 0.0.
 - Summaries across seeds: mean and sample standard deviation (ddof = 1). The standard deviation of
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,26 +48,57 @@ PREDICTIONS = (YES, NO, UNKNOWN)
 
 MAX_CLIP_SAMPLES = MAX_SAMPLES
 
-_ANSWER_WORD = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_SINGLE_LETTERS = {"y": YES, "n": NO}
+_PREFIX = 4  # characters of the reply Otter's rule looks at
 
 
 # --- answers -------------------------------------------------------------------------------------
 
 
 def parse_answer(reply: str) -> str:
-    """The first whole word "yes" or "no" of `reply`, lower-cased, or "unknown".
+    """"yes", "no" or "unknown" from a reply, as lmms-eval's (Otter's) yes/no parser reads it.
 
-    'Yes, there is.' -> 'yes'; 'NO' -> 'no'; 'Not sure' -> 'unknown'; 'Yesterday, no.' -> 'no'.
+    'Yes, there is a dog barking.' -> 'yes'; 'No.' -> 'no'; 'Nope.' -> 'no'; 'y' -> 'yes';
+    'Yeah' -> 'unknown'; 'There is no dog.' -> 'unknown'; 'Not sure' -> 'no' (see the module docstring).
     """
     if not isinstance(reply, str):
         raise TypeError(f"reply must be a string, got {type(reply).__name__}")
-    match = _ANSWER_WORD.search(reply)
-    return match.group(1).lower() if match else UNKNOWN
+    text = reply.lower().strip().replace(".", "")
+    if text in LABELS:
+        return text
+    if len(text) == 1:
+        return _SINGLE_LETTERS.get(text, UNKNOWN)
+    head = text[:_PREFIX]
+    if YES in head:
+        return YES
+    return NO if NO in head else UNKNOWN
 
 
 def parse_answers(replies: Sequence[str]) -> list[str]:
     """`parse_answer` applied to each reply."""
     return [parse_answer(reply) for reply in replies]
+
+
+def exact_match_text(text: str) -> str:
+    """A text as lmms-eval's exact match compares it: lower-cased, ASCII punctuation removed."""
+    return text.lower().translate(_PUNCTUATION)
+
+
+def exact_match(reply: str, reference: str) -> bool:
+    """lmms-eval's exact match of one reply (stripped first, as its generate_until results are)."""
+    if not isinstance(reply, str):
+        raise TypeError(f"reply must be a string, got {type(reply).__name__}")
+    return exact_match_text(reply.strip()) == exact_match_text(reference)
+
+
+def exact_match_accuracy(replies: Sequence[str], references: Sequence[str]) -> float:
+    """Share of replies that exactly match their reference (`exact_match`)."""
+    if len(replies) != len(references):
+        raise ValueError(f"replies ({len(replies)}) and references ({len(references)}) differ in length")
+    if not replies:
+        raise ValueError("replies and references are empty")
+    return sum(exact_match(reply, reference) for reply, reference in zip(replies, references)) / len(replies)
 
 
 def count_unknown(predictions: Sequence[str]) -> int:

@@ -19,6 +19,8 @@ One writer per results file: `agac_jax.eval.lock.RunLock` (taken by `sweep.run_s
 
 Keys: a record is identified by (sample_id, method, rate, rho, seed). When a key occurs more than
 once (a failed record retried by a later run), the last successful record wins, else the last one.
+A rerun redoes the failures whose cause was transient (a codec sidecar that crashed or timed out:
+`Failure.transient`); the failures of the input itself stay recorded unless `runtime.retry_failed`.
 
 Fingerprint: the SHA-256 of the canonical JSON of the config without its `runtime` section (progress
 display, timeouts, pipelining depth: settings that cannot change a result). A run whose fingerprint
@@ -53,6 +55,8 @@ RESULTS_GLOB = "results*.jsonl"
 RUNTIME_SECTION = "runtime"
 UNFINGERPRINTED = (RUNTIME_SECTION, "curves")  # cannot change a result record (curve records carry their settings)
 FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
+# Codec failures whose cause was the sidecar, not the clip (agac_jax/codec/client.py): a rerun redoes them.
+TRANSIENT_CODEC_ERRORS = frozenset({"SidecarCrashed", "Timeout"})
 
 # The methods of DESIGN.md section 4, in table order; the last eight select frames from scores.
 METHODS = ("original", "codec") + SELECTION_METHOD_NAMES  # `original`: no codec; `codec`: rho = 1
@@ -100,6 +104,11 @@ class Failure:
         if self.stage not in FAILURE_STAGES:
             raise ValueError(f"Failure.stage must be one of {FAILURE_STAGES}, got {self.stage!r}")
 
+    @property
+    def transient(self) -> bool:
+        """Whether the cause has passed: the codec sidecar crashed or hung on it (not the clip's fault)."""
+        return self.stage == "codec" and self.error_type in TRANSIENT_CODEC_ERRORS
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ResultRecord:
@@ -107,7 +116,8 @@ class ResultRecord:
 
     Attributes:
       dataset: the data set's name, e.g. "synthetic-test".
-      sample_id, clip_id, question, label: the sample; label is "yes" or "no".
+      sample_id, clip_id, question, label: the sample; label is "yes" or "no"; question is the text
+        the model was given, `prompt_suffix` included.
       method: one of the sweep's methods (`original`, `codec`, `fused`, ...).
       rate: codec token rate r (tokens/s), None for `original`.
       rho: keep ratio; 1.0 for `original` and `codec`.
@@ -129,6 +139,8 @@ class ResultRecord:
         sample and rate (identical kept frames, deterministic codec), so its answer was copied.
       failure: None, or why the compressed answer is missing.
       process_index: the JAX process that wrote the record.
+      prompt_suffix: the text appended to the data set's question (`config.dataset.prompt_suffix`,
+        e.g. lmms-eval's ClothoAQA instruction), "" for none.
     """
 
     dataset: str
@@ -158,6 +170,7 @@ class ResultRecord:
     reused: bool = False
     failure: Failure | None = None
     process_index: int = 0
+    prompt_suffix: str = ""
 
     def __post_init__(self) -> None:
         if self.label not in ("yes", "no"):
@@ -253,8 +266,11 @@ def read_workdir(workdir: Path | str) -> list[ResultRecord]:
 
 
 def done_keys(workdir: Path | str, *, retry_failed: bool = False) -> set[TaskKey]:
-    """Keys that need no more work: every recorded key, or only the successful ones."""
-    return {key for key, record in latest_by_key(_all_records(workdir)).items() if record.ok or not retry_failed}
+    """Keys that need no more work: the successful ones and the failures of the input itself (all
+    failures are redone with `retry_failed`). A failure with a transient cause (`Failure.transient`)
+    is never done: a rerun retries it."""
+    return {key for key, record in latest_by_key(_all_records(workdir)).items()
+            if record.ok or not (retry_failed or record.failure.transient)}
 
 
 def _all_records(workdir: Path | str) -> Iterator[ResultRecord]:

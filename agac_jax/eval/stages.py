@@ -104,7 +104,7 @@ def _record(ctx: Context, item: Sample, key: TaskKey, **fields: Any) -> ResultRe
         label=sample.answer, method=key.method, rate=key.rate, rho=key.rho, seed=key.seed,
         answer_original=item.answer_original, parsed_original=item.parsed_original,
         num_samples=None if item.waveform is None else int(item.waveform.size),
-        process_index=ctx.process_index, **fields,
+        process_index=ctx.process_index, prompt_suffix=sample.prompt_suffix, **fields,
     )
 
 
@@ -153,9 +153,10 @@ def _load(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
 
 
 def _per_item(ctx: Context, items: Sequence[Sample], stage: str, run: Callable[[Sequence[Sample]], list[Any]],
-              keys_of: Callable[[Sample], list[TaskKey]]) -> list[tuple[Sample, Any]]:
+              keys_of: Callable[[Sample], list[TaskKey]], failure_stage: str | None = None
+              ) -> list[tuple[Sample, Any]]:
     """run(items) for the whole batch; if it raises, item by item, failing keys_of(item) of the items
-    that raise."""
+    that raise (at `failure_stage`, default `stage`: one of results.FAILURE_STAGES)."""
     start = time.perf_counter()
     try:
         outputs = run(items)
@@ -172,7 +173,7 @@ def _per_item(ctx: Context, items: Sequence[Sample], stage: str, run: Callable[[
             output = run([item])[0]
         except Exception as error:  # noqa: BLE001
             item.seconds[stage] = time.perf_counter() - start
-            _fail(ctx, item, keys_of(item), stage, error)
+            _fail(ctx, item, keys_of(item), failure_stage or stage, error)
             continue
         item.seconds[stage] = time.perf_counter() - start
         done.append((item, output))
@@ -196,7 +197,7 @@ def _answer_original(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
     answered = _per_item(ctx, items, "answer_original",
                          lambda batch: ctx.scorer.answers([i.waveform for i in batch], [i.sample.question for i in batch],
                                                           **_videos(ctx, [i.sample for i in batch])),
-                         keys_of=lambda item: item.tasks)
+                         keys_of=lambda item: item.tasks, failure_stage="answer")
     for item, (text, ids) in answered:
         item.answer_original, item.answer_ids = text, ids
     return [item for item, _ in answered]
@@ -211,7 +212,13 @@ def _score(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
                                                       **_videos(ctx, [i.sample for i in batch])),
                        keys_of=lambda item: [key for key in item.tasks if key.method != "original"])
     for item, scores in scored:
-        item.scores = scores
+        problem = scores.non_finite()
+        if problem is None:
+            item.scores = scores
+        else:
+            _fail(ctx, item, [key for key in item.tasks if key.method != "original"], "score", problem,
+                  error_type="NonFiniteScores")
+    scored = [(item, scores) for item, scores in scored if item.scores is not None]
     scored_ids = {id(item) for item, _ in scored}
     return [item for item in items if id(item) in scored_ids or not _needs_scores(item)]
 

@@ -8,11 +8,15 @@ Per seed, over the records of one (data set, method, r, rho, seed) that did not 
 - evidence recall, the mean over the records whose sample has evidence (NaN if none has);
 - codec tokens kept (kept / all codec frames' tokens), audio tokens kept and prefill FLOPs kept
   (compressed / original), each a ratio of sums over the records;
+- exact match, lmms-eval's metric (`metrics.exact_match`) of the whole compressed reply against the
+  label, where accuracy uses the parsed yes/no answer;
 - unknown, the compressed answers that parse to neither "yes" nor "no"; failures, the records
   that failed.
 Across seeds: mean and sample standard deviation (ddof = 1, `metrics.summarize_seeds`) of each
 metric over the seeds that have at least one successful record; unknown and failures are totals.
-Fractions stay fractions in the CSV files; the Markdown shows percentages.
+Fractions stay fractions in the CSV files; the Markdown shows percentages. A data set whose
+records carry a prompt suffix (lmms-eval's ClothoAQA protocol) gets the suffix in its caption and an
+EM column beside Acc in tables.md; the CSV files always have exact match.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from agac_jax.data.common import skip_counts
 from agac_jax.eval import atomic, metrics
 from agac_jax.eval.results import METHODS, ResultRecord
 
@@ -42,6 +48,7 @@ RATIO_METRICS = (
     "codec_tokens_kept",
     "audio_tokens_kept",
     "prefill_flops_kept",
+    "exact_match",
 )
 MAX_LISTED_PROBLEMS = 25
 
@@ -64,6 +71,7 @@ class SeedMetrics:
     f1: float
     answer_consistency: float
     delta_accuracy: float
+    exact_match: float
     evidence_recall: float
     evidence_scored: int
     codec_tokens_kept: float
@@ -95,7 +103,7 @@ def _ratio_of_sums(numerators: Sequence[int | None], denominators: Sequence[int 
 
 def _nan_scores() -> dict[str, float]:
     return dict(accuracy=math.nan, precision=math.nan, recall=math.nan, f1=math.nan,
-                answer_consistency=math.nan, delta_accuracy=math.nan)
+                answer_consistency=math.nan, delta_accuracy=math.nan, exact_match=math.nan)
 
 
 def _answer_scores(ok: Sequence[ResultRecord]) -> dict[str, float]:
@@ -112,6 +120,7 @@ def _answer_scores(ok: Sequence[ResultRecord]) -> dict[str, float]:
         f1=scores.f1,
         answer_consistency=metrics.answer_consistency(original, compressed),
         delta_accuracy=scores.accuracy - metrics.accuracy(original, labels),
+        exact_match=metrics.exact_match_accuracy([record.answer_compressed or "" for record in ok], labels),
     )
 
 
@@ -269,15 +278,25 @@ def format_rho(rho: float) -> str:
 
 TABLE_COLUMNS = ("Method", "r", "ρ", "Acc", "F1", "A.C.", "Precision", "Recall", "Δ Acc", "Evidence recall",
                  "Tokens kept", "Unknown", "Failures")
+EXACT_MATCH_COLUMN = "EM"  # after Acc, for data sets asked with a prompt suffix
 
 
-def _table_line(row: RowSummary) -> str:
+def table_columns(exact_match: bool) -> tuple[str, ...]:
+    """The Markdown table's columns; with `exact_match`, EM follows Acc."""
+    if not exact_match:
+        return TABLE_COLUMNS
+    at = TABLE_COLUMNS.index("Acc") + 1
+    return TABLE_COLUMNS[:at] + (EXACT_MATCH_COLUMN,) + TABLE_COLUMNS[at:]
+
+
+def _table_line(row: RowSummary, exact_match: bool = False) -> str:
     s = row.summaries
     cells = [
         f"`{row.method}`",
         "—" if row.rate is None else str(row.rate),
         format_rho(row.rho),
         format_percent(s["accuracy"]),
+        *([format_percent(s["exact_match"])] if exact_match else []),
         format_percent(s["f1"]),
         format_percent(s["answer_consistency"]),
         format_percent(s["precision"]),
@@ -291,8 +310,20 @@ def _table_line(row: RowSummary) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def dataset_table(dataset: str, rows: Sequence[RowSummary], codec_backend: str | None = None) -> str:
-    """The Markdown table of one data set, with its caption."""
+def _prompt_caption(suffixes: Sequence[str]) -> str:
+    """The caption's sentence on the prompt suffix and exact match ('' without a suffix)."""
+    if not suffixes:
+        return ""
+    shown = " or ".join(f"`{json.dumps(suffix)}`" for suffix in suffixes)
+    return (f" Prompt: each question followed by {shown} (`dataset.prompt_suffix`; for ClothoAQA lmms-eval's "
+            "protocol). EM: lmms-eval's exact match of the whole reply (stripped, lower-cased, punctuation "
+            "removed) against the label; Acc, F1 and A.C. use the parsed yes/no answer.")
+
+
+def dataset_table(dataset: str, rows: Sequence[RowSummary], codec_backend: str | None = None,
+                  prompt_suffixes: Sequence[str] = ()) -> str:
+    """The Markdown table of one data set, with its caption; `prompt_suffixes`, the non-empty suffixes
+    its records were asked with, add a sentence to the caption and the EM column."""
     seeds = sorted({seed for row in rows for seed in row.seeds})
     original = [row for row in rows if row.method == "original"]
     samples = original[0].samples_per_seed if original else max(row.samples_per_seed for row in rows)
@@ -304,21 +335,22 @@ def dataset_table(dataset: str, rows: Sequence[RowSummary], codec_backend: str |
         "Δ Acc: accuracy minus that of the original answers of the same samples, paired by seed (points). "
         "Evidence recall: over samples with evidence. Tokens kept: codec tokens kept / all. "
         "Unknown and Failures: totals over seeds."
-    )
-    lines = [f"## {dataset}", "", caption, "", "| " + " | ".join(TABLE_COLUMNS) + " |",
-             "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += [_table_line(row) for row in rows]
+    ) + _prompt_caption(prompt_suffixes)
+    columns = table_columns(bool(prompt_suffixes))
+    lines = [f"## {dataset}", "", caption, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [_table_line(row, bool(prompt_suffixes)) for row in rows]
     return "\n".join(lines) + "\n"
 
 
 TERMINAL_COLUMNS = (("Method", 14), ("r", 4), ("rho", 4), ("Acc", 12), ("F1", 12), ("A.C.", 12), ("dAcc", 12),
-                    ("Ev.recall", 12), ("Tokens", 12))
+                    ("Ev.recall", 12), ("Tokens", 12), ("Failed", 7))
 
 
 def terminal_table(rows: Sequence[RowSummary]) -> str:
     """The poster's table as fixed-width text for a terminal: per data set, one line per (method, r, rho)
     with accuracy, F1, answer consistency, accuracy change, evidence recall and codec tokens kept, in %
-    (mean ± std over seeds). tables.md holds every column."""
+    (mean ± std over seeds), and the failed records (all seeds; left out of the other columns).
+    tables.md holds every column and lists the failures."""
     by_dataset: dict[str, list[RowSummary]] = {}
     for row in rows:
         by_dataset.setdefault(row.dataset, []).append(row)
@@ -332,7 +364,7 @@ def terminal_table(rows: Sequence[RowSummary]) -> str:
             cells = (row.method, "-" if row.rate is None else str(row.rate), format_rho(row.rho),
                      format_percent(s["accuracy"]), format_percent(s["f1"]), format_percent(s["answer_consistency"]),
                      "-" if row.method == "original" else format_percent(s["delta_accuracy"], signed=True),
-                     format_percent(s["evidence_recall"]), format_percent(s["codec_tokens_kept"]))
+                     format_percent(s["evidence_recall"]), format_percent(s["codec_tokens_kept"]), str(row.failures))
             out.append(" ".join(f"{cell:>{width}s}" for cell, (_, width) in zip(cells, TERMINAL_COLUMNS)))
         out.append("")
     return "\n".join(out)
@@ -376,6 +408,8 @@ def problems_section(records: Sequence[ResultRecord], skipped: Sequence[tuple[st
     """Markdown listing what the loader skipped, the failed records and the unparseable answers."""
     lines = ["## Problems", "", "### Skipped by the data set loader", ""]
     if skipped:
+        counts = skip_counts([reason for _, reason in skipped])
+        lines += [f"{len(skipped)} skipped: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ".", ""]
         lines += [f"- {item}: {reason}" for item, reason in skipped[:MAX_LISTED_PROBLEMS]]
         if len(skipped) > MAX_LISTED_PROBLEMS:
             lines.append(f"- ... {len(skipped) - MAX_LISTED_PROBLEMS} more, see skipped.json")
@@ -386,14 +420,25 @@ def problems_section(records: Sequence[ResultRecord], skipped: Sequence[tuple[st
     return "\n".join(lines) + "\n"
 
 
+def prompt_suffixes(records: Iterable[ResultRecord]) -> dict[str, tuple[str, ...]]:
+    """The non-empty prompt suffixes each data set's records were asked with, sorted."""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    for record in records:
+        if record.prompt_suffix:
+            found[record.dataset].add(record.prompt_suffix)
+    return {dataset: tuple(sorted(suffixes)) for dataset, suffixes in found.items()}
+
+
 def render_markdown(rows: Sequence[RowSummary], records: Sequence[ResultRecord],
                     skipped: Sequence[tuple[str, str]] = (), codec_backend: str | None = None) -> str:
     """tables.md: one table per data set, then the problems section."""
     by_dataset: dict[str, list[RowSummary]] = {}
     for row in rows:
         by_dataset.setdefault(row.dataset, []).append(row)
+    suffixes = prompt_suffixes(records)
     parts = ["# Results", ""]
-    parts += [dataset_table(name, dataset_rows, codec_backend) for name, dataset_rows in by_dataset.items()]
+    parts += [dataset_table(name, dataset_rows, codec_backend, suffixes.get(name, ()))
+              for name, dataset_rows in by_dataset.items()]
     if not by_dataset:
         parts.append("No results yet.\n")
     parts.append(problems_section(records, skipped))
