@@ -104,3 +104,52 @@ def test_paradox_tells_balance_from_systematic_repetition() -> None:
     assert copied.same_wrong == pytest.approx(np.mean(varied != label))
     assert copied.kappa.value == pytest.approx(1.0)
     assert all(v == 0 for v in copied.flips.values())
+
+
+def _records(n: int = 60, seeds=(0, 1)):
+    """original, codec (r 50) and fused (r 50, rho 0.5) rows: fused flips the first 15 samples' answers."""
+    from agac_jax.eval.results import ResultRecord
+
+    out = []
+    for seed in seeds:
+        for i in range(n):
+            label = "yes" if i % 2 else "no"
+            original = label if i % 5 else ("no" if label == "yes" else "yes")  # 80% right
+            rows = [("original", None, 1.0, original), ("codec", 50, 1.0, original),
+                    ("fused", 50, 0.5, ("no" if original == "yes" else "yes") if i < 15 else original)]
+            for method, rate, rho, answer in rows:
+                out.append(ResultRecord(dataset="toy", sample_id=f"s{i}", clip_id=f"c{i}", question="q?",
+                                        label=label, method=method, rate=rate, rho=rho, seed=seed,
+                                        answer_original=original, answer_compressed=answer,
+                                        parsed_original=original, parsed_compressed=answer))
+    return out
+
+
+def test_paired_rows_compare_with_codec_and_original(tmp_path) -> None:
+    from agac_jax.eval import paired
+
+    rows = {row.key[1]: row for row in paired.row_stats(_records(), resamples=300)}
+    fused = rows["fused"]
+    assert set(fused.comparisons) == {"acc_vs_codec", "ac_vs_codec", "acc_vs_original"}
+    ac = fused.comparisons["ac_vs_codec"]
+    assert (ac.test.b, ac.test.c) == (0, 15) and ac.difference.value == pytest.approx(-0.25)
+    assert ac.difference.high < 0 and ac.holds
+    assert "ac_vs_codec" not in rows["codec"].comparisons and rows["original"].comparisons == {}
+    assert fused.estimates["answer_consistency"].value == pytest.approx(0.75)
+    # 15 flips: samples 0, 5, 10 were wrong and become right, the other 12 right and become wrong
+    assert fused.comparisons["acc_vs_original"].test.b == 3 and fused.comparisons["acc_vs_original"].test.c == 12
+    text = paired.markdown(list(rows.values()), "toy")
+    for heading in ("Paired statistics: toy", "The consistency paradox: toy", "The poster's claims: toy"):
+        assert heading in text
+    assert "**holds**" in text
+    path = paired.write_csv(list(rows.values()), tmp_path / "paired.csv")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:6] == ["dataset", "method", "rate", "rho", "num_samples", "num_seeds"] and "ac_vs_codec_p_holm" in header
+
+
+def test_planning_lines_shrink_with_more_samples() -> None:
+    from agac_jax.eval import paired
+
+    small, large = paired.planning_lines(12, 3), paired.planning_lines(2490, 3)
+    assert "none (too few samples)" in small[1]
+    assert large[0].startswith("planned: 2490 samples x 3 seed(s)") and "points" in large[2]

@@ -29,7 +29,12 @@ Decisions:
   the compressed answers, so A.C. compares like with like; it is generated once, and its tokens are
   what the scoring program scores (`Scorer.score(..., answer_ids=...)`).
 - Failures (load, score, select, codec, answer) become records with a `failure`; the sweep goes on.
-  A restarted run skips every recorded key; with `runtime.retry_failed` it redoes the failed ones.
+  A restarted run skips every recorded key but those that failed for a transient cause (a codec
+  sidecar that crashed or timed out: `results.Failure.transient`), which it retries; with
+  `runtime.retry_failed` it redoes every failed one. Scores that are not finite fail the clip's
+  compressed records at stage `score` (`ClipScores.non_finite`).
+- A workdir whose config.json no record was written with (its run stopped before the first) takes
+  a new config (`store_config`); one holding records refuses another config.
 - Several JAX processes: process i takes the samples whose id hashes to i modulo n
   (`distributed.shard_of`: order-independent), writes `results.{i}.jsonl` and its manifest
   `shard.{i}-of-{n}.json`; `merge` builds the outputs from every shard and refuses while one is
@@ -52,7 +57,7 @@ from absl import logging
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient
 from agac_jax.data import DATASETS, load_dataset
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import atomic, distributed, flops, lock, plots, results, stages, sweep_curves, tables
+from agac_jax.eval import atomic, distributed, flops, lock, paired, plots, results, stages, sweep_curves, tables
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
 from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
@@ -141,6 +146,7 @@ def scoring_config(config: Any) -> Any:
         rates=tuple(config.rates),
         mesh_shape=tuple(config.mesh.shape),
         axis_rules=tuple(tuple(rule) for rule in config.mesh.logical_axis_rules),
+        fsdp=bool(config.mesh.get("fsdp", False)),
     )
 
 
@@ -194,6 +200,7 @@ class SweepOutcome:
     results_file: Path
     merged: "MergeOutputs | None"
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # see `_run_pending`
+    retryable: int = 0  # this shard's records a rerun redoes: failures with a transient cause (`Failure.transient`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +213,15 @@ class MergeOutputs:
     plots: tuple[Path, ...]
     num_records: int
     rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
+
+
+def statistics_markdown(statistics: Sequence[Any]) -> str:
+    """tables.md's statistics: the paired sections (`eval.paired`) of every data set."""
+    by_dataset: dict[str, list] = {}
+    for row in statistics:
+        by_dataset.setdefault(row.key[0], []).append(row)
+    parts = ["## Statistics", ""] + [paired.markdown(rows, name) for name, rows in by_dataset.items()]
+    return "\n".join(parts)
 
 
 def make_scorer(config: Any) -> Any:
@@ -255,10 +271,30 @@ def run_sweep(config: Any, workdir: Path | str, *, scorer: Any = None, process_i
     workdir = Path(workdir)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    results.ensure_workdir_config(workdir, config_to_dict(config))
     path = results.results_path(workdir, process_index, process_count)
     with lock.RunLock(path):  # a second writer of this results file refuses here, before any work
+        store_config(workdir, config_to_dict(config))
         return _run_locked(config, workdir, path, scorer, process_index, process_count)
+
+
+def store_config(workdir: Path, config: dict[str, Any]) -> None:
+    """Stores the config in the workdir, or checks it against the stored one
+    (`results.ensure_workdir_config`). A workdir without any record (its run stopped before the first:
+    a wrong checkpoint path, a missing package) takes the new config in place of the stored one.
+
+    Raises:
+      results.ConfigMismatchError: the workdir holds records of another config.
+    """
+    try:
+        results.ensure_workdir_config(workdir, config)
+    except results.ConfigMismatchError:
+        if results.read_workdir(workdir) or sweep_curves.read_records(workdir):
+            raise
+        differences = results.config_differences(results.read_workdir_config(workdir), config)
+        logging.warning("%s holds no record yet: its config.json is replaced by this run's (stored -> current: %s)",
+                        workdir, "; ".join(differences) or "(unknown)")
+        (workdir / results.CONFIG_NAME).unlink()
+        results.ensure_workdir_config(workdir, config)
 
 
 def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_index: int,
@@ -271,11 +307,11 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
     curves = sweep_curves.CurveSettings.of_config(config)
     curves_done = set() if curves is None else sweep_curves.done_keys(workdir, retry_failed=config.runtime.retry_failed)
     pending = []
-    planned = 0
+    planned: list[TaskKey] = []
     shard = shard_samples(loaded.samples, process_index, process_count)
     for sample in shard:
         keys = plan_tasks(sample.sample_id, config.methods, config.rates, config.rhos, config.seeds)
-        planned += len(keys)
+        planned += keys
         todo = [key for key in keys if key not in done]
         curve_methods = [] if curves is None else [
             m for m in curves.methods if curves.key(sample.sample_id, m) not in curves_done]
@@ -284,7 +320,7 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
     total = sum(len(item.tasks) for item in pending)
     logging.info("process %d/%d: %d samples in its shard, %d records to do (%d samples)", process_index,
                  process_count, len(shard), total, len(pending))
-    manifest = _start_shard(workdir, process_index, process_count, planned, total)
+    manifest = _start_shard(workdir, process_index, process_count, len(planned), total)
     written = failed = 0
     timing: dict[str, float] = {}
     if pending:
@@ -292,8 +328,12 @@ def _run_locked(config: Any, workdir: Path, path: Path, scorer: Any, process_ind
                                                sweep_curves.curves_path(workdir, process_index, process_count))
     distributed.write_manifest(workdir, dataclasses.replace(manifest, complete=True, written=written, failed=failed))
     merged = merge(workdir) if process_count == 1 else None
+    left = set(planned) - results.done_keys(workdir)
+    if left:
+        logging.warning("%d records of this shard failed for a transient cause (a codec sidecar that crashed or "
+                        "timed out); rerun the same command to retry them", len(left))
     return SweepOutcome(written=written, failed=failed, pending_before=total, results_file=path, merged=merged,
-                        timing=timing)
+                        timing=timing, retryable=len(left))
 
 
 def _start_shard(workdir: Path, process_index: int, process_count: int, planned: int, pending: int
@@ -383,11 +423,16 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
     per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
     markdown = tables.render_markdown(rows, records, results.read_skipped(workdir),
                                       codec_backend=stored.get("codec", {}).get("backend"))
+    statistics = paired.row_stats(records)
+    markdown = markdown.rstrip("\n") + "\n\n" + statistics_markdown(statistics)
+    paired.write_csv(statistics, workdir / "paired.csv")
     curves_md, curve_files = sweep_curves.merge_outputs(workdir, SELECTING_METHODS)
     if curves_md:
         markdown = markdown.rstrip("\n") + "\n\n" + curves_md
     tables_md = atomic.write_text(workdir / "tables.md", markdown)
-    written_plots = plots.write_plots(rows, workdir / "plots") + [p for p in curve_files if p.suffix == ".png"]
+    intervals = {row.key: row.estimates for row in statistics}
+    written_plots = (plots.write_plots(rows, workdir / "plots", intervals)
+                     + [p for p in curve_files if p.suffix == ".png"])
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
                         plots=tuple(written_plots), num_records=len(records), rows=tuple(rows))
