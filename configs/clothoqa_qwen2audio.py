@@ -23,7 +23,10 @@ then `python -m launch.evaluate --merge --workdir=...` on a shared workdir.
 Variants (`--config=configs/clothoqa_qwen2audio.py:NAME`):
   default  the grid above;
   local    the first 10 samples, methods original/codec/fused/random, r = 50, rho in {1.0, 0.9},
-           seeds {0, 1}: checks the setup end to end before the full run.
+           seeds {0, 1}: checks the setup end to end before the full run;
+  base     the grid above with the base Qwen2-Audio-7B (no chat training), prompted in its model
+           card's raw form (`model.prompt_format="raw"`: "<|audio_bos|><|AUDIO|><|audio_eos|>" + question):
+               --config=configs/clothoqa_qwen2audio.py:base --config.model.checkpoint_dir=/models/Qwen2-Audio-7B
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import ml_collections
 from agac_jax.data.clotho_aqa import LMMS_EVAL_PROMPT_SUFFIX
 from configs.common import base_config
 
-VARIANTS = ("default", "local")
+VARIANTS = ("default", "local", "base")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,6 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.codec.options.weights_dir = ""  # set on the command line: SemantiCodec checkpoints
     config.codec.deterministic = False  # diffusion decoding: every seed gets its own codec pass
     config.runtime.codec_timeout_s = 900.0  # SemantiCodec on a 30 s clip is slow on CPU
+    if variant == "base":
+        config.model.prompt_format = "raw"  # the base model's form; its chat template would be untrained
     if variant == "local":
         config.dataset.max_samples = 10  # a setup check
         config.methods = ("original", "codec", "fused", "random")  # one scored method, one seeded

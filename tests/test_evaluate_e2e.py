@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from agac_jax import checkpoints
 from agac_jax.data import synthetic
-from agac_jax.eval import results, sweep
+from agac_jax.eval import results, sweep, tables
 from configs import common
 from agac_jax.eval.results import TaskKey
 from agac_jax.models.qwen2_audio import init_params
@@ -31,7 +32,8 @@ from agac_jax.training import model as train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_CLIP_SECONDS = 5.0
-OUTPUTS = ("config.json", "results.jsonl", "skipped.json", "summary.csv", "per_seed.csv", "tables.md")
+OUTPUTS = ("config.json", "results.jsonl", "skipped.json", "summary.csv", "per_seed.csv", "tables.md",
+           "paired.csv")
 PLOTS = ("synthetic-test_accuracy_ac_vs_rho.png", "synthetic-test_tokens_vs_ac.png",
          "synthetic-test_evidence_recall_vs_rho.png")
 
@@ -311,3 +313,74 @@ def test_curves_switched_on_for_a_finished_sweep_are_computed_alone_and_tabled(f
     size = (tmp_path / "curves.jsonl").stat().st_size
     sweep.run_sweep(with_curves, tmp_path, scorer=scorer)
     assert (tmp_path / "curves.jsonl").stat().st_size == size  # done curves are not redone
+
+
+class _NaNScorer:
+    """The real scorer, whose local scores of one question are NaN (as with non-finite weights)."""
+
+    def __init__(self, scorer, question: str):
+        self._scorer, self.question = scorer, question
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+    def score(self, clips, questions, answer_ids=None):
+        import dataclasses
+
+        import numpy as np
+
+        out = self._scorer.score(clips, questions, answer_ids=answer_ids)
+        return [dataclasses.replace(s, local=np.full_like(s.local, np.nan)) if q == self.question else s
+                for q, s in zip(questions, out)]
+
+
+def _strict_json_lines(path: Path) -> list[dict]:
+    def refuse(constant):
+        raise ValueError(f"{path} holds {constant}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_non_finite_scores_fail_the_clip_with_a_reason(config, scorer, split_dir, tmp_path):
+    small = config.copy_and_resolve_references()
+    small.methods, small.rhos, small.seeds, small.dataset.max_samples = ("original", "fused"), (0.5,), (0,), 2
+    poisoned = synthetic.read_split(split_dir)[0]
+    outcome = sweep.run_sweep(small, tmp_path, scorer=_NaNScorer(scorer, poisoned.question))
+    lines = _strict_json_lines(outcome.results_file)
+    failed = [line for line in lines if line["failure"] is not None]
+    assert [(line["sample_id"], line["method"]) for line in failed] == [(poisoned.sample_id, "fused")]
+    assert failed[0]["failure"]["stage"] == "score" and failed[0]["failure"]["error_type"] == "NonFiniteScores"
+    assert "local hold NaN or inf" in failed[0]["failure"]["message"]
+    assert outcome.failed == 1 and len(lines) == 4 and outcome.retryable == 0
+
+
+def test_a_rerun_retries_codec_failures_of_a_transient_cause(config, scorer, tmp_path, caplog):
+    """Every codec request times out (the sidecar hangs: `runtime.codec_timeout_s`, not fingerprinted);
+    each restart is logged with its cause, the table counts the failure, and a plain rerun redoes it."""
+    hung = config.copy_and_resolve_references()
+    hung.methods, hung.rhos, hung.seeds, hung.dataset.max_samples = ("codec",), (1.0,), (0,), 1
+    hung.runtime.codec_timeout_s = 0.01
+    with caplog.at_level(logging.WARNING, logger="agac_jax.codec.client"):
+        first = sweep.run_sweep(hung, tmp_path, scorer=scorer)
+    restarts = [r.getMessage() for r in caplog.records if r.name == "agac_jax.codec.client"]
+    assert len(restarts) == 2 and all("Timeout: no reply within 0.01 s; starting a new one" in m for m in restarts)
+    assert first.failed == first.retryable == 1
+    assert tables.terminal_table(first.merged.rows).splitlines()[2].split()[-1] == "1"  # the Failed column
+    hung.runtime.codec_timeout_s = 300.0
+    rerun = sweep.run_sweep(hung, tmp_path, scorer=scorer)
+    assert rerun.pending_before == rerun.written == 1 and rerun.failed == rerun.retryable == 0
+    assert all(record.ok for record in results.read_workdir(tmp_path))
+
+
+def test_a_workdir_without_records_takes_a_corrected_config(config, tmp_path):
+    wrong = sweep.config_to_dict(config)
+    wrong["model"] = {**wrong["model"], "checkpoint_dir": "/no/such/model"}
+    results.ensure_workdir_config(tmp_path, wrong)  # as left by a run that stopped before its first record
+    sweep.store_config(tmp_path, sweep.config_to_dict(config))
+    assert results.read_workdir_config(tmp_path)["model"]["checkpoint_dir"] == config.model.checkpoint_dir
+    with results.ResultsWriter(tmp_path / "results.jsonl") as writer:
+        writer.append([results.ResultRecord(dataset="d", sample_id="s", clip_id="c", question="q", label="yes",
+                                            method="original", rate=None, rho=1.0, seed=0, parsed_original="yes",
+                                            parsed_compressed="yes")])
+    with pytest.raises(results.ConfigMismatchError, match="model.checkpoint_dir"):
+        sweep.store_config(tmp_path, wrong)
