@@ -8,7 +8,10 @@ HF directories hold `config.json` and `model.safetensors` or a sharded `model.sa
 Keys in the transformers 4 layout (`language_model.model.*`, `audio_tower.*`, as the released
 Qwen2-Audio-7B files have them) are renamed to the transformers 5 layout first (`LEGACY_PREFIXES`).
 PyTorch pickles (`pytorch_model.bin`) run arbitrary code when read and are refused unless the caller
-passes `allow_pickle=True`.
+passes `allow_pickle=True`; `convert_pickles` turns a trusted directory's pickles into the
+`model.safetensors` every launch tool reads. A directory that cannot be read (a truncated or corrupt
+safetensors file, a `config.json` that is not a Qwen2-Audio config object) is a `CheckpointError`
+naming the file, so the launch tools end with one `error:` line.
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ _COMPILED = tuple((re.compile(p + r"\Z"), t, f) for p, t, f in NAME_MAP)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: every missing, unexpected and mis-shaped key at once."""
+    """A checkpoint directory that cannot be used: unreadable files (the message names them), or
+    tensors that do not fit the model (every missing, unexpected and mis-shaped key at once)."""
 
 
 @dataclasses.dataclass
@@ -165,6 +169,33 @@ def _unbox(params: Any) -> Any:
     return nn.meta.unbox(params)
 
 
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; CheckpointError naming the file when it is not valid JSON or not an
+    object (a list, a number)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); restore it from the model's release") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object of settings; restore it "
+                              "from the model's release")
+    return value
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """{key: (path, shape)} of one safetensors file, from its header; CheckpointError naming the file
+    when it is truncated or not a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {key: (path, tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+    except SafetensorError as error:
+        raise CheckpointError(f"{path} ({os.path.getsize(path)} bytes) is not a readable safetensors file: {error}. "
+                              "It is truncated or corrupt (an interrupted download or copy?); download or copy it "
+                              "again") from error
+
+
 class TensorSource:
     """HF tensors read one at a time, whole or as a slice: a directory's safetensors shards or an
     in-memory state dict. A shard is opened (memory mapped by `safe_open`) for each read and closed
@@ -184,8 +215,7 @@ class TensorSource:
         directory = Path(directory)
         index = directory / "model.safetensors.index.json"
         if index.exists():
-            with open(index) as f:
-                names = sorted(set(json.load(f)["weight_map"].values()))
+            names = sorted(set(_read_json_object(index).get("weight_map", {}).values()))
         elif (directory / "model.safetensors").exists():
             names = ["model.safetensors"]
         else:
@@ -195,8 +225,7 @@ class TensorSource:
             path = directory / name
             if not path.exists():
                 raise FileNotFoundError(f"{index} lists shard {name}, which is not in {directory}")
-            with safe_open(str(path), framework="numpy") as f:
-                files.update({key: (path, tuple(f.get_slice(key).get_shape())) for key in f.keys()})
+            files.update(_safetensors_shapes(path))
         return cls(files=files)
 
     def keys(self) -> list[str]:
@@ -423,6 +452,28 @@ def read_safetensors(directory: PathLike) -> dict[str, np.ndarray]:
     return {key: source.read(key).astype(np.float32) for key in source.keys()}
 
 
+def read_model_config(path: Path, **options: Any) -> Qwen2AudioConfig:
+    """The model config in a directory's `config.json` (`options`: `Qwen2AudioConfig.from_hf_dict`'s
+    dtypes and layer scan); CheckpointError naming the file when it is not JSON, not an object, or
+    not a config the port supports."""
+    settings = _read_json_object(path)
+    try:
+        return Qwen2AudioConfig.from_hf_dict(settings, **options)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: {error}") from error
+
+
+def convert_pickles(directory: PathLike) -> Path:
+    """Writes `model.safetensors` beside a directory's `pytorch_model*.bin` (read as float32 with
+    `torch.load(weights_only=True)`); only for pickles you trust. Returns the file written."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    target = directory / "model.safetensors"
+    save_file(_read_pickle(directory, allow_pickle=True), str(target), metadata={"format": "pt"})
+    return target
+
+
 def _read_pickle(directory: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if not bins:
@@ -430,9 +481,11 @@ def _read_pickle(directory: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
             f"{directory} has neither model.safetensors nor model.safetensors.index.json nor pytorch_model.bin; "
             "expected a Hugging Face Qwen2-Audio directory")
     if not allow_pickle:
-        raise ValueError(
-            f"{directory} holds only PyTorch pickle weights ({bins[0].name}); pickles can run code when read. "
-            "Convert them to safetensors, or pass allow_pickle=True (--allow_pickle) if you trust the file.")
+        raise CheckpointError(
+            f"{directory} holds only PyTorch pickle weights ({bins[0].name}), which can run code when read, and "
+            "the launch tools read safetensors only. If you trust the file, convert it once: python -c \"from "
+            f"agac_jax import checkpoints; checkpoints.convert_pickles('{directory}')\" (it writes "
+            "model.safetensors beside it); then rerun")
     import torch
 
     state = {}
@@ -457,8 +510,7 @@ def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, allow_pickl
     config_path = directory / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: --checkpoint must be a Hugging Face model directory")
-    config = Qwen2AudioConfig.from_json_file(config_path, dtype=dtype, param_dtype=param_dtype,
-                                             scan_layers=scan_layers)
+    config = read_model_config(config_path, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
     source = TensorSource.from_directory(directory)
     if not len(source):
         source = TensorSource(state=_read_pickle(directory, allow_pickle))

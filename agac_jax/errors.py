@@ -1,6 +1,10 @@
 """Errors a user can fix end a command with one `error: ...` line; programming errors keep their traceback.
 
-A launch script runs `app.run(errors.main(main))`. When `main` raises, `user_error_message` decides:
+A launch script runs `errors.run(main)`: absl's `app.run` with `main` wrapped by `errors.main` and
+flags parsed by `parse_flags`. A flag that does not parse, and an `app.UsageError` raised by `main`
+(a bad flag value), end with one `error:` line and exit code 2 (absl would print its whole usage
+text first); Ctrl-C ends with one `error: interrupted` line and exit code 130 (128 + SIGINT). When
+`main` raises anything else, `user_error_message` decides:
 
 - a `UserError` (bad config value, a workdir held by another writer, a results file that is not
   one, ...): its message;
@@ -29,10 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from absl import flags
+from absl import app, flags
 
 TRACEBACK_ENV = "AGAC_TRACEBACK"
 EXIT_USER_ERROR = 2  # as launch.score's bad request; 1 stays "the check failed" (parity, failed clips)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+HELP_HINT = "see --helpshort"
 
 USER_ERROR_CLASSES = frozenset({
     "agac_jax.checkpoints.CheckpointError",
@@ -121,19 +127,53 @@ def show_traceback() -> bool:
     return flags.FLAGS.is_parsed() and bool(flags.FLAGS["verbose"].value)
 
 
-def main(function: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """Wraps an absl `main`: a user error prints `error: <message>` on stderr and exits non-zero."""
+def _exit_with(message: str, code: int) -> None:
+    """Writes `error: <message>` as one line on stderr and exits with `code`."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    """The non-blank lines of `text`, stripped and joined by spaces."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def main(function: Callable[[list[str]], Any], interrupt_hint: str = "") -> Callable[[list[str]], Any]:
+    """Wraps an absl `main`: a user error prints `error: <message>` on stderr and exits non-zero; a
+    usage error prints one line and exits 2; Ctrl-C prints `error: interrupted<interrupt_hint>` and
+    exits 130."""
 
     @functools.wraps(function)
     def wrapped(argv: list[str]) -> Any:
         try:
             return function(argv)
+        except KeyboardInterrupt:
+            if show_traceback():
+                raise
+            _exit_with(f"interrupted{interrupt_hint}", EXIT_INTERRUPTED)
+        except app.UsageError as error:
+            if show_traceback():
+                raise
+            _exit_with(f"{_one_line(error) or 'bad command line'} ({HELP_HINT})", EXIT_USER_ERROR)
         except Exception as error:  # noqa: BLE001 - sorted below; the rest is re-raised untouched
             message = user_error_message(error)
             if message is None or show_traceback():
                 raise
-            sys.stderr.write(f"error: {message}\n")
-            sys.stderr.flush()
-            sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
+            _exit_with(message, getattr(error, "exit_code", EXIT_USER_ERROR))
 
     return wrapped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for `app.run`, but a flag that does not parse ends with one `error:` line
+    and exit code 2 (absl's own parser exits with 1 after two lines)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _exit_with(f"{_one_line(error)} ({HELP_HINT})", EXIT_USER_ERROR)
+
+
+def run(function: Callable[[list[str]], Any], interrupt_hint: str = "") -> None:
+    """`app.run` of `main(function, interrupt_hint)` with `parse_flags`: how every launch script starts."""
+    app.run(main(function, interrupt_hint), flags_parser=parse_flags)

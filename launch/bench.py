@@ -31,6 +31,8 @@ flags.DEFINE_list("parts", list(scoring_bench.PARTS), f"Parts to run, of {', '.j
 flags.DEFINE_list("estimators", None, "Local-score estimators (default: occlusion and integrated_gradients).")
 flags.DEFINE_enum("local_score", None, ["bench", "default"], "bench: the local-score settings the recorded "
                   "figures used (log p, signed, IG 16 steps); default: ScoringConfig's (default bench).")
+flags.DEFINE_list("references", None, "PyTorch reference modes: the first gives the torch times and ratios, the "
+                  "others a second column (default strong,eager; strong: SDPA wherever no attention map is read).")
 flags.DEFINE_list("models", None, "Models of the `whole` part: tiny, mid (default both).")
 flags.DEFINE_integer("repeats", None, "Repeats of the cheap measurements (default 3; 1 with --quick).")
 flags.DEFINE_integer("slow_repeats", None, "Repeats of the mid-size model and long clips (default 2).")
@@ -53,6 +55,8 @@ def build_config() -> BenchConfig:
         overrides["estimators"] = tuple(FLAGS.estimators)
     if FLAGS.local_score:
         overrides["local_score"] = FLAGS.local_score
+    if FLAGS.references:
+        overrides["references"] = tuple(FLAGS.references)
     if FLAGS.models:
         overrides["whole_models"] = tuple(FLAGS.models)
     if FLAGS.repeats is not None:
@@ -102,4 +106,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main))
+    errors.run(main)

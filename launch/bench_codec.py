@@ -32,9 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from agac_jax import errors
 from agac_jax.codec import BackendUnavailableError, CodecClient, CodecRequest, num_frames
 from agac_jax.codec.synthetic import SIGNAL_KINDS, make_signal
 
@@ -173,4 +174,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -13,7 +13,10 @@ One run per results file: a second run on the same workdir (and process index) e
 the first (agac_jax/eval/lock.py); --merge waits for no one and refuses while a run still writes,
 unless --allow_partial. A user error (bad config value, missing input, full disk, workdir in use)
 ends with one `error: ...` line on stderr and exit code 2; --verbose or AGAC_TRACEBACK=1 shows its
-traceback (agac_jax/errors.py).
+traceback (agac_jax/errors.py). A run that finished with work left for a rerun (records that failed
+for a transient cause, or the shard of another process that stopped, as process 0 sees it when all
+are done) ends with one `incomplete: ...` line and exit code 1; Ctrl-C with one
+`error: interrupted ...` line and exit code 130.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agac_jax import errors
-from agac_jax.eval import distributed, sweep, tables
+from agac_jax import compile_cache, errors
+from agac_jax.eval import captions, distributed, sweep, tables
 
 FLAGS = flags.FLAGS
+EXIT_INCOMPLETE = 1  # the run finished, but a rerun has work left (transient failures, a lost process)
 config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sweep configuration file (get_config(arg)).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the config, results and tables go; a rerun resumes here.", required=True)
@@ -39,7 +43,10 @@ flags.DEFINE_bool("allow_partial", False, "With --merge: build the tables from t
 
 
 def print_outputs(outputs: sweep.MergeOutputs) -> None:
-    print(tables.terminal_table(outputs.rows))
+    if outputs.rows or not outputs.caption_rows:
+        print(tables.terminal_table(outputs.rows))
+    if outputs.caption_rows:
+        print(captions.terminal_table(outputs.caption_rows))
     print(f"{outputs.num_records} records; every column in {outputs.tables_md}; plots:")
     for path in outputs.plots:
         print(f"  {path}")
@@ -59,6 +66,7 @@ def check_config(config) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    compile_cache.enable_from_flags()
     if FLAGS.merge:
         outputs = sweep.merge(FLAGS.workdir, allow_partial=FLAGS.allow_partial)
         logging.info("wrote %s, %s and %d plots", outputs.summary_csv, outputs.tables_md, len(outputs.plots))
@@ -66,7 +74,7 @@ def main(argv: list[str]) -> None:
         return
     config = FLAGS.config
     check_config(config)
-    distributed.initialize(config.runtime)  # jax.distributed.initialize() when runtime.distributed is set
+    index, count = distributed.initialize(config.runtime)  # jax.distributed.initialize() when runtime.distributed
     outcome = sweep.run_sweep(config, FLAGS.workdir)
     logging.info("wrote %d records (%d failed) to %s", outcome.written, outcome.failed, outcome.results_file)
     if outcome.merged is not None:
@@ -75,7 +83,23 @@ def main(argv: list[str]) -> None:
     else:
         logging.info("several processes: run `python -m launch.evaluate --merge --workdir=%s` when all are done",
                      FLAGS.workdir)
+    left = distributed.finish(FLAGS.workdir, index, count)  # process 0 waits for the others
+    if left:
+        left.append(f"process {index} finished its own shard. Rerun every process with the same ids to finish the "
+                    "run: each redoes only its missing records")
+    if outcome.retryable:
+        left.append(f"{outcome.retryable} records failed for a transient cause (a codec sidecar that crashed or timed "
+                    "out; the log names each restart); rerun the same command to retry them")
+    if left:
+        incomplete("; ".join(left))
+
+
+def incomplete(message: str) -> None:
+    """Ends a run that finished with work left for a rerun: one `incomplete:` line, exit code 1."""
+    sys.stderr.write(f"incomplete: {message}\n")
+    sys.stderr.flush()
+    sys.exit(EXIT_INCOMPLETE)
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main))
+    errors.run(main, interrupt_hint="; rerun the same command to resume: every finished record is kept")

@@ -2,8 +2,12 @@
 
   python -m launch.parity --checkpoint DIR [--audio a.wav ...] [--question "..."] [--dump out.npz]
   python -m launch.parity --random_init CONFIG.json
+  python -m launch.parity --checkpoint BASE_DIR --prompt_format=raw   (Qwen2-Audio-7B, the base model)
   python -m launch.parity --checkpoint PANDAGPT_DIR | --random_init configs/tiny_pandagpt.json  (PandaGPT:
       a directory with pandagpt_config.json, or such a config; agac_jax/parity_pandagpt.py)
+
+Both sides build their prompt from the checkpoint's own files: transformers' with its
+Qwen2AudioProcessor, the Flax side with agac_jax.prompts; the prompt ids are compared first.
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
 greedy tokens must be identical; with --param_dtype/--dtype bfloat16 the default tolerance is the
@@ -34,6 +38,8 @@ flags.DEFINE_float("tolerance", None, "Max relative difference allowed for float
 flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "Dtype of the Flax side's weights.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the Flax side.")
 BF16_TOLERANCE = {("bfloat16", "float32"): 1e-2, ("bfloat16", "bfloat16"): 2.5e-2, ("float32", "bfloat16"): 2.5e-2}
+flags.DEFINE_enum("prompt_format", "chat", ["chat", "raw"], "chat: the processor's chat template (Instruct "
+                  "checkpoints); raw: '<|audio_bos|><|AUDIO|><|audio_eos|>' + question (the base Qwen2-Audio-7B).")
 flags.DEFINE_string("dump", None, "Write the Flax side's arrays to this .npz.")
 FLAGS = flags.FLAGS
 
@@ -65,7 +71,7 @@ def main(argv):
                                                      tolerance)
     else:
         report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
-                            param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype)
+                            param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype, prompt_format=FLAGS.prompt_format)
     print(report.table())
     if FLAGS.dump:
         np.savez(FLAGS.dump, **report.arrays)
@@ -77,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main))
+    errors.run(main)

@@ -35,6 +35,7 @@ flags.DEFINE_integer("ig_steps", 16, "Integrated-gradients steps.")
 flags.DEFINE_bool("scan_layers", False, "Scan the decoder layers (nn.scan) instead of unrolling them.")
 flags.DEFINE_bool("remat_layers", False, "Rematerialise each decoder layer in gradients (integrated gradients).")
 flags.DEFINE_integer("occlusion_segments", 0, "Occlusion: 0, a program step per chunk; k, k loops over chunks.")
+flags.DEFINE_bool("fsdp", False, "Also split every weight's model width over the data axis (FSDP).")
 flags.DEFINE_list("programs", ["scoring", "generation"], "Programs to compile: scoring, generation.")
 flags.DEFINE_enum("accelerator", "H100", list(plan.ACCELERATORS), "Accelerator of the time estimate.")
 flags.DEFINE_float("fraction", plan.DEFAULT_FRACTION, "Fraction of the accelerator's bf16 peak assumed.")
@@ -56,11 +57,11 @@ def main(argv):
         estimator=FLAGS.estimator, batch_size=FLAGS.batch_size, max_new_tokens=FLAGS.max_new_tokens,
         max_text_tokens=FLAGS.max_text_tokens, occlusion_chunk=FLAGS.occlusion_chunk, ig_steps=FLAGS.ig_steps,
         scan_layers=FLAGS.scan_layers, remat_layers=FLAGS.remat_layers,
-        occlusion_segments=FLAGS.occlusion_segments, programs=tuple(FLAGS.programs), accelerator=FLAGS.accelerator,
+        occlusion_segments=FLAGS.occlusion_segments, fsdp=FLAGS.fsdp, programs=tuple(FLAGS.programs), accelerator=FLAGS.accelerator,
         fraction=FLAGS.fraction, audio_offset=FLAGS.audio_offset)
     for line in plan.main_lines(request, FLAGS.timeout_s):
         print(line, flush=True)
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main))
+    errors.run(main)

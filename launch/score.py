@@ -4,7 +4,8 @@
       --question="Is there a dog barking?" --rate=50 --keep=0.7 --output=scores.json --plot=scores.png
 
 One JSON record per clip, in --audio order: a JSON list in --output, or JSON lines on stdout. A file
-that cannot be scored (unreadable, empty, NaN samples, over 30 s, --input_ids not its prompt) gets
+that cannot be scored (unreadable, empty, NaN samples, under one audio token (321 samples, 20 ms), over
+30 s, --input_ids not its prompt, scores that are not finite: NaN weights) gets
 `{"file", "error"}`, its error on stderr, and the others are still scored. Exit codes: 0 all scored,
 1 some clip failed, 2 bad flags or checkpoint, or another user error (a full disk, an unwritable
 --output: one `error: ...` line, see agac_jax/errors.py). Record fields and figure:
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
-from agac_jax import errors
+from agac_jax import compile_cache, errors
 from agac_jax.scoring import report
 from agac_jax.scoring.methods import NAMES as METHODS
 
@@ -46,6 +47,9 @@ flags.DEFINE_string("output", None, "JSON file for the records; default: JSON li
 flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "Dtype the weights are held in "
                   "(bfloat16 for the 7B on a GPU or TPU).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (softmax and logits stay float32).")
+flags.DEFINE_enum("prompt_format", "chat", ["chat", "raw"], "chat: the checkpoint's processor chat template "
+                  "(Qwen2-Audio-7B-Instruct); raw: '<|audio_bos|><|AUDIO|><|audio_eos|>' + question (the base "
+                  "Qwen2-Audio-7B).")
 flags.DEFINE_string("plot", None, "PNG with spectrogram, scores and kept frames, two panels per scored clip.")
 
 REQUIRED = ("checkpoint", "audio", "question")
@@ -74,25 +78,21 @@ def request_from_flags() -> report.ScoreRequest:
         plot=FLAGS.plot,
         param_dtype=FLAGS.param_dtype,
         dtype=FLAGS.dtype,
+        prompt_format=FLAGS.prompt_format,
     )
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=report.EXIT_BAD_REQUEST)
+    compile_cache.enable_from_flags()
     try:
         return report.run(request_from_flags())
     except report.RequestError as error:
         raise app.UsageError(str(error), exitcode=report.EXIT_BAD_REQUEST) from error
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a flag error exits with code 2 (absl's own parser exits with 1)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        sys.stderr.write(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.\n")
-        sys.exit(report.EXIT_BAD_REQUEST)
+parse_flags = errors.parse_flags  # a flag that does not parse: one `error:` line, exit code 2
 
 
 def run(argv: list[str]) -> int:
@@ -110,4 +110,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main), flags_parser=parse_flags)
+    errors.run(main)

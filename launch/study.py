@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agac_jax import errors
+from agac_jax import compile_cache, errors
 from agac_jax.eval import study
 
 FLAGS = flags.FLAGS
@@ -26,6 +26,7 @@ flags.DEFINE_string("workdir", None, "Where rows.jsonl, study.md, study.csv and 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    compile_cache.enable_from_flags()
     logging.set_verbosity(logging.INFO)
     for text in FLAGS.config.settings:
         try:
@@ -37,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(errors.main(main))
+    errors.run(main)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agac_jax import errors
+from agac_jax import compile_cache, errors
 from agac_jax.training import evaluation, loop
 from agac_jax.training.model import generation_config
 
@@ -46,6 +46,7 @@ def write_results(path: Path, results: dict) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    compile_cache.enable_from_flags()
     cfg = FLAGS.config
     if FLAGS.eval_only:
         directory = Path(FLAGS.eval_only)
@@ -71,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_mutual_exclusive(["eval_only", "export"])
-    app.run(errors.main(main))
+    errors.run(main)

@@ -99,12 +99,43 @@ def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
     shutil.copy(hf_dir / "config.json", directory / "config.json")
     state = {k: torch.from_numpy(v) for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
     torch.save(state, directory / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="pickle"):
+    with pytest.raises(checkpoints.CheckpointError, match="pickle") as refused:
         checkpoints.load_hf_directory(directory)
+    assert "--allow_pickle" not in str(refused.value) and "checkpoints.convert_pickles(" in str(refused.value)
     loaded = checkpoints.load_hf_directory(directory, allow_pickle=True)
     reference = checkpoints.load_hf_directory(hf_dir)
     for a, b in zip(jax.tree_util.tree_leaves(reference.params), jax.tree_util.tree_leaves(loaded.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert checkpoints.convert_pickles(directory) == directory / "model.safetensors"  # the hint's command
+    converted = checkpoints.load_hf_directory(directory)
+    for a, b in zip(jax.tree_util.tree_leaves(reference.params), jax.tree_util.tree_leaves(converted.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"model.safetensors \(\d+ bytes\) is not a readable safetensors file: .* truncated or corrupt"),
+    ("list_config", r"config.json holds a JSON list, not an object of settings"),
+    ("bad_json", r"config.json is not valid JSON"),
+    ("other_model", r"config.json: config.json has model_type='llama'; expected 'qwen2_audio'"),
+])
+def test_an_unreadable_directory_is_a_checkpoint_error_naming_the_file(hf_dir, tmp_path, damage, message):
+    """A user error (agac_jax/errors.py): the launch tools end with one `error:` line naming the file."""
+    from agac_jax import errors
+
+    directory = tmp_path / damage
+    shutil.copytree(hf_dir, directory)
+    weights, config = directory / "model.safetensors", directory / "config.json"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "list_config":
+        config.write_text("[1, 2]")
+    elif damage == "bad_json":
+        config.write_text('{"model_type": ')
+    else:
+        config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "llama"}))
+    with pytest.raises(checkpoints.CheckpointError, match=message) as refused:
+        checkpoints.load_hf_directory(directory)
+    assert len(errors.user_error_message(refused.value).splitlines()) == 1
 
 
 def test_parity_refuses_a_directory_without_processor_files(hf_dir):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,76 @@ def test_two_evaluators_on_one_workdir_do_not_both_write(tmp_path):
     assert keys and len(keys) == len(set(keys))
     assert "original" in outputs[winner[0]][0]  # the winner printed the table
     assert not list(workdir.glob("*.lock"))  # and released its lock
+
+
+def test_usage_errors_bad_flags_and_ctrl_c_are_one_line(capsys, monkeypatch):
+    """absl would print its whole usage text before a bad flag value, two lines and exit 1 for a flag
+    that does not parse, and a traceback for Ctrl-C."""
+    from absl import app
+
+    monkeypatch.delenv(errors.TRACEBACK_ENV, raising=False)
+    for raised, code, expected in [
+        (app.UsageError("--keep=2: Keep ratio rho must lie in (0, 1]"), errors.EXIT_USER_ERROR,
+         "error: --keep=2: Keep ratio rho must lie in (0, 1] (see --helpshort)\n"),
+        (KeyboardInterrupt(), errors.EXIT_INTERRUPTED, "error: interrupted; rerun it\n"),
+    ]:
+        def main(argv, raised=raised):
+            raise raised
+
+        with pytest.raises(SystemExit) as exited:
+            errors.main(main, interrupt_hint="; rerun it")(["prog"])
+        assert exited.value.code == code and capsys.readouterr().err == expected
+    with pytest.raises(SystemExit) as exited:
+        errors.parse_flags(["prog", "--no_such_flag_anywhere=1"])
+    assert exited.value.code == errors.EXIT_USER_ERROR
+    assert capsys.readouterr().err == "error: Unknown command line flag 'no_such_flag_anywhere' (see --helpshort)\n"
+
+
+@pytest.mark.slow
+def test_launch_tools_end_bad_input_with_one_line(tmp_path):
+    """A truncated model.safetensors (launch.score), a stray argument (launch.evaluate): one line, exit 2."""
+    import numpy as np
+    import soundfile
+
+    checkpoint = tmp_path / "truncated"
+    shutil.copytree(REPO_ROOT / "assets" / "tiny_qwen2audio", checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    soundfile.write(tmp_path / "clip.wav", np.zeros(16_000, np.float32), 16_000)
+    score_args = [f"--checkpoint={checkpoint}", f"--audio={tmp_path / 'clip.wav'}", "--question=is there a dog ?"]
+    runs = [subprocess.Popen([sys.executable, "-m", tool, *args], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV})
+            for tool, args in [("launch.score", score_args),
+                               ("launch.evaluate", [f"--workdir={tmp_path / 'work'}", "stray"])]]
+    (_, score), (_, evaluate) = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [errors.EXIT_USER_ERROR] * 2
+    [line] = error_lines(score)
+    assert line.startswith(f"error: {weights} ({weights.stat().st_size} bytes) is not a readable safetensors file: ")
+    assert line.endswith("It is truncated or corrupt (an interrupted download or copy?); download or copy it again")
+    assert error_lines(evaluate) == ["error: unexpected arguments: ['stray'] (see --helpshort)"]
+    for stderr in (score, evaluate):
+        assert "Traceback" not in stderr and stderr.rstrip().splitlines()[-1].startswith("error:")
+        assert "USAGE" not in stderr and "flags:" not in stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_sweep_with_one_line_and_exit_130(tmp_path):
+    """SIGINT while the sweep scores (the codec sidecar ignores it and is stopped by the client)."""
+    import signal
+
+    with_codec = [arg for arg in TINY_RUN if not arg.startswith("--config.methods=")]
+    argv = ["launch.evaluate", *with_codec, "--config.methods=('original', 'codec')", f"--workdir={tmp_path}"]
+    # Python's own SIGINT handler even where this test runs with SIGINT ignored (a background job).
+    script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              f"sys.argv = {argv!r}; runpy.run_module('launch.evaluate', run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               env={k: v for k, v in os.environ.items() if k != errors.TRACEBACK_ENV})
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "results.jsonl").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == errors.EXIT_INTERRUPTED, stderr[-2000:]
+    assert error_lines(stderr) == ["error: interrupted; rerun the same command to resume: every finished record is kept"]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr

@@ -142,7 +142,7 @@ def test_service_in_process_matches_request_contract() -> None:
         CodecService("rvq_mel", crossfade_ms=-1.0)
 
 
-def test_sidecar_killed_mid_request_is_restarted_and_the_retry_gives_the_same_result() -> None:
+def test_sidecar_killed_mid_request_is_restarted_and_the_retry_gives_the_same_result(caplog) -> None:
     x = make_signal("chirp_down", 12.0, seed=11, snr_db=10.0)
     kept = np.arange(0, num_frames(x.size, 25), 2)
     with CodecClient(backend="rvq_mel") as fresh:
@@ -150,7 +150,11 @@ def test_sidecar_killed_mid_request_is_restarted_and_the_retry_gives_the_same_re
         first_pid = fresh.sidecar_pid
         fresh.submit(CodecRequest("again", x, 25, kept))
         os.kill(first_pid, signal.SIGKILL)
-        (retried,) = list(fresh.results())
+        with caplog.at_level("WARNING", logger="agac_jax.codec.client"):
+            (retried,) = list(fresh.results())
+        [restart] = [r.getMessage() for r in caplog.records if r.name == "agac_jax.codec.client"]
+        assert restart.startswith(f"codec sidecar pid {first_pid}: SidecarCrashed: sidecar pid {first_pid} stopped")
+        assert "(exit code -9); starting a new one (restart 1 of this client) and resending 1 request(s)" in restart
         second_pid = fresh.sidecar_pid
         assert retried.ok and retried.attempts == 2 and fresh.restarts == 1 and fresh.failures == []
         np.testing.assert_array_equal(retried.tokens, reference.tokens)

@@ -3,9 +3,11 @@
 users run) with a random-init tiny model on its shard of six short synthetic samples, then `--merge`.
 
 Checked against one single-process run of the same config (shared by the tests): four processes
-merge to the same records and summary.csv; a process killed with SIGKILL mid-run and restarted with
-the same id resumes its own shard and loses nothing; the merge refuses, naming the shard, while one
-is missing or incomplete; a resume with another process count re-shards by key.
+merge to the same records and summary.csv; when process 1 is killed with SIGKILL mid-run, process 0
+finishes its own shard and ends with one line naming shard 1 (no C++ abort), and every process rerun
+with the same ids resumes its own shard and loses nothing; the merge refuses, naming the shard, while
+one is missing or incomplete; a resume with another process count re-shards by key; a coordinator
+on 127.0.0.1 is not reachable on the host's other addresses.
 
 No collective is used: every process scores its shard on its own devices (`scorer.make_mesh`).
 Processes are started in their own sessions and killed, with their codec sidecars, in a `finally`.
@@ -125,7 +127,7 @@ class Cluster:
                 f"--config.runtime.coordinator_address={address}",
                 f"--config.runtime.coordinator_bind_address={address}",
                 f"--config.runtime.num_processes={num_processes}", f"--config.runtime.process_id={index}",
-                "--config.runtime.initialization_timeout_s=120")
+                "--config.runtime.initialization_timeout_s=120", "--config.runtime.heartbeat_timeout_s=10")
             with log.open("wb") as handle:
                 self.processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=inputs.env, stdout=handle,
                                                        stderr=subprocess.STDOUT, start_new_session=True))
@@ -246,16 +248,66 @@ def test_coordinator_settings_come_from_the_config_or_the_environment():
     runtime = common.base_config().runtime
     assert distributed.coordinator_arguments(runtime) is None
     runtime.distributed = True
-    assert distributed.coordinator_arguments(runtime) == {"initialization_timeout": 300}  # a TPU pod
+    assert distributed.coordinator_arguments(runtime) == {  # a TPU pod
+        "initialization_timeout": 300, "heartbeat_timeout_seconds": 100}
     runtime.coordinator_address, runtime.num_processes, runtime.process_id = "10.0.0.1:1234", 2, 1
     assert distributed.coordinator_arguments(runtime) == {
-        "coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1, "initialization_timeout": 300}
+        "coordinator_address": "10.0.0.1:1234", "coordinator_bind_address": "10.0.0.1:1234",  # not every interface
+        "num_processes": 2, "process_id": 1, "initialization_timeout": 300, "heartbeat_timeout_seconds": 100}
+    runtime.coordinator_bind_address = "0.0.0.0:1234"  # every interface: only when asked for
+    assert distributed.coordinator_arguments(runtime)["coordinator_bind_address"] == "0.0.0.0:1234"
+    runtime.coordinator_bind_address = "1234"
+    with pytest.raises(ValueError, match="coordinator_bind_address must be host:port"):
+        distributed.coordinator_arguments(runtime)
+    runtime.coordinator_bind_address = ""
     runtime.process_id = 2
     with pytest.raises(ValueError, match=r"process_id must lie in \[0, num_processes=2\)"):
         distributed.coordinator_arguments(runtime)
     runtime.process_id, runtime.distributed = 1, False
     with pytest.raises(ValueError, match="runtime.distributed is False"):
         distributed.coordinator_arguments(runtime)
+
+
+REACHABILITY = """
+import fcntl, json, socket, struct, sys
+import ml_collections
+from agac_jax.eval import distributed
+
+def host_addresses():
+    found = {"127.0.0.2"}  # another loopback address: reachable only by a listener on every interface
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+            except OSError:
+                continue
+            found.add(socket.inet_ntoa(packed[20:24]))
+    return sorted(found - {"127.0.0.1"}) + (["::1"] if socket.has_ipv6 else [])
+
+def reachable(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+port = int(sys.argv[1])
+runtime = ml_collections.ConfigDict(dict(distributed=True, coordinator_address=f"127.0.0.1:{port}", num_processes=1,
+                                         process_id=0, coordinator_bind_address="", initialization_timeout_s=60))
+distributed.initialize(runtime)
+print(json.dumps({host: reachable(host, port) for host in ["127.0.0.1", *host_addresses()]}))
+"""
+
+
+def test_a_loopback_coordinator_is_not_reachable_on_the_hosts_other_addresses():
+    """JAX's default bind is every interface ([::]:PORT); ours is the coordinator address itself."""
+    port = free_port()
+    run = subprocess.run([sys.executable, "-c", REACHABILITY, str(port)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    reached = json.loads(run.stdout.strip().splitlines()[-1])
+    assert reached.pop("127.0.0.1") is True and len(reached) >= 2
+    assert not any(reached.values()), reached
 
 
 def test_shard_problems_name_each_missing_or_incomplete_shard(tmp_path):
@@ -277,6 +329,28 @@ def test_shard_problems_name_each_missing_or_incomplete_shard(tmp_path):
     assert distributed.check_shards(tmp_path, ids, allow_partial=True) == distributed.shard_problems(tmp_path, ids)
     assert [m.name for m in distributed.remove_stale_manifests(tmp_path, 3)] == ["shard.1-of-2.json"]
     assert sorted(p.name for p in tmp_path.glob("shard.*")) == ["shard.0-of-3.json", "shard.2-of-3.json"]
+
+
+def test_a_coordinator_name_that_resolves_to_loopback_only_is_refused(monkeypatch):
+    """Debian's /etc/hosts maps the host's own name to 127.0.1.1: bound there, no other host connects."""
+    resolved = {"node0": "127.0.1.1", "node1": "10.0.0.2"}
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *args, **kwargs: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (resolved[host], 1234))])
+    for fine in ("localhost:1234", "127.0.0.1:1234", "10.0.0.1:1234", "[::1]:1234", "node1:1234"):
+        distributed.check_bind_host(fine)
+    with pytest.raises(ValueError, match=r"node0 resolves to \['127.0.1.1'\] on this host, loopback addresses"):
+        distributed.check_bind_host("node0:1234")
+
+
+def test_lost_shards_name_each_process_that_did_not_finish(tmp_path):
+    distributed.write_manifest(tmp_path, ShardManifest(0, 3, 4, 4, complete=False))  # process 0 asks while running
+    distributed.write_manifest(tmp_path, ShardManifest(1, 3, 6, 6, complete=False, host="h1", pid=7))
+    assert distributed.lost_shards(tmp_path, 3) == [
+        "process 1 of 3 (host h1, pid 7) stopped before finishing its shard: 0 of its 6 records are written",
+        "process 2 of 3 never started its shard (no shard.2-of-3.json)"]
+    distributed.write_manifest(tmp_path, ShardManifest(1, 3, 6, 0, complete=True))
+    distributed.write_manifest(tmp_path, ShardManifest(2, 3, 2, 0, complete=True))
+    assert distributed.lost_shards(tmp_path, 3) == []
 
 
 # --- real processes ------------------------------------------------------------------------------
@@ -317,39 +391,48 @@ def test_four_processes_merge_to_the_single_process_run(reference, inputs, tmp_p
 
 
 @pytest.mark.slow
-def test_a_killed_process_resumes_its_shard_and_the_merge_is_unchanged(reference, inputs, tmp_path):
+def test_a_lost_process_leaves_the_others_to_finish_and_a_rerun_of_all_resumes_its_shard(reference, inputs, tmp_path):
+    """Process 1 is killed mid-run: process 0 finishes its own shard and ends with one line naming shard
+    1 (exit code 1, no C++ stack); every process rerun with the same ids redoes only the lost records."""
     workdir = tmp_path / "two"
-    shard_file = workdir / "results.0.jsonl"
+    shard_file = workdir / "results.1.jsonl"
     with cluster(workdir, inputs, 2, tmp_path) as running:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not complete_lines(shard_file):
-            assert running.processes[0].poll() is None, f"process 0 ended before writing:\n{running.tail(0)}"
-            assert time.monotonic() < deadline, f"process 0 wrote nothing in {RUN_TIMEOUT_S} s:\n{running.tail(0)}"
+            assert running.processes[1].poll() is None, f"process 1 ended before writing:\n{running.tail(1)}"
+            assert time.monotonic() < deadline, f"process 1 wrote nothing in {RUN_TIMEOUT_S} s:\n{running.tail(1)}"
             time.sleep(0.05)
-        assert running.processes[0].poll() is None, "process 0 finished before it could be killed"
-        os.kill(running.processes[0].pid, signal.SIGKILL)
-        running.processes[0].wait()
-        # The job goes down with its host, as on a pod (JAX's coordination service would end process 1
-        # after its heartbeat timeout); the finally of `cluster` kills process 1.
-    kept = complete_lines(shard_file)
-    (planned_0,) = [m.planned for m in distributed.read_manifests(workdir) if m.process_index == 0]
-    assert 0 < len(kept) < planned_0
-    assert [m.complete for m in distributed.read_manifests(workdir) if m.process_index == 0] == [False]
+        assert running.processes[1].poll() is None, "process 1 finished before it could be killed"
+        os.kill(running.processes[1].pid, signal.SIGKILL)
+        running.processes[1].wait()
+        kept = complete_lines(shard_file)
+        running.processes[0].wait(timeout=RUN_TIMEOUT_S)
+        survivor = running.tail(0, chars=1_000_000)
+    (planned_1,) = [m.planned for m in distributed.read_manifests(workdir) if m.process_index == 1]
+    assert 0 < len(kept) < planned_1
+    assert [(m.process_index, m.complete) for m in distributed.read_manifests(workdir)] == [(0, True), (1, False)]
+    assert running.processes[0].returncode == 1, survivor[-3000:]
+    [line] = [line for line in survivor.splitlines() if line.startswith(("incomplete:", "error:"))]
+    assert line == (f"incomplete: process 1 of 2 (host {socket.gethostname()}, pid {running.processes[1].pid}) "
+                    f"stopped before finishing its shard: {len(kept)} of its {planned_1} records are written; process 0 "
+                    "finished its own shard. Rerun every process with the same ids to finish the run: each redoes "
+                    "only its missing records")
+    assert "Terminating process" not in survivor and "Check failure" not in survivor
 
     refused = merge_cli(workdir, inputs)
     assert refused.returncode != 0
-    assert f"shard 0 of 2 is incomplete: {len(kept)} of its {planned_0} records are written" in refused.stderr
+    assert f"shard 1 of 2 is incomplete: {len(kept)} of its {planned_1} records are written" in refused.stderr
     assert not (workdir / "summary.csv").exists()
 
     with cluster(workdir, inputs, 2, tmp_path) as running:
         running.wait()
-    manifest_0 = [m for m in distributed.read_manifests(workdir) if m.process_index == 0][0]
-    assert manifest_0.complete and manifest_0.planned == planned_0
-    assert manifest_0.pending_before == manifest_0.written == planned_0 - len(kept)  # nothing redone
+    manifest_1 = [m for m in distributed.read_manifests(workdir) if m.process_index == 1][0]
+    assert manifest_1.complete and manifest_1.planned == planned_1
+    assert manifest_1.pending_before == manifest_1.written == planned_1 - len(kept)  # nothing redone
     lines = complete_lines(shard_file)
     assert lines[: len(kept)] == kept  # nothing lost
     keys = [results.ResultRecord.from_dict(json.loads(line)).key for line in lines]
-    assert len(keys) == len(set(keys)) == planned_0
+    assert len(keys) == len(set(keys)) == planned_1
     sweep.merge(workdir)  # as `--merge` (the CLI's merge is run by the test above)
     assert (workdir / "summary.csv").read_text() == (reference / "summary.csv").read_text()
     assert comparable(results.read_workdir(workdir)) == comparable(results.read_workdir(reference))

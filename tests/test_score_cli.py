@@ -220,3 +220,40 @@ def test_missing_flags_and_unparsable_flags_exit_two(model_dir, wavs):
     with pytest.raises(app.UsageError, match="--question") as usage:
         score.main(["score"])
     assert usage.value.exitcode == report.EXIT_BAD_REQUEST
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_scores_are_a_clip_error_and_the_json_stays_valid(model_dir, wavs, mixed_run, monkeypatch,
+                                                                      tmp_path, capsys):
+    """As with NaN weights: no NaN in the JSON, no 'kept' frames 0..k-1, exit code 1."""
+    import dataclasses
+
+    real = report.Scorer.score
+
+    def nan_local(self, clips, questions, answer_ids=None):
+        return [dataclasses.replace(s, local=np.full_like(s.local, np.nan)) for s in real(self, clips, questions,
+                                                                                           answer_ids)]
+
+    monkeypatch.setattr(report.Scorer, "score", nan_local)
+    out = tmp_path / "nan.json"
+    assert score.run(_argv(model_dir, [wavs["good_a"], wavs["good_b"]], f"--output={out}")) == report.EXIT_CLIP_FAILED
+    records = _strict_json(out.read_text())
+    assert [set(r) for r in records] == [{"file", "error"}] * 2
+    assert all("non-finite scores: local hold NaN or inf" in r["error"] for r in records)
+    assert "2 of 2 clips failed" in capsys.readouterr().err
+
+
+def test_a_clip_too_short_for_one_audio_token_says_so(model_dir, tmp_path):
+    one = tmp_path / "one_sample.wav"
+    soundfile.write(one, np.full(1, 0.1, np.float32), 16_000, subtype="FLOAT")
+    out = tmp_path / "short.json"
+    assert score.run(_argv(model_dir, [one], f"--output={out}")) == report.EXIT_CLIP_FAILED
+    [record] = _strict_json(out.read_text())
+    assert "the clip is too short: 1 samples" in record["error"] and "at least 321 samples" in record["error"]
+    assert "template" not in record["error"]

@@ -12,17 +12,19 @@ import soxr
 from agac_jax.audio.grids import MAX_SECONDS, SAMPLE_RATE
 
 
-def validate_waveform(x: np.ndarray, name: str, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+def validate_waveform(x: np.ndarray, name: str, max_seconds: float = MAX_SECONDS, min_samples: int = 1) -> np.ndarray:
     """Check that x is a usable clip and return it as contiguous float32 [n].
 
     Args:
         x: mono waveform [n] at 16 kHz, float32 or float64, values nominally in [-1, 1].
         name: what the error messages call x (a file path, a data set id, ...).
         max_seconds: longest accepted clip (float("inf"): no limit).
+        min_samples: shortest accepted clip (a model's one audio token: `Scorer.min_samples`).
 
     Raises:
         TypeError: x is not a numpy array or not floating point.
-        ValueError: x is not 1-D, is empty, holds NaN or inf, or is longer than max_seconds.
+        ValueError: x is not 1-D, is empty or shorter than min_samples, holds NaN or inf, or is longer
+            than max_seconds.
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
@@ -36,6 +38,10 @@ def validate_waveform(x: np.ndarray, name: str, max_seconds: float = MAX_SECONDS
         raise ValueError(f"{name}: expected a mono waveform of shape [samples], got shape {x.shape}")
     if x.size == 0:
         raise ValueError(f"{name}: the waveform is empty")
+    if x.size < min_samples:
+        raise ValueError(f"{name}: the clip is too short: {x.size} samples ({1000 * x.size / SAMPLE_RATE:.3g} ms at "
+                         f"{SAMPLE_RATE} Hz); the model needs at least {min_samples} samples "
+                         f"({1000 * min_samples / SAMPLE_RATE:.3g} ms) for one audio token")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: the waveform contains NaN or inf")
     if x.size > max_seconds * SAMPLE_RATE:

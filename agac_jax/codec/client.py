@@ -11,14 +11,16 @@ Behaviour:
 - Timeouts: if the request at the head of the line gets no reply within ``timeout_s`` of becoming
   the head, the sidecar is taken as hung. The first request for a token rate includes loading that
   rate's codec.
-- Recovery: when the sidecar dies or hangs it is killed and a new one started; the head request
+- Recovery: when the sidecar dies or hangs it is killed and a new one started (a warning names the
+  old pid, the cause and the restart count); the head request
   (the one being served) is charged one attempt and every request in flight is sent again. A
   request charged ``max_attempts`` times (2) is given up: its reply carries a ``SidecarCrashed`` or
   ``Timeout`` failure, it is listed in ``failures``, and the run goes on.
 - Bad requests come back as replies with a failure (``InvalidRequest``, ...) and are not retried.
 - Shutdown: ``close()`` (also on leaving the ``with`` block, on garbage collection and at exit)
   asks the sidecar to exit, then terminates and finally kills it; requests still in flight are
-  abandoned. If this process dies outright, the sidecar sees its stdin close and exits.
+  abandoned. If this process dies outright, the sidecar sees its stdin close and exits. The sidecar
+  runs in its own process group, so a Ctrl-C at the terminal reaches only this process, which stops it.
 - Interpreter: ``python`` runs the sidecar under another Python environment (``codec.python``;
   default this one), e.g. ``.venv-codec/bin/python`` made by ``tools/setup_codec_env.sh`` for
   SemantiCodec. A relative path is taken from the repository root when it exists there. The child
@@ -32,6 +34,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import os
 import queue
 import subprocess
@@ -56,6 +59,7 @@ from agac_jax.codec.protocol import (
 )
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+logger = logging.getLogger(__name__)
 
 
 def resolve_python(python: str | os.PathLike | None) -> str:
@@ -107,7 +111,8 @@ class _SidecarProcess:
     ):
         self.generation = generation
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, close_fds=True,
+            process_group=0,
         )
         self._events = events
         self._outbox: queue.Queue = queue.Queue()
@@ -391,6 +396,9 @@ class CodecClient:
     def _recover(self, error_type: str, reason: str) -> None:
         """Kills the current sidecar, charges the head request, starts a new one and resends."""
         old, self._holder[0] = self._holder[0], None
+        logger.warning("codec sidecar pid %s: %s: %s; starting a new one (restart %d of this client) and resending "
+                       "%d request(s)", None if old is None else old.pid, error_type, reason, self.restarts + 1,
+                       len(self._pending))
         if old is not None:
             old.kill()
         self._charge_head(error_type, reason)

@@ -38,6 +38,7 @@ import numpy as np
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
 from agac_jax.audio.io import load_audio
+from agac_jax.checkpoints import CheckpointError
 from agac_jax.prompts import build_prompts
 from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
@@ -198,6 +199,8 @@ def load_scorer(checkpoint: str, config: ScoringConfig, param_dtype: str = "floa
     try:
         return Scorer.from_directory(checkpoint, config, param_dtype=param_dtype, dtype=dtype,
                                      prompt_format=prompt_format)
+    except CheckpointError:
+        raise  # names the unusable file itself: one `error:` line (agac_jax/errors.py)
     except (OSError, ValueError) as error:
         raise RequestError(f"--checkpoint {checkpoint!r} cannot be loaded: {error}") from error
 
@@ -277,7 +280,11 @@ def _score_indices(outcomes: list[ClipOutcome], indices: list[int], scorer: Scor
     keeps = select_batch(results, clips, request.method, request.rate, request.keep,
                          [SELECTION_SEED] * len(clips))
     for i, scores, keep in zip(indices, results, keeps):
-        outcomes[i].scores, outcomes[i].keep = scores, keep
+        problem = scores.non_finite()
+        if problem is None:
+            outcomes[i].scores, outcomes[i].keep = scores, keep
+        else:
+            outcomes[i].error = f"{outcomes[i].file}: {problem}"
 
 
 def local_score_fields(config: ScoringConfig) -> dict[str, Any]:
@@ -348,8 +355,9 @@ def score_request(request: ScoreRequest) -> tuple[list[ClipOutcome], Scorer | No
 
 
 def write_records(records: list[dict[str, Any]], output: str | None, stdout: TextIO) -> None:
-    """A JSON list (one record per line) to `output`, written atomically; JSON lines to stdout if None."""
-    lines = [json.dumps(record) for record in records]
+    """A JSON list (one record per line) to `output`, written atomically; JSON lines to stdout if None.
+    Strict JSON: a NaN or inf value is a ValueError (non-finite scores are clip errors before this)."""
+    lines = [json.dumps(record, allow_nan=False) for record in records]
     if output is None:
         for line in lines:
             stdout.write(line + "\n")

@@ -1,0 +1,119 @@
+"""The persistent compilation cache of the launch tools: where it lives, when it is off, and a second
+`launch.score` process that compiles nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from agac_jax import compile_cache
+from tests.tiny_models import make_scoring_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs launch.score in-process with a listener on JAX's compilation-cache events; prints their counts.
+SCORE_AND_COUNT = """
+import collections, json, sys
+import jax.monitoring
+counts = collections.Counter()
+jax.monitoring.register_event_listener(lambda event, **kw: counts.update([event.rsplit("/", 1)[-1]]))
+from launch import score
+code = score.run(["score"] + sys.argv[1:])
+print("COUNTS " + json.dumps(dict(code=code, **counts)))
+"""
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The test environment without JAX's or our cache settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (compile_cache.JAX_DIR_ENV, compile_cache.DIR_ENV, compile_cache.ENABLE_ENV,
+                        compile_cache.MIN_TIME_ENV)}
+    return dict(env, **extra)
+
+
+def _score_counts(argv: list[str], env: dict[str, str]) -> dict[str, int]:
+    result = subprocess.run([sys.executable, "-c", SCORE_AND_COUNT, *argv], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("COUNTS ")]
+    assert lines, result.stderr[-3000:]
+    return json.loads(lines[-1][len("COUNTS "):])
+
+
+@pytest.fixture(scope="module")
+def score_argv(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("cache_score")
+    model = make_scoring_checkpoint(root / "model")
+    wav = root / "clip.wav"
+    t = np.arange(30_000) / 16_000
+    soundfile.write(wav, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000, subtype="FLOAT")
+    return [f"--checkpoint={model}", f"--audio={wav}", "--question=is there a tone ?", "--max_new_tokens=2",
+            f"--output={root / 'scores.json'}"]
+
+
+def test_a_second_launch_score_process_compiles_nothing(score_argv, tmp_path):
+    env = _clean_env(**{compile_cache.DIR_ENV: str(tmp_path / "cache")})
+    first = _score_counts(score_argv, env)
+    second = _score_counts(score_argv, env)
+    assert first["code"] == second["code"] == 0
+    assert first.get("cache_misses", 0) >= 2 and first.get("cache_hits", 0) == 0  # generation and scoring at least
+    assert second.get("cache_misses", 0) == 0
+    assert second.get("cache_hits", 0) == first["cache_misses"]
+    assert any((tmp_path / "cache").iterdir())
+
+
+def test_the_opt_out_writes_and_reads_nothing(score_argv, tmp_path):
+    env = _clean_env(**{compile_cache.DIR_ENV: str(tmp_path / "cache"), compile_cache.ENABLE_ENV: "0"})
+    counts = _score_counts(score_argv, env)
+    assert counts["code"] == 0
+    assert counts.get("cache_hits", 0) == counts.get("cache_misses", 0) == 0
+    assert not (tmp_path / "cache").exists()
+    flagged = _score_counts(score_argv + ["--nocompilation_cache"], _clean_env(**{compile_cache.DIR_ENV: str(tmp_path)}))
+    assert flagged.get("cache_hits", 0) == flagged.get("cache_misses", 0) == 0
+
+
+def test_the_default_directory_is_the_users_cache_keyed_by_host(monkeypatch, tmp_path):
+    for name in (compile_cache.DIR_ENV, compile_cache.ENABLE_ENV, compile_cache.JAX_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    wanted, directory = compile_cache.requested()
+    assert wanted and directory == tmp_path / "agac_jax" / "jax_cache" / compile_cache.host_key()
+    machine, digest = compile_cache.host_key().rsplit("-", 1)
+    assert machine and len(digest) == 12 and int(digest, 16) >= 0
+
+
+def test_explicit_settings_and_the_opt_outs(monkeypatch, tmp_path):
+    monkeypatch.delenv(compile_cache.ENABLE_ENV, raising=False)
+    monkeypatch.setenv(compile_cache.DIR_ENV, str(tmp_path / "env"))
+    assert compile_cache.requested() == (True, tmp_path / "env")
+    assert compile_cache.requested(True, str(tmp_path / "flag")) == (True, tmp_path / "flag")
+    assert compile_cache.requested(False, str(tmp_path / "flag")) == (False, None)
+    for off in ("0", "false", "OFF"):
+        monkeypatch.setenv(compile_cache.ENABLE_ENV, off)
+        assert compile_cache.requested(True, str(tmp_path / "flag")) == (False, None)
+    monkeypatch.delenv(compile_cache.ENABLE_ENV)
+    monkeypatch.delenv(compile_cache.DIR_ENV)
+    monkeypatch.setenv(compile_cache.JAX_DIR_ENV, str(tmp_path / "jax"))
+    assert compile_cache.requested() == (True, None)  # JAX's own setting is kept
+    monkeypatch.delenv(compile_cache.JAX_DIR_ENV)
+    assert compile_cache.requested(jax_directory=str(tmp_path / "jax")) == (True, None)
+
+
+def test_a_directory_others_may_write_is_refused(tmp_path):
+    assert compile_cache.unsafe_reason(tmp_path / "missing") is None
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert compile_cache.unsafe_reason(private) is None
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert "other users" in compile_cache.unsafe_reason(shared)
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert "not a directory" in compile_cache.unsafe_reason(file)
