@@ -1,4 +1,5 @@
-"""AVHBench's audio-driven video hallucination task with PandaGPT-7B, the poster's AVHBench model.
+"""AVHBench with PandaGPT-7B, the poster's AVHBench model: its audio-driven video hallucination task
+(the poster's), and variants for the benchmark's other three tasks.
 
     python -m launch.evaluate --config=configs/avhbench_pandagpt.py \
         --config.dataset.root=/data/AVHBench \
@@ -20,6 +21,15 @@ Variants (`--config=configs/avhbench_pandagpt.py:NAME`):
   local    end to end with no download: a random tiny PandaGPT (configs/tiny_pandagpt.json, word-level
            tokenizer) on 4 generated 9.5 s videos (`avhbench.write_generated`, in the temp directory),
            the offline rvq_mel codec, original/codec/fused/random, r = 100, rho in {1.0, 0.5}, one seed.
+  v2a, matching, captioning   the default grid on video-driven audio hallucination ("Is the X making
+           sound in the audio?"), audio-visual matching ("Are the contexts of audio and visual content
+           matching?": yes/no, the same metrics and statistics) and audio-visual captioning ("Describe
+           what you see and hear in a single sentence.": up to 64 answer tokens, CIDEr-D against the
+           reference caption, agac_jax/eval/captions.py); each prompt is the QA entry's text as it is.
+  v2a_local, matching_local, captioning_local   `local` on that task (the generated tree holds every
+           task; captions up to 12 tokens).
+On every task only the soundtrack is scored and compressed; the video goes into the AV token as it is
+(WORKSPACE.md, "AVHBench's tasks", says what the audio scores mean on each).
 """
 
 from __future__ import annotations
@@ -28,10 +38,11 @@ from pathlib import Path
 
 import ml_collections
 
+from configs.avhbench import CAPTION_TOKENS, VARIANTS, apply_task, task_variant
 from configs.common import base_config
 
-VARIANTS = ("default", "local")
 TINY = str(Path(__file__).resolve().parent / "tiny_pandagpt.json")
+LOCAL_CAPTION_TOKENS = 12  # the random tiny model's captions: enough words for CIDEr-D's 4-grams
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "default"
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} of avhbench_pandagpt; choose one of {VARIANTS}")
+    task, variant = task_variant(variant)
     config = base_config()
     config.dataset.name = "avhbench"
     config.dataset.root = ""  # set on the command line: the AVHBench directory (either release layout)
@@ -78,4 +90,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.codec.deterministic = True
         config.runtime.codec_timeout_s = 300.0
         config.runtime.batch_samples = 4
+    apply_task(config, task, LOCAL_CAPTION_TOKENS if variant == "local" else CAPTION_TOKENS)
     return config

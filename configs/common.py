@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from agac_jax.eval.faithfulness import DEFAULT_RHOS
-from agac_jax.eval.results import METHODS
+from agac_jax.eval.results import DEFAULT_SWEEP_METHODS
 from agac_jax.scoring.scorer import MESH_AXES, ScoringConfig
 
 _SCORING = ScoringConfig()
@@ -67,9 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.axes = MESH_AXES  # fixed: batch on 'data', wide parameter axes on 'model'
     config.mesh.shape = _SCORING.mesh_shape  # devices on (data, model); their product <= local devices
-    config.mesh.logical_axis_rules = _SCORING.axis_rules  # logical parameter axis -> mesh axis (or None)
+    config.mesh.logical_axis_rules = _SCORING.axis_rules  # logical parameter axis -> mesh axis (or None);
+    #   head axes split in whole heads, an axis a mesh axis cannot split hands it to the weight's other one
+    config.mesh.fsdp = _SCORING.fsdp  # True: also split every weight's model width ('embed') over 'data'
+    #   (FSDP, gathered where used): for a small 'model' axis and a large batch (README, what fits where)
 
-    config.methods = METHODS  # of DESIGN.md section 4; rho = 1 of every selecting method is `codec`
+    config.methods = DEFAULT_SWEEP_METHODS  # DESIGN.md section 4's; rho = 1 of every selecting method is `codec`;
+    #                                     the adaptive ones (adaptive_mass, adaptive_pool) are asked for by name
     config.rates = _SCORING.rates  # codec token rates r (tokens/s; a frame is 2 / r s)
     config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
     config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed
@@ -102,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.runtime.coordinator_address = ""  # host:port of process 0's coordinator, the same on every process
     config.runtime.num_processes = -1  # processes (hosts) in the run
     config.runtime.process_id = -1  # this process's index in [0, num_processes); its shard and results file
-    config.runtime.coordinator_bind_address = ""  # where process 0 listens; "": every interface at the port
+    config.runtime.coordinator_bind_address = ""  # where process 0 listens; "": the coordinator address itself
+    #                                                (0.0.0.0:PORT or [::]:PORT: every interface, only when asked)
     config.runtime.initialization_timeout_s = 300  # seconds to wait for every process to join
+    config.runtime.heartbeat_timeout_s = 100  # seconds without a heartbeat before a process counts as lost
     return config

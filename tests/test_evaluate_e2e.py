@@ -384,3 +384,31 @@ def test_a_workdir_without_records_takes_a_corrected_config(config, tmp_path):
                                             parsed_compressed="yes")])
     with pytest.raises(results.ConfigMismatchError, match="model.checkpoint_dir"):
         sweep.store_config(tmp_path, wrong)
+
+
+def test_adaptive_methods_keep_fused_frames_per_batch(config, scorer, tmp_path):
+    """The adaptive methods in a sweep: each batch of `runtime.batch_samples` samples keeps as many
+    frames as fused at the same rho (at least one a clip), and the tables carry their rows and the
+    clips' mean keep ratio."""
+    import csv
+
+    from agac_jax.data import load_dataset
+
+    adaptive = config.copy_and_resolve_references()
+    adaptive.methods = ("original", "fused", "adaptive_mass", "adaptive_pool")
+    adaptive.seeds = (0,)
+    outcome = sweep.run_sweep(adaptive, tmp_path, scorer=scorer)
+    assert outcome.failed == 0
+    kept = {(r.sample_id, r.method): r.kept_frames for r in results.read_records(tmp_path / "results.jsonl")
+            if r.rho == 0.5}
+    order = [s.sample_id for s in load_dataset(adaptive.dataset)[1].samples]
+    size = adaptive.runtime.batch_samples
+    for start in range(0, len(order), size):
+        batch = order[start:start + size]
+        fused = sum(kept[(s, "fused")] for s in batch)
+        for method in ("adaptive_mass", "adaptive_pool"):
+            assert sum(kept[(s, method)] for s in batch) == fused and min(kept[(s, method)] for s in batch) >= 1
+    rows = {row["method"]: row for row in csv.DictReader((tmp_path / "summary.csv").open()) if row["rho"] == "0.5"}
+    assert set(rows) == {"fused", "adaptive_mass", "adaptive_pool"}
+    assert all(0 < float(row["keep_ratio_mean_mean"]) <= 1 for row in rows.values())
+    assert "| `adaptive_pool` | 50 | 0.5 |" in (tmp_path / "tables.md").read_text()

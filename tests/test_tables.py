@@ -71,6 +71,7 @@ def test_seed_metrics_of_one_seed():
     assert seed1.delta_accuracy == pytest.approx(0.0)
     assert seed1.evidence_recall == pytest.approx(0.75) and seed1.evidence_scored == 2
     assert seed1.codec_tokens_kept == pytest.approx(0.5)
+    assert seed1.keep_ratio_mean == pytest.approx(0.5)
     assert seed1.audio_tokens_kept == pytest.approx(0.5)
 
 

@@ -44,7 +44,9 @@ def _clotho_aqa(section: Any) -> tuple[str, LoadedDataset]:
 
 
 def _avhbench(section: Any) -> tuple[str, LoadedDataset]:
-    from agac_jax.data.avhbench import load_avhbench, write_generated
+    """AVHBench's `section.task`, named "avhbench" for the default task (audio-driven video
+    hallucination) and "avhbench-{short name}" for the others ("avhbench-captioning", ...)."""
+    from agac_jax.data.avhbench import DEFAULT_TASK, load_avhbench, task_slug, write_generated
 
     root = section.root
     if not root and section.get("generated", 0):  # a few generated videos (configs/avhbench_pandagpt.py:local)
@@ -53,7 +55,8 @@ def _avhbench(section: Any) -> tuple[str, LoadedDataset]:
 
         root = write_generated(Path(tempfile.gettempdir()) / f"agac_avhbench_generated_{section.generated}",
                                section.generated)
-    return "avhbench", load_avhbench(root, section.task)
+    name = "avhbench" if task_slug(section.task) == task_slug(DEFAULT_TASK) else f"avhbench-{task_slug(section.task)}"
+    return name, load_avhbench(root, section.task)
 
 
 DATASETS: dict[str, Callable[[Any], tuple[str, LoadedDataset]]] = {
@@ -62,7 +65,7 @@ DATASETS: dict[str, Callable[[Any], tuple[str, LoadedDataset]]] = {
     # the harder scenes: quiet evidence, loud distractors, overlaps, counting (evidence known)
     "synthetic_scenes": _generated("scenes", "synthetic_scenes"),
     "clotho_aqa": _clotho_aqa,  # ClothoAQA's yes/no subset, majority label
-    "avhbench": _avhbench,  # AVHBench's soundtracks, one task
+    "avhbench": _avhbench,  # AVHBench's soundtracks, one task (captioning: free-text samples)
 }
 
 

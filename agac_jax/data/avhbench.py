@@ -1,5 +1,13 @@
 """AVHBench, one task (by default the audio-driven video hallucination task), in either released layout.
 
+Tasks (`TASKS`, the `task` strings of the released QA json): "Audio-driven Video Hallucination"
+("Is the X visible in the video?"), "Video-driven Audio Hallucination" ("Is the X making sound in the
+audio?"), "AV Matching" ("Are the contexts of audio and visual content matching?"), all yes/no, and
+"AV Captioning" ("Describe what you see and hear in a single sentence.", whose label is the reference
+caption). Each entry's `text` is the prompt as it is: the benchmark's own fine-tuning code asks it
+verbatim, with no instruction added. A captioning entry becomes a free-text sample: `answer` "",
+`reference` the caption (an empty caption is skipped).
+
 v0 (one annotation file per video):
 
     {root}/json/{video_id}.json    a list of {"video_id", "task", "text", "label"}
@@ -18,7 +26,8 @@ mixed, and a folder of videos):
   (a dict, not a list of entries) under the root is named in the error as the likely QA file.
 - Entries are selected by task, compared case-insensitively with runs of spaces collapsed
   (default "Audio-driven Video Hallucination"). If none match, the tasks that were found are logged.
-- Labels are normalised like answers ("Yes", "yes.", " NO " -> yes/no); any other label is skipped.
+- Labels of the yes/no tasks are normalised like answers ("Yes", "yes.", " NO " -> yes/no); any other
+  label is skipped.
 - A missing video, an unreadable JSON file, an entry lacking a key or naming another video than its
   file, and an unknown label are skipped with the reason and logged; loading goes on. The number of
   videos the asked task names but the release lacks is logged once as a summary.
@@ -45,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -67,6 +77,16 @@ from agac_jax.data.common import (
 )
 
 DEFAULT_TASK = "Audio-driven Video Hallucination"
+CAPTION_TASK = "AV Captioning"
+# task -> short name (data set names in the tables, config variants); the first is the default task
+TASKS = {
+    DEFAULT_TASK: "a2v",
+    "Video-driven Audio Hallucination": "v2a",
+    "AV Matching": "matching",
+    CAPTION_TASK: "captioning",
+}
+MATCHING_QUESTION = "Are the contexts of audio and visual content matching?"  # every AV Matching entry's text
+CAPTION_REQUEST = "Describe what you see and hear in a single sentence."  # every AV Captioning entry's text
 REQUIRED_KEYS = ("video_id", "task", "text", "label")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")  # in order of preference for one id
 
@@ -143,6 +163,20 @@ def _task_key(task: str) -> str:
     return " ".join(task.split()).lower()
 
 
+def is_caption_task(task: str) -> bool:
+    """Whether `task` names the captioning task (free-text answers with a reference caption)."""
+    return _task_key(task) == _task_key(CAPTION_TASK)
+
+
+def task_slug(task: str) -> str:
+    """The short name of a task ("v2a", "captioning", ...; another string: lower-cased, non-alphanumeric
+    runs as '_')."""
+    for name, slug in TASKS.items():
+        if _task_key(name) == _task_key(task):
+            return slug
+    return "_".join("".join(c if c.isalnum() else " " for c in task.lower()).split())
+
+
 def _read_entries(path: Path) -> list:
     """The entries of one annotation file; raises ValueError when it is not a JSON list."""
     try:
@@ -154,8 +188,8 @@ def _read_entries(path: Path) -> list:
     return entries
 
 
-def _entry_problem(entry: object, video_id: str) -> str | None:
-    """Why an annotation entry cannot become a sample, or None."""
+def _entry_problem(entry: object, video_id: str, free_text: bool = False) -> str | None:
+    """Why an annotation entry cannot become a sample, or None (`free_text`: its label is a caption)."""
     if not isinstance(entry, dict):
         return f"entry is not an object: {entry!r}"
     missing = [key for key in REQUIRED_KEYS if key not in entry]
@@ -163,6 +197,8 @@ def _entry_problem(entry: object, video_id: str) -> str | None:
         return f"entry lacks keys {missing}"
     if str(entry["video_id"]) != video_id:
         return f"entry names video {entry['video_id']!r} inside {video_id}.json"
+    if free_text:
+        return None if str(entry["label"]).strip() else "empty caption"
     if normalize_answer(str(entry["label"])) not in ANSWERS:
         return f"label {entry['label']!r} is neither yes nor no"
     return None
@@ -294,7 +330,8 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
       ffmpeg: the ffmpeg executable the samples will use to extract audio (default: on PATH).
     Returns:
       The samples (sample_id "{video_id}/{k}", clip_id the video id, question the entry's text,
-      evidence None) and the skipped items with their reasons.
+      evidence None; for the captioning task answer "" and reference the caption) and the skipped
+      items with their reasons.
     Raises:
       FileNotFoundError if neither layout is found; DatasetError (a ValueError) for several QA files,
       a QA file given as root that is not a JSON list, or a JSON object where a QA list was expected.
@@ -303,6 +340,7 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
     base = root.parent if root.is_file() else root
     video_files: dict[str, tuple[Path | None, str | None]] = {}
     wanted = _task_key(task)
+    free_text = is_caption_task(task)
     samples: list[AudioQASample] = []
     skipped: list[SkippedItem] = []
     tasks_seen: set[str] = set()
@@ -323,7 +361,7 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
                 if _task_key(str(entry["task"])) != wanted:
                     continue
             sample_id = f"{video_id}/{index}"
-            problem = _entry_problem(entry, video_id)
+            problem = _entry_problem(entry, video_id, free_text)
             if problem is None:
                 if video_id not in video_files:
                     video_files[video_id] = _video_file(base, videos.get(video_id), video_id)
@@ -335,13 +373,15 @@ def load_avhbench(root: Path | str, task: str = DEFAULT_TASK, ffmpeg: str | None
             if problem is not None:
                 record_skip(skipped, sample_id, problem)
                 continue
+            label = str(entry["label"])
             samples.append(
                 AudioQASample(
                     sample_id=sample_id,
                     clip_id=video_id,
                     question=str(entry["text"]).strip(),
-                    answer=normalize_answer(str(entry["label"])),
+                    answer="" if free_text else normalize_answer(label),
                     audio=VideoSoundtrack(video, ffmpeg),
+                    reference=" ".join(label.split()) if free_text else None,
                 )
             )
     if missing_videos:
@@ -392,15 +432,42 @@ def _export_one(sample: AudioQASample, wav: Path) -> str | None:
 GENERATED_SOUNDS = ((440.0, "a dog barking"), (880.0, "a car horn"), (0.0, "music"))  # (tone Hz, what is asked)
 
 
+def _generated_entries(video_id: str, index: int, thing: str, audible: bool) -> list[dict]:
+    """The QA entries of one generated video, one or more per task (the default task's first)."""
+    yes_no = lambda flag: "Yes" if flag else "No"  # noqa: E731
+    caption = (f"A colour test pattern moves while {thing} is heard three times." if audible
+               else "A colour test pattern moves in silence.")
+    return [
+        {"video_id": video_id, "task": DEFAULT_TASK, "text": f"Is {thing} visible in the video ?",
+         "label": yes_no(index % 2 == 0)},
+        {"video_id": video_id, "task": "Video-driven Audio Hallucination",
+         "text": f"Is {thing} making sound in the audio?", "label": yes_no(audible)},
+        {"video_id": video_id, "task": "AV Matching", "text": MATCHING_QUESTION, "label": yes_no(index % 2 == 1)},
+        {"video_id": video_id, "task": CAPTION_TASK, "text": CAPTION_REQUEST, "label": caption},
+    ]
+
+
+def _complete_tree(qa: Path, num_videos: int) -> bool:
+    """Whether a generated QA file exists and holds every task for `num_videos` videos."""
+    try:
+        entries = json.loads(qa.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    tasks = {_task_key(str(e.get("task", ""))) for e in entries if isinstance(e, dict)}
+    videos = {str(e.get("video_id")) for e in entries if isinstance(e, dict)}
+    return tasks >= {_task_key(t) for t in TASKS} and len(videos) == num_videos
+
+
 def write_generated(root: Path | str, num_videos: int = 4, seconds: float = 9.5, ffmpeg: str | None = None) -> Path:
     """A small AVHBench tree in the 2025-03 layout, made with ffmpeg (for runs without the release):
     `num_videos` mp4s of a moving test pattern (160 x 120, 4 fps) whose soundtrack is a tone (or
-    silence) for the first 2 s, 4-6 s and 8-9.5 s, and one QA file asking, per video, whether the
-    sounding object is visible (labels alternate yes/no; the model's answers are what is measured).
-    Written once: an existing complete tree is reused."""
+    silence) for the first 2 s, 4-6 s and 8-9.5 s, and one QA file with every task per video: whether
+    the sounding object is visible (labels alternate yes/no) and whether it makes sound, whether audio
+    and video match, and a reference caption (the model's answers are what is measured). Written once:
+    a tree holding every task is reused; an older one (the first task only) gets the new QA file."""
     root = Path(root)
     qa = root / "AVHBench_QA" / "QA.json"
-    if qa.is_file():
+    if _complete_tree(qa, num_videos):
         return root
     exe = find_ffmpeg(ffmpeg)
     (root / "videos").mkdir(parents=True, exist_ok=True)
@@ -408,16 +475,20 @@ def write_generated(root: Path | str, num_videos: int = 4, seconds: float = 9.5,
     for i in range(num_videos):
         hz, thing = GENERATED_SOUNDS[i % len(GENERATED_SOUNDS)]
         video_id = f"gen{i:02d}"
-        on = "between(t,0,2)+between(t,4,6)+between(t,8,10)"
-        sound = f"aevalsrc='0.3*sin(2*PI*{hz}*t)*({on})':s=16000:d={seconds}" if hz else f"anullsrc=r=16000:cl=mono:d={seconds}"
-        subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                        f"testsrc=size=160x120:rate=4:duration={seconds}", "-f", "lavfi", "-i", sound, "-shortest",
-                        "-c:v", "mpeg4", "-pix_fmt", "yuv420p", "-c:a", "aac", str(root / "videos" / f"{video_id}.mp4")],
-                       check=True)
-        entries.append({"video_id": video_id, "task": DEFAULT_TASK,
-                        "text": f"Is {thing} visible in the video ?", "label": "Yes" if i % 2 == 0 else "No"})
+        video = root / "videos" / f"{video_id}.mp4"
+        if not video.is_file():
+            on = "between(t,0,2)+between(t,4,6)+between(t,8,10)"
+            sound = (f"aevalsrc='0.3*sin(2*PI*{hz}*t)*({on})':s=16000:d={seconds}" if hz
+                     else f"anullsrc=r=16000:cl=mono:d={seconds}")
+            partial = video.with_name(f"{video.name}.{os.getpid()}.partial")
+            subprocess.run([exe, "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                            f"testsrc=size=160x120:rate=4:duration={seconds}", "-f", "lavfi", "-i", sound, "-shortest",
+                            "-c:v", "mpeg4", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "mp4", str(partial)],
+                           check=True)
+            partial.replace(video)
+        entries += _generated_entries(video_id, i, thing, audible=bool(hz))
     qa.parent.mkdir(parents=True, exist_ok=True)
-    tmp = qa.with_suffix(".tmp")
+    tmp = qa.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(entries, indent=1))
     tmp.replace(qa)
     return root

@@ -45,6 +45,7 @@ SKIP_KINDS = (
     "missing video",
     "unreadable JSON",
     "neither yes nor no",
+    "empty caption",
     "lacks keys",
     "names video",
     "not an object",
@@ -79,17 +80,19 @@ class WavFile:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AudioQASample:
-    """One yes/no question about one clip.
+    """One yes/no question about one clip, or one free-text request (a caption) with its reference text.
 
     Attributes:
       sample_id: unique within the data set and split.
       clip_id: identifies the clip; several samples may share one clip.
       question: the question text given to the model (with `prompt_suffix` at its end).
-      answer: the reference answer, "yes" or "no".
+      answer: the reference answer, "yes" or "no"; "" for a free-text sample.
       audio: produces the clip's waveform on demand.
       evidence: intervals (start_s, end_s) of the audio that decides the answer, sorted by start;
         None when unknown, () when the answer rests on no localised stretch of audio.
       prompt_suffix: the text appended to the data set's question (`with_prompt_suffix`), "" for none.
+      reference: None for a yes/no question; for a free-text sample (AVHBench's captioning) the
+        reference text the reply is scored against (`eval.cider`), never empty.
     """
 
     sample_id: str
@@ -99,9 +102,13 @@ class AudioQASample:
     audio: AudioSource
     evidence: tuple[Interval, ...] | None = None
     prompt_suffix: str = ""
+    reference: str | None = None
 
     def __post_init__(self) -> None:
-        if self.answer not in ANSWERS:
+        if self.reference is not None:
+            if not self.reference.strip() or self.answer:
+                raise ValueError(f"free-text sample {self.sample_id!r} needs a non-empty reference and answer ''")
+        elif self.answer not in ANSWERS:
             raise ValueError(f"answer of sample {self.sample_id!r} must be 'yes' or 'no', got {self.answer!r}")
         if self.evidence is not None:
             validate_intervals(self.evidence, name=f"evidence of sample {self.sample_id!r}")

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 from agac_jax import errors
 from agac_jax.eval import atomic, lock
 
-from agac_jax.scoring.methods import NAMES as SELECTION_METHOD_NAMES
+from agac_jax.scoring.methods import METHODS as SELECTION_REGISTRY, NAMES as SELECTION_METHOD_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,12 @@ FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
 # Codec failures whose cause was the sidecar, not the clip (agac_jax/codec/client.py): a rerun redoes them.
 TRANSIENT_CODEC_ERRORS = frozenset({"SidecarCrashed", "Timeout"})
 
-# The methods of DESIGN.md section 4, in table order; the last eight select frames from scores.
+# The methods of DESIGN.md section 4 and the adaptive ones, in table order; all but the first two select frames.
 METHODS = ("original", "codec") + SELECTION_METHOD_NAMES  # `original`: no codec; `codec`: rho = 1
 SELECTING_METHODS = METHODS[2:]
+# A sweep's default methods: all but the adaptive ones, whose kept frames depend on which clips are selected
+# together (a sweep batch; a resume or another batch size groups them otherwise), so a sweep asks for them.
+DEFAULT_SWEEP_METHODS = tuple(m for m in METHODS if m not in SELECTION_REGISTRY or SELECTION_REGISTRY[m].pool is None)
 
 
 class CorruptResultsError(errors.UserError, ValueError):
@@ -116,15 +119,16 @@ class ResultRecord:
 
     Attributes:
       dataset: the data set's name, e.g. "synthetic-test".
-      sample_id, clip_id, question, label: the sample; label is "yes" or "no"; question is the text
-        the model was given, `prompt_suffix` included.
+      sample_id, clip_id, question, label: the sample; label is "yes" or "no", or "" for a caption
+        record (`reference` set); question is the text the model was given, `prompt_suffix` included.
       method: one of the sweep's methods (`original`, `codec`, `fused`, ...).
       rate: codec token rate r (tokens/s), None for `original`.
       rho: keep ratio; 1.0 for `original` and `codec`.
       seed: the sweep seed.
       answer_original, answer_compressed: the model's replies on the original and compressed clip
         (None where a failure prevented them).
-      parsed_original, parsed_compressed: those replies parsed to "yes", "no" or "unknown".
+      parsed_original, parsed_compressed: those replies parsed to "yes", "no" or "unknown"; for a
+        caption record, the reply as the caption metric reads it (`eval.cider.normalize`).
       num_samples: the clip's length at 16 kHz.
       num_frames, kept_frames: the clip's codec frames at `rate` and how many were kept.
       audio_tokens_before, audio_tokens_after: Qwen2-Audio audio tokens of the original and the
@@ -141,6 +145,8 @@ class ResultRecord:
       process_index: the JAX process that wrote the record.
       prompt_suffix: the text appended to the data set's question (`config.dataset.prompt_suffix`,
         e.g. lmms-eval's ClothoAQA instruction), "" for none.
+      reference: None for a yes/no record; a caption record's reference caption (AVHBench's
+        captioning). Left out of the JSON line when None, so yes/no records read and write as before.
     """
 
     dataset: str
@@ -171,9 +177,13 @@ class ResultRecord:
     failure: Failure | None = None
     process_index: int = 0
     prompt_suffix: str = ""
+    reference: str | None = None
 
     def __post_init__(self) -> None:
-        if self.label not in ("yes", "no"):
+        if self.reference is not None:
+            if self.label != "" or not self.reference.strip():
+                raise ValueError(f"caption record {self.key} needs label '' and a non-empty reference")
+        elif self.label not in ("yes", "no"):
             raise ValueError(f"label of record {self.key} must be 'yes' or 'no', got {self.label!r}")
         if self.failure is None and (self.parsed_original is None or self.parsed_compressed is None):
             raise ValueError(f"record {self.key} has no failure, so it needs both parsed answers")
@@ -188,9 +198,16 @@ class ResultRecord:
     def ok(self) -> bool:
         return self.failure is None
 
+    @property
+    def is_caption(self) -> bool:
+        """Whether the record answers a free-text request scored against `reference` (a caption)."""
+        return self.reference is not None
+
     def to_json(self) -> str:
         """One line of JSON (no newline); NaN never appears."""
         data = dataclasses.asdict(self)
+        if data["reference"] is None:
+            del data["reference"]
         data["schema"] = SCHEMA_VERSION
         return json.dumps(data, sort_keys=True, allow_nan=False)
 

@@ -22,9 +22,15 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import CodecClient, CodecReply, CodecRequest, num_frames
 from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import flops, lock, metrics, results
+from agac_jax.eval import cider, flops, lock, metrics, results
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import SELECTING_METHODS, Failure, ResultRecord, TaskKey
+
+
+def parse_reply(sample: AudioQASample, reply: str) -> str:
+    """A reply as its metric reads it: "yes", "no" or "unknown" (`metrics.parse_answer`), or for a
+    free-text sample (a caption) its tokens joined by spaces (`cider.normalize`)."""
+    return cider.normalize(reply) if sample.reference is not None else metrics.parse_answer(reply)
 
 
 def selection_seed(seed: int, sample_id: str) -> int:
@@ -52,7 +58,7 @@ class Sample:
 
     @property
     def parsed_original(self) -> str | None:
-        return None if self.answer_original is None else metrics.parse_answer(self.answer_original)
+        return None if self.answer_original is None else parse_reply(self.sample, self.answer_original)
 
 
 @dataclasses.dataclass
@@ -104,7 +110,7 @@ def _record(ctx: Context, item: Sample, key: TaskKey, **fields: Any) -> ResultRe
         label=sample.answer, method=key.method, rate=key.rate, rho=key.rho, seed=key.seed,
         answer_original=item.answer_original, parsed_original=item.parsed_original,
         num_samples=None if item.waveform is None else int(item.waveform.size),
-        process_index=ctx.process_index, prompt_suffix=sample.prompt_suffix, **fields,
+        process_index=ctx.process_index, prompt_suffix=sample.prompt_suffix, reference=sample.reference, **fields,
     )
 
 
@@ -206,7 +212,10 @@ def _answer_original(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
 def _score(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
     """Scores the items that have a selecting task; returns those needing none or scored, failing
     the compressed records of the others."""
-    scored = _per_item(ctx, [item for item in items if _needs_scores(item)], "score",
+    wanted = [item for item in items if _needs_scores(item)]
+    if not wanted:
+        return list(items)
+    scored = _per_item(ctx, wanted, "score",
                        lambda batch: ctx.scorer.score([i.waveform for i in batch], [i.sample.question for i in batch],
                                                       answer_ids=[i.answer_ids for i in batch],
                                                       **_videos(ctx, [i.sample for i in batch])),
@@ -359,7 +368,7 @@ def _compressed_records(ctx: Context, job: Job, reply: CodecReply, answer: str, 
             "answer": 0.0 if reused else answer_seconds,
         }
         records.append(_record(
-            ctx, item, key, answer_compressed=answer, parsed_compressed=metrics.parse_answer(answer),
+            ctx, item, key, answer_compressed=answer, parsed_compressed=parse_reply(item.sample, answer),
             num_frames=total_frames, kept_frames=int(job.kept.size),
             audio_tokens_before=counts.audio_tokens_before, audio_tokens_after=counts.audio_tokens_after,
             # what the codec really spends (SemantiCodec: whole AudioMAE patches; rvq_mel: the frames)

@@ -57,7 +57,8 @@ from absl import logging
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient
 from agac_jax.data import DATASETS, load_dataset
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import atomic, distributed, flops, lock, paired, plots, results, stages, sweep_curves, tables
+from agac_jax.eval import (atomic, captions, distributed, flops, lock, paired, plots, results, stages, sweep_curves,
+                           tables)
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
 from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
@@ -213,6 +214,8 @@ class MergeOutputs:
     plots: tuple[Path, ...]
     num_records: int
     rows: tuple[Any, ...] = ()  # the tables' rows (`tables.RowSummary`)
+    caption_rows: tuple[Any, ...] = ()  # the caption tables' rows (`captions.CaptionRow`)
+    captions_csv: Path | None = None  # written when there are caption records
 
 
 def statistics_markdown(statistics: Sequence[Any]) -> str:
@@ -393,7 +396,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
 
 
 def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
-    """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir.
+    """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir, and
+    captions.csv and the caption tables (`eval.captions`) from its caption records, if any.
 
     Each output is replaced atomically (`atomic`): a kill leaves the previous file or the new one.
 
@@ -417,14 +421,19 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
     # In key order, so the tables' float sums do not depend on how the records were split over shards.
     records = sorted(results.read_workdir(workdir), key=lambda r: (r.sample_id, r.method, r.rate or 0, r.rho, r.seed))
     distributed.check_shards(workdir, [record.sample_id for record in records], allow_partial=allow_partial)
-    per_seed = tables.seed_metrics(records)
+    yes_no, caption_records = captions.split_records(records)
+    per_seed = tables.seed_metrics(yes_no)
     rows = tables.summarize_rows(per_seed)
     summary_csv = tables.write_summary_csv(rows, workdir / "summary.csv")
     per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
-    markdown = tables.render_markdown(rows, records, results.read_skipped(workdir),
-                                      codec_backend=stored.get("codec", {}).get("backend"))
-    statistics = paired.row_stats(records)
-    markdown = markdown.rstrip("\n") + "\n\n" + statistics_markdown(statistics)
+    backend = stored.get("codec", {}).get("backend")
+    caption_rows = captions.summarize_caption_rows(captions.caption_seed_metrics(caption_records))
+    captions_csv = captions.write_captions_csv(caption_rows, workdir / "captions.csv") if caption_rows else None
+    markdown = tables.render_markdown(rows, records, results.read_skipped(workdir), codec_backend=backend,
+                                      caption_tables=captions.markdown(caption_rows, backend))
+    statistics = paired.row_stats(yes_no)
+    if statistics or not caption_rows:
+        markdown = markdown.rstrip("\n") + "\n\n" + statistics_markdown(statistics)
     paired.write_csv(statistics, workdir / "paired.csv")
     curves_md, curve_files = sweep_curves.merge_outputs(workdir, SELECTING_METHODS)
     if curves_md:
@@ -435,4 +444,5 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
                      + [p for p in curve_files if p.suffix == ".png"])
     logging.info("merged %d records from %d files into %s", len(records), len(results.results_files(workdir)), workdir)
     return MergeOutputs(summary_csv=summary_csv, per_seed_csv=per_seed_csv, tables_md=tables_md,
-                        plots=tuple(written_plots), num_records=len(records), rows=tuple(rows))
+                        plots=tuple(written_plots), num_records=len(records), rows=tuple(rows),
+                        caption_rows=tuple(caption_rows), captions_csv=captions_csv)

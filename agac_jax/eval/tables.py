@@ -7,7 +7,9 @@ Per seed, over the records of one (data set, method, r, rho, seed) that did not 
   same records (so failed samples drop out of both sides);
 - evidence recall, the mean over the records whose sample has evidence (NaN if none has);
 - codec tokens kept (kept / all codec frames' tokens), audio tokens kept and prefill FLOPs kept
-  (compressed / original), each a ratio of sums over the records;
+  (compressed / original), each a ratio of sums over the records; keep ratio mean, the mean over
+  the records of kept / all codec frames (an adaptive method meets its budget rho-bar in the codec
+  frames' sum, so its clips' own ratios spread around it);
 - exact match, lmms-eval's metric (`metrics.exact_match`) of the whole compressed reply against the
   label, where accuracy uses the parsed yes/no answer;
 - unknown, the compressed answers that parse to neither "yes" nor "no"; failures, the records
@@ -49,6 +51,7 @@ RATIO_METRICS = (
     "audio_tokens_kept",
     "prefill_flops_kept",
     "exact_match",
+    "keep_ratio_mean",
 )
 MAX_LISTED_PROBLEMS = 25
 
@@ -78,6 +81,7 @@ class SeedMetrics:
     audio_tokens_kept: float
     prefill_flops_kept: float
     seconds_per_record: float
+    keep_ratio_mean: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +103,11 @@ def _ratio_of_sums(numerators: Sequence[int | None], denominators: Sequence[int 
     pairs = [(n, d) for n, d in zip(numerators, denominators) if n is not None and d is not None]
     total = sum(d for _, d in pairs)
     return sum(n for n, _ in pairs) / total if total else math.nan
+
+
+def _mean_ratio(numerators: Sequence[int | None], denominators: Sequence[int | None]) -> float:
+    ratios = [n / d for n, d in zip(numerators, denominators) if n is not None and d]
+    return float(np.mean(ratios)) if ratios else math.nan
 
 
 def _nan_scores() -> dict[str, float]:
@@ -148,6 +157,7 @@ def compute_seed_metrics(dataset: str, method: str, rate: int | None, rho: float
         audio_tokens_kept=_ratio_of_sums([r.audio_tokens_after for r in ok], [r.audio_tokens_before for r in ok]),
         prefill_flops_kept=_ratio_of_sums([r.prefill_flops_after for r in ok], [r.prefill_flops_before for r in ok]),
         seconds_per_record=float(np.mean(seconds)) if seconds else math.nan,
+        keep_ratio_mean=_mean_ratio([r.kept_frames for r in ok], [r.num_frames for r in ok]),
     )
 
 
@@ -388,7 +398,7 @@ def _failure_lines(records: Sequence[ResultRecord]) -> list[str]:
 
 
 def _unknown_lines(records: Sequence[ResultRecord]) -> list[str]:
-    ok = [record for record in records if record.ok]
+    ok = [record for record in records if record.ok and not record.is_caption]
     original_unknown = sorted({r.sample_id for r in ok if r.parsed_original == metrics.UNKNOWN})
     compressed = collections.Counter(r.method for r in ok if r.parsed_compressed == metrics.UNKNOWN)
     if not original_unknown and not compressed:
@@ -430,8 +440,10 @@ def prompt_suffixes(records: Iterable[ResultRecord]) -> dict[str, tuple[str, ...
 
 
 def render_markdown(rows: Sequence[RowSummary], records: Sequence[ResultRecord],
-                    skipped: Sequence[tuple[str, str]] = (), codec_backend: str | None = None) -> str:
-    """tables.md: one table per data set, then the problems section."""
+                    skipped: Sequence[tuple[str, str]] = (), codec_backend: str | None = None,
+                    caption_tables: Sequence[str] = ()) -> str:
+    """tables.md: one table per data set, the caption data sets' tables (`eval.captions`), then the
+    problems section (failures of every record; unparseable answers of the yes/no ones)."""
     by_dataset: dict[str, list[RowSummary]] = {}
     for row in rows:
         by_dataset.setdefault(row.dataset, []).append(row)
@@ -439,7 +451,8 @@ def render_markdown(rows: Sequence[RowSummary], records: Sequence[ResultRecord],
     parts = ["# Results", ""]
     parts += [dataset_table(name, dataset_rows, codec_backend, suffixes.get(name, ()))
               for name, dataset_rows in by_dataset.items()]
-    if not by_dataset:
+    parts += list(caption_tables)
+    if not by_dataset and not caption_tables:
         parts.append("No results yet.\n")
     parts.append(problems_section(records, skipped))
     return "\n".join(parts)
