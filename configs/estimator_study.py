@@ -27,6 +27,11 @@ Variants (`--config=configs/estimator_study.py:NAME`):
   validation  the 80 clips of the scenes validation split (220 questions), the default's estimator
            read over 5, 9 and 15 tokens, alphas 0.5 to 1, random one draw: where the default's reading
            and alpha were chosen (4 min 48 s on 2 cores);
+  adaptive the default setting (IG 8 on the log-odds, |local| over 9 tokens, alpha 0.75) on both
+           benchmarks' test splits (24 synthetic clips, 90 scenes clips), fused at fixed rho against the
+           adaptive selectors (`adaptive_mass`, `adaptive_pool`) at rho-bar 0.3, 0.5, 0.7, each
+           benchmark's questions one budget pool; no baselines. Writes adaptive.md (paired tests),
+           adaptive.csv and ac_vs_tokens.png besides the study's outputs;
   local    4 clips of each benchmark, two settings, one alpha: a smoke run.
 """
 
@@ -39,7 +44,7 @@ import ml_collections
 from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "quick", "targets", "validation", "local")
+VARIANTS = ("default", "quick", "targets", "validation", "adaptive", "local")
 _RAW = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
     f"integrated_gradients/{n}/{t}" for t in ("logp", "log_odds") for n in (4, 8, 16, 32))
 READ = "magnitude/smooth9"  # the default reading of the local score: |local| over 9 tokens (0.36 s)
@@ -81,6 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.recall_rhos = (0.5, 0.7)  # keep ratios of the evidence recall columns
     config.curve_rhos = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # ratios of the curves (from 0 to 1)
     config.random_draws = 4  # draws of the random baseline averaged (one moves its A.C. at rho 0.5 by ~1 point)
+    config.selectors = ()  # more registry selectors measured like fused at curve_alpha, compared with it (adaptive.md)
+    config.baselines = ("energy", "random", "attention")  # measured once per benchmark
     config.scoring.max_new_tokens = 4  # the tiny models answer one word and <|im_end|>
     config.scoring.max_text_tokens = 32  # the synthetic prompts have at most 32 text tokens
     config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
@@ -104,6 +111,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.alphas = (0.5, 0.6, 0.75, 1.0)  # the poster's weight to AAD alone
         config.curve_rhos = (0.0, 0.5, 1.0)  # A.C. at rho 0.5
         config.random_draws = 1  # one draw: a check, not the study's figure
+    if variant == "adaptive":
+        config.settings = (f"integrated_gradients/8/log_odds/{READ}",)  # the project's default local score
+        config.alphas = (0.75,)  # the default's alpha, with the curves
+        config.recall_rhos = (0.3, 0.5, 0.7)  # rho-bar: fixed rho for fused, the budget for the adaptive ones
+        config.curve_rhos = (0.0, 0.3, 0.5, 0.7, 1.0)  # insertion A.C. at each rho-bar
+        config.selectors = ("adaptive_mass", "adaptive_pool")
+        config.baselines = ()  # measured by the targets variant
     if variant == "local":
         config.benchmarks = [_benchmark("synthetic", 4, SHIPPED, "synthetic"),
                              _benchmark("synthetic_scenes", 4, scenes_model, "scenes")]

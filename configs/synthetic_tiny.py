@@ -7,7 +7,8 @@ Model: `assets/tiny_qwen2audio` (trained by `agac_jax.train` on the synthetic tr
 synthetic test split generated in memory (`agac_jax.data.synthetic.generate_split("test", 8, 0)`:
 8 clips, 12 questions; the split does not change with the sweep seed). Grid: every method of
 DESIGN.md section 4, r in {25, 50, 100}, rho in {1.0, 0.9, 0.7, 0.5}, seeds {0, 1, 2}: 228 records
-per question. Codec: `rvq_mel`, the offline residual-VQ mel codec (not SemantiCodec; no download).
+per question (the adaptive methods are asked for by name: `--config.methods`). Codec: `rvq_mel`, the
+offline residual-VQ mel codec (not SemantiCodec; no download).
 
 Budget: at most 10 minutes on 2 CPU cores, which sets the number of clips. Measured: 8 clips, 2736
 records, 5 min 11 s with the default local score (6 min 5 s with the poster's occlusion) on the 2

@@ -10,6 +10,9 @@ runs, padded shapes included, and measured seconds without compilation). Setting
 how the local score is read (sign, smoothing) share one scoring run and its cost (`read_local`). The
 question-blind and model-only baselines (energy, random, attention) are measured once per benchmark;
 random as the mean of `random_draws` draws, since one draw moves its A.C. by a point or more.
+`config.selectors` (optional) names more selectors of the registry measured like fused at the curve
+alpha on the same scores (the adaptive methods); their rows and the fused row then carry each
+question's outcomes (`adaptive.per_question`), and `adaptive.md` compares them with fused, paired.
 
 Rows go to `rows.jsonl` in the workdir as each (benchmark, setting) finishes, so a rerun skips them;
 `study.md`, `study.csv` and `recall_vs_cost.png` are written from all rows at the end.
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from agac_jax import checkpoints
-from agac_jax.eval import atomic, faithfulness, metrics
+from agac_jax.eval import adaptive, atomic, faithfulness, metrics
 from agac_jax.scoring import methods, selection
 
 _log = logging.getLogger(__name__)
@@ -112,17 +115,27 @@ def _with_alpha(score: Any, alpha: float) -> Any:
     return dataclasses.replace(score, fused=fused)
 
 
+def selection_outcomes(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
+                       selector: str, rate: int, rho: float,
+                       seeds: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the evidence recall of `selector`'s frames at `rho` (float64 [N], NaN without
+    evidence) and how many frames it keeps (int64 [N]), all samples selected in one call (the pool of
+    an adaptive selector); `seeds`: the `random` selector's seed per sample (default: its index)."""
+    seeds = list(range(len(scores))) if seeds is None else list(seeds)
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
+    recalls = np.full(len(kept), np.nan)
+    for i, (keep, wave, intervals) in enumerate(zip(kept, waveforms, evidence)):
+        if intervals:
+            mask = metrics.keep_mask_from_indices(keep, selection.static_num_frames(len(wave), rate))
+            recalls[i] = metrics.evidence_recall(mask, intervals, len(wave), rate)
+    return recalls, np.asarray([len(k) for k in kept], np.int64)
+
+
 def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
                      selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None) -> float:
     """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent); `seeds`:
     the `random` selector's seed per sample (default: its index)."""
-    seeds = list(range(len(scores))) if seeds is None else list(seeds)
-    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
-    recalls = []
-    for keep, wave, intervals in zip(kept, waveforms, evidence):
-        if intervals:
-            mask = metrics.keep_mask_from_indices(keep, selection.static_num_frames(len(wave), rate))
-            recalls.append(metrics.evidence_recall(mask, intervals, len(wave), rate))
+    recalls, _ = selection_outcomes(scores, waveforms, evidence, selector, rate, rho, seeds)
     return 100 * metrics.summarize_evidence_recall(recalls).mean
 
 
@@ -235,6 +248,16 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         _log.info("%s %s: curves at %d ratios and joined A.C. at %d in %.1f s", label, selector, len(curve_rhos),
                   len(rhos), time.perf_counter() - start)
         return out, joined
+    selectors = tuple(config.get("selectors", ()))
+    baselines = tuple(config.get("baselines", BASELINES))
+    written = 0
+
+    def compared(at_alpha, selector, measured):
+        """The row fields of `adaptive.per_question`: each question's outcomes at every recall ratio."""
+        outcomes = {rho: selection_outcomes(at_alpha, waveforms, evidence, selector, rate, rho) for rho in rhos}
+        frames = [selection.static_num_frames(len(w), rate) for w in waveforms]
+        return adaptive.per_question(outcomes, measured[0], measured[1], frames, groups)
+
     raw_runs: dict[Setting, tuple[list[Any], float, float, float]] = {}  # raw setting -> scores, wall, s, FLOPs
     for text in config.settings:
         setting = Setting.parse(text)
@@ -257,16 +280,26 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             if alpha == config.curve_alpha:
                 curves = curves_of("fused", at_alpha)
             rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds, groups, right))
+            if alpha == config.curve_alpha and selectors:
+                rows[-1].update(compared(at_alpha, "fused", curves))
+                for selector in selectors:
+                    measured = curves_of(selector, at_alpha)
+                    recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, selector, rate, rho)
+                               for rho in rhos}
+                    rows.append(_row(label, selector, setting, alpha, recalls, measured, flops, run_seconds, groups,
+                                     right))
+                    rows[-1].update(compared(at_alpha, selector, measured))
         aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
         rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
         _log.info("%s %s: scored in %.1f s (%.3f s a clip without compilation); fused recall %s", label,
-                  setting.name, wall, run_seconds, rows[-2][f"recall_{rhos[0]:g}"])
-        _append(workdir, rows[-len(config.alphas) - 1:])
-    if (label, "") not in done:
+                  setting.name, wall, run_seconds, rows[written][f"recall_{rhos[0]:g}"])
+        _append(workdir, rows[written:])
+        written = len(rows)
+    if (label, "") not in done and baselines:
         if reference_scores is None:  # every setting was done before: the attention score once more
             reference_scores = first.score(waveforms, questions, answer_ids=answer_ids)
         baseline_rows = []
-        for selector in BASELINES:
+        for selector in baselines:
             # random: the mean of `random_draws` draws, seeds k * N + i for draw k and question i
             draws = [[k * len(samples) + i for i in range(len(samples))]
                      for k in range(config.random_draws if selector == "random" else 1)]
@@ -398,4 +431,6 @@ def run_study(config: Any, workdir: str | Path) -> list[dict[str, Any]]:
     rows = read_rows(workdir)
     write_tables(workdir, rows)
     plot_recall_vs_cost(workdir, rows, config.curve_alpha, config.recall_rhos[0])
+    if any(adaptive.PER_QUESTION in row for row in rows):
+        adaptive.write_outputs(workdir, rows)
     return rows

@@ -8,6 +8,13 @@ through `select_batch`, so there is one selection path.
 
 Adding a method is adding an entry to `METHODS` (and its tests); `original` and `codec` are not
 selection methods (no frame is dropped) and live in `agac_jax.eval.results.METHODS`.
+
+The adaptive methods (`adaptive_mass`, `adaptive_pool`: `Method.pool`) choose each clip's k from its
+scores under a budget: the real clips of one `select_batch` call keep as many frames together as
+fixed rho would (`agac_jax.scoring.budget`), so rho is the budget rho-bar: the share of the call's
+frames kept (as fixed rho rounds it up per clip), the clips' own shares spread around it. Which frames a
+clip keeps then depends on the clips it is selected with (a sweep batch, a study's whole split); a
+clip alone (`clip_keep_mask`, `select_frames`) keeps ceil(rho N), as fixed rho does.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agac_jax.audio import grids
-from agac_jax.scoring import baselines, selection
+from agac_jax.scoring import baselines, budget, selection
 
 Array = jax.Array
 
@@ -93,6 +100,9 @@ class Method:
     frame_scores: Callable[[ClipInputs, FrameContext], Array]  # -> [F] float32
     keep: Callable[[Array, FrameContext], Array] = _top_k  # -> [F] bool
     uses_scores: bool = True  # reads the model's scores (False: a model-free baseline)
+    # An adaptive method: the priority of each rank of a clip's sorted frame scores ([F], [F] -> [F]);
+    # the batch's keep counts are then allocated over its clips under fixed rho's total (`budget`).
+    pool: budget.Priority | None = None
 
 
 METHODS: dict[str, Method] = {
@@ -107,6 +117,8 @@ METHODS: dict[str, Method] = {
     "segment_topk": Method(_token_rule(lambda c: c.fused),
                            keep=lambda scores, ctx: baselines.segment_topk_keep(scores, ctx.frame_valid, ctx.k,
                                                                                 ctx.rate)),
+    "adaptive_mass": Method(_token_rule(lambda c: c.fused), pool=budget.mass_priority),
+    "adaptive_pool": Method(_token_rule(lambda c: c.fused), pool=budget.score_priority),
 }
 NAMES = tuple(METHODS)
 
@@ -118,12 +130,9 @@ def check_method(method: str) -> Method:
     return METHODS[method]
 
 
-def clip_keep_mask(method: str, clip: ClipInputs, *, rate: int, max_frames: int, keep_num: Array,
-                   keep_den: Array, key: Array) -> tuple[Array, Array]:
-    """(frame scores [F], keep mask [F] bool) of `method` for one padded clip; pure JAX, vmappable.
-
-    k = ceil(rho * N) of the clip's N valid frames, rho = keep_num / keep_den (exact).
-    """
+def _clip_frames(method: str, clip: ClipInputs, *, rate: int, max_frames: int, keep_num: Array,
+                 keep_den: Array, key: Array) -> tuple[Array, FrameContext]:
+    """(frame scores [F], its FrameContext) of `method` for one padded clip, k = ceil(rho N)."""
     frame_valid = selection.frame_valid_mask(clip.n_samples, rate, max_frames)
     k = selection.keep_count(jnp.sum(frame_valid), keep_num, keep_den)
     entry = METHODS[method]
@@ -132,20 +141,51 @@ def clip_keep_mask(method: str, clip: ClipInputs, *, rate: int, max_frames: int,
         _, _, unheard = selection.slots_to_frames(jnp.zeros(clip.slot_ranges.shape[0]), clip.slot_ranges,
                                                   clip.slot_valid, clip.n_samples, rate, max_frames)
     ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=frame_valid, k=k, key=key, unheard=unheard)
-    scores = entry.frame_scores(clip, ctx)
-    return scores, entry.keep(scores, ctx) & frame_valid
+    return entry.frame_scores(clip, ctx), ctx
+
+
+def clip_keep_mask(method: str, clip: ClipInputs, *, rate: int, max_frames: int, keep_num: Array,
+                   keep_den: Array, key: Array) -> tuple[Array, Array]:
+    """(frame scores [F], keep mask [F] bool) of `method` for one padded clip; pure JAX, vmappable.
+
+    k = ceil(rho * N) of the clip's N valid frames, rho = keep_num / keep_den (exact); an adaptive
+    method on one clip alone keeps that k too (a pool of one).
+    """
+    scores, ctx = _clip_frames(method, clip, rate=rate, max_frames=max_frames, keep_num=keep_num,
+                               keep_den=keep_den, key=key)
+    return scores, METHODS[method].keep(scores, ctx) & ctx.frame_valid
+
+
+def batch_keep_masks(method: str, clips: ClipInputs, keys: Array, keep_num: Array, keep_den: Array, real: Array,
+                     *, rate: int, max_frames: int) -> Array:
+    """[C, F] bool keep masks of `method` for a padded batch of C clips (`ClipInputs` fields [C, ...]).
+
+    real: [C] bool, the batch's own clips (False: batch-padding copies). An adaptive method's counts
+    are allocated over the real clips (`budget.pooled_counts`) and its copies keep nothing; other
+    methods treat copies as clips (the caller drops them). Pure JAX.
+    """
+    entry = METHODS[method]
+
+    def frames(clip, key):
+        scores, ctx = _clip_frames(method, clip, rate=rate, max_frames=max_frames, keep_num=keep_num,
+                                   keep_den=keep_den, key=key)
+        return scores, ctx.frame_valid, ctx.k, ctx.unheard
+
+    scores, valid, k, unheard = jax.vmap(frames)(clips, keys)
+    if entry.pool is not None:
+        k = budget.pooled_counts(entry.pool, scores, valid, k, real)
+
+    def keep(s, v, n, u, key):
+        ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=v, k=n, key=key, unheard=u)
+        return entry.keep(s, ctx) & v
+
+    return jax.vmap(keep)(scores, valid, k, unheard, keys)
 
 
 @functools.lru_cache(maxsize=256)
 def _batched(method: str, rate: int, max_frames: int) -> Callable[..., Array]:
-    """The jitted keep masks of `method` for a batch of clips: ([B, F] bool)."""
-
-    def masks(clips: ClipInputs, keys: Array, keep_num: Array, keep_den: Array) -> Array:
-        one = lambda clip, key: clip_keep_mask(method, clip, rate=rate, max_frames=max_frames, keep_num=keep_num,
-                                               keep_den=keep_den, key=key)[1]
-        return jax.vmap(one)(clips, keys)
-
-    return jax.jit(masks)
+    """The jitted `batch_keep_masks` of `method` at one rate and frame count."""
+    return jax.jit(functools.partial(batch_keep_masks, method, rate=rate, max_frames=max_frames))
 
 
 def _slots(n: int) -> int:
@@ -170,6 +210,8 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
       rate: codec token rate.
       rho: keep ratio in (0, 1], exact as written.
       seeds: per clip, the seed of its PRNG key (the `random` baseline).
+    An adaptive method (`Method.pool`) keeps sum_i ceil(rho N_i) frames over these clips together,
+    at least one of each (`agac_jax.scoring.budget`); the padding copies never count.
     Clips are padded to the longest one's 5 s multiple and the batch to a power of two, so a sweep
     compiles once per (method, rate, length, batch slots).
     """
@@ -206,7 +248,8 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
     )
     all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
     keys = jax.vmap(jax.random.key)(jnp.asarray(all_seeds, jnp.uint32))
-    masks = np.asarray(_batched(method, rate, max_frames)(clips, keys, np.int32(num), np.int32(den)))
+    real = np.arange(slots) < len(scores)
+    masks = np.asarray(_batched(method, rate, max_frames)(clips, keys, np.int32(num), np.int32(den), real))
     return [selection.kept_indices(masks[i, : selection.static_num_frames(s.n_samples, rate)])
             for i, s in enumerate(scores)]
 
