@@ -33,6 +33,8 @@ from typing import Any, Sequence
 ACCELERATORS: dict[str, tuple[float, float, str]] = {
     "H100": (989e12, 80e9, "NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1,979 TFLOPS with sparsity, "
              "989 dense; 80 GB HBM3 (nvidia.com/en-us/data-center/h100)"),
+    "H200": (989e12, 141e9, "NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 1,979 TFLOPS with sparsity, "
+             "989 dense; 141 GB HBM3e (nvidia.com/en-us/data-center/h200)"),
     "A100": (312e12, 80e9, "NVIDIA A100 Tensor Core GPU datasheet: BF16 312 TFLOPS dense (624 sparse); "
              "40 or 80 GB HBM2e (nvidia.com/en-us/data-center/a100)"),
     "TPU v4": (275e12, 32 * 2**30, "Google Cloud TPU v4 documentation: 275 bf16 TFLOPS and 32 GiB HBM2 per chip "
@@ -69,6 +71,7 @@ class PlanRequest:
     scan_layers: bool = False
     remat_layers: bool = False
     occlusion_segments: int = 0
+    fsdp: bool = False  # also split the weights over 'data' (`scorer.fsdp_axis_rules`)
     programs: tuple[str, ...] = ("scoring", "generation")
     accelerator: str = "H100"
     fraction: float = DEFAULT_FRACTION
@@ -149,9 +152,10 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     scoring = ScoringConfig(estimator=r.estimator, batch_size=r.batch_size, max_new_tokens=r.max_new_tokens,
                             max_text_tokens=r.max_text_tokens, occlusion_chunk=r.occlusion_chunk,
                             occlusion_segments=r.occlusion_segments,
-                            ig_steps=r.ig_steps, buckets_seconds=(r.bucket_seconds,), mesh_shape=r.mesh)
+                            ig_steps=r.ig_steps, buckets_seconds=(r.bucket_seconds,), mesh_shape=r.mesh,
+                            fsdp=r.fsdp)
     mesh = make_mesh(r.mesh)
-    shardings = param_shardings(config, mesh, scoring.axis_rules)
+    shardings = param_shardings(config, mesh, scoring.axis_rules, scoring.fsdp)
     abstract = abstract_params(config, shardings)
     params_bytes = sum(_shard_bytes(leaf) for leaf in jax.tree_util.tree_leaves(abstract))
     model = Qwen2AudioForConditionalGeneration(config)
@@ -257,7 +261,7 @@ def table(record: dict[str, Any]) -> str:
     lines = [f"plan: {r['config_json']} mesh (data, model) = {tuple(r['mesh'])}, {r['param_dtype']} weights, "
              f"{r['bucket_seconds']} s bucket, {r['estimator']}, batch {r['batch_size']}, "
              f"scan_layers={r['scan_layers']}, remat_layers={r['remat_layers']}, "
-             f"occlusion_segments={r['occlusion_segments']}",
+             f"occlusion_segments={r['occlusion_segments']}, fsdp={r.get('fsdp', False)}",
              f"  parameters: {record['model']['params'] / 1e9:.2f} B, {gb(record['params_bytes_per_device'])} per device"]
     lines.append(f"  {'program':<12}{'compile s':>10}{'temps (CPU)':>14}{'temps (low)':>16}"
                  f"{'XLA flops/device':>20}")

@@ -39,7 +39,8 @@ def test_plan_reports_sharded_params_temps_flops_and_time(config_json):
     record = plan.plan(request)
     assert record["request"]["remat_layers"] is True
     assert set(record["programs"]) == {"scoring", "generation"}
-    # parameters: bf16, the 'model'-sharded axes halved (vocab 96, mlp 64, heads 4 x 8 divide by 2)
+    # parameters: bf16, every matrix halved over 'model' (vocab 96, mlp 64, heads 4, kv heads 2 divide
+    # by 2); norms and biases whole
     full = record["model"]["params"] * 2
     assert record["params_bytes_per_device"] < full
     assert record["params_bytes_per_device"] > full / 2
@@ -52,6 +53,16 @@ def test_plan_reports_sharded_params_temps_flops_and_time(config_json):
     peak = plan.ACCELERATORS["TPU v5e"][0]
     np.testing.assert_allclose(record["seconds_per_clip"], record["flops_per_clip"] / (0.5 * peak * 4))
     assert record["flops_per_clip"] > record["programs"]["generation"]["xla_flops_per_device"]
+
+
+def test_fsdp_plan_also_splits_the_weights_over_the_data_axis(config_json):
+    base = dict(config_json=config_json, mesh=(2, 2), param_dtype="bfloat16", bucket_seconds=1, batch_size=2,
+                max_text_tokens=4, max_new_tokens=2, programs=("generation",))
+    plain, fsdp = (plan.plan(plan.PlanRequest(**base, fsdp=f)) for f in (False, True))
+    assert fsdp["request"]["fsdp"] is True and "fsdp=True" in plan.table(fsdp)
+    full = fsdp["model"]["params"] * 2
+    assert fsdp["params_bytes_per_device"] < 0.6 * plain["params_bytes_per_device"]
+    assert full / 4 <= fsdp["params_bytes_per_device"] < 0.3 * full
 
 
 def test_plan_flops_count_every_loop_iteration(config_json):
@@ -71,7 +82,8 @@ def test_plan_flops_count_every_loop_iteration(config_json):
 def test_launch_plan_prints_a_table_and_one_json_line(config_json):
     proc = subprocess.run([sys.executable, "-m", "launch.plan", f"--config_json={config_json}", "--mesh=1,2",
                            "--devices=3", "--param_dtype=float32", "--bucket_seconds=1", "--programs=generation",
-                           "--max_text_tokens=4", "--max_new_tokens=2", "--remat_layers", "--occlusion_segments=2"], cwd=ROOT, capture_output=True, text=True,
+                           "--max_text_tokens=4", "--max_new_tokens=2", "--remat_layers", "--occlusion_segments=2",
+                           "--fsdp"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -81,7 +93,8 @@ def test_launch_plan_prints_a_table_and_one_json_line(config_json):
         assert key in record
     assert record["weight_upcast_bytes_per_device"] == 0  # float32 weights: nothing to subtract
     assert record["request"]["remat_layers"] is True and record["request"]["occlusion_segments"] == 2
-    assert "remat_layers=True, occlusion_segments=2" in proc.stdout
+    assert record["request"]["fsdp"] is True
+    assert "remat_layers=True, occlusion_segments=2, fsdp=True" in proc.stdout
     assert "plan:" in proc.stdout and "generation" in proc.stdout
 
 

@@ -22,6 +22,14 @@ POSTER = POSTER_LOCAL_SCORE  # these tests check the occlusion program: the post
 POSTER_IG = dict(POSTER_LOCAL_SCORE, estimator="integrated_gradients")  # IG on log p, signed (completeness)
 
 
+ON_CPU = jax.devices()[0].platform == "cpu"  # the Scorer's CPU defaults (ig_chunk, generate_per_clip) apply
+
+
+def needs_devices(n: int):
+    """Skips a test on fewer than `n` devices (one GPU: tools/gpu_check.sh runs these on 8 forced CPUs)."""
+    return pytest.mark.skipif(len(jax.devices()) < n, reason=f"needs {n} devices")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return make_scoring_checkpoint(tmp_path_factory.mktemp("scoring_model"))
@@ -115,7 +123,7 @@ def test_integrated_gradients_in_chunks_of_steps_equal_one_step_at_a_time(model_
     assert [ig_steps_per_chunk(n, c) for n, c in ((8, 8), (8, 3), (6, 4), (7, 4), (4, 1), (2, 9))] == [
         8, 2, 3, 1, 1, 2]
     config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=2, max_new_tokens=4, ig_steps=6, **POSTER_IG)
-    together = Scorer.from_directory(model_dir, config)
+    together = Scorer.from_directory(model_dir, config if ON_CPU else dataclasses.replace(config, ig_chunk=4))
     assert together.ig_chunk == scorer_module.CPU_IG_CHUNK == 4
     alone = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=1))
     every = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=6))
@@ -128,6 +136,7 @@ def test_integrated_gradients_in_chunks_of_steps_equal_one_step_at_a_time(model_
         ScoringConfig(ig_chunk=0)
 
 
+@pytest.mark.skipif(not ON_CPU, reason="the host-memory check guards CPU programs only")
 def test_cpu_memory_budget_warns_and_a_program_larger_than_the_host_is_refused(model_dir, occlusion_scorer,
                                                                              occlusion_scores, clips, caplog):
     (temp,) = occlusion_scorer.program_memory.values()
@@ -185,17 +194,47 @@ def unsharded_batch_of_8(model_dir, clips):
     return Scorer.from_directory(model_dir, SHARDED_CONFIG).score(clips * 4, QUESTIONS * 4)
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1), (4, 2)])
-def test_sharded_equals_unsharded(model_dir, clips, unsharded_batch_of_8, mesh_shape):
+@needs_devices(8)
+@pytest.mark.parametrize("mesh_shape, fsdp", [((8, 1), True), ((1, 8), False)])
+def test_sharded_equals_unsharded(model_dir, clips, unsharded_batch_of_8, mesh_shape, fsdp):
+    """The meshes cover weights split over 'data' (FSDP) and a model axis of 8 that divides neither
+    the 6 query heads nor the 2 kv heads (those weights split along the width: tests/test_sharding.py),
+    with the vocabulary of the embedding and the head split where it divides; both axes at once in
+    `test_integrated_gradients_sharded_equals_unsharded`."""
+    scorer = Scorer.from_directory(model_dir, dataclasses.replace(SHARDED_CONFIG, mesh_shape=mesh_shape, fsdp=fsdp))
+    _assert_weights_split(scorer, mesh_shape, fsdp)
+    _assert_sharded_equal(unsharded_batch_of_8, scorer.score(clips * 4, QUESTIONS * 4))
+
+
+@needs_devices(8)
+def test_integrated_gradients_sharded_equals_unsharded(tmp_path, clips):
+    """The default local score (integrated gradients, differentiated through weights split over both
+    axes with FSDP) equals the unsharded program's. The model's vocabulary (40 tokens) splits over the
+    4 model devices, so the answer rows' logits, their log-odds and the greedy argmax are reduced
+    across devices inside the program."""
+    words = ("is", "there", "a", "tone", "chirp", "?", "yes", "no", "bell", "dog", "rain", "car", "bird", "drum")
+    directory = make_scoring_checkpoint(tmp_path, words=words)
+    config = ScoringConfig(buckets_seconds=ONE_BUCKET, batch_size=4, max_new_tokens=4)
+    single = Scorer.from_directory(directory, config).score(clips * 2, QUESTIONS * 2)
+    scorer = Scorer.from_directory(directory, dataclasses.replace(config, mesh_shape=(2, 4), fsdp=True))
+    _assert_weights_split(scorer, (2, 4), True)
+    assert scorer.model_config.text.vocab_size % 4 == 0
+    assert tuple(scorer.param_shardings["lm_head"]["kernel"].spec) == ("data", "model")
+    assert tuple(scorer.param_shardings["language_model"]["embed_tokens"]["embedding"].spec) == ("model", "data")
+    _assert_sharded_equal(single, scorer.score(clips * 2, QUESTIONS * 2))
+
+
+def _assert_weights_split(scorer: Scorer, mesh_shape: tuple[int, int], fsdp: bool) -> None:
+    specs = [tuple(sh.spec) for sh in jax.tree_util.tree_leaves(scorer.param_shardings)]
+    assert (mesh_shape[1] == 1) or any("model" in spec for spec in specs)
+    assert not fsdp or any("data" in spec for spec in specs)
+
+
+def _assert_sharded_equal(single, sharded) -> None:
     """Equal within 1e-5 of each quantity's scale: local scores are differences of answer
     log-probabilities, so their scale is |logp|; keep sets are equal wherever the k-th and
     (k+1)-th frame scores are not within float32 noise of each other."""
-    many = clips * 4
-    questions = QUESTIONS * 4
-    config = SHARDED_CONFIG
-    single = unsharded_batch_of_8
-    sharded = Scorer.from_directory(model_dir, dataclasses.replace(config, mesh_shape=mesh_shape)).score(many,
-                                                                                                         questions)
+    assert len(single) == len(sharded)
     for a, b in zip(single, sharded):
         np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
         assert b.logp_full == pytest.approx(a.logp_full, rel=1e-5)
@@ -228,11 +267,12 @@ def test_select_frames_for_every_method(occlusion_scores, clips):
 
 
 def test_select_batch_equals_each_clip_alone(occlusion_scores, clips):
-    """One batched call (clips of different lengths, padded together) keeps what each clip alone keeps."""
-    from agac_jax.scoring.methods import NAMES, select_batch, select_frames
+    """One batched call (clips of different lengths, padded together) keeps what each clip alone keeps
+    (the adaptive methods share a budget over the call's clips: tests/test_adaptive_selection.py)."""
+    from agac_jax.scoring.methods import METHODS, NAMES, select_batch, select_frames
 
     assert len({len(c) for c in clips}) > 1
-    for method in NAMES:
+    for method in (name for name in NAMES if METHODS[name].pool is None):
         for rate in (25, 100):
             batched = select_batch(occlusion_scores, clips, method, rate, 0.7, [3, 4, 5][: len(clips)])
             for scores, clip, seed, kept in zip(occlusion_scores, clips, (3, 4, 5), batched):
@@ -276,8 +316,9 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     padding copy runs none and generates no answer."""
     from agac_jax.scoring import program
 
-    scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
-                                                            buckets_seconds=(8,), **POSTER))
+    config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,),
+                           generate_per_clip=None if ON_CPU else True, **POSTER)
+    scorer = Scorer.from_directory(model_dir, config)
     assert scorer.bucket_frames(len(clips[0])) == 800
     assert scorer.generate_per_clip  # the CPU default
     scorer.count_passes = True
@@ -314,6 +355,7 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     assert program.PASS_COUNTER["generation"] == 3  # 3 clips in 4 slots: the copy generates nothing
 
 
+@needs_devices(2)
 def test_clips_of_like_length_run_together_on_several_data_shards(model_dir, occlusion_scores, clips):
     """On a (2, 1) mesh the shards' i-th clips run together until the longest is done, so the slots
     go longest first, the k-th longest to shard k mod 2: a batch given as (long, long, short, short)
@@ -349,7 +391,8 @@ def test_answers_skip_batch_padding_copies_and_equal_the_whole_batchs(model_dir,
     from agac_jax.scoring import program
 
     config = ScoringConfig(batch_size=4, max_new_tokens=4, buckets_seconds=(8,))
-    per_clip = Scorer.from_directory(model_dir, config)
+    per_clip = Scorer.from_directory(model_dir, config if ON_CPU else
+                                     dataclasses.replace(config, generate_per_clip=True))
     whole = Scorer.from_directory(model_dir, dataclasses.replace(config, generate_per_clip=False))
     assert per_clip.generate_per_clip and not whole.generate_per_clip
     per_clip.count_passes = True

@@ -29,7 +29,9 @@ OUT = ROOT / "bench" / "results" / "plan_7b.json"
 
 
 def requests() -> dict[str, plan.PlanRequest]:
-    """name -> request: remat and the occlusion loops side by side, then the (1, 8) mesh."""
+    """name -> request: remat and the occlusion loops side by side, then the (1, 8) mesh, then the
+    default estimator on (2, 4) and on (8, 1) with and without FSDP (a batch of one clip per data
+    device)."""
     base = dict(config_json=CONFIG, param_dtype="bfloat16", bucket_seconds=30, batch_size=1, scan_layers=True)
     ig = dict(base, estimator="integrated_gradients")
     occ = dict(base, estimator="occlusion")
@@ -48,6 +50,12 @@ def requests() -> dict[str, plan.PlanRequest]:
         "integrated_gradients_1x8_scantrue": plan.PlanRequest(**ig, mesh=(1, 8)),
         "occlusion_1x8_scantrue_segments4": plan.PlanRequest(**occ, mesh=(1, 8), occlusion_segments=4),
         "occlusion_1x8_scantrue_segments0": plan.PlanRequest(**occ, mesh=(1, 8)),
+        "integrated_gradients_2x4_scantrue_remat": plan.PlanRequest(**dict(ig, batch_size=2), mesh=(2, 4),
+                                                                     remat_layers=True),
+        "integrated_gradients_8x1_scantrue_remat_fsdp": plan.PlanRequest(**dict(ig, batch_size=8), mesh=(8, 1),
+                                                                          remat_layers=True, fsdp=True),
+        "integrated_gradients_8x1_scantrue_remat": plan.PlanRequest(**dict(ig, batch_size=8), mesh=(8, 1),
+                                                                     remat_layers=True),
     }
 
 

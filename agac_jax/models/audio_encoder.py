@@ -61,14 +61,14 @@ class EncoderSelfAttention(nn.Module):
         b, s, _ = x.shape
         hd = self.d_model // self.num_heads
         scaling = hd**-0.5
-        dense = lambda name, bias=True: _dense(self.d_model, name, self.dtype, ("embed", "heads"), bias,
+        dense = lambda name, bias=True: _dense(self.d_model, name, self.dtype, ("embed", "audio_heads"), bias,
                                                self.param_dtype)
         q = dense("q_proj")(x) * scaling
         k = dense("k_proj", bias=False)(x)
         v = dense("v_proj")(x)
         q, k, v = (t.reshape(b, s, self.num_heads, hd) for t in (q, k, v))
         out, _ = grouped_attention(q, k, v, key_valid[:, None, :], 1, self.dtype, scale=1.0)
-        return _dense(self.d_model, "out_proj", self.dtype, ("heads", "embed"), True, self.param_dtype)(out)
+        return _dense(self.d_model, "out_proj", self.dtype, ("audio_heads", "embed"), True, self.param_dtype)(out)
 
 
 class EncoderLayer(nn.Module):
@@ -117,8 +117,12 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"features have {p} frames; expected an even number in [4, {c.max_mel_frames}]")
         x = jnp.transpose(features, (0, 2, 1)).astype(self.dtype)
         conv_kw = dict(kernel_size=(3,), padding=((1, 1),), dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(1,), name="conv1", **conv_kw)(x), approximate=False)
-        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(2,), name="conv2", **conv_kw)(x), approximate=False)
+        conv1_init = nn.with_logical_partitioning(nn.linear.default_kernel_init, (None, None, "audio_conv"))
+        conv2_init = nn.with_logical_partitioning(nn.linear.default_kernel_init, (None, "embed", "audio_conv"))
+        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(1,), name="conv1", kernel_init=conv1_init, **conv_kw)(x),
+                        approximate=False)
+        x = jax.nn.gelu(nn.Conv(c.d_model, strides=(2,), name="conv2", kernel_init=conv2_init, **conv_kw)(x),
+                        approximate=False)
         s = x.shape[1]
         positions = self.param(
             "embed_positions",

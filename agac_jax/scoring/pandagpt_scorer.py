@@ -30,7 +30,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.pandagpt import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
 from agac_jax.scoring import selection
-from agac_jax.scoring.scorer import CPU_IG_CHUNK, ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, make_mesh  # noqa: F401
+from agac_jax.scoring.scorer import CPU_IG_CHUNK, ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, fsdp_axis_rules, make_mesh  # noqa: F401
 
 HOP = 160  # the scorer's bucket unit: frames of 10 ms (max_samples = frames * HOP)
 
@@ -69,7 +69,8 @@ class PandaGPTScorer(Scorer):
         if config.batch_size % config.mesh_shape[0]:
             raise ValueError(f"batch_size={config.batch_size} must be a multiple of the data axis "
                              f"{config.mesh_shape[0]}")
-        self.param_shardings = pandagpt_param_shardings(model_config, self.mesh, config.axis_rules)
+        self.param_shardings = pandagpt_param_shardings(
+            model_config, self.mesh, fsdp_axis_rules(config.axis_rules) if config.fsdp else config.axis_rules)
         self.params = jax.device_put(params, self.param_shardings)
         self._generate = None
         self._targets: dict[ProgramKey, Any] = {}  # jitted `answer_targets` programs (`Scorer.answer_targets`)

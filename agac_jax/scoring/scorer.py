@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from agac_jax import checkpoints
 from agac_jax.audio import features as feats
+from agac_jax.audio.grids import audio_tokens_of_samples
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
@@ -35,26 +36,36 @@ from agac_jax.scoring.program import (ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TAR
                                       count_generated, map_real_clips, score_batch)
 
 MESH_AXES = ("data", "model")
+MIN_CLIP_SAMPLES = next(n for n in range(1, feats.SAMPLE_RATE) if audio_tokens_of_samples(n) >= 1)
 CPU_IG_CHUNK = 4  # IG steps vmapped together on CPU: 12 mixed clips at 16 steps, tiny model, 2 cores:
 #                   1.70 s against 2.08 s one at a time and 1.93 s all 16 (3x the temporaries)
 
-# Logical parameter axes -> mesh axes. Batch goes on 'data'; the wide weight axes on 'model'.
+# Logical parameter axes -> mesh axes (`param_shardings`). Batch goes on 'data'; one wide axis of every
+# matrix on 'model'. A head axis is split in whole heads only, and a named axis whose mesh axis does not
+# divide it evenly hands that mesh axis to the weight's other named axis (`param_sharding`).
 DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("kv_heads", None),
-    ("embed", None),
-    ("audio_embed", None),
-    ("norm", None),
+    ("batch", "data"),  # activations' batch (the program's clips)
+    ("vocab", "model"),  # embedding table rows and LM head columns [vocab]
+    ("mlp", "model"),  # decoder and encoder MLP hidden units [intermediate_size], [encoder_ffn_dim]
+    ("heads", "model"),  # decoder query heads, q_proj columns and o_proj rows [heads * head_dim]
+    ("kv_heads", "model"),  # decoder key/value heads, k_proj and v_proj columns [kv_heads * head_dim]
+    ("audio_heads", "model"),  # encoder heads, q/k/v_proj columns and out_proj rows [d_model]
+    ("audio_embed", "model"),  # the projector's input, the encoder's width [d_model]
+    ("audio_conv", "model"),  # the encoder convolutions' output channels [d_model]
+    ("embed", None),  # every model width [hidden_size], [d_model]: 'data' under FSDP (`fsdp_axis_rules`)
+    ("norm", None),  # RMSNorm scales [hidden_size]
 )
+FSDP_AXES = ("embed",)  # the logical axes `fsdp_axis_rules` puts on 'data'
 _log = logging.getLogger(__name__)
 
 # XLA:CPU's default scheduler runs independent occlusion chunks side by side and holds their attention
 # scores at once: 4.1 GiB of temporaries for one 30 s clip on the tiny model, 0.34 GiB without it. The
 # flag is read from XLA_FLAGS only (a per-compile option does not reach the scheduler).
 CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+# XLA:CPU hands dots and reductions to YNNPACK, which builds each fusion's pipeline on the program's first
+# execution: 0.3 s of CPU per program of the tiny model (3x its warm run), 0.5 s for the 512-wide one.
+# Without it XLA's own kernels run them, built at compile time (`ScoringConfig.cpu_ynnpack`).
+CPU_NO_YNNPACK_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 # The poster's local score exactly as DESIGN.md section 2 gives it: occlusion of one token, the answer's
@@ -98,6 +109,8 @@ class ScoringConfig:
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
+    cpu_ynnpack: bool = True  # CPU: XLA's YNNPACK fusions for dots and reductions; False: XLA's own kernels,
+    #                           no pipeline build on each program's first run (CPU_NO_YNNPACK_OPTIONS)
     buckets_seconds: tuple[int, ...] = feats.DEFAULT_BUCKETS_SECONDS  # clip length buckets (2-5 s apart: a clip
     #                                    pads at most 2-5 s; each bucket used compiles its own program)
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
@@ -105,6 +118,8 @@ class ScoringConfig:
     #   batch-padding copies generate nothing; None: on CPU (rows cost what they add there), not on
     #   accelerators (decoding reads the weights once per step whatever the batch holds)
     axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
+    fsdp: bool = False  # also split every weight's model width over 'data' (`fsdp_axis_rules`): for a
+    #                     small 'model' axis and a large batch; weights are gathered where they are used
 
     def __post_init__(self):
         """The host boundary's value checks: inside the program these values are traced."""
@@ -171,6 +186,18 @@ class ClipScores:
     slot_ranges: np.ndarray | None = None
     slot_valid: np.ndarray | None = None
 
+    def non_finite(self) -> str | None:
+        """None, or why these scores cannot be used: the fields that hold NaN or inf (weights or
+        activations that are not finite make every score NaN, and a top-k of NaN keeps frames 0..k-1)."""
+        fields = {"local": self.local, "global": self.global_, "fused": self.fused, "fastv": self.fastv,
+                  "logp_full": self.logp_full, "logp_silence": self.logp_silence,
+                  **{f"frames at r={rate}": scores for rate, scores in self.frames.items()}}
+        bad = [name for name, value in fields.items() if value is not None and not np.all(np.isfinite(value))]
+        if not bad:
+            return None
+        return (f"non-finite scores: {', '.join(bad)} hold NaN or inf (the model's weights or activations are not "
+                "finite; check the checkpoint, or run launch.parity on it)")
+
 
 class Scorer:
     """Scores clips with a Qwen2-Audio model held as Flax parameters."""
@@ -191,7 +218,7 @@ class Scorer:
         if config.batch_size % config.mesh_shape[0]:
             raise ValueError(f"batch_size={config.batch_size} must be a multiple of the data axis "
                              f"{config.mesh_shape[0]}")
-        self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules)
+        self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules, config.fsdp)
         self.params = jax.device_put(loaded.params, self.param_shardings)  # no copy when loaded sharded
         self._generate = None  # the jitted, sharded greedy generator (`generation_program`)
         self._targets: dict[ProgramKey, Any] = {}  # jitted `answer_targets` programs
@@ -220,7 +247,7 @@ class Scorer:
         mesh = make_mesh(config.mesh_shape)
         loaded = checkpoints.load_hf_directory(
             directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
-            shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules))
+            shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules, config.fsdp))
         loaded = dataclasses.replace(loaded, config=loaded.config.replace(remat_layers=remat_layers))
         return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config, fmt)
 
@@ -241,6 +268,12 @@ class Scorer:
     def max_seconds(self) -> float:
         return self.max_samples / feats.SAMPLE_RATE
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip the model gives an audio token (321 samples, 20 ms): a shorter one has no
+        audio in its prompt, so it is refused as too short."""
+        return MIN_CLIP_SAMPLES
+
     def score(self, clips: Sequence[np.ndarray], questions: Sequence[str],
               answer_ids: Sequence[Sequence[int]] | None = None) -> list[ClipScores]:
         """Scores clips (float32 16 kHz, at most 30 s) asked `questions`; answers greedy unless given."""
@@ -248,7 +281,7 @@ class Scorer:
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
         if answer_ids is not None and len(answer_ids) != len(clips):
             raise ValueError(f"{len(answer_ids)} answers for {len(clips)} clips")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
         results: list[ClipScores | None] = [None] * len(clips)
         for frames, idx in self.batches(clips):
             given = None if answer_ids is None else [answer_ids[i] for i in idx]
@@ -275,7 +308,7 @@ class Scorer:
         `score(..., answer_ids=...)`, so that a clip's answer is generated once and scored as it is."""
         if len(clips) != len(questions):
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
         texts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * len(clips)
         generate = self.generation_program()
         for frames, idx in self.batches(clips):
@@ -300,7 +333,7 @@ class Scorer:
         its clip as it is (one teacher-forced pass; no gate, no generation)."""
         if not len(clips) == len(questions) == len(answer_ids):
             raise ValueError(f"{len(clips)} clips, {len(questions)} questions, {len(answer_ids)} answers")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds) for i, c in enumerate(clips)]
+        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
         out = {target: np.zeros(len(clips)) for target in TARGETS}
         for frames, idx in self.batches(clips):
             batch, n_real = self.make_batch(frames, [clips[i] for i in idx], [questions[i] for i in idx],
@@ -479,13 +512,20 @@ class Scorer:
             return score_batch(self.model, spec, params, batch)
 
         start = time.perf_counter()
-        executable = jit_scoring(program, self.param_shardings, self.mesh, batch).lower(self.params, batch).compile()
+        executable = jit_scoring(program, self.param_shardings, self.mesh, batch).lower(self.params, batch).compile(
+            compiler_options=self.compiler_options())
         temp = _temp_bytes(executable)
         self.program_memory[key] = temp
         if self.mesh.devices.flat[0].platform == "cpu":
             _check_cpu_memory(temp, c.cpu_memory_budget, frames)
         self.executables[key] = executable
         return executable, time.perf_counter() - start
+
+    def compiler_options(self) -> dict[str, str] | None:
+        """XLA options of the scoring programs: CPU_NO_YNNPACK_OPTIONS on CPU without `cpu_ynnpack`."""
+        if self.config.cpu_ynnpack or self.mesh.devices.flat[0].platform != "cpu":
+            return None
+        return dict(CPU_NO_YNNPACK_OPTIONS)
 
     def _clip_result(self, out, batch, j, question, n_samples, compile_share, run_share) -> ClipScores:
         t = int(out["num_tokens"][j])
@@ -609,12 +649,68 @@ def make_mesh(shape: tuple[int, int]) -> Mesh:
     return Mesh(np.asarray(devices[:n]).reshape(shape), MESH_AXES)
 
 
-def param_shardings(config, mesh: Mesh, rules) -> Any:
-    """NamedShardings of the parameters from their logical axis names and `rules`."""
+def param_shardings(config, mesh: Mesh, rules, fsdp: bool = False) -> Any:
+    """NamedShardings of the Qwen2-Audio parameters (`config`: `Qwen2AudioConfig`) from their logical
+    axis names and `rules` (`param_sharding` per leaf); `fsdp`: `fsdp_axis_rules(rules)` instead."""
     boxed = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    logical = nn.get_partition_spec(boxed)
     shapes = nn.meta.unbox(boxed)
-    return jax.tree_util.tree_map(lambda sh, leaf: _divisible(sh, leaf.shape, mesh), shardings, shapes)
+    rules = fsdp_axis_rules(rules) if fsdp else tuple(tuple(rule) for rule in rules)
+    heads = head_counts(config)
+    return jax.tree_util.tree_map(lambda names, leaf: param_sharding(names, leaf.shape, mesh, rules, heads),
+                                  logical, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def fsdp_axis_rules(rules) -> tuple[tuple[str, str | None], ...]:
+    """`rules` with the `FSDP_AXES` (every model width) on 'data' wherever they map to no mesh axis:
+    each weight is also split over the data devices and gathered where it is used (FSDP)."""
+    return tuple((name, "data") if name in FSDP_AXES and axis is None else (name, axis) for name, axis in rules)
+
+
+def head_counts(config) -> dict[str, int]:
+    """Logical head axis -> its number of heads in `config` (a `Qwen2AudioConfig`)."""
+    return {"heads": config.text.num_attention_heads, "kv_heads": config.text.num_key_value_heads,
+            "audio_heads": config.audio.encoder_attention_heads}
+
+
+def param_sharding(names: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, rules,
+                   heads: dict[str, int]) -> NamedSharding:
+    """The NamedSharding of one parameter of `shape` whose dimensions have the logical `names`.
+
+    Each dimension goes on the mesh axis `rules` give its name, if that axis splits it evenly: a
+    dimension named in `heads` ([heads * head_dim]) only in whole heads. A mesh axis that cannot split
+    its dimension goes to the first other named dimension that no rule placed and that it splits
+    (e.g. k_proj [embed, kv_heads * head_dim] with 2 kv heads on 4 devices: split along embed, the
+    products summed across the axis), else the weight stays whole along it.
+    """
+    names = tuple(names) + (None,) * (len(shape) - len(names))
+    wanted = list(nn.logical_to_mesh_axes(names, rules))
+    spec: list[str | None] = [None] * len(shape)
+    homeless = []
+    for i, axis in enumerate(wanted):
+        if axis is None:
+            continue
+        if _splits(shape[i], heads.get(names[i]), _axis_size(mesh, axis)):
+            spec[i] = axis
+        else:
+            homeless.append(axis)
+    for axis in homeless:
+        for i, name in enumerate(names):
+            if name is not None and wanted[i] is None and spec[i] is None and \
+                    _splits(shape[i], heads.get(name), _axis_size(mesh, axis)):
+                spec[i] = axis
+                break
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def _axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
+    """Devices along a mesh axis or a tuple of them."""
+    return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+
+
+def _splits(size: int, heads: int | None, devices: int) -> bool:
+    """Whether `devices` split a dimension of `size` evenly (in whole heads when it holds `heads`)."""
+    return size % devices == 0 and (heads is None or heads % devices == 0)
 
 
 def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
