@@ -4,6 +4,7 @@
   python -m launch.evaluate --config=configs/clothoqa_qwen2audio.py --config.dataset.root=/data/clotho_aqa \
       --config.model.checkpoint_dir=/models/Qwen2-Audio-7B-Instruct --workdir=runs/clothoqa
   python -m launch.evaluate --merge --workdir=runs/clothoqa
+  python -m launch.evaluate --config=... --plan --workdir=unused   (samples, records, detectable differences)
 
 Outputs in --workdir: config.json, results.jsonl (results.{i}.jsonl with several JAX processes),
 summary.csv, per_seed.csv, tables.md and plots/*.png. See agac_jax/eval/sweep.py. When the outputs
@@ -38,6 +39,8 @@ config_flags.DEFINE_config_file("config", "configs/synthetic_tiny.py", "Sweep co
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the config, results and tables go; a rerun resumes here.", required=True)
 flags.DEFINE_bool("merge", False, "Only build the tables and plots from the results files already in --workdir.")
+flags.DEFINE_bool("plan", False, "Only print what the run would do (samples, records) and the smallest paired "
+                  "A.C. or accuracy difference it can detect at 80% power; loads the data set, no model.")
 flags.DEFINE_bool("allow_partial", False, "With --merge: build the tables from the records there even while a run "
                   "still writes a shard of --workdir, or a shard is missing or incomplete.")
 
@@ -74,6 +77,9 @@ def main(argv: list[str]) -> None:
         return
     config = FLAGS.config
     check_config(config)
+    if FLAGS.plan:
+        print("\n".join(sweep.plan_lines(config)))
+        return
     index, count = distributed.initialize(config.runtime)  # jax.distributed.initialize() when runtime.distributed
     outcome = sweep.run_sweep(config, FLAGS.workdir)
     logging.info("wrote %d records (%d failed) to %s", outcome.written, outcome.failed, outcome.results_file)

@@ -49,3 +49,11 @@ def test_evaluate_refuses_a_bad_override_before_loading_anything(tmp_path) -> No
     assert lines[-1].startswith("error: bad config: config.codec.options:"), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_lines_count_records_and_detectable_differences() -> None:
+    lines = sweep.plan_lines(synthetic_tiny.get_config("paired"))
+    assert lines[0] == ("synthetic-test: 164 samples; 5 methods, rates (50,), rhos (1.0, 0.5), seeds (0,): "
+                        "820 records")
+    assert lines[1].startswith("planned: 164 samples x 1 seed(s)")
+    assert lines[-1].endswith("9.7 points")

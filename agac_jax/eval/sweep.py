@@ -227,6 +227,20 @@ def statistics_markdown(statistics: Sequence[Any]) -> str:
     return "\n".join(parts)
 
 
+def plan_lines(config: Any) -> list[str]:
+    """What a run of `config` would do, before any model is loaded: its samples and records, and the
+    smallest paired differences it can detect (`eval.paired.planning_lines`)."""
+    from agac_jax.data import load_dataset
+
+    name, loaded = load_dataset(config.dataset)
+    samples = loaded.samples
+    records = sum(len(plan_tasks(s.sample_id, config.methods, config.rates, config.rhos, config.seeds))
+                  for s in samples)
+    lines = [f"{name}: {len(samples)} samples; {len(config.methods)} methods, rates {tuple(config.rates)}, "
+             f"rhos {tuple(config.rhos)}, seeds {tuple(config.seeds)}: {records} records"]
+    return lines + paired.planning_lines(len(samples), len(config.seeds))
+
+
 def make_scorer(config: Any) -> Any:
     """The real Scorer of the config's checkpoint."""
     from agac_jax.scoring.scorer import Scorer
