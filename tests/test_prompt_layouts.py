@@ -138,6 +138,29 @@ def test_parity_and_scoring_on_downloaded_layouts(tmp_path, name) -> None:
     scores = scorer.score(clips, [QUESTIONS[0], INJECTED])  # the injected markers add no audio token
     assert [s.num_tokens for s in scores] == [25, 62]
     assert all(np.isfinite(s.fused).all() for s in scores)
+    _launch_score_takes_the_processors_ids(tmp_path, directory, prompt_format, clips[1])
+
+
+def _launch_score_takes_the_processors_ids(tmp_path, directory, prompt_format, clip) -> None:
+    """`launch.score` on the downloaded directory, given the processor's own prompt ids: it builds the same
+    prompt (a mismatch fails the clip), scores it and writes strict JSON."""
+    import json
+
+    import soundfile
+
+    from launch import score
+
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, clip, 16_000, subtype="FLOAT")
+    expected = _processor_batch(directory, load_prompt_format(directory, prompt_format), QUESTIONS[1:], [clip])
+    ids = [int(i) for i, m in zip(expected["input_ids"][0], expected["attention_mask"][0]) if m]
+    out = tmp_path / "scores.json"
+    code = score.run(["score", f"--checkpoint={directory}", f"--audio={wav}", f"--question={QUESTIONS[1]}",
+                      f"--prompt_format={prompt_format}", f"--input_ids={json.dumps(ids)}", "--max_new_tokens=3",
+                      f"--output={out}"])
+    record = json.loads(out.read_text())[0]
+    assert code == 0, record
+    assert record["input_ids"] == ids and record["audio_tokens"] == 62
 
 
 def test_parity_fails_on_a_prompt_mismatch_and_names_the_position(tmp_path, monkeypatch) -> None:
