@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from agac_jax.eval import atomic, stats
+from agac_jax.eval.tables import row_order
 
 METRICS = ("accuracy", "f1", "answer_consistency")
 LABELS = {"accuracy": "Acc", "f1": "F1", "answer_consistency": "A.C."}
@@ -90,7 +91,7 @@ def dataset_stats(rows: dict[RowKey, list], resamples: int = stats.BOOTSTRAP_RES
     outcomes = {key: stats.outcomes(records, sample_ids, seeds) for key, records in rows.items()}
     codec = {key[2]: o for key, o in outcomes.items() if key[1] == "codec"}
     built = []
-    for key, o in outcomes.items():
+    for key, o in sorted(outcomes.items(), key=lambda item: row_order(item[0])):
         comparisons = {}
         if key[1] not in ("original", "codec") and key[2] in codec:
             for name, outcome, metric in COMPARISONS[:2]:
