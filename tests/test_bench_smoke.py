@@ -48,6 +48,8 @@ def test_whole_scoring_schema(results):
         assert _positive(case[key]), key
     assert case["bucket_frames"] == 500
     assert case["max_relative_difference"]["local"] < 1e-3  # same clips, answers and estimator
+    assert case["reference"] == "strong" and set(case["by_reference"]) == {"strong", "eager"}
+    assert case["by_reference"]["strong"]["torch_s_per_clip"] == case["torch_s_per_clip"]
     work = case["work"]
     assert work["torch_over_jax"] > 1  # the reference encodes 30 s and shares no prefix
     assert work["jax_gflops_per_s"] == pytest.approx(work["jax_flops_per_clip"] / case["jax_s_per_clip"] / 1e9)
@@ -65,7 +67,10 @@ def test_mix_schema(results):
         work = b["work"]
         assert work["valid_tokens"] <= work["token_slots"] == sum(
             x["slots"] * int(x["bucket_s"] * 25) for x in work["batches"])
+    assert case["reference"] == "strong" and set(case["torch_s_by_reference"]) == {"strong", "eager"}
+    assert case["torch_s"] == case["torch_s_by_reference"]["strong"]
     issue = case["issue_case"]
+    assert issue["reference"] == "strong" and _positive(issue["torch_s_by_reference"]["eager"])
     assert issue["clip_seconds"] == [3.7, 4.1, 4.5] and len(issue["jax_s_per_clip"]) == 3
     assert issue["max_relative_difference"]["local"] < 1e-3 and issue["keep"]["all_decisive_same"]
 
@@ -118,6 +123,8 @@ def test_gpu_note_json_and_table(results, tmp_path):
 def test_bad_parts_and_config_are_refused():
     with pytest.raises(ValueError, match="unknown parts"):
         scoring_bench.run_benchmark(BenchConfig.quick(), ("whole", "nope"))
+    with pytest.raises(ValueError, match="references"):
+        BenchConfig.quick(references=("sdpa",))
     with pytest.raises(ValueError, match="estimator"):
         BenchConfig(estimators=("gradients",))
     with pytest.raises(ValueError, match="local_score='poster'"):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from agac_jax.audio.features import log_mel
 from agac_jax.reference.torch_scores import (
     ReferenceClip,
+    attention_implementation,
     encoder_output_lengths,
     fuse_scores,
     keep_count,
@@ -224,6 +225,79 @@ def test_greedy_answer_never_emits_the_placeholder_and_stops_before_eos(audio_lo
 
 
 # ----------------------------------------------------------------------------------------------
+# The strong mode (SDPA wherever no attention map is read)
+# ----------------------------------------------------------------------------------------------
+
+
+def attention_implementations(model) -> tuple[str, str, str]:
+    return (model.config._attn_implementation, model.model.language_model.config._attn_implementation,
+            model.model.audio_tower.config._attn_implementation)
+
+
+@pytest.mark.parametrize("estimator,target,local_sign,local_smooth", [
+    ("occlusion", "logp", "signed", 1), ("integrated_gradients", "logp", "signed", 1),
+    ("occlusion", "log_odds", "magnitude", 3), ("integrated_gradients", "log_odds", "magnitude", 5)])
+def test_strong_mode_equals_eager_mode(any_model, estimator, target, local_sign, local_smooth):
+    clip = make_clip(any_model, 20_000, seed=4)
+    options = dict(estimator=estimator, target=target, local_sign=local_sign, local_smooth=local_smooth, ig_steps=6,
+                   chunk=8)
+    eager = score(any_model, clip, mode="eager", **options)
+    strong = score(any_model, clip, mode="strong", **options)
+    assert attention_implementations(any_model) == ("eager", "eager", "eager")
+    np.testing.assert_array_equal(strong.answer_ids, eager.answer_ids)
+    scale = max(abs(eager.logp_full), abs(eager.logp_silence))
+    assert abs(strong.logp_full - eager.logp_full) <= 1e-6 * scale
+    assert abs(strong.logp_silence - eager.logp_silence) <= 1e-6 * scale
+    np.testing.assert_allclose(strong.local, eager.local, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(strong.global_, eager.global_, rtol=1e-6)
+    np.testing.assert_allclose(strong.fastv, eager.fastv, rtol=1e-6)
+    normalised_noise = np.abs(strong.local - eager.local).max() / np.ptp(eager.local)  # min-max scales the noise
+    np.testing.assert_allclose(strong.fused, eager.fused, rtol=0, atol=2 * normalised_noise + 1e-6)
+
+
+def test_strong_mode_runs_sdpa_on_the_passes_without_maps(model):
+    clip = make_clip(model, 12_000, seed=2)
+    seen: list[str] = []
+    handle = model.model.language_model.layers[0].self_attn.register_forward_pre_hook(
+        lambda module, args: seen.append(module.config._attn_implementation))
+    try:
+        score(model, clip, mode="strong", estimator="occlusion", chunk=64)
+    finally:
+        handle.remove()
+    assert seen == ["eager", "sdpa", "sdpa"]  # the attention pass, silence, one occlusion batch
+
+
+def test_strong_mode_takes_a_model_loaded_with_sdpa(tmp_path):
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    directory = make_hf_checkpoint(tmp_path, "gqa3_mel80")
+    eager = load_hf_eager(directory)
+    sdpa = Qwen2AudioForConditionalGeneration.from_pretrained(directory, attn_implementation="sdpa").eval()
+    clip = make_clip(eager, 16_000, seed=1)
+    ours = score(sdpa, clip, mode="strong", chunk=16)
+    theirs = score(eager, clip, mode="eager", chunk=16)
+    np.testing.assert_allclose(ours.global_, theirs.global_, rtol=1e-6)
+    np.testing.assert_allclose(ours.local, theirs.local, rtol=0, atol=1e-6 * abs(theirs.logp_full))
+    assert attention_implementations(sdpa) == ("sdpa", "sdpa", "sdpa")
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        score(sdpa, clip, mode="eager")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        score(eager, clip, mode="fast")
+
+
+def test_attention_implementation_restores_each_sub_model(model):
+    model.model.audio_tower.config._attn_implementation = "sdpa"
+    try:
+        with attention_implementation(model, "sdpa"):
+            assert attention_implementations(model) == ("sdpa", "sdpa", "sdpa")
+        assert attention_implementations(model) == ("eager", "eager", "sdpa")
+        with attention_implementation(model, None):
+            assert attention_implementations(model) == ("eager", "eager", "sdpa")
+    finally:
+        model.model.audio_tower.config._attn_implementation = "eager"
+
+
+# ----------------------------------------------------------------------------------------------
 # Many clips and bad inputs
 # ----------------------------------------------------------------------------------------------
 
@@ -329,3 +403,32 @@ def test_kept_frames_are_the_k_best_in_time_order(scores, extra, rate, percent):
         assert frames[kept].min() >= frames[dropped].max()
         tied = frames[dropped] == frames[kept].min()
         assert np.all(dropped[tied] > kept[frames[kept] == frames[kept].min()].max())
+
+
+def test_the_reference_command_scores_files_without_jax(tmp_path):
+    import json
+
+    import soundfile
+
+    from tests.tiny_models import make_scoring_checkpoint
+
+    directory = make_scoring_checkpoint(tmp_path / "model")
+    files = []
+    for i, n in enumerate((20_000, 36_000)):
+        t = np.arange(n) / 16_000
+        files.append(tmp_path / f"clip{i}.wav")
+        soundfile.write(files[-1], (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 16_000, subtype="FLOAT")
+    out = tmp_path / "ref.json"
+    check = ("import sys, runpy\nsys.argv = sys.argv[1:]\ntry:\n    runpy.run_module('agac_jax.reference.score_files', "
+             "run_name='__main__')\nexcept SystemExit as e:\n    assert e.code == 0\n"
+             "assert not any(m.split('.')[0] in ('jax', 'flax') for m in sys.modules)")
+    args = ["score_files", f"--checkpoint={directory}", *[f"--audio={f}" for f in files], "--question=is there a tone ?",
+            "--max_new_tokens=3", f"--output={out}"]
+    subprocess.run([sys.executable, "-c", check, *args], check=True, timeout=300)
+    records = json.loads(out.read_text())
+    assert [r["file"] for r in records] == [str(f) for f in files]
+    for record, n in zip(records, (20_000, 36_000)):
+        tokens = encoder_output_lengths(-(-n // 160))[1]
+        assert 1 <= len(record["answer_ids"]) <= 3
+        assert len(record["local"]) == len(record["global_"]) == len(record["fused"]) == tokens
+        assert 0.0 <= min(record["fused"]) and max(record["fused"]) <= 1.0 + 1e-9

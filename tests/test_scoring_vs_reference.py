@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ def setup(tmp_path_factory):
 
 
 def reference_scores(hf, scores, clip, estimator, ig_steps, local_sign="signed", local_smooth=1, target="logp",
-                     alpha=0.5):
+                     alpha=0.5, mode="eager"):
     n_mels = hf.config.audio_config.num_mel_bins
     features, _ = log_mel(clip, n_mels, pad_to_samples=480_000)
     silence, _ = log_mel(np.zeros_like(clip), n_mels, pad_to_samples=480_000)
@@ -35,7 +37,7 @@ def reference_scores(hf, scores, clip, estimator, ig_steps, local_sign="signed",
         return torch_scores.score_clip(hf, torch.tensor(scores.input_ids), torch.tensor(features), torch.tensor(mask),
                                        torch.tensor(silence), estimator=estimator, ig_steps=ig_steps,
                                        local_sign=local_sign, local_smooth=local_smooth, target=target, alpha=alpha,
-                                       answer_ids=torch.tensor(scores.answer_ids))
+                                       answer_ids=torch.tensor(scores.answer_ids), mode=mode)
 
 
 @pytest.mark.parametrize("estimator,target,local_sign,local_smooth", [
@@ -45,8 +47,9 @@ def test_jax_scores_equal_the_pytorch_reference(setup, estimator, target, local_
     directory, hf, clips = setup
     config = ScoringConfig(batch_size=2, max_new_tokens=4, estimator=estimator, ig_steps=8, keep=0.7, rates=RATES,
                            target=target, local_sign=local_sign, local_smooth=local_smooth)
-    for scores, clip in zip(Scorer.from_directory(directory, config).score(clips, QUESTIONS), clips):
-        ref = reference_scores(hf, scores, clip, estimator, 8, local_sign, local_smooth, target, config.alpha)
+    for (scores, clip), mode in itertools.product(zip(Scorer.from_directory(directory, config).score(clips, QUESTIONS),
+                                                      clips), torch_scores.MODES):
+        ref = reference_scores(hf, scores, clip, estimator, 8, local_sign, local_smooth, target, config.alpha, mode)
         assert scores.logp_full == pytest.approx(ref.logp_full, rel=1e-3)
         assert scores.logp_silence == pytest.approx(ref.logp_silence, rel=1e-3)
         for name, ours, theirs in (("local", scores.local, ref.local), ("global", scores.global_, ref.global_),

@@ -21,6 +21,7 @@ from agac_jax import checkpoints
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.data import synthetic
+from agac_jax.reference.torch_scores import MODES as REFERENCE_MODES
 from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 
@@ -82,6 +83,9 @@ class BenchConfig:
     whole_clips: dict[str, int] = dataclasses.field(default_factory=lambda: {"tiny": 4, "mid": 2})
     estimators: tuple[str, ...] = ESTIMATORS
     local_score: str = "bench"  # bench: BENCH_LOCAL_SCORE (the recorded figures' settings) | default: ScoringConfig's
+    # PyTorch reference modes (`torch_scores.MODES`): the first gives every torch time and ratio, the others
+    # a second column (`whole`, `mix`): "strong" (SDPA wherever no attention map is read), "eager" (every pass)
+    references: tuple[str, ...] = ("strong", "eager")
     clip_seconds: int = 5  # nominal clip length of `whole`, `batch`, `flops` and `sharding`
     bucket_seconds: tuple[int, ...] = (5, 10, 20, 30)  # every Scorer's buckets but the `mix` default's: coarser
     #   than ScoringConfig's (the buckets before issue 13), so the best case fills its bucket and `scaling`
@@ -139,6 +143,8 @@ class BenchConfig:
         low, high = self.mix_seconds_range
         if not 0 < low <= high <= 30:
             raise ValueError(f"mix_seconds_range={self.mix_seconds_range}; expected 0 < low <= high <= 30")
+        if not self.references or any(mode not in REFERENCE_MODES for mode in self.references):
+            raise ValueError(f"references={self.references}; expected one or more of {REFERENCE_MODES}")
         if self.local_score not in ("bench", "default"):
             raise ValueError(f"local_score={self.local_score!r}; expected 'bench' or 'default'")
         for estimator in self.estimators:
@@ -200,7 +206,8 @@ class ModelEntry:
         return self._tokenizer
 
     def torch_model(self) -> Any:
-        """transformers' model with eager attention, in eval mode, on CUDA when torch has it."""
+        """transformers' model loaded with eager attention, in eval mode, on CUDA when torch has it (the
+        reference's "strong" mode switches the passes without attention maps to SDPA itself)."""
         if self._torch is None:
             import torch
             from transformers import Qwen2AudioForConditionalGeneration

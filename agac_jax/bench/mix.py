@@ -42,10 +42,12 @@ def bench_mix(ctx: BenchContext) -> dict[str, Any]:
             ctx.report_partial(head)
     return dict(clip_seconds=lengths, issue_clip_seconds=list(c.issue_clip_seconds), bucket_sets=bucket_sets,
                 batch_size=c.mix_batch_size, keep=c.mix_keep, models=models,
+                reference=c.references[0],
                 note="jax: one Scorer.score call on the whole list (log-mel, prompts, greedy answer, program), "
                      "warm; compile = the first call's compilations; torch: log-mel + torch_scores.score_clip "
-                     "per clip, unpadded prompt, the JAX answer ids (no generation); keep: the program's fused "
-                     "keep masks against reference_keep on the reference's fused scores")
+                     "per clip, unpadded prompt, the JAX answer ids (no generation), in the first mode of "
+                     "config.references (torch_s; every mode: torch_s_by_reference); keep: the program's fused "
+                     "keep masks against reference_keep on the first mode's fused scores")
 
 
 def mix_case(ctx: BenchContext, entry: ModelEntry, estimator: str, lengths: list[float],
@@ -70,32 +72,39 @@ def mix_case(ctx: BenchContext, entry: ModelEntry, estimator: str, lengths: list
                 f"{compiles[name]['compile_s']:.1f} s compiling")
     hf = entry.torch_model()
     chunk = torch_chunk(ctx, entry, estimator, scorers["default"])
-    steps = ["torch"] + list(scorers)
+    modes = c.references
+    steps = [f"torch:{mode}" for mode in modes] + list(scorers)
     walls: dict[str, list[float]] = {step: [] for step in steps}
     runs: dict[str, list[float]] = {step: [] for step in scorers}  # the executables' share of the JAX walls
     refs: list[Any] = []
     for r in range(repeats):
         for step in steps if r % 2 == 0 else steps[::-1]:
-            if step == "torch":
-                wall, refs = reference_timed(hf, clips, firsts["default"], estimator, scorers["default"].config, chunk)
+            if step.startswith("torch:"):
+                mode = step.split(":", 1)[1]
+                wall, mode_refs = reference_timed(hf, clips, firsts["default"], estimator, scorers["default"].config,
+                                                  chunk, mode)
+                refs = mode_refs if mode == modes[0] else refs
             else:
                 wall, run, _ = score_timed(scorers[step], clips, questions)
                 runs[step].append(run)
             walls[step].append(wall)
         ctx.log(f"mix: {entry.role} {estimator}: repeat {r + 1}/{repeats}: " +
                 ", ".join(f"{step} {walls[step][-1]:.2f} s" for step in steps))
-    torch_s = median(walls["torch"])
+    torch_by_mode = {mode: median(walls[f"torch:{mode}"]) for mode in modes}
+    torch_s = torch_by_mode[modes[0]]
     sets = {}
     for name, scorer in scorers.items():
         jax_s = median(walls[name])
         sets[name] = dict(compiles[name], buckets=list(bucket_sets[name]), jax_s=jax_s,
                           jax_program_s=median(runs[name]), torch_over_jax=torch_s / jax_s,
+                          torch_over_jax_by_reference={mode: t / jax_s for mode, t in torch_by_mode.items()},
                           work=slot_work(scorer, clips),
                           max_relative_difference=relative_differences(firsts[name], refs),
                           keep=keep_agreement(firsts[name], refs, clips, scorer.config.rates, c.mix_keep))
     issue = issue_case(ctx, entry, estimator, scorers["default"], hf, chunk, repeats)
     return dict(clips=len(clips), repeats=repeats, torch_chunk=chunk, jax_occlusion_chunk=
-                scorers["default"].config.occlusion_chunk, torch_s=torch_s,
+                scorers["default"].config.occlusion_chunk, reference=modes[0], torch_s=torch_s,
+                torch_s_by_reference=torch_by_mode,
                 answer_tokens=[len(s.answer_ids) for s in firsts["default"]],
                 bucket_sets=sets, issue_case=issue)
 
@@ -117,18 +126,25 @@ def issue_case(ctx: BenchContext, entry: ModelEntry, estimator: str, scorer: Sco
     before = len(scorer.executables)
     wall, _, first = score_timed(scorer, clips, questions)
     check_answers(first)
-    jax_walls, torch_walls, refs = [], [], []
+    modes = c.references
+    jax_walls, refs = [], []
+    mode_walls: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(repeats):
-        for step in ("jax", "torch") if r % 2 == 0 else ("torch", "jax"):
+        for step in ("jax", *modes) if r % 2 == 0 else (*modes[::-1], "jax"):
             if step == "jax":
                 jax_walls.append(score_timed(scorer, clips, questions)[0])
             else:
-                t, refs = reference_timed(hf, clips, first, estimator, scorer.config, chunk)
-                torch_walls.append(t)
-    jax_s, torch_s = median(jax_walls), median(torch_walls)
-    ctx.log(f"mix: {entry.role} {estimator}: issue clips {list(c.issue_clip_seconds)}: jax {jax_s:.2f} s, "
-            f"torch {torch_s:.2f} s")
-    return dict(clip_seconds=list(c.issue_clip_seconds), jax_s=jax_s, torch_s=torch_s, torch_over_jax=torch_s / jax_s,
+                t, mode_refs = reference_timed(hf, clips, first, estimator, scorer.config, chunk, step)
+                mode_walls[step].append(t)
+                refs = mode_refs if step == modes[0] else refs
+    jax_s = median(jax_walls)
+    torch_by_mode = {mode: median(w) for mode, w in mode_walls.items()}
+    torch_s = torch_by_mode[modes[0]]
+    ctx.log(f"mix: {entry.role} {estimator}: issue clips {list(c.issue_clip_seconds)}: jax {jax_s:.2f} s, " +
+            ", ".join(f"torch {mode} {t:.2f} s" for mode, t in torch_by_mode.items()))
+    return dict(clip_seconds=list(c.issue_clip_seconds), jax_s=jax_s, reference=modes[0], torch_s=torch_s,
+                torch_over_jax=torch_s / jax_s, torch_s_by_reference=torch_by_mode,
+                torch_over_jax_by_reference={mode: t / jax_s for mode, t in torch_by_mode.items()},
                 jax_s_per_clip=[s.seconds["run"] for s in first], new_compilations=len(scorer.executables) - before,
                 compile_s=sum(s.seconds["compile"] for s in first), first_call_s=wall,
                 buckets_frames=[scorer.bucket_frames(len(x)) for x in clips],

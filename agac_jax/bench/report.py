@@ -66,8 +66,8 @@ def _whole_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
         name = f"{role}{' (shipped)' if model['shipped'] else ' (random)'}"
         for est, r in model["estimators"].items():
             rows.append((f"1 whole {part['clip_seconds']:.2f}s", f"{name} {_short(est)} B={r['clips']}",
-                         f"jax {r['jax_s_per_clip']:.3f} s/clip, torch {r['torch_s_per_clip']:.3f} s/clip, "
-                         f"torch/jax {r['torch_over_jax']:.2f}x, compile {r['compile_s']:.1f} s, "
+                         f"jax {r['jax_s_per_clip']:.3f} s/clip, torch {_mode(r)} {r['torch_s_per_clip']:.3f} s/clip, "
+                         f"torch/jax {r['torch_over_jax']:.2f}x{_other_modes(r)}, compile {r['compile_s']:.1f} s, "
                          f"max diff local {r['max_relative_difference']['local_abs']:.1e} nats "
                          f"({r['max_relative_difference']['local']:.1e} of |logp|)"))
             w = r["work"]
@@ -82,14 +82,21 @@ def _mix_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
         for est, r in model["estimators"].items():
             for name, b in r["bucket_sets"].items():
                 keep = b["keep"]
+                others = "".join(f" ({mode} {r['torch_s_by_reference'][mode]:.2f} s, {ratio:.2f}x)"
+                                 for mode, ratio in b.get("torch_over_jax_by_reference", {}).items()
+                                 if mode != _mode(r))
                 rows.append((f"2 mix {n} clips {span}", f"{role} {_short(est)} {name} buckets",
-                             f"jax {b['jax_s']:.2f} s, torch {r['torch_s']:.2f} s, torch/jax "
-                             f"{b['torch_over_jax']:.2f}x; {b['compilations']} compiles {b['compile_s']:.0f} s; "
+                             f"jax {b['jax_s']:.2f} s, torch {_mode(r)} {r['torch_s']:.2f} s, torch/jax "
+                             f"{b['torch_over_jax']:.2f}x{others}; {b['compilations']} compiles {b['compile_s']:.0f} s; "
                              f"local diff {b['max_relative_difference']['local']:.1e} of |logp|; keep same "
                              f"{keep['decisive_same']}/{keep['decisive']} decisive ({keep['same']}/{keep['pairs']})"))
             i = r["issue_case"]
-            rows.append(("", f"{role} {_short(est)} issue clips", f"jax {i['jax_s']:.2f} s, torch {i['torch_s']:.2f} s, "
-                         f"torch/jax {i['torch_over_jax']:.2f}x, local diff {i['max_relative_difference']['local']:.1e}"))
+            others = "".join(f" ({mode} {t:.2f} s, {t / i['jax_s']:.2f}x)"
+                             for mode, t in i.get("torch_s_by_reference", {}).items() if mode != _mode(i))
+            rows.append(("", f"{role} {_short(est)} issue clips", f"jax {i['jax_s']:.2f} s, first run "
+                         f"{i['first_call_s'] - i['compile_s']:.2f} s, torch {_mode(i)} {i['torch_s']:.2f} s, "
+                         f"torch/jax {i['torch_over_jax']:.2f}x{others}, local diff "
+                         f"{i['max_relative_difference']['local']:.1e}"))
 
 
 def _scaling_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
@@ -142,6 +149,17 @@ def _sharding_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> No
         diff = max(r["max_abs_difference"].values())
         rows.append(("7 sharding", f"mesh {mesh} of {part['forced_devices']}",
                      f"{r['s_per_clip']:.3f} s/clip, {r['over_one_device']:.2f}x 1 device, max abs diff {diff:.1e}"))
+
+
+def _mode(case: dict[str, Any]) -> str:
+    """The reference mode a case's torch times are of ("eager" for results written before the modes)."""
+    return case.get("reference", "eager")
+
+
+def _other_modes(case: dict[str, Any]) -> str:
+    """The `whole` case's ratios against the other reference modes, as " (eager 6.75x)"."""
+    return "".join(f" ({mode} {r['torch_over_jax']:.2f}x)" for mode, r in case.get("by_reference", {}).items()
+                   if mode != _mode(case))
 
 
 def _short(estimator: str) -> str:

@@ -51,7 +51,8 @@ def bench_scaling(ctx: BenchContext) -> dict[str, Any]:
                     if step == "jax" and r < repeats:
                         jax_walls.append(score_timed(scorer, clips, questions)[0])
                     elif step == "torch" and r < torch_repeats:
-                        t, refs = reference_timed(hf, clips, first, estimator, scorer.config, chunk)
+                        t, refs = reference_timed(hf, clips, first, estimator, scorer.config, chunk,
+                                                  c.references[0])
                         torch_walls.append(t)
             ctx.temp_bytes[(frames, estimator, scorer.config.occlusion_chunk)] = scorer.program_memory[key]
             tokens = int(feats.audio_token_count(feats.num_valid_frames(len(clips[0]))))
@@ -68,7 +69,7 @@ def bench_scaling(ctx: BenchContext) -> dict[str, Any]:
                                      new_compilations=len(scorer.executables) - before, checks=scaling_checks(lengths,
                                                                                                 c.scaling_tolerance))
     return dict(model=entry.description, batch_size=1, buckets=list(buckets), tolerance=c.scaling_tolerance,
-                estimators=estimators,
+                estimators=estimators, reference=c.references[0],
                 note="jax: Scorer.score wall time of one clip (warm, one slot); torch: log-mel + score_clip on "
                      "the unpadded clip with the JAX answer; check: jax_s <= tolerance x tokens / full_tokens "
                      "x full_s, full = the measured clip that fills the same bucket")

@@ -33,9 +33,9 @@ def reference_inputs(hf: Any, clip: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], estimator: str,
-                    config: ScoringConfig, chunk: int) -> tuple[float, list[Any]]:
-    """(wall seconds, ReferenceScores) of the PyTorch reference on each clip with the JAX answer ids,
-    the log-mel features included as in `Scorer.score`."""
+                    config: ScoringConfig, chunk: int, mode: str = "strong") -> tuple[float, list[Any]]:
+    """(wall seconds, ReferenceScores) of the PyTorch reference in `mode` (`torch_scores.MODES`) on each
+    clip with the JAX answer ids, the log-mel features included as in `Scorer.score`."""
 
     def run() -> list[Any]:
         return [torch_scores.score_clip(hf, s.input_ids, **reference_inputs(hf, clip), estimator=estimator,
@@ -43,7 +43,7 @@ def reference_timed(hf: Any, clips: list[np.ndarray], scores: list[ClipScores], 
                                         target=config.target, local_sign=config.local_sign,
                                         local_smooth=config.local_smooth,
                                         answer_ids=s.answer_ids, chunk=chunk,
-                                        clip_id=f"clip {i}")
+                                        clip_id=f"clip {i}", mode=mode)
                 for i, (clip, s) in enumerate(zip(clips, scores))]
 
     return timed(run)
@@ -85,9 +85,10 @@ def bench_whole(ctx: BenchContext) -> dict[str, Any]:
         entry = ctx.model(role)
         estimators = {est: whole_case(ctx, entry, est, c.whole_clips[role]) for est in c.estimators}
         models[role] = dict(entry.summary(), estimators=estimators)
-    return dict(clip_seconds=clip_samples(c.clip_seconds) / SAMPLE_RATE, models=models,
+    return dict(clip_seconds=clip_samples(c.clip_seconds) / SAMPLE_RATE, models=models, reference=c.references[0],
                 note="jax: Scorer.score wall time (log-mel, prompts, greedy answer, program) per clip; torch: "
-                     "log-mel + torch_scores.score_clip per clip given the JAX answer ids (no generation)")
+                     f"log-mel + torch_scores.score_clip per clip given the JAX answer ids (no generation), mode "
+                     f"{c.references[0]!r}; by_reference: every mode of {list(c.references)}")
 
 
 def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: int) -> dict[str, Any]:
@@ -109,25 +110,29 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
     check_answers(first)
     compile_seconds = sum(s.seconds["compile"] for s in first)
     hf = entry.torch_model()
+    modes = c.references
     for chunk in chunks if estimator == "occlusion" else (scorer.config.ig_steps,):  # IG: every step in one batch
-        tuning["torch"][chunk] = reference_timed(hf, clips, first, estimator, scorer.config, chunk)[0]
+        tuning["torch"][chunk] = reference_timed(hf, clips, first, estimator, scorer.config, chunk, modes[0])[0]
     torch_chunk = min(tuning["torch"], key=tuning["torch"].get)
     ctx.torch_chunks[(entry.role, estimator)] = torch_chunk
     ctx.log(f"whole: {entry.role} {estimator}: chunk {jax_chunk} (jax), {torch_chunk} (torch), the fastest of "
             f"{list(chunks)}")
-    jax_walls, jax_runs, torch_walls, refs = [], [], [], []
+    jax_walls, jax_runs, refs = [], [], []
+    mode_walls: dict[str, list[float]] = {mode: [] for mode in modes}
     for r in range(repeats):
-        steps = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
+        steps = ("jax", *modes) if r % 2 == 0 else (*modes[::-1], "jax")
         for step in steps:
             if step == "jax":
                 wall, run, scores = score_timed(scorer, clips, questions)
                 jax_walls.append(wall)
                 jax_runs.append(run)
             else:
-                wall, refs = reference_timed(hf, clips, first, estimator, scorer.config, torch_chunk)
-                torch_walls.append(wall)
-        ctx.log(f"whole: {entry.role} {estimator}: repeat {r + 1}/{repeats}: jax {jax_walls[-1]:.2f} s, "
-                f"torch {torch_walls[-1]:.2f} s")
+                wall, mode_refs = reference_timed(hf, clips, first, estimator, scorer.config, torch_chunk, step)
+                mode_walls[step].append(wall)
+                refs = mode_refs if step == modes[0] else refs
+        ctx.log(f"whole: {entry.role} {estimator}: repeat {r + 1}/{repeats}: jax {jax_walls[-1]:.2f} s, " +
+                ", ".join(f"torch {mode} {mode_walls[mode][-1]:.2f} s" for mode in modes))
+    torch_walls = mode_walls[modes[0]]
     frames = scorer.bucket_frames(len(clips[0]))
     ctx.programs.append(ProgramRecord(f"{entry.role} {estimator}", entry, scorer, frames, n_clips, median(jax_runs)))
     jax_s, torch_s = median(jax_walls) / n_clips, median(torch_walls) / n_clips
@@ -136,7 +141,10 @@ def whole_case(ctx: BenchContext, entry: ModelEntry, estimator: str, n_clips: in
     torch_flops = float(np.mean([reference_clip_flops(scorer, s) for s in first]))
     work = dict(jax_flops_per_clip=jax_flops, torch_flops_per_clip=torch_flops, torch_over_jax=torch_flops / jax_flops,
                 jax_gflops_per_s=jax_flops / jax_s / 1e9, torch_gflops_per_s=torch_flops / torch_s / 1e9)
+    by_reference = {mode: dict(torch_s_per_clip=median(w) / n_clips, torch_over_jax=median(w) / n_clips / jax_s)
+                    for mode, w in mode_walls.items()}
     return dict(clips=n_clips, repeats=repeats, jax_chunk=jax_chunk, torch_chunk=torch_chunk,
+                reference=modes[0], by_reference=by_reference,
                 chunk_tuning_s={side: {str(k): v for k, v in times.items()} for side, times in tuning.items()},
                 jax_s_per_clip=jax_s,
                 jax_program_s_per_clip=median(jax_runs) / n_clips, torch_s_per_clip=torch_s,

@@ -1,8 +1,19 @@
 """PyTorch reference of the scoring method (DESIGN.md sections 2 and 3) on transformers' Qwen2-Audio.
 
-Runs on ``Qwen2AudioForConditionalGeneration`` loaded with ``attn_implementation="eager"`` and
-imports neither jax nor the JAX half of agac_jax, so that it can be benchmarked against the JAX
-program on equal terms and used as an independent cross-check of it.
+Runs on transformers' ``Qwen2AudioForConditionalGeneration`` and imports neither jax nor the JAX half
+of agac_jax, so that it can be benchmarked against the JAX program on equal terms and used as an
+independent cross-check of it. Two modes (``MODES``):
+
+- ``"eager"``: every pass with eager attention (the model must be loaded with
+  ``attn_implementation="eager"``); the answer's log-odds at m = 1 takes a pass of its own.
+- ``"strong"``: what a careful PyTorch user runs: SDPA (``torch.nn.functional.scaled_dot_product_attention``)
+  on every pass that reads no attention map (encoder, answer, silence, occlusion and IG passes),
+  eager attention only on the one pass at m = 1 that the global and FastV scores read, whose hidden
+  states also give the answer's target at m = 1 (no extra pass); the model may be loaded with either.
+
+Both run under ``torch.inference_mode`` except the IG backward passes, batch ``chunk`` gate vectors
+or IG steps per pass, and apply the LM head to the answer-producing rows only; the thread count is
+torch's (``torch.get_num_threads()``).
 
 One clip at a time (``score_clips`` loops over clips):
 
@@ -41,6 +52,7 @@ from agac_jax.reference.selection import (CODEC_TOKEN_RATES, frame_samples, fuse
 ENCODER_FRAMES = 3000
 FASTV_LAYER = 2
 ESTIMATORS = ("occlusion", "integrated_gradients")
+MODES = ("eager", "strong")
 
 TensorLike = np.ndarray | torch.Tensor | Sequence[int]
 
@@ -123,15 +135,43 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
     return parameter.device, parameter.dtype
 
 
-def _check_model(model: torch.nn.Module) -> None:
+def _check_model(model: torch.nn.Module, mode: str = "eager") -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if model.training:
         raise ValueError("model is in training mode (dropout on); call model.eval() before scoring")
     implementation = model.model.language_model.config._attn_implementation
-    if implementation != "eager":
+    if mode == "eager" and implementation != "eager":
         raise ValueError(
             f"the language model uses attn_implementation={implementation!r}; the global and FastV scores "
             "need the attention probabilities: load the model with attn_implementation='eager'"
         )
+
+
+@contextmanager
+def attention_implementation(model: torch.nn.Module, implementation: str | None) -> Iterator[None]:
+    """Runs the block with every sub-model of `model` (audio tower, language model) on `implementation`
+    ("eager" or "sdpa"; None: unchanged), restoring each sub-model's own afterwards.
+
+    transformers reads ``config._attn_implementation`` at every forward (attention function and mask),
+    so the switch takes effect without reloading."""
+    if implementation is None:
+        yield
+        return
+    configs = [model.config] + [getattr(model.config, key) for key in model.config.sub_configs
+                                if getattr(model.config, key, None) is not None]
+    before = [config._attn_implementation_internal for config in configs]
+    model.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        for config, value in zip(configs, before):
+            config._attn_implementation_internal = value
+
+
+def _pass_implementations(mode: str) -> tuple[str | None, str | None]:
+    """(the attention pass's implementation, every other pass's) for a mode; None keeps the model's."""
+    return ("eager", "sdpa") if mode == "strong" else (None, None)
 
 
 def _tensor(x: TensorLike, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -341,14 +381,14 @@ def _fastv_layer(num_layers: int) -> int:
     return min(FASTV_LAYER, num_layers - 1)
 
 
-def attention_scores(tf: TeacherForced) -> tuple[float, np.ndarray, np.ndarray]:
-    """One pass at m = 1 with attentions: (logp(1), G [T], FastV [T]).
+def attention_scores(tf: TeacherForced, target: str = "logp") -> tuple[float, np.ndarray, np.ndarray]:
+    """One pass at m = 1 with attentions: (the answer's `target` at m = 1 (logp(1) by default), G [T], FastV [T]).
 
     G_t = sum over layers, heads and answer rows S-1+j of P[l, h, row, pos(t)]; FastV_t = the mean
     over heads and prompt rows 0..S-1 of P[K, h, row, pos(t)], K = min(2, layers - 1).
     """
     out = tf.run(tf.gates(1.0), output_attentions=True)
-    logp_full = float(tf.answer_logp(out.last_hidden_state)[0])
+    logp_full = float(tf.answer_target(out.last_hidden_state, target)[0])
     rows, columns = tf.answer_rows, tf.audio_positions
     global_ = torch.zeros(tf.n_tokens, dtype=torch.float64, device=columns.device)
     for layer in out.attentions:
@@ -438,11 +478,12 @@ def score_clip(
     max_new_tokens: int = 8,
     chunk: int = 64,
     clip_id: str = "clip",
+    mode: str = "eager",
 ) -> ReferenceScores:
     """All scores of one clip (module docstring, steps 1 to 6).
 
     Args:
-        model: Qwen2AudioForConditionalGeneration, eager attention, eval mode.
+        model: Qwen2AudioForConditionalGeneration in eval mode (eager attention in mode "eager").
         input_ids: int [S], the prompt with expanded placeholders, no padding.
         features: float [n_mels, 3000]; feature_mask: int [3000] (as the processor gives them).
         silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length (same mask).
@@ -455,8 +496,10 @@ def score_clip(
         answer_ids: int [n], used exactly; None: the greedy answer of at most max_new_tokens tokens.
         chunk: gate vectors (occlusion) or IG steps per decoder batch.
         clip_id: the name error messages use.
+        mode: "eager" (every pass with eager attention) or "strong" (SDPA wherever no attention map is
+          read; module docstring).
     """
-    _check_model(model)
+    _check_model(model, mode)
     _check_options(estimator, chunk, alpha, max_new_tokens)
     if target not in ("logp", "log_odds"):
         raise ValueError(f"target must be 'logp' or 'log_odds', got {target!r}")
@@ -468,12 +511,13 @@ def score_clip(
         raise ValueError(f"{clip_id}: feature_mask must have {ENCODER_FRAMES} frames, got {mask.shape[0]}")
     audio_features = _features(features, "features", clip_id, n_mels, dtype, device)
     silence_features = _features(silence_features, "silence_features", clip_id, n_mels, dtype, device)
+    maps, others = _pass_implementations(mode)
     timer = _StageTimer()
     with timer.stage("total"):
         with torch.inference_mode():
-            with timer.stage("encode"):
+            with timer.stage("encode"), attention_implementation(model, others):
                 audio, silence = encode_audio(model, torch.stack([audio_features, silence_features]), mask)
-            with timer.stage("answer"):
+            with timer.stage("answer"), attention_implementation(model, others):
                 if answer_ids is None:
                     answer = greedy_answer(model, ids, audio_features, mask, max_new_tokens, clip_id)
                 else:
@@ -481,13 +525,13 @@ def score_clip(
                     if answer.numel() == 0:
                         raise ValueError(f"{clip_id}: answer_ids is empty")
             tf = build_teacher_forced(model, ids, answer, audio, silence, clip_id)
-            with timer.stage("attention"):
-                logp_full, global_, fastv = attention_scores(tf)
-            with timer.stage("silence"):
+            with timer.stage("attention"), attention_implementation(model, maps):
+                logp_full, global_, fastv = attention_scores(tf, target if mode == "strong" else "logp")
+            with timer.stage("silence"), attention_implementation(model, others):
                 logp_silence = float(tf.logp(tf.gates(0.0), target)[0])
-                if target != "logp":
+                if target != "logp" and mode == "eager":
                     logp_full = float(tf.logp(tf.gates(1.0), target)[0])
-        with timer.stage("local"):
+        with timer.stage("local"), attention_implementation(model, others):
             local = local_evidence(_local_scores(tf, logp_full, estimator, window, ig_steps, chunk, target),
                                    sign=local_sign, smooth=local_smooth)
         with timer.stage("fusion"):
@@ -529,9 +573,11 @@ __all__ = [
     "CODEC_TOKEN_RATES",
     "ESTIMATORS",
     "FASTV_LAYER",
+    "MODES",
     "ReferenceClip",
     "ReferenceScores",
     "TeacherForced",
+    "attention_implementation",
     "attention_scores",
     "build_teacher_forced",
     "encode_audio",

@@ -64,7 +64,7 @@ _log = logging.getLogger(__name__)
 CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 # XLA:CPU hands dots and reductions to YNNPACK, which builds each fusion's pipeline on the program's first
 # execution: 0.3 s of CPU per program of the tiny model (3x its warm run), 0.5 s for the 512-wide one.
-# Without it XLA's own kernels run them, built at compile time (`ScoringConfig.cpu_ynnpack`).
+# Without it (the default, `ScoringConfig.cpu_ynnpack`) XLA's own kernels run them, built at compile time.
 CPU_NO_YNNPACK_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -109,8 +109,9 @@ class ScoringConfig:
     cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
     #                                  host's memory (and refuse one that exceeds all of it)
     share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
-    cpu_ynnpack: bool = True  # CPU: XLA's YNNPACK fusions for dots and reductions; False: XLA's own kernels,
-    #                           no pipeline build on each program's first run (CPU_NO_YNNPACK_OPTIONS)
+    cpu_ynnpack: bool = False  # CPU: XLA's YNNPACK fusions for dots and reductions (True: XLA's default,
+    #                            whose first run of each program builds their pipelines; README); False: XLA's
+    #                            own kernels (CPU_NO_YNNPACK_OPTIONS), same tables for the main job
     buckets_seconds: tuple[int, ...] = feats.DEFAULT_BUCKETS_SECONDS  # clip length buckets (2-5 s apart: a clip
     #                                    pads at most 2-5 s; each bucket used compiles its own program)
     mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
