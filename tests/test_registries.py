@@ -15,7 +15,9 @@ from configs.common import base_config
 
 def test_the_sweeps_names_come_from_the_registries():
     config = base_config()
-    assert tuple(config.methods) == results.METHODS == ("original", "codec") + methods.NAMES
+    assert results.METHODS == ("original", "codec") + methods.NAMES
+    assert tuple(config.methods) == results.DEFAULT_SWEEP_METHODS == tuple(
+        m for m in results.METHODS if m not in methods.METHODS or methods.METHODS[m].pool is None)
     assert config.dataset.name in data.DATASETS
     assert config.codec.backend in backends.BACKENDS
 
