@@ -1,4 +1,4 @@
-"""The estimator study (issue 16): local-score settings against evidence recall, faithfulness and cost.
+"""The estimator study: local-score settings against evidence recall, faithfulness and cost.
 
     python -m launch.study --config=configs/estimator_study.py --workdir=runs/estimator_study
     python -m launch.study --config=configs/estimator_study.py:local --workdir=/tmp/agac_study_local

@@ -38,7 +38,7 @@ from agac_jax.audio.grids import (
 from agac_jax.audio.io import validate_waveform
 
 FRAME_BUCKET_QUANTUM = FRAMES_PER_SECOND
-DEFAULT_BUCKETS_SECONDS = (2, 4, 6, 8, 10, 12, 15, 20, 25, 30)  # 2-5 s apart: padding follows the clip (issue 13)
+DEFAULT_BUCKETS_SECONDS = (2, 4, 6, 8, 10, 12, 15, 20, 25, 30)  # 2-5 s apart: padding follows the clip
 SUPPORTED_MEL_BINS = (80, 128)
 LOG_RANGE = 8.0
 

@@ -88,7 +88,7 @@ class BenchConfig:
     references: tuple[str, ...] = ("strong", "eager")
     clip_seconds: int = 5  # nominal clip length of `whole`, `batch`, `flops` and `sharding`
     bucket_seconds: tuple[int, ...] = (5, 10, 20, 30)  # every Scorer's buckets but the `mix` default's: coarser
-    #   than ScoringConfig's (the buckets before issue 13), so the best case fills its bucket and `scaling`
+    #   than ScoringConfig's (the coarse buckets of earlier releases), so the best case fills its bucket and `scaling`
     #   checks clips that leave most of theirs padded
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     batch_budget_seconds: float = 60.0  # a batch size predicted to take longer than this is not run
@@ -109,7 +109,7 @@ class BenchConfig:
     mix_keep: str = "0.7"  # the issue's setting (one executable serves every keep ratio)
     mix_batch_size: int = 8  # ScoringConfig's and the configs' default
     jax_occlusion_chunk: int = 16  # `mix`, `scaling`: ScoringConfig's default (what users get)
-    issue_clip_seconds: tuple[float, ...] = (3.7, 7.0, 11.3)  # issue 13's three clips in one call
+    issue_clip_seconds: tuple[float, ...] = (3.7, 7.0, 11.3)  # three mixed clips in one call
     # `scaling`: one clip per call in its bucket (nominal lengths, two mel frames short), beside the reference.
     scaling_seconds: tuple[int, ...] = (2, 4, 5, 8, 10, 12, 20, 30)
     scaling_tolerance: float = 1.3  # time per clip <= this x (tokens / full-bucket tokens) x the bucket's full cost

@@ -1,10 +1,10 @@
-"""Part `mix` of the scoring benchmark: the inputs users bring (issue 13).
+"""Part `mix` of the scoring benchmark: the inputs users bring.
 
 A user's folder: `BenchConfig.mix_clips` clips whose lengths are drawn once from `mix_seed` in
 `mix_seconds_range` (unequal counts per bucket), scored in one `Scorer.score` call on the whole list
 (what `launch.score` does), with the default buckets and with the coarser ones used before (`BenchConfig.bucket_seconds`),
 against the PyTorch reference scoring each clip unpadded (its natural path: `torch_scores.score_clip`
-on the clip's own prompt and answer); plus issue 13's own three clips in one call. Warm wall times
+on the clip's own prompt and answer); plus three mixed clips (3.7, 7.0, 11.3 s) in one call. Warm wall times
 (the first call's compile reported apart: compilations and seconds), torch / JAX, the largest score
 differences and whether the kept frames are the same where the k-th and (k+1)-th frame scores differ
 by more than the two sides' frame scores do.
@@ -119,7 +119,7 @@ def torch_chunk(ctx: BenchContext, entry: ModelEntry, estimator: str, scorer: Sc
 
 def issue_case(ctx: BenchContext, entry: ModelEntry, estimator: str, scorer: Scorer, hf: Any, chunk: int,
                repeats: int) -> dict[str, Any]:
-    """Issue 13's clips (3.7, 7.0 and 11.3 s) in one call on the default buckets' Scorer (compiling only
+    """Three mixed clips (3.7, 7.0 and 11.3 s) in one call on the default buckets' Scorer (compiling only
     the programs the mix did not: one clip per bucket, one slot each) against the reference."""
     c = ctx.config
     clips, questions = make_clips_of([round(s * SAMPLE_RATE) for s in c.issue_clip_seconds], c.mix_seed + 1)

@@ -1,4 +1,4 @@
-"""Part `scaling` of the scoring benchmark: seconds per clip against clip length (issue 13).
+"""Part `scaling` of the scoring benchmark: seconds per clip against clip length.
 
 One clip per `Scorer.score` call (one slot) in its bucket of the coarse buckets
 (`BenchConfig.bucket_seconds`: 5 to 10 s apart, so most lengths leave much of their bucket

@@ -11,7 +11,7 @@ Attention (`grouped_attention`): head-major grouped-query products (each kv head
 matrix), the key mask as an additive [B, Q, K] bias shared by all heads, and a float32 softmax. On
 XLA:CPU this runs 2-5x faster than `jax.nn.dot_product_attention`, whose default implementation is
 the same XLA computation in a [B, Q, H, K] layout with the boolean mask broadcast over every head
-(issue 13; `launch/bench.py --parts=mix`). The probabilities are returned only to a pass that sows.
+(`launch/bench.py --parts=mix`). The probabilities are returned only to a pass that sows.
 
 Layer scan (`Decoder.scan_layers`, off by default): the decoder layers run as one `nn.scan`, so the
 program holds one layer's computation instead of `num_hidden_layers` copies (compile time). Their
