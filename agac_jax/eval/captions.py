@@ -35,7 +35,7 @@ import numpy as np
 
 from agac_jax.eval import atomic, cider, metrics
 from agac_jax.eval.results import ResultRecord
-from agac_jax.eval.tables import GroupKey, format_rho, group_records, row_order
+from agac_jax.eval.tables import GroupKey, format_rho, group_records, ratio_of_sums, row_order, summarize_metric
 
 CAPTION_METRICS = ("cider", "delta_cider", "cider_vs_original", "same_caption", "codec_tokens_kept")
 
@@ -93,12 +93,6 @@ class CaptionSeedMetrics:
     codec_tokens_kept: float
 
 
-def _ratio_of_sums(numerators: Sequence[int | None], denominators: Sequence[int | None]) -> float:
-    pairs = [(n, d) for n, d in zip(numerators, denominators) if n is not None and d is not None]
-    total = sum(d for _, d in pairs)
-    return sum(n for n, _ in pairs) / total if total else math.nan
-
-
 def compute_caption_seed_metrics(key: GroupKey, seed: int, records: Sequence[ResultRecord],
                                  scorers: CaptionScorers) -> CaptionSeedMetrics:
     """The caption metrics of the records of one (data set, method, r, rho) and seed."""
@@ -115,7 +109,7 @@ def compute_caption_seed_metrics(key: GroupKey, seed: int, records: Sequence[Res
         delta_cider=mean([c - o for c, o in zip(compressed, original)]),
         cider_vs_original=mean([scorers.original_score(r) for r in ok]),
         same_caption=mean([float(r.parsed_compressed == r.parsed_original) for r in ok]),
-        codec_tokens_kept=_ratio_of_sums([r.codec_tokens_after for r in ok], [r.codec_tokens_before for r in ok]),
+        codec_tokens_kept=ratio_of_sums([r.codec_tokens_after for r in ok], [r.codec_tokens_before for r in ok]),
     )
 
 
@@ -146,11 +140,6 @@ class CaptionRow:
     failures: int
 
 
-def _summarize(values: Sequence[float]) -> metrics.SeedSummary:
-    finite = [v for v in values if not math.isnan(v)]
-    return metrics.summarize_seeds(finite) if finite else metrics.SeedSummary(mean=math.nan, std=math.nan, num_seeds=0)
-
-
 def summarize_caption_rows(per_seed: Sequence[CaptionSeedMetrics]) -> list[CaptionRow]:
     """One CaptionRow per (data set, method, r, rho), in the order of `per_seed`."""
     grouped: dict[GroupKey, list[CaptionSeedMetrics]] = {}
@@ -162,7 +151,7 @@ def summarize_caption_rows(per_seed: Sequence[CaptionSeedMetrics]) -> list[Capti
         rows.append(CaptionRow(
             dataset=dataset, method=method, rate=rate, rho=rho, seeds=tuple(item.seed for item in items),
             samples_per_seed=float(np.mean([item.num_samples for item in items])),
-            summaries={name: _summarize([getattr(item, name) for item in scored]) for name in CAPTION_METRICS},
+            summaries={name: summarize_metric([getattr(item, name) for item in scored]) for name in CAPTION_METRICS},
             empty=sum(item.empty for item in items), failures=sum(item.failures for item in items),
         ))
     return rows

@@ -99,7 +99,8 @@ class RowSummary:
     failures: int
 
 
-def _ratio_of_sums(numerators: Sequence[int | None], denominators: Sequence[int | None]) -> float:
+def ratio_of_sums(numerators: Sequence[int | None], denominators: Sequence[int | None]) -> float:
+    """sum(numerators) / sum(denominators) over the pairs where both are known; NaN when nothing is."""
     pairs = [(n, d) for n, d in zip(numerators, denominators) if n is not None and d is not None]
     total = sum(d for _, d in pairs)
     return sum(n for n, _ in pairs) / total if total else math.nan
@@ -153,9 +154,9 @@ def compute_seed_metrics(dataset: str, method: str, rate: int | None, rho: float
         **_answer_scores(ok),
         evidence_recall=recall.mean,
         evidence_scored=recall.num_scored,
-        codec_tokens_kept=_ratio_of_sums([r.codec_tokens_after for r in ok], [r.codec_tokens_before for r in ok]),
-        audio_tokens_kept=_ratio_of_sums([r.audio_tokens_after for r in ok], [r.audio_tokens_before for r in ok]),
-        prefill_flops_kept=_ratio_of_sums([r.prefill_flops_after for r in ok], [r.prefill_flops_before for r in ok]),
+        codec_tokens_kept=ratio_of_sums([r.codec_tokens_after for r in ok], [r.codec_tokens_before for r in ok]),
+        audio_tokens_kept=ratio_of_sums([r.audio_tokens_after for r in ok], [r.audio_tokens_before for r in ok]),
+        prefill_flops_kept=ratio_of_sums([r.prefill_flops_after for r in ok], [r.prefill_flops_before for r in ok]),
         seconds_per_record=float(np.mean(seconds)) if seconds else math.nan,
         keep_ratio_mean=_mean_ratio([r.kept_frames for r in ok], [r.num_frames for r in ok]),
     )
@@ -190,7 +191,8 @@ def seed_metrics(records: Iterable[ResultRecord]) -> list[SeedMetrics]:
     ]
 
 
-def _summarize_metric(values: Sequence[float]) -> metrics.SeedSummary:
+def summarize_metric(values: Sequence[float]) -> metrics.SeedSummary:
+    """Mean and std over the seeds whose value is defined (NaN and 0 seeds when none is)."""
     finite = [value for value in values if not math.isnan(value)]
     if not finite:
         return metrics.SeedSummary(mean=math.nan, std=math.nan, num_seeds=0)
@@ -205,7 +207,7 @@ def summarize_rows(per_seed: Sequence[SeedMetrics]) -> list[RowSummary]:
     rows = []
     for (dataset, method, rate, rho), items in grouped.items():
         scored = [item for item in items if item.num_samples > 0]
-        summaries = {name: _summarize_metric([getattr(item, name) for item in scored]) for name in RATIO_METRICS}
+        summaries = {name: summarize_metric([getattr(item, name) for item in scored]) for name in RATIO_METRICS}
         rows.append(RowSummary(
             dataset=dataset,
             method=method,
