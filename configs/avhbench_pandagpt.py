@@ -10,7 +10,7 @@
     python -m launch.evaluate --config=configs/avhbench_pandagpt.py:local --workdir=/tmp/x
 
 Model: a PandaGPT directory converted once from the released pickles (imagebind_huge.pth, the Vicuna
-v0 7B shards, PandaGPT's delta pytorch_model.pt) by `agac_jax.checkpoints_pandagpt.convert_to_directory(
+v0 7B shards, PandaGPT's delta pytorch_model.pt) by `agac_jax.models.pandagpt.checkpoints.convert_to_directory(
 ..., allow_pickle=True)`, with the Vicuna tokenizer files copied beside model.safetensors. Each sample is
 answered with its video and its soundtrack in PandaGPT's one AV token (W(a + v) + 2b); only the audio
 is scored, compressed and gated (DESIGN.md section 9). FastV is not run: PandaGPT's audio is one LLM
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.root = ""  # set on the command line: the AVHBench directory (either release layout)
     config.dataset.task = "Audio-driven Video Hallucination"  # the poster's task
     config.dataset.generated = 0  # > 0 and no root: that many generated videos (the local variant)
-    config.model.kind = "pandagpt"  # agac_jax.scoring.pandagpt_scorer.PandaGPTScorer
+    config.model.kind = "pandagpt"  # agac_jax.models.pandagpt.adapter.PandaGPTScorer
     config.model.checkpoint_dir = ""  # set on the command line: a converted PandaGPT directory
     config.model.random_init = ""  # a pandagpt_config.json: score a random model of it instead
     config.model.seed = 0  # of random_init

@@ -38,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"  # float32 | bfloat16: dtype the weights are held in (bf16 halves them: 7B 16.8 GB)
     config.model.dtype = "float32"  # float32 | bfloat16: compute dtype (softmax, norms and logits stay float32)
     config.model.prompt_format = "chat"  # chat: the processor's chat template (Instruct); raw: the base model's
-    #                                      "<|audio_bos|><|AUDIO|><|audio_eos|>" + question (agac_jax/prompts.py)
+    #                                      "<|audio_bos|><|AUDIO|><|audio_eos|>" + question (agac_jax/models/qwen2_audio/prompts.py)
     config.model.scan_layers = False  # nn.scan over the decoder layers: faster compiles, same results (models/decoder.py)
     config.model.remat_layers = False  # rematerialise each decoder layer in gradients (IG memory), same results
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.bench import scoring_bench
 from agac_jax.bench.context import BenchConfig
 from agac_jax.bench.report import format_table, plot_scaling, write_results

@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.codec import BackendUnavailableError, CodecClient, CodecRequest, num_frames
 from agac_jax.codec.synthetic import SIGNAL_KINDS, make_signal
 

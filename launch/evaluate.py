@@ -14,7 +14,7 @@ One run per results file: a second run on the same workdir (and process index) e
 the first (agac_jax/eval/lock.py); --merge waits for no one and refuses while a run still writes,
 unless --allow_partial. A user error (bad config value, missing input, full disk, workdir in use)
 ends with one `error: ...` line on stderr and exit code 2; --verbose or AGAC_TRACEBACK=1 shows its
-traceback (agac_jax/errors.py). A run that finished with work left for a rerun (records that failed
+traceback (agac_jax/cli/errors.py). A run that finished with work left for a rerun (records that failed
 for a transient cause, or the shard of another process that stopped, as process 0 sees it when all
 are done) ends with one `incomplete: ...` line and exit code 1; Ctrl-C with one
 `error: interrupted ...` line and exit code 130.
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agac_jax import compile_cache, errors
+from agac_jax.cli import compile_cache
+from agac_jax.cli import errors
 from agac_jax.eval import captions, distributed, sweep, tables
 
 FLAGS = flags.FLAGS

@@ -4,16 +4,16 @@
   python -m launch.parity --random_init CONFIG.json
   python -m launch.parity --checkpoint BASE_DIR --prompt_format=raw   (Qwen2-Audio-7B, the base model)
   python -m launch.parity --checkpoint PANDAGPT_DIR | --random_init configs/tiny_pandagpt.json  (PandaGPT:
-      a directory with pandagpt_config.json, or such a config; agac_jax/parity_pandagpt.py)
+      a directory with pandagpt_config.json, or such a config; agac_jax/models/pandagpt/parity.py)
 
 Both sides build their prompt from the checkpoint's own files: transformers' with its
-Qwen2AudioProcessor, the Flax side with agac_jax.prompts; the prompt ids are compared first.
+Qwen2AudioProcessor, the Flax side with agac_jax.models.qwen2_audio.prompts; the prompt ids are compared first.
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
 greedy tokens must be identical; with --param_dtype/--dtype bfloat16 the default tolerance is the
 stated bf16 one, 1e-2 for bf16 weights and 2.5e-2 for bf16 weights and compute, tests/test_bf16.py,
 and greedy tokens may differ where two logits are that close); 2 with one `error: ...` line for a user error (a missing or
-unreadable checkpoint or audio file, a checkpoint that does not fit the model; agac_jax/errors.py).
+unreadable checkpoint or audio file, a checkpoint that does not fit the model; agac_jax/cli/errors.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
-from agac_jax import errors
+from agac_jax.cli import errors
 
 flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory.")
 flags.DEFINE_string("random_init", None, "config.json to build a random transformers model from instead.")
@@ -49,11 +49,11 @@ def main(argv):
     import numpy as np
 
     from agac_jax.audio.io import load_audio
-    from agac_jax.parity import random_init_directory, run_parity
+    from agac_jax.models.qwen2_audio.parity import random_init_directory, run_parity
 
     if bool(FLAGS.checkpoint) == bool(FLAGS.random_init):
         raise app.UsageError("give exactly one of --checkpoint and --random_init")
-    from agac_jax import parity_pandagpt
+    from agac_jax.models.pandagpt import parity as parity_pandagpt
 
     pandagpt = parity_pandagpt.is_pandagpt_directory(FLAGS.checkpoint or FLAGS.random_init)
     if pandagpt and (FLAGS.param_dtype, FLAGS.dtype) != ("float32", "float32"):

@@ -6,7 +6,7 @@
 Compiles the scoring and generation programs for the model of CONFIG.json (a Hugging Face config; no
 weights) on forced host CPU devices with abstract parameters, prints a table and one JSON line
 (`params_bytes_per_device`, `temp_bytes_per_device`, `flops_per_clip`, `compile_seconds`,
-`seconds_per_clip` at --fraction of --accelerator's bf16 peak, ...). Logic: agac_jax/plan.py.
+`seconds_per_clip` at --fraction of --accelerator's bf16 peak, ...). Logic: agac_jax/scoring/plan.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
-from agac_jax import errors, plan
+from agac_jax.cli import errors
+from agac_jax.scoring import plan
 
 flags.DEFINE_string("config_json", None, "Hugging Face Qwen2-Audio config.json.", required=True)
 flags.DEFINE_string("mesh", "1,1", "DATA,MODEL devices of the mesh.")

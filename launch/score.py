@@ -8,7 +8,7 @@ that cannot be scored (unreadable, empty, NaN samples, under one audio token (32
 30 s, --input_ids not its prompt, scores that are not finite: NaN weights) gets
 `{"file", "error"}`, its error on stderr, and the others are still scored. Exit codes: 0 all scored,
 1 some clip failed, 2 bad flags or checkpoint, or another user error (a full disk, an unwritable
---output: one `error: ...` line, see agac_jax/errors.py). Record fields and figure:
+--output: one `error: ...` line, see agac_jax/cli/errors.py). Record fields and figure:
 agac_jax/scoring/report.py.
 """
 
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from absl import app, flags
 
-from agac_jax import compile_cache, errors
+from agac_jax.cli import compile_cache
+from agac_jax.cli import errors
 from agac_jax.scoring import report
 from agac_jax.scoring.methods import NAMES as METHODS
 

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agac_jax import compile_cache, errors
+from agac_jax.cli import compile_cache
+from agac_jax.cli import errors
 from agac_jax.eval import study
 
 FLAGS = flags.FLAGS

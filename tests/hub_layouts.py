@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from agac_jax.tokenizer import QWEN2_AUDIO_CHAT_TEMPLATE
+from agac_jax.models.qwen2_audio.tokenizer import QWEN2_AUDIO_CHAT_TEMPLATE
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qwen2_tokenizer"
 LAYOUTS = ("hub_main", "chat_template_json", "resaved", "base")

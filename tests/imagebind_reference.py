@@ -1,4 +1,4 @@
-"""The PyTorch ImageBind the tests compare against: `agac_jax.reference.imagebind_torch` (why it is
+"""The PyTorch ImageBind the tests compare against: `agac_jax.models.pandagpt.torch_reference` (why it is
 imported without the package `__init__` and with a two-name timm stand-in is written there), plus
 tiny random models."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from agac_jax.reference.imagebind_torch import imagebind_model
+from agac_jax.models.pandagpt.torch_reference import imagebind_model
 
 def tiny_imagebind(seed: int = 0, **sizes):
     """A random ImageBindModel in eval mode with tiny widths (every drop-path rate 0)."""

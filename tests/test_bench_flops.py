@@ -16,7 +16,7 @@ import pytest
 
 from agac_jax.eval.flops import DecoderShape, decoder_flops
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask, init_params
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, causal_mask, init_params
 
 LENGTH, ANSWER = 256, 8
 TEXT = TextConfig(vocab_size=64, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,

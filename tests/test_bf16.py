@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agac_jax import checkpoints
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio import checkpoints
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
 from tests.tiny_models import make_hf_checkpoint
 
 BF16_TOLERANCES = {("bfloat16", "float32"): 1e-2, ("bfloat16", "bfloat16"): 2.5e-2}  # (param_dtype, dtype) -> rel

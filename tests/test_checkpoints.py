@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
-from agac_jax import checkpoints
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from agac_jax.parity import PARITY_WORDS, run_parity
-from agac_jax.prompts import PromptError
+from agac_jax.models.qwen2_audio import checkpoints
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio.parity import PARITY_WORDS, run_parity
+from agac_jax.models.qwen2_audio.prompts import PromptError
 from tests.tiny_models import load_hf_eager, make_hf_checkpoint, make_scoring_checkpoint
 
 
@@ -119,8 +119,8 @@ def test_pickle_weights_are_refused_unless_allowed(hf_dir, tmp_path):
     ("other_model", r"config.json: config.json has model_type='llama'; expected 'qwen2_audio'"),
 ])
 def test_an_unreadable_directory_is_a_checkpoint_error_naming_the_file(hf_dir, tmp_path, damage, message):
-    """A user error (agac_jax/errors.py): the launch tools end with one `error:` line naming the file."""
-    from agac_jax import errors
+    """A user error (agac_jax/cli/errors.py): the launch tools end with one `error:` line naming the file."""
+    from agac_jax.cli import errors
 
     directory = tmp_path / damage
     shutil.copytree(hf_dir, directory)

@@ -1,5 +1,5 @@
 """User errors end a command with one `error:` line and exit 2; bugs keep their traceback
-(agac_jax/errors.py); two real `launch.evaluate` runs on one workdir do not both write."""
+(agac_jax/cli/errors.py); two real `launch.evaluate` runs on one workdir do not both write."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.eval import results, sweep
 from configs import common
 
@@ -101,7 +101,7 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
 
 
 def test_project_input_errors_count_by_class_name():
-    from agac_jax.checkpoints import CheckpointError
+    from agac_jax.models.qwen2_audio.checkpoints import CheckpointError
     from agac_jax.codec.base import BackendUnavailableError
 
     assert errors.user_error_message(CheckpointError("missing keys: a\nunexpected: b")) == "missing keys: a unexpected: b"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from agac_jax import compile_cache
+from agac_jax.cli import compile_cache
 from tests.tiny_models import make_scoring_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.data import avhbench, clotho_aqa, load_dataset
 from agac_jax.data import synthetic
 from agac_jax.data.common import (

@@ -22,12 +22,12 @@ import flax.linen as nn
 import jax
 import pytest
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.data import synthetic
 from agac_jax.eval import results, sweep, tables
 from configs import common
 from agac_jax.eval.results import TaskKey
-from agac_jax.models.qwen2_audio import init_params
+from agac_jax.models.qwen2_audio.model import init_params
 from agac_jax.training import model as train_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.data import synthetic
 from agac_jax.eval import faithfulness, study
 from agac_jax.scoring.program import answer_target

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
 from agac_jax.scoring.scorer import make_mesh, param_shardings
 from tests.tiny_models import make_hf_checkpoint
 
@@ -149,7 +149,7 @@ _MEASURE = textwrap.dedent("""
     import json, resource, sys
     sys.path.insert(0, sys.argv[2])
     import jax
-    from agac_jax import checkpoints
+    from agac_jax.models.qwen2_audio import checkpoints
     from agac_jax.scoring.scorer import make_mesh, param_shardings
     mesh = make_mesh((1, 1))
     jax.block_until_ready(jax.numpy.zeros(4) + 1)  # start the backend before the baseline

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.decoder import init_cache
-from agac_jax.models.qwen2_audio import (Qwen2AudioForConditionalGeneration, causal_mask, check_placeholder_count,
+from agac_jax.models.qwen2_audio.model import (Qwen2AudioForConditionalGeneration, causal_mask, check_placeholder_count,
                                          prompt_positions)
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.audio.features import encoder_frames_needed

@@ -1,4 +1,4 @@
-"""The Kaldi fbank and ImageBind's sub-clips (agac_jax/audio/kaldi_fbank.py).
+"""The Kaldi fbank and ImageBind's sub-clips (agac_jax/models/pandagpt/fbank.py).
 
 torchaudio does not load beside torch 2.13 here, so the reference is torchaudio's documented
 `compliance.kaldi.fbank` algorithm transcribed test-side in torch (float32, its own framing by
@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from agac_jax.audio import kaldi_fbank as kf
+from agac_jax.models.pandagpt import fbank as kf
 
 
 def torch_kaldi_fbank(waveform: torch.Tensor, num_mel_bins: int = 128) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""ImageBind's audio and vision branches (agac_jax/models/imagebind.py) against imagebind-unofficial, tiny random."""
+"""ImageBind's audio and vision branches (agac_jax/models/pandagpt/imagebind.py) against imagebind-unofficial, tiny random."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from agac_jax.checkpoints_pandagpt import IMAGEBIND_NAME_MAP, map_keys, unflatten
-from agac_jax.models.imagebind import AudioEncoder, ImageBindConfig, VisionEncoder
+from agac_jax.models.pandagpt.checkpoints import IMAGEBIND_NAME_MAP, map_keys, unflatten
+from agac_jax.models.pandagpt.imagebind import AudioEncoder, ImageBindConfig, VisionEncoder
 from tests.imagebind_reference import state_dict_numpy, tiny_imagebind
 
 RTOL = 1e-4

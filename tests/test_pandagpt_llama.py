@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers
 
-from agac_jax.checkpoints import flatten
-from agac_jax.checkpoints_pandagpt import llama_params_from_hf
+from agac_jax.models.qwen2_audio.checkpoints import flatten
+from agac_jax.models.pandagpt.checkpoints import llama_params_from_hf
 from agac_jax.models.decoder import LayerCache
 from agac_jax.models.interface import RECEIVED
 from agac_jax.models.llama import LlamaConfig, LlamaDecoder, LlamaForCausalLM, init_cache

@@ -1,4 +1,4 @@
-"""PandaGPT as a whole (agac_jax/models/pandagpt.py) against a PyTorch composition of its pieces, tiny random:
+"""PandaGPT as a whole (agac_jax/models/pandagpt/model.py) against a PyTorch composition of its pieces, tiny random:
 imagebind-unofficial's audio branch, a torch Linear projection, transformers' LlamaForCausalLM with
 peft's LoRA; the LoRA merge against peft's own."""
 
@@ -15,12 +15,12 @@ import pytest
 import torch
 import transformers
 
-from agac_jax.audio import kaldi_fbank as kf
-from agac_jax.checkpoints_pandagpt import convert_pandagpt, merge_lora
-from agac_jax.models.imagebind import ImageBindConfig
+from agac_jax.models.pandagpt import fbank as kf
+from agac_jax.models.pandagpt.checkpoints import convert_pandagpt, merge_lora
+from agac_jax.models.pandagpt.imagebind import ImageBindConfig
 from agac_jax.models.llama import LlamaConfig, LlamaForCausalLM
-from agac_jax.models.pandagpt import PandaGPT, PandaGPTConfig, init_params, slot_sample_ranges, unheard_mask
-from agac_jax.checkpoints_pandagpt import llama_params_from_hf
+from agac_jax.models.pandagpt.model import PandaGPT, PandaGPTConfig, init_params, slot_sample_ranges, unheard_mask
+from agac_jax.models.pandagpt.checkpoints import llama_params_from_hf
 from tests.imagebind_reference import state_dict_numpy, tiny_imagebind
 
 RTOL = 1e-4
@@ -155,7 +155,7 @@ def test_global_scores_and_unheard_audio():
 
 
 def test_pickles_convert_to_safetensors_only_when_allowed(torch_parts, tmp_path):
-    from agac_jax.checkpoints_pandagpt import convert_to_directory, load_pandagpt_directory
+    from agac_jax.models.pandagpt.checkpoints import convert_to_directory, load_pandagpt_directory
 
     imagebind, _, lora, proj, base_state, delta = torch_parts
     torch.save(imagebind.state_dict(), tmp_path / "imagebind_huge.pth")

@@ -1,4 +1,4 @@
-"""launch.parity's PandaGPT branch (agac_jax/parity_pandagpt.py): the inverse name maps and the check on
+"""launch.parity's PandaGPT branch (agac_jax/models/pandagpt/parity.py): the inverse name maps and the check on
 a random tiny PandaGPT (configs/tiny_pandagpt.json)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from agac_jax.checkpoints_pandagpt import convert_pandagpt, load_pandagpt_directory
-from agac_jax.parity_pandagpt import is_pandagpt_directory, random_init_directory, run_pandagpt_parity, torch_states
+from agac_jax.models.pandagpt.checkpoints import convert_pandagpt, load_pandagpt_directory
+from agac_jax.models.pandagpt.parity import is_pandagpt_directory, random_init_directory, run_pandagpt_parity, torch_states
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny_pandagpt.json"
 

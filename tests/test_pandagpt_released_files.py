@@ -18,14 +18,14 @@ import sentencepiece as spm
 import torch
 import transformers
 
-from agac_jax import errors
-from agac_jax.checkpoints_pandagpt import (MissingTokenizerError, VicunaTokenizer, convert_to_directory,
+from agac_jax.cli import errors
+from agac_jax.models.pandagpt.checkpoints import (MissingTokenizerError, VicunaTokenizer, convert_to_directory,
                                           load_tokenizer)
-from agac_jax.models.imagebind import ImageBindConfig
+from agac_jax.models.pandagpt.imagebind import ImageBindConfig
 from agac_jax.models.llama import LlamaConfig
-from agac_jax.models.pandagpt import PROMPT_START, PandaGPTConfig, prompt_ids
-from agac_jax.parity_pandagpt import random_init_directory, run_pandagpt_parity
-from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+from agac_jax.models.pandagpt.model import PROMPT_START, PandaGPTConfig, prompt_ids
+from agac_jax.models.pandagpt.parity import random_init_directory, run_pandagpt_parity
+from agac_jax.models.pandagpt.adapter import PandaGPTScorer
 from agac_jax.scoring.scorer import ScoringConfig
 from tests.imagebind_reference import tiny_imagebind
 from tests.test_pandagpt_parity import TINY

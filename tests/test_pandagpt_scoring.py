@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agac_jax.models.imagebind import ImageBindConfig
+from agac_jax.models.pandagpt.imagebind import ImageBindConfig
 from agac_jax.models.llama import LlamaConfig
-from agac_jax.models.pandagpt import UNHEARD, PandaGPT, PandaGPTConfig, init_params
+from agac_jax.models.pandagpt.model import UNHEARD, PandaGPT, PandaGPTConfig, init_params
 from agac_jax.scoring import methods, selection
-from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+from agac_jax.models.pandagpt.adapter import PandaGPTScorer
 from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ScoringConfig
-from agac_jax.tokenizer import build_word_tokenizer
+from agac_jax.models.qwen2_audio.tokenizer import build_word_tokenizer
 
 IB = ImageBindConfig(out_embed_dim=24, audio_embed_dim=32, audio_num_blocks=2, audio_num_heads=4,
                      vision_embed_dim=32, vision_num_blocks=1, vision_num_heads=4)
@@ -103,7 +103,7 @@ def test_answer_targets_equal_the_direct_evaluation(scorer):
 
 
 def test_program_scores_pandagpt_exactly(scorer, tmp_path):
-    from agac_jax.data.imagebind_video import load_video_inputs
+    from agac_jax.models.pandagpt.video import load_video_inputs
     from tests.test_pandagpt_video import make_video
 
     clip = np.random.default_rng(0).standard_normal(10 * 16000).astype(np.float32) * 0.1
@@ -162,7 +162,7 @@ def test_integrated_gradients_through_imagebind(scorer):
 def test_model_options_the_pandagpt_port_lacks_are_refused():
     import ml_collections
 
-    from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+    from agac_jax.models.pandagpt.adapter import PandaGPTScorer
     from agac_jax.scoring.scorer import ScoringConfig
 
     model = ml_collections.ConfigDict(dict(kind="pandagpt", checkpoint_dir="/nowhere", remat_layers=True,

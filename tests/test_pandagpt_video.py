@@ -1,4 +1,4 @@
-"""ImageBind's video front end (agac_jax/data/imagebind_video.py) against a torch transcription of
+"""ImageBind's video front end (agac_jax/models/pandagpt/video.py) against a torch transcription of
 ImageBind's load_and_transform_video_data steps, on a video generated with ffmpeg."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agac_jax.data import imagebind_video as iv
+from agac_jax.models.pandagpt import video as iv
 from agac_jax.data.avhbench import find_ffmpeg
 
 

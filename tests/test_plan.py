@@ -1,4 +1,4 @@
-"""The planner (agac_jax/plan.py, launch/plan.py) on a tiny config: its figures and its CLI."""
+"""The planner (agac_jax/scoring/plan.py, launch/plan.py) on a tiny config: its figures and its CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agac_jax import plan
+from agac_jax.scoring import plan
 from agac_jax.bench.program_cost import analytic_program_flops
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer, Qwen2AudioProcessor
 
-from agac_jax import prompts
-from agac_jax.parity import run_parity
-from agac_jax.prompts import PromptError, build_prompts, conversation, load_prompt_format, prompt_ids
+from agac_jax.models.qwen2_audio import prompts
+from agac_jax.models.qwen2_audio.parity import run_parity
+from agac_jax.models.qwen2_audio.prompts import PromptError, build_prompts, conversation, load_prompt_format, prompt_ids
 from tests.hub_layouts import LAYOUTS, QWEN2_TEXT_TEMPLATE, SPECIAL_IDS, write_layout, write_processor_files
 
 QUESTIONS = ["Is there a dog barking?", "What is the loudest sound, and when does it start?"]
@@ -164,7 +164,7 @@ def _launch_score_takes_the_processors_ids(tmp_path, directory, prompt_format, c
 
 
 def test_parity_fails_on_a_prompt_mismatch_and_names_the_position(tmp_path, monkeypatch) -> None:
-    from agac_jax import parity
+    from agac_jax.models.qwen2_audio import parity
 
     directory = write_layout(tmp_path / "hub_main", "hub_main")
     real = parity.build_prompts

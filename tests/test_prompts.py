@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2AudioProcessor
 
-from agac_jax.prompts import (
+from agac_jax.models.qwen2_audio.prompts import (
     PromptError,
     PromptFormat,
     build_prompts,
@@ -17,7 +17,7 @@ from agac_jax.prompts import (
     expand_audio_ids,
     load_prompt_format,
 )
-from agac_jax.tokenizer import (
+from agac_jax.models.qwen2_audio.tokenizer import (
     AUDIO_TOKEN,
     QWEN2_AUDIO_CHAT_TEMPLATE,
     SPECIAL_TOKENS,

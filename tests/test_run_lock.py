@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.eval import lock, results, sweep
 from agac_jax.eval.results import ResultRecord, ResultsWriter
 

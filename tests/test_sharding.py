@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from agac_jax import checkpoints, plan
+from agac_jax.models.qwen2_audio import checkpoints
+from agac_jax.scoring import plan
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
 from agac_jax.scoring.scorer import (DEFAULT_AXIS_RULES, fsdp_axis_rules, make_mesh, param_sharding,
                                      param_shardings)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.data import synthetic
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration as FlaxQwen2Audio
-from agac_jax.prompts import conversation
-from agac_jax.tokenizer import AUDIO_TOKEN, IM_END
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration as FlaxQwen2Audio
+from agac_jax.models.qwen2_audio.prompts import conversation
+from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END
 from agac_jax.training.evaluation import evaluate_generation
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny_qwen2audio"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from agac_jax import parity
+from agac_jax.models.qwen2_audio import parity
 from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 from launch import score
 from tests.tiny_models import make_scoring_checkpoint

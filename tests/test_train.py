@@ -11,8 +11,8 @@ import pytest
 
 from agac_jax.audio.features import batch_log_mel
 from agac_jax.data import synthetic
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from agac_jax.tokenizer import IM_END
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio.tokenizer import IM_END
 from agac_jax.training import checkpointing, data as train_data, loop, losses, model, steps
 from configs.train_tiny import get_config
 

@@ -76,7 +76,7 @@ def make_scoring_checkpoint(directory: Path, name: str = "gqa3_mel80", seed: int
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
+    from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
 
     spec = _ALL_CONFIGS[name]
     n_mels = spec["audio_config"]["num_mel_bins"]

@@ -144,7 +144,7 @@ imports() {
 import importlib, json, pkgutil, sys
 import agac_jax
 # ImageBind's PyTorch reference needs imagebind-unofficial (the tests' reference only).
-optional = {"agac_jax.reference.imagebind_torch"}
+optional = {"agac_jax.models.pandagpt.torch_reference"}
 failed = {}
 names = sorted(m.name for m in pkgutil.walk_packages(agac_jax.__path__, "agac_jax."))
 extra = ["configs.common", "launch.evaluate"]  # one launch module: each defines its absl flags

@@ -3,7 +3,7 @@
     .venv/bin/python tools/plan_7b.py [--only=NAME,...] [--timeout_s=1800]
 
 Each run is one `launch.plan` request (30 s bucket, batch 1, bf16) compiled in its own child process
-(`agac_jax.plan.run`); its record is written into the JSON file as soon as it is back, under its name,
+(`agac_jax.scoring.plan.run`); its record is written into the JSON file as soon as it is back, under its name,
 beside the runs already there, so a run that is stopped loses only the request in flight. Run it on an
 otherwise idle machine: compile seconds are this machine's.
 """

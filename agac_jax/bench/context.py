@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.data import synthetic
@@ -164,7 +164,7 @@ def make_random_checkpoint(directory: Path, spec_name: str, seed: int = 0) -> Pa
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
+    from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END, save_processor_files
 
     spec = MODEL_SPECS[spec_name]
     directory.mkdir(parents=True, exist_ok=True)

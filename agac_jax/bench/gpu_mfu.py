@@ -26,7 +26,7 @@ ESTIMATORS = ("integrated_gradients", "occlusion")
 
 def accelerator_of(device_kind: str) -> str | None:
     """The `plan.ACCELERATORS` name a JAX device kind ('NVIDIA H100 80GB HBM3', 'TPU v5 lite', ...) names."""
-    from agac_jax.plan import ACCELERATORS
+    from agac_jax.scoring.plan import ACCELERATORS
 
     kind = device_kind.lower().replace(" lite", "e")
     for name in sorted(ACCELERATORS, key=len, reverse=True):
@@ -75,7 +75,7 @@ def measure(workdir: Path, spec: str = "wide_random", seconds: int = 30, estimat
     import jax
 
     from agac_jax.bench.context import MODEL_SPECS, make_random_checkpoint
-    from agac_jax.plan import ACCELERATORS
+    from agac_jax.scoring.plan import ACCELERATORS
 
     device = jax.devices()[0]
     accelerator = accelerator_of(device.device_kind) if device.platform != "cpu" else None

@@ -17,7 +17,7 @@ import numpy as np
 from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
 from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
-from agac_jax.models.qwen2_audio import init_params
+from agac_jax.models.qwen2_audio.model import init_params
 from agac_jax.scoring.program import ig_steps_per_chunk, occlusion_gate_slots, occlusion_schedule
 from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import soundfile
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.audio.grids import SAMPLE_RATE
 
 YES = "yes"

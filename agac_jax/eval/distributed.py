@@ -57,7 +57,7 @@ from typing import Any
 
 from absl import logging
 
-from agac_jax.errors import ConfigError, UserError
+from agac_jax.cli.errors import ConfigError, UserError
 
 MANIFEST_GLOB = "shard.*-of-*.json"
 BIND_ENV = "JAX_COORDINATOR_BIND_ADDRESS"  # JAX's own setting of the bind address, honoured as explicit

@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agac_jax.errors import UserError
+from agac_jax.cli.errors import UserError
 
 logger = logging.getLogger(__name__)
 

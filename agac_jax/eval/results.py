@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from agac_jax import errors
+from agac_jax.cli import errors
 from agac_jax.eval import atomic, lock
 
 from agac_jax.scoring.methods import METHODS as SELECTION_REGISTRY, NAMES as SELECTION_METHOD_NAMES

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.eval import adaptive, atomic, faithfulness, metrics
 from agac_jax.scoring import methods, selection
 

@@ -115,7 +115,7 @@ def validate_model_and_codec(config: Any) -> None:
     """The model's prompt format and kind, the codec backend and its options, and the scoring section: a
     bad override is refused here, before any model is loaded or any clip is scored."""
     from agac_jax.codec.backends import BACKEND_NAMES, check_options
-    from agac_jax.prompts import PROMPT_FORMATS
+    from agac_jax.models.qwen2_audio.prompts import PROMPT_FORMATS
 
     prompt_format = config.model.get("prompt_format", "chat")
     if prompt_format not in PROMPT_FORMATS:
@@ -247,7 +247,7 @@ def make_scorer(config: Any) -> Any:
 
     model = config.model
     if model.get("kind", "qwen2_audio") == "pandagpt":
-        from agac_jax.scoring.pandagpt_scorer import PandaGPTScorer
+        from agac_jax.models.pandagpt.adapter import PandaGPTScorer
 
         return PandaGPTScorer.from_config(model, scoring_config(config))
     if not config.model.checkpoint_dir:

@@ -35,11 +35,11 @@ def _resolve(path: str) -> Any:
 
 MODELS: dict[str, ModelEntry] = {
     # A Hugging Face Qwen2-Audio directory (config.json, safetensors, tokenizer, processor files).
-    "qwen2_audio": ModelEntry("config.json", "agac_jax.models.qwen2_audio:Qwen2AudioForConditionalGeneration",
-                              "agac_jax.checkpoints:load_hf_directory"),
+    "qwen2_audio": ModelEntry("config.json", "agac_jax.models.qwen2_audio.model:Qwen2AudioForConditionalGeneration",
+                              "agac_jax.models.qwen2_audio.checkpoints:load_hf_directory"),
     # A PandaGPT directory converted from its released pickles (`checkpoints_pandagpt.convert_to_directory`).
-    "pandagpt": ModelEntry("pandagpt_config.json", "agac_jax.models.pandagpt:PandaGPT",
-                           "agac_jax.checkpoints_pandagpt:load_pandagpt_directory"),
+    "pandagpt": ModelEntry("pandagpt_config.json", "agac_jax.models.pandagpt.model:PandaGPT",
+                           "agac_jax.models.pandagpt.checkpoints:load_pandagpt_directory"),
 }
 
 

@@ -1,7 +1,7 @@
 """The Whisper-style audio encoder of Qwen2-Audio, in Flax linen.
 
 Module and parameter names follow transformers' `Qwen2AudioEncoder`, so that the checkpoint name map
-in `agac_jax.checkpoints` stays a plain renaming.
+in `agac_jax.models.qwen2_audio.checkpoints` stays a plain renaming.
 
 Variable length: transformers requires exactly 2 x max_source_positions mel frames (30 s). This port
 takes any even number of frames P up to that, and masks attention keys past each clip's valid length

@@ -16,7 +16,7 @@ the same XLA computation in a [B, Q, H, K] layout with the boolean mask broadcas
 Layer scan (`Decoder.scan_layers`, off by default): the decoder layers run as one `nn.scan`, so the
 program holds one layer's computation instead of `num_hidden_layers` copies (compile time). Their
 parameters are then stacked under `layers/...` with a leading [num_hidden_layers] axis
-(`agac_jax.checkpoints` maps them to and from the HF names), the KV cache is one `LayerCache` of
+(`agac_jax.models.qwen2_audio.checkpoints` maps them to and from the HF names), the KV cache is one `LayerCache` of
 [num_hidden_layers, B, max_len, kv_heads, head_dim] arrays, and whatever the layers sow is relayed to
 the same names as without the scan (`layers_{i}/self_attn/...`), so `interface.stack_sown` reads
 both. Under the scan the last layer computes every row and `output_rows` is taken after it (one

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask, prompt_positions
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, causal_mask, prompt_positions
 
 Array = jax.Array
 

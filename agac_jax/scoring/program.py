@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.interface import RECEIVED, AudioLanguageModel, stack_sown
-from agac_jax.models.qwen2_audio import causal_mask
+from agac_jax.models.qwen2_audio.model import causal_mask
 from agac_jax.scoring import methods, selection
 
 Array = jax.Array

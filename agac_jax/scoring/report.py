@@ -38,14 +38,14 @@ import numpy as np
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
 from agac_jax.audio.io import load_audio
-from agac_jax.checkpoints import CheckpointError
-from agac_jax.prompts import build_prompts
+from agac_jax.models.qwen2_audio.checkpoints import CheckpointError
+from agac_jax.models.qwen2_audio.prompts import build_prompts
 from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
 from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.methods import select_batch
 from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE, ClipScores, Scorer, ScoringConfig
-from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
+from agac_jax.models.qwen2_audio.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN
 
 EXIT_CLIP_FAILED = 1
 EXIT_BAD_REQUEST = 2
@@ -200,7 +200,7 @@ def load_scorer(checkpoint: str, config: ScoringConfig, param_dtype: str = "floa
         return Scorer.from_directory(checkpoint, config, param_dtype=param_dtype, dtype=dtype,
                                      prompt_format=prompt_format)
     except CheckpointError:
-        raise  # names the unusable file itself: one `error:` line (agac_jax/errors.py)
+        raise  # names the unusable file itself: one `error:` line (agac_jax/cli/errors.py)
     except (OSError, ValueError) as error:
         raise RequestError(f"--checkpoint {checkpoint!r} cannot be loaded: {error}") from error
 

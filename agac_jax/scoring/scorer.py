@@ -23,13 +23,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import audio_tokens_of_samples
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
-from agac_jax.prompts import (DEFAULT_PROMPT_FORMAT, PromptFormat, build_prompts, load_prompt_format,
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
+from agac_jax.models.qwen2_audio.prompts import (DEFAULT_PROMPT_FORMAT, PromptFormat, build_prompts, load_prompt_format,
                               prompt_format_of, prompt_ids)
 from agac_jax.scoring import selection
 from agac_jax.scoring.program import (ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch,

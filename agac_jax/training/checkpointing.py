@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.qwen2_audio import init_params
+from agac_jax.models.qwen2_audio.model import init_params
 from agac_jax.training.losses import MAX_RANK, init_auxiliary
 
 Params = Any

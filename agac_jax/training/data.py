@@ -1,7 +1,7 @@
 """The training data: questions with their answers as token ids, the features of their clips, the
 auxiliary targets, and the batch order.
 
-Each training question is rendered exactly as at inference (`agac_jax.prompts.prompt_ids`) and
+Each training question is rendered exactly as at inference (`agac_jax.models.qwen2_audio.prompts.prompt_ids`) and
 followed by its answer word and `<|im_end|>`. Sequences are right-padded, so positions 0..S-1 equal
 the positions that left-padded greedy generation derives for the real tokens.
 
@@ -54,8 +54,8 @@ from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE, SAMPLES_PER_AUD
 from agac_jax.data import scenes, synthetic
 from agac_jax.data.common import NO, YES
 from agac_jax.eval import metrics
-from agac_jax import prompts as prompting
-from agac_jax.tokenizer import AUDIO_EOS, AUDIO_TOKEN, IM_END
+from agac_jax.models.qwen2_audio import prompts as prompting
+from agac_jax.models.qwen2_audio.tokenizer import AUDIO_EOS, AUDIO_TOKEN, IM_END
 
 Batch = dict[str, np.ndarray]
 

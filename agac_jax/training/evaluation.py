@@ -21,12 +21,12 @@ import ml_collections
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.data.common import AudioQASample
 from agac_jax.eval.metrics import UNKNOWN, parse_answer
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.generate import GenerationSettings, jitted_generate
-from agac_jax.prompts import build_prompts
+from agac_jax.models.qwen2_audio.prompts import build_prompts
 from agac_jax.training.data import split_samples
 
 Params = Any

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.data.common import AudioQASample
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.training.checkpointing import checkpoint_manager, restore_checkpoint, save_checkpoint

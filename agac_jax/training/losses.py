@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from agac_jax.data import synthetic
 from agac_jax.models.decoder import LayerCache, init_cache
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration, causal_mask
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, causal_mask
 from agac_jax.training.data import BACKGROUND_LABEL, MAX_COUNT, Batch
 
 Params = Any

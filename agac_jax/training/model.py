@@ -2,8 +2,8 @@
 training config, its generation config, and its initial parameters.
 
 The tokenizer is word-level over the benchmarks' vocabulary (synthetic's by default) with the Qwen2-Audio chat template
-(`agac_jax.tokenizer.save_processor_files`); the model is the Flax port
-(`agac_jax.models.qwen2_audio`).
+(`agac_jax.models.qwen2_audio.tokenizer.save_processor_files`); the model is the Flax port
+(`agac_jax.models.qwen2_audio.model`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from transformers import PreTrainedTokenizerBase
 
 from agac_jax.data import synthetic
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
-from agac_jax.models.qwen2_audio import init_params
-from agac_jax.tokenizer import AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, save_processor_files
+from agac_jax.models.qwen2_audio.model import init_params
+from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, save_processor_files
 
 Params = Any
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
 from agac_jax.training.data import TrainingSet
 from agac_jax.training.losses import (answer_loss, answer_loss_from_logits, counting_loss, forward, listening_loss,
                                       reading_loss, recurrence_loss, tagging_loss)

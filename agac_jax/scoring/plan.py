@@ -138,7 +138,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     from agac_jax.bench.program_cost import analytic_program_flops
     from agac_jax.models.config import Qwen2AudioConfig
     from agac_jax.models.generate import GenerationSettings
-    from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+    from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
     from agac_jax.scoring.program import ProgramSpec, score_batch
     from agac_jax.scoring.scorer import ScoringConfig, jit_generation, jit_scoring, make_mesh, param_shardings
 
@@ -222,7 +222,7 @@ def abstract_params(config: Any, shardings: Any) -> Any:
     import flax.linen as nn
     import jax
 
-    from agac_jax.models.qwen2_audio import init_params
+    from agac_jax.models.qwen2_audio.model import init_params
 
     shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
     return jax.tree_util.tree_map(lambda leaf, sh: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh),

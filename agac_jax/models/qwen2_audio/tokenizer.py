@@ -108,7 +108,7 @@ def build_word_tokenizer(
             each a single pre-token (no whitespace; letters/digits/underscore or a punctuation run).
         out_dir: directory to write tokenizer.json, tokenizer_config.json (and chat_template.jinja).
         chat_template: a Jinja chat template, e.g. QWEN2_AUDIO_CHAT_TEMPLATE; None: no template
-            (prompts then take the base model's form, see agac_jax.prompts.render_prompt).
+            (prompts then take the base model's form, see agac_jax.models.qwen2_audio.prompts.render_prompt).
         padding_side: "right" (Qwen2Tokenizer's default, hence the processor's) or "left".
 
     Returns:

@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-from agac_jax.checkpoints import CheckpointError, flatten, unflatten
-from agac_jax.errors import UserError
+from agac_jax.models.qwen2_audio.checkpoints import CheckpointError, flatten, unflatten
+from agac_jax.cli.errors import UserError
 
 SAME, LINEAR, CONV2D, CONV3D = "same", "linear", "conv2d", "conv3d"
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -166,7 +166,7 @@ def convert_pandagpt(imagebind_state: Mapping[str, np.ndarray], vicuna_state: Ma
     LoRA merged with config.lora_r and config.lora_alpha; CheckpointError on any mismatch."""
     import jax
 
-    from agac_jax.models.pandagpt import init_params
+    from agac_jax.models.pandagpt.model import init_params
 
     flat_imagebind, _ = map_keys(imagebind_state, IMAGEBIND_NAME_MAP)
     flat_llama, _ = map_keys(merge_lora(vicuna_state, delta_state, config.lora_r, config.lora_alpha), LLAMA_NAME_MAP)
@@ -206,7 +206,7 @@ def read_vicuna(directory, allow_pickle: bool) -> dict[str, np.ndarray]:
     """The Vicuna directory's state: its safetensors, else its pytorch_model*.bin shards (opt-in)."""
     from pathlib import Path
 
-    from agac_jax.checkpoints import read_safetensors
+    from agac_jax.models.qwen2_audio.checkpoints import read_safetensors
 
     state = read_safetensors(directory)
     if state:
@@ -229,9 +229,9 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(d: Mapping) -> Any:
-    from agac_jax.models.imagebind import ImageBindConfig
+    from agac_jax.models.pandagpt.imagebind import ImageBindConfig
     from agac_jax.models.llama import LlamaConfig
-    from agac_jax.models.pandagpt import PandaGPTConfig
+    from agac_jax.models.pandagpt.model import PandaGPTConfig
 
     imagebind = dict(d["imagebind"])
     imagebind["vision_kernel_size"] = tuple(imagebind["vision_kernel_size"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agac_jax.audio import kaldi_fbank as kf
+from agac_jax.models.pandagpt import fbank as kf
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agac_jax.audio import kaldi_fbank as kf
-from agac_jax.checkpoints import flatten
-from agac_jax.checkpoints_pandagpt import (DELTA_NAME_MAP, IMAGEBIND_NAME_MAP, LLAMA_NAME_MAP, PANDAGPT_CONFIG,
+from agac_jax.models.pandagpt import fbank as kf
+from agac_jax.models.qwen2_audio.checkpoints import flatten
+from agac_jax.models.pandagpt.checkpoints import (DELTA_NAME_MAP, IMAGEBIND_NAME_MAP, LLAMA_NAME_MAP, PANDAGPT_CONFIG,
                                           config_from_dict, load_pandagpt_directory, load_tokenizer, write_directory)
-from agac_jax.parity import FLOAT32_TOLERANCE, Comparison, ParityReport, _compare
+from agac_jax.models.qwen2_audio.parity import FLOAT32_TOLERANCE, Comparison, ParityReport, _compare
 
 INVERSE = {"same": lambda w: w, "linear": lambda w: w.T, "conv2d": lambda w: w.transpose(3, 2, 0, 1),
            "conv3d": lambda w: w.transpose(4, 3, 0, 1, 2)}
@@ -72,8 +72,8 @@ def torch_states(params: Any) -> tuple[dict, dict, dict]:
 def random_init_directory(config_json: str | Path, seed: int = 0, out: str | Path | None = None) -> Path:
     """A random PandaGPT of `config_json` (the `pandagpt_config.json` layout) written with a word-level
     tokenizer to `out` (default: a new temporary directory)."""
-    from agac_jax.models.pandagpt import init_params
-    from agac_jax.tokenizer import build_word_tokenizer
+    from agac_jax.models.pandagpt.model import init_params
+    from agac_jax.models.qwen2_audio.tokenizer import build_word_tokenizer
 
     config = config_from_dict(json.loads(Path(config_json).read_text()))
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="pandagpt_random_"))
@@ -108,9 +108,9 @@ def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | Non
     import torch
     import transformers
 
-    from agac_jax.models.pandagpt import PandaGPT, prompt_ids
-    from agac_jax.parity import synthetic_clips
-    from agac_jax.reference.imagebind_torch import imagebind_kwargs, imagebind_model
+    from agac_jax.models.pandagpt.model import PandaGPT, prompt_ids
+    from agac_jax.models.qwen2_audio.parity import synthetic_clips
+    from agac_jax.models.pandagpt.torch_reference import imagebind_kwargs, imagebind_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     directory = Path(directory)

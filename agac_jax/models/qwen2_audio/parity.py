@@ -2,7 +2,7 @@
 
 `run_parity` builds one left-padded batch (a prompt per clip, placeholders expanded) twice: the
 transformers side with transformers' own `Qwen2AudioProcessor` from the checkpoint directory, the Flax
-side with `agac_jax.prompts`. It compares the prompt ids first (stopping at the first differing
+side with `agac_jax.models.qwen2_audio.prompts`. It compares the prompt ids first (stopping at the first differing
 position), then reports, per quantity, the max absolute and max relative difference (relative to the
 largest magnitude of the transformers value): log-mel features, audio embeddings, logits, every decoder
 layer's attention, and the greedy tokens. Padding positions are left out of every comparison. A
@@ -20,12 +20,12 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from agac_jax import checkpoints
+from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.audio.grids import HOP_LENGTH, MAX_SAMPLES, SAMPLE_RATE, encoder_output_lengths
 from agac_jax.models.generate import GenerationSettings, jitted_generate
 from agac_jax.models.interface import PROBS, stack_sown
-from agac_jax.models.qwen2_audio import Qwen2AudioForConditionalGeneration
-from agac_jax.prompts import (DEFAULT_PROMPT_FORMAT, RAW_AUDIO_ITEM, PromptError, PromptFormat, build_prompts,
+from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
+from agac_jax.models.qwen2_audio.prompts import (DEFAULT_PROMPT_FORMAT, RAW_AUDIO_ITEM, PromptError, PromptFormat, build_prompts,
                               load_prompt_format)
 
 FLOAT32_TOLERANCE = 1e-4
@@ -81,12 +81,12 @@ def synthetic_clips(max_samples: int = MAX_SAMPLES) -> list[np.ndarray]:
 
 def random_init_directory(config_json: str | Path, seed: int = 0) -> Path:
     """A random transformers model of a `config.json`'s shapes, saved to a temporary directory with a
-    word-level tokenizer and processor files (`agac_jax.tokenizer.save_processor_files`, no download); the
+    word-level tokenizer and processor files (`agac_jax.models.qwen2_audio.tokenizer.save_processor_files`, no download); the
     config's `audio_token_index` becomes the tokenizer's and its vocabulary at least the tokenizer's."""
     import torch
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration as HFModel
 
-    from agac_jax.tokenizer import AUDIO_TOKEN, save_processor_files
+    from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, save_processor_files
 
     with open(config_json) as f:
         fields = {k: v for k, v in json.load(f).items() if k != "model_type"}

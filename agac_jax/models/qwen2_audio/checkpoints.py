@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agac_jax.models.config import Qwen2AudioConfig
-from agac_jax.models.qwen2_audio import init_params
+from agac_jax.models.qwen2_audio.model import init_params
 
 PathLike = str | os.PathLike[str]
 Params = dict[str, Any]

@@ -36,8 +36,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from agac_jax.audio.features import MAX_FRAMES, audio_token_count, batch_log_mel
-from agac_jax.errors import UserError
-from agac_jax.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, QWEN2_AUDIO_CHAT_TEMPLATE
+from agac_jax.cli.errors import UserError
+from agac_jax.models.qwen2_audio.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, QWEN2_AUDIO_CHAT_TEMPLATE
 
 Clip = np.ndarray
 ClipsPerPrompt = Clip | Sequence[Clip]

@@ -44,7 +44,7 @@ _OFF = ("0", "false", "no", "off")
 
 if "compilation_cache" not in flags.FLAGS:
     flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs on disk for the next run "
-                      f"(agac_jax/compile_cache.py; {ENABLE_ENV}=0 also turns it off).")
+                      f"(agac_jax/cli/compile_cache.py; {ENABLE_ENV}=0 also turns it off).")
 if "compilation_cache_dir" not in flags.FLAGS:
     flags.DEFINE_string("compilation_cache_dir", None, "Directory of the persistent compilation cache (default: "
                         f"${DIR_ENV}, else $XDG_CACHE_HOME/agac_jax/jax_cache/<host key>).")

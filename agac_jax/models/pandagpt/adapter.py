@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from agac_jax.audio import kaldi_fbank as kf
+from agac_jax.models.pandagpt import fbank as kf
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
-from agac_jax.models.pandagpt import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
+from agac_jax.models.pandagpt.model import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
 from agac_jax.scoring import selection
 from agac_jax.scoring.scorer import CPU_IG_CHUNK, ClipScores, ProgramKey, Scorer, ScoringConfig, _divisible, answer_arrays, fsdp_axis_rules, make_mesh  # noqa: F401
 
@@ -94,7 +94,7 @@ class PandaGPTScorer(Scorer):
         """A directory of `checkpoints_pandagpt.convert_to_directory` (or `write_directory`) with a tokenizer
         beside the weights: Vicuna's tokenizer.model, read as PandaGPT does, or a tokenizer.json
         (`checkpoints_pandagpt.load_tokenizer`)."""
-        from agac_jax.checkpoints_pandagpt import load_pandagpt_directory, load_tokenizer
+        from agac_jax.models.pandagpt.checkpoints import load_pandagpt_directory, load_tokenizer
 
         model_config, params = load_pandagpt_directory(directory)
         return cls(params, model_config, load_tokenizer(directory), config)
@@ -110,14 +110,14 @@ class PandaGPTScorer(Scorer):
         if unsupported:
             raise ValueError(f"the PandaGPT port runs float32 and unrolled; config.model has {', '.join(unsupported)}")
         if model.get("random_init", ""):
-            from agac_jax.parity_pandagpt import random_init_directory
+            from agac_jax.models.pandagpt.parity import random_init_directory
 
             directory = random_init_directory(model.random_init, int(model.get("seed", 0)))
         elif model.checkpoint_dir:
             directory = model.checkpoint_dir
         else:
             raise ValueError("config.model.checkpoint_dir is empty: set it to a converted PandaGPT directory "
-                             "(agac_jax.checkpoints_pandagpt.convert_to_directory), or set config.model.random_init")
+                             "(agac_jax.models.pandagpt.checkpoints.convert_to_directory), or set config.model.random_init")
         scorer = cls.from_directory(directory, config)
         scorer.uses_video = bool(model.get("use_video", True))
         return scorer
@@ -179,7 +179,7 @@ class PandaGPTScorer(Scorer):
         """[n, out]: each video's ImageBind vector (its inputs' unit vectors averaged). A video is its
         vision inputs [15, 3, 2, S, S] (`data.imagebind_video.video_inputs`) or a file, read with
         `load_video_inputs` and its vector cached by path (the sweep asks about one video many times)."""
-        from agac_jax.data.imagebind_video import load_video_inputs
+        from agac_jax.models.pandagpt.video import load_video_inputs
 
         if self._video_fn is None:
             self._video_fn = jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=self.model.video_embedding))

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agac_jax.audio import kaldi_fbank as kf
-from agac_jax.models.imagebind import ImageBind, ImageBindConfig
+from agac_jax.models.pandagpt import fbank as kf
+from agac_jax.models.pandagpt.imagebind import ImageBind, ImageBindConfig
 from agac_jax.models.llama import LlamaConfig, LlamaDecoder, init_cache, lm_head
 from agac_jax.scoring.selection import UNHEARD  # noqa: F401  (a frame's score where no ImageBind input reads the audio)
 
