@@ -7,7 +7,7 @@
         --workdir=runs/avhbench
 
 Data: `agac_jax.data.avhbench` (soundtracks extracted with ffmpeg on demand). The poster's AVHBench
-table uses PandaGPT-7B, which this project does not port; this config runs the same grid (r in
+table uses PandaGPT-7B (configs/avhbench_pandagpt.py); this config runs the same grid (r in
 {25, 50, 100}, rho in {1.0, 0.8, 0.5}) with a Qwen2-Audio model instead, so its numbers are not the
 poster's. Codec: SemantiCodec, not deterministic (see clothoqa_qwen2audio.py).
 

@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.scoring.batch_size = 8  # clips per compiled call; a multiple of mesh.shape[0]
     config.scoring.buckets_seconds = (10, 20, 30)  # Clotho clips last 15 to 30 s
     config.mesh.shape = (1, 1)  # (data, model): one 80 GB GPU; (1, 8) shards the 7B over 8 16 GB devices
-    #                             (launch.plan's figures: README "What fits where")
+    #                             (launch.plan's figures: bench/README.md, "What fits where")
     config.rates = (25, 50, 100)  # the poster's rates
     config.rhos = (1.0, 0.9, 0.7)  # the poster's ratios; rho = 1 is the SemantiCodec row
     config.seeds = (0, 1, 2)  # three seeds, as the poster

@@ -22,7 +22,7 @@ Variants (`--config=configs/estimator_study.py:NAME`):
            also as READ;
   targets  the 90 scenes clips: the poster's setting (occlusion/1/logp) and the default (IG 8 on the
            log-odds read as |local| over 9 tokens) with its signed reading, recall at alpha 0.5 and
-           0.75, curves at alpha 0.75 and rho 0, 0.5 and 1, against the baselines: the issue's targets
+           0.75, curves at alpha 0.75 and rho 0, 0.5 and 1, against the baselines: the default's targets
            (recall and A.C. at rho 0.5) on 205 questions with evidence, within 15 minutes on 2 cores;
   validation  the 80 clips of the scenes validation split (220 questions), the default's estimator
            read over 5, 9 and 15 tokens, alphas 0.5 to 1, random one draw: where the default's reading

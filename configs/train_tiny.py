@@ -15,7 +15,7 @@ A smoke run of the whole path (train, checkpoint, evaluate) on a small model and
   .venv/bin/python -m launch.train --config=configs/train_tiny.py:local --workdir=/tmp/agac_train_local
 
 The same model trained for the harder synthetic_scenes benchmark (agac_jax/data/scenes.py), mixed
-with clips of the old one, exported to assets/tiny_qwen2audio_scenes:
+with clips of the synthetic benchmark, exported to assets/tiny_qwen2audio_scenes:
 
   .venv/bin/python -m launch.train --config=configs/train_tiny.py:scenes --workdir=runs/train_tiny_scenes \
       --export=assets/tiny_qwen2audio_scenes
@@ -128,8 +128,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 10  # two generation batches of the 20 test questions
     if variant == "scenes":
         c.data.benchmark = "scenes"  # scenes clips for every split (agac_jax/data/scenes.py)
-        c.data.mix_benchmark = "synthetic"  # plus clips of the old benchmark in the training split
-        c.data.mix_clips = 1000  # old clips; the 299 under 6 s make the 6 s bucket of the curriculum's first steps
+        c.data.mix_benchmark = "synthetic"  # plus clips of the synthetic benchmark in the training split
+        c.data.mix_clips = 1000  # synthetic clips; the 299 under 6 s make the 6 s bucket of the curriculum's first steps
         c.data.train_clips = 16000  # scenes training clips (6 to 12 s, 3 to 5 events); 2000 and 8000 were memorised
         c.data.validation_clips = 80  # scenes validation clips (220 questions)
         c.data.test_clips = 100  # scenes test clips (280 questions, 229 with evidence)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project on a lent GPU in at most 8 minutes, under that machine's own python3 (README, "The first
-# GPU"): with the device tool, `run` with command `bash tools/gpu_check.sh` and carry [".whl"].
+# The project on a lent GPU in at most 8 minutes, under that machine's own python3 (bench/README.md, "On
+# a GPU"): with the device tool, `run` with command `bash tools/gpu_check.sh` and carry [".whl"].
 #
 #   bash tools/gpu_check.sh                 on the GPU machine: writes $OUT/gpu_check.json and its log
 #   bash tools/gpu_check.sh --cpu-dry-run   here: every step at CPU sizes under .venv (tests/test_gpu_check.py)

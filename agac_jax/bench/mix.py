@@ -53,7 +53,7 @@ def bench_mix(ctx: BenchContext) -> dict[str, Any]:
 def mix_case(ctx: BenchContext, entry: ModelEntry, estimator: str, lengths: list[float],
              bucket_sets: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """One model and estimator: the mix through each bucket set and the reference, alternating repeats;
-    then the issue's three clips through the default-bucket Scorer and the reference."""
+    then three mixed clips in one call (`issue_clip_seconds`) through the default-bucket Scorer and the reference."""
     c = ctx.config
     repeats = c.repeats if entry.role == "tiny" else c.slow_repeats
     clips, questions = make_clips_of([round(s * SAMPLE_RATE) for s in lengths], c.mix_seed)
