@@ -16,7 +16,7 @@ import soundfile
 
 from agac_jax.cli import errors
 from agac_jax.data import avhbench, clotho_aqa, load_dataset
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.data.common import (
     OUTSIDE_ROOT,
     SAMPLE_RATE,

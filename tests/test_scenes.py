@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from agac_jax.codec.base import num_frames
-from agac_jax.data import load_dataset, scenes, synthetic
+from agac_jax.data import load_dataset
+from agac_jax.data.synthetic_audio import scenes, synthetic
 from agac_jax.data.common import SAMPLE_RATE, WavFile
 from agac_jax.eval.metrics import evidence_recall, summarize_evidence_recall
 from agac_jax.scoring import baselines, selection

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from agac_jax.models.qwen2_audio import checkpoints
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration as FlaxQwen2Audio
 from agac_jax.models.qwen2_audio.prompts import conversation
 from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END

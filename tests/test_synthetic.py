@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.data.common import SAMPLE_RATE, AudioQASample
 
 

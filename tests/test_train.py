@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agac_jax.audio.features import batch_log_mel
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
 from agac_jax.models.qwen2_audio.tokenizer import IM_END
 from agac_jax.training import checkpointing, data as train_data, loop, losses, model, steps

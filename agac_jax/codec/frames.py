@@ -1,6 +1,7 @@
 """Kept codec frames -> one joined waveform (DESIGN.md section 3), numpy only.
 
-Frame i of a clip of n samples covers samples [i F, min((i + 1) F, n)) with F = frame_samples(r).
+Frame i of a clip of n samples covers samples [i F, min((i + 1) F, n)) with F = frame_samples(r)
+(`frame_bounds`).
 The kept frames are grouped into runs of consecutive indices and the runs are concatenated in time
 order, so the joined waveform has exactly the kept frames' total length and a codec encodes it to
 exactly k frames.
@@ -52,6 +53,16 @@ def validate_kept_frames(kept_frames: object, n_frames: int, name: str = "kept_f
     if np.any(steps < 0):
         raise ValueError(f"{name} must be sorted in increasing (time) order.")
     return indices
+
+
+def frame_bounds(num_samples: int, token_rate: int) -> np.ndarray:
+    """Sample bounds [start, end) of each frame of the codec grid, the last clipped to the clip's end:
+    int64 [num_frames, 2]."""
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    frame = frame_samples(token_rate)
+    starts = np.arange(num_frames(num_samples, token_rate), dtype=np.int64) * frame
+    return np.stack([starts, np.minimum(starts + frame, num_samples)], axis=1)
 
 
 def kept_runs(kept_frames: np.ndarray) -> list[tuple[int, int]]:

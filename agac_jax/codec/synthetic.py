@@ -3,6 +3,15 @@
 Kinds: pure tones, up and down chirps, noise bursts, click trains and amplitude-modulated tones,
 optionally over background noise at a random SNR. Every generator takes a numpy Generator, so a
 seed fixes the sound. All outputs are float32 [round(seconds * 16000)] with peak amplitude <= 1.
+
+These are not the benchmarks' event classes (`agac_jax.data.synthetic_audio`): a codec must
+reproduce any sound, so pitches, sweeps and rates are drawn over wide ranges (tones with random
+harmonics, click trains of 2 to 40 clicks a second, several bursts per clip) and each sound is
+normalised to a peak, where the benchmarks need 8 recognisable classes at calibrated RMS and SNR.
+The time axis and the sine are the benchmarks' (`synthetic_audio.signals`); the chirp (a phase
+formula of its own), the edge ramps (half-sample offset, 80 samples) and the AM envelope (partial
+depth) differ in their arithmetic or their shape, and are kept so the fitted codec's material stays
+the same sounds.
 """
 
 from __future__ import annotations
@@ -12,15 +21,16 @@ from typing import Callable
 import numpy as np
 
 from agac_jax.codec.base import SAMPLE_RATE
+from agac_jax.data.synthetic_audio.signals import seconds_to_samples, sine, time_axis
 
 SIGNAL_KINDS = ("tone", "chirp_up", "chirp_down", "noise_burst", "click_train", "am_tone")
 
 
 def _time(seconds: float) -> np.ndarray:
-    n = int(round(seconds * SAMPLE_RATE))
+    n = seconds_to_samples(seconds)
     if n <= 0:
         raise ValueError(f"seconds must give at least one sample at {SAMPLE_RATE} Hz; got {seconds}.")
-    return np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    return time_axis(n)
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -42,7 +52,7 @@ def tone(rng: np.random.Generator, seconds: float) -> np.ndarray:
     """A sine of random pitch (100 Hz to 4 kHz, log-uniform) with a few random harmonics."""
     t = _time(seconds)
     f0 = _log_uniform(rng, 100.0, 4000.0)
-    x = np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi))
+    x = sine(t, f0, rng.uniform(0, 2 * np.pi))
     for harmonic in range(2, 5):
         if harmonic * f0 < SAMPLE_RATE / 2 and rng.random() < 0.4:
             x += rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * harmonic * f0 * t)
@@ -102,7 +112,7 @@ def am_tone(rng: np.random.Generator, seconds: float) -> np.ndarray:
     carrier = _log_uniform(rng, 200.0, 3000.0)
     rate, depth = rng.uniform(2.0, 20.0), rng.uniform(0.5, 1.0)
     envelope = 1 - depth * 0.5 * (1 + np.cos(2 * np.pi * rate * t))
-    return envelope * np.sin(2 * np.pi * carrier * t) * _edge_ramp(t.size)
+    return envelope * sine(t, carrier) * _edge_ramp(t.size)
 
 
 GENERATORS: dict[str, Callable[[np.random.Generator, float], np.ndarray]] = {
@@ -159,7 +169,7 @@ def random_scene(rng: np.random.Generator, seconds: float) -> np.ndarray:
     Events are 0.2 s to the whole clip long; background noise (probability 0.6) is at 0-30 dB SNR;
     the peak is log-uniform in [0.01, 0.9].
     """
-    n = int(round(seconds * SAMPLE_RATE))
+    n = seconds_to_samples(seconds)
     scene = np.zeros(n)
     for _ in range(int(rng.integers(1, 4))):
         length = int(rng.uniform(0.2, 1.0) * n)

@@ -22,12 +22,12 @@ logger = logging.getLogger(__name__)
 
 
 def _generated(module: str, table: str) -> Callable[[Any], tuple[str, LoadedDataset]]:
-    """The loader of a generated benchmark (`agac_jax.data.{module}`: synthetic, scenes): the split
-    written at `section.root`, else `generate_split(split, num_clips, generation_seed)` in memory;
-    named f"{table}-{split}" in the tables."""
+    """The loader of a generated benchmark (`agac_jax.data.synthetic_audio.{module}`: synthetic,
+    scenes): the split written at `section.root`, else `generate_split(split, num_clips,
+    generation_seed)` in memory; named f"{table}-{split}" in the tables."""
 
     def load(section: Any) -> tuple[str, LoadedDataset]:
-        benchmark = importlib.import_module(f"agac_jax.data.{module}")
+        benchmark = importlib.import_module(f"agac_jax.data.synthetic_audio.{module}")
         if section.root:
             samples = list(benchmark.read_split(section.root))
         else:

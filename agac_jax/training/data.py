@@ -6,17 +6,17 @@ followed by its answer word and `<|im_end|>`. Sequences are right-padded, so pos
 the positions that left-padded greedy generation derives for the real tokens.
 
 Benchmarks (`BENCHMARKS`): the splits come from `data.benchmark`, "synthetic"
-(`agac_jax.data.synthetic`, the shipped model's) or "scenes" (`agac_jax.data.scenes`); with
-`data.mix_benchmark` the training split also holds `data.mix_clips` clips of a second one. The
-tokenizer's vocabulary is the union of theirs (`vocabulary`), and every label below is defined for
-both (scenes repeat classes and overlap events).
+(`agac_jax.data.synthetic_audio.synthetic`, the shipped model's) or "scenes"
+(`agac_jax.data.synthetic_audio.scenes`); with `data.mix_benchmark` the training split also holds
+`data.mix_clips` clips of a second one. The tokenizer's vocabulary is the union of theirs
+(`vocabulary`), and every label below is defined for both (scenes repeat classes and overlap events).
 
 Questions: by default (`data.all_questions`) every question the benchmark's templates can ask about a
-training clip (`all_questions`): synthetic, the 8 existence questions and the order question of
-every ordered pair of its events; scenes, `scenes.all_questions` (existence, count and order where
-they are answerable); answered from the clip's events. The benchmark's own questions are balanced,
-so neither the question nor the audio alone says anything about the answer; a small model trained
-on them alone stays at chance for hundreds of steps.
+training clip (`all_questions`): synthetic, `synthetic.all_questions` (the 8 existence questions
+and the order question of every ordered pair of its events); scenes, `scenes.all_questions`
+(existence, count and order where they are answerable); answered from the clip's events. The
+benchmark's own questions are balanced, so neither the question nor the audio alone says anything
+about the answer; a small model trained on them alone stays at chance for hundreds of steps.
 
 Log-mel features of the training clips are computed once, one clip at a time (`log_mel`, padded to
 the largest frame bucket), and kept as float16 to halve their memory; a batch is cast back to float32. Each
@@ -51,9 +51,8 @@ from transformers import PreTrainedTokenizerBase
 
 from agac_jax.audio.features import FRAMES_PER_SECOND, HOP_LENGTH, audio_token_count, bucket_frames, log_mel
 from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
-from agac_jax.data import scenes, synthetic
-from agac_jax.data.common import NO, YES
-from agac_jax.eval import metrics
+from agac_jax.codec.frames import frame_bounds
+from agac_jax.data.synthetic_audio import scenes, synthetic
 from agac_jax.models.qwen2_audio import prompts as prompting
 from agac_jax.models.qwen2_audio.tokenizer import AUDIO_EOS, AUDIO_TOKEN, IM_END
 
@@ -252,36 +251,6 @@ def event_counts(events: Sequence[synthetic.Event]) -> np.ndarray:
     return counts
 
 
-def _synthetic_all_questions(samples: Sequence[synthetic.Sample]) -> list[synthetic.Sample]:
-    """Every question the benchmark's templates can ask about each clip of `samples`, answered from its events.
-
-    Per clip: the existence question of each of the 8 classes (so a clip with k events answers "yes"
-    k times in 8, which lets the audio alone predict the answer in part and gives training a signal
-    before the model has learnt to read the question), and the order question of every ordered
-    pair of its events. Clips keep their first-seen order.
-    """
-    clips: dict[str, synthetic.Sample] = {}
-    for sample in samples:
-        clips.setdefault(sample.clip_id, sample)
-    out = []
-    for clip_id, sample in clips.items():
-        by_label = {event.label: event for event in sample.events}
-        starts = {label: event.start_s for label, event in by_label.items()}
-        for label in synthetic.EVENT_CLASSES:
-            present = label in by_label
-            out.append(dataclasses.replace(
-                sample, sample_id=f"{clip_id}-all-{synthetic.EXISTENCE}-{label}", kind=synthetic.EXISTENCE,
-                question=synthetic.existence_question(label), answer=YES if present else NO,
-                evidence=(by_label[label].interval,) if present else ()))
-        for first, second in itertools.permutations(by_label, 2):
-            out.append(dataclasses.replace(
-                sample, sample_id=f"{clip_id}-all-{synthetic.ORDER}-{first}-{second}", kind=synthetic.ORDER,
-                question=synthetic.order_question(first, second),
-                answer=YES if starts[first] < starts[second] else NO,
-                evidence=tuple(sorted((by_label[first].interval, by_label[second].interval)))))
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
     """A generated benchmark training can use (`cfg.data.benchmark`, `cfg.data.mix_benchmark`).
@@ -298,16 +267,15 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "synthetic": Benchmark(synthetic, _synthetic_all_questions, 3),  # agac_jax.data.synthetic, 1-3 events
+    "synthetic": Benchmark(synthetic, synthetic.all_questions, 3),  # 1-3 events
     "scenes": Benchmark(scenes, scenes.all_questions, max(scenes.EVENT_COUNT_WEIGHTS)),  # synthetic_scenes
 }
 
 
 def all_questions(samples: Sequence[Any]) -> list[Any]:
     """Every question the templates of each sample's benchmark can ask about its clip, answered from its
-    events (`Benchmark.all_questions`; synthetic: `_synthetic_all_questions`, scenes:
-    `scenes.all_questions`). Clips keep their first-seen order within each benchmark, the benchmarks
-    in the order of BENCHMARKS."""
+    events (`Benchmark.all_questions`: `synthetic.all_questions`, `scenes.all_questions`). Clips keep
+    their first-seen order within each benchmark, the benchmarks in the order of BENCHMARKS."""
     out, claimed = [], 0
     for benchmark in BENCHMARKS.values():
         own = [s for s in samples if isinstance(s, benchmark.module.Sample)]
@@ -362,7 +330,7 @@ def silence_outside_events(waveform: np.ndarray, events: Sequence[synthetic.Even
     low, high = cut_range
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"cut_range must satisfy 0 <= low <= high <= 1, got {cut_range}")
-    starts, ends = metrics.frame_bounds(waveform.size, int(rng.choice(CODEC_TOKEN_RATES))).T
+    starts, ends = frame_bounds(waveform.size, int(rng.choice(CODEC_TOKEN_RATES))).T
     free = np.ones(starts.size, bool)
     margin = EVENT_MARGIN_S * SAMPLE_RATE
     for event in events:

@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.models.decoder import LayerCache, init_cache
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, causal_mask
 from agac_jax.training.data import BACKGROUND_LABEL, MAX_COUNT, Batch

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
 from agac_jax.models.qwen2_audio.model import init_params
 from agac_jax.models.qwen2_audio.tokenizer import AUDIO_TOKEN, IM_END, QWEN2_AUDIO_CHAT_TEMPLATE, save_processor_files

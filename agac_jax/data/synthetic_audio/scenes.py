@@ -1,14 +1,17 @@
 """A harder synthetic evidence benchmark, `synthetic_scenes`: scenes in which loudness does not give
 the evidence away.
 
-On `agac_jax.data.synthetic` (quiet pink noise, one to three separate events) keeping the loudest
-frames keeps nearly all the evidence, so that benchmark cannot tell question relevance from
-loudness. Here the evidence is quiet, a louder event that no question is about sits in every clip,
-events overlap and the background varies. The event classes, their renderers (`render_event`),
-`Event`, the existence and order templates and the manifest format are synthetic.py's.
+On the `synthetic` benchmark (quiet pink noise, one to three separate events) the loudest frames of
+a clip are its events, so a question-blind selector that keeps the loudest frames keeps the
+evidence too, and that benchmark cannot tell question relevance from loudness. Here the evidence is
+quiet, a louder event that no question is about sits in every clip, events overlap and the
+background varies, so that keeping the loudest frames is no better a guide to the evidence than
+keeping frames at random, while every question stays answerable from the audio. The event classes
+and their rendering (`events`), the existence and order templates and the balanced schedule
+(`questions`) and the split files (`splits`) are shared with `synthetic`.
 
 Clips (16 kHz mono float32, 6 to 12 s) hold 3, 4 or 5 events (probabilities 1/4, 1/4, 1/2) of the 8
-classes of synthetic.py; a class may occur more than once. Each event has a role:
+event classes; a class may occur more than once. Each event has a role:
 
 - evidence: an event some question of the clip rests on. Evidence events are 0.4 to 1.5 s long at
   4 to 10 dB SNR; no two overlap, any two are at least 0.2 s apart (MIN_GAP_S), and all lie
@@ -25,10 +28,10 @@ slots at random places among them, slots 0.2 s apart, the free time spread at ra
 distractor is shifted by a uniform offset that may carry it into its neighbours: into a
 neighbouring distractor by up to half that one's length, into a neighbouring evidence event as
 long as distractors cover at most half of that event (MAX_COVERED_SHARE) in all. So distractors
-overlap each other or part of an evidence event (70 % of clips hold an overlap), and at least
-half of every evidence event is heard over the background alone.
+often overlap each other or part of an evidence event, and at least half of every evidence event
+is heard over the background alone.
 
-SNR is the RMS over the event (rendered at unit RMS with 10 ms fades, as in synthetic.py)
+SNR is the RMS over the event (rendered at unit RMS with 10 ms fades, `events.render_event`)
 against the background's RMS outside its silence gaps; a mixture that would peak above 0.9 is
 scaled down as a whole (SNRs kept).
 
@@ -43,7 +46,7 @@ at an RMS level of -50 to -34 dBFS:
 Questions (yes/no), and their evidence (the intervals, seconds, of the audio that decides it):
 1. existence, "is there a {x} ?": "yes": every occurrence of x; "no": x is absent and the
    evidence is empty (absence rests on no localised stretch of audio; evidence recall leaves such
-   samples out, as for synthetic.py);
+   samples out, as for `synthetic`);
 2. order, "does the {a} come before the {b} ?", asked only when a and b each occur exactly once
    and lie at least 0.2 s apart (`order_answerable`): both events, either answer;
 3. count, "is there more than one {x} ?", asked only when x occurs once, or twice at least 0.2 s
@@ -52,67 +55,59 @@ Questions (yes/no), and their evidence (the intervals, seconds, of the audio tha
 Planning a clip: the number of events n is drawn first; n - 1 events may be evidence. The count
 question comes first ((x, answer) from its schedule: x twice or once); the order question follows
 when the evidence budget leaves room for its two classes (a counted class that occurs once may be
-one of them), which holds in about 75 % of clips; then the existence question (a class already in
-the evidence, or a new one while the budget lasts, for "yes"; a class absent from the clip for
-"no"); the remaining events are distractors. So every clip has an existence and a count question
-and most an order question, and the evidence of a clip's questions is a subset of its events
-(questions may share events: "is there a {x} ?" may rest on the counted x). The 100 clips of a
-test split give 229 questions with evidence (seed 0).
+one of them); then the existence question (a class already in the evidence, or a new one while
+the budget lasts, for "yes"; a class absent from the clip for "no"); the remaining events are
+distractors. So every clip has an existence and a count question and most an order question, and
+the evidence of a clip's questions is a subset of its events (questions may share events: "is
+there a {x} ?" may rest on the counted x).
 
-Balance: each kind draws (class, answer) pairs from its own shuffled blocks that hold every pair
-once (for order the class named first); a pair the clip cannot satisfy waits for a later clip.
-Over 3000 clips no (kind, class) pair is off balance by more than one.
-
-Loudness, measured (energy selector: per-frame RMS, top 50 % of the frames of each clip, mean
-evidence recall of the questions with evidence; seed 0, 100 scenes / 130 synthetic test clips):
-
-    codec rate r          25      50      100
-    synthetic_scenes      0.46    0.53    0.54    (229 questions)
-    synthetic (old)       0.97    0.93    0.91    (153 questions)
-
-A uniformly random selection keeps 0.50 in expectation, so on these scenes loudness is no better
-a guide than chance, while the questions stay answerable from the audio.
+Balance: each kind draws (class, answer) pairs from its own `questions.BalancedSchedule` (for order
+the class named first); a pair the clip cannot satisfy waits for a later clip.
 
 `all_questions` lists every question the templates can ask about a clip (for training), under the
 same answerability rules. Everything is deterministic in (split, num_clips, seed); the splits (and
-this benchmark against synthetic.py) derive different seeds, so they share no clip. Waveforms are
-rendered on demand from a `ClipSpec`; `write_split`/`read_split` store a split as synthetic.py does
-(manifest.jsonl and float32 WAVs, plus each clip's background).
+this benchmark against `synthetic`) derive different seeds, so they share no clip. Waveforms are
+rendered on demand from a `ClipSpec`; `write_split`/`read_split` store a split as `splits` does
+(manifest.jsonl and float32 WAVs), plus each clip's background.
 """
-
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import soundfile
 
-from agac_jax.data.common import NO, SAMPLE_RATE, YES, AudioQASample, Interval, WavFile
-from agac_jax.data.synthetic import (
+from agac_jax.data.common import NO, SAMPLE_RATE, YES, Interval
+from agac_jax.data.synthetic_audio import signals, splits
+from agac_jax.data.synthetic_audio.events import (
     EDGE_MARGIN_S,
     EVENT_CLASSES,
-    EXISTENCE,
-    MANIFEST_NAME,
     MIN_GAP_S,
-    ORDER,
     PEAK_LIMIT,
-    SPLITS,
     Event,
-    _pink_noise,
+    EventSample,
+    render_event,
+    spread_in_time,
+)
+from agac_jax.data.synthetic_audio.questions import (
+    EXISTENCE,
+    ORDER,
+    BalancedSchedule,
     existence_question,
     order_question,
-    render_event,
-    seconds_to_samples,
+    vocabulary,
 )
+from agac_jax.data.synthetic_audio.signals import seconds_to_samples
+from agac_jax.data.synthetic_audio.splits import MANIFEST_NAME, SPLITS
 
 __all__ = [
-    "BACKGROUND_KINDS", "COUNT", "EVENT_CLASSES", "EXISTENCE", "ORDER", "QUESTION_KINDS", "SPLITS", "VOCABULARY",
-    "Background", "ClipSpec", "Event", "Sample", "all_questions", "count_question", "existence_question",
-    "generate_split", "order_question", "read_split", "render_clip", "write_split",
+    "BACKGROUND_KINDS", "COUNT", "EDGE_MARGIN_S", "EVENT_CLASSES", "EXISTENCE", "MANIFEST_NAME", "MIN_GAP_S",
+    "ORDER", "PEAK_LIMIT", "QUESTION_KINDS", "SPLITS", "VOCABULARY", "Background", "ClipSpec", "Event", "Sample",
+    "all_questions", "count_question", "existence_question", "generate_split", "order_question", "read_split",
+    "render_background", "render_clip", "write_split",
 ]
 
 COUNT = "count"
@@ -140,7 +135,6 @@ SILENCE_GAPS = (1, 3)
 SILENCE_GAP_S = (0.5, 1.5)
 GAP_RAMP_S = 0.01
 
-_SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 _BENCHMARK_CODE = 0x5CE4E5  # in every split's seed, so no scenes clip repeats a synthetic one
 
 
@@ -182,15 +176,12 @@ class ClipSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Sample(AudioQASample):
+class Sample(EventSample):
     """A scenes sample: the common fields plus the question kind, the clip's events, length and background.
 
     `events` lists every event of the clip (sorted by start), evidence and distractors alike.
     """
 
-    kind: str
-    events: tuple[Event, ...]
-    num_samples: int
     background: Background
 
 
@@ -202,15 +193,11 @@ def count_question(label: str) -> str:
     return f"is there more than one {label} ?"
 
 
-def _vocabulary() -> list[str]:
-    questions = [existence_question(label) for label in EVENT_CLASSES]
-    questions += [count_question(label) for label in EVENT_CLASSES]
-    questions += [order_question(a, b) for a, b in itertools.permutations(EVENT_CLASSES, 2)]
-    words = {word for question in questions for word in question.split(" ")}
-    return sorted(words | {YES, NO})
-
-
-VOCABULARY: list[str] = _vocabulary()
+VOCABULARY: list[str] = vocabulary(
+    [existence_question(label) for label in EVENT_CLASSES]
+    + [count_question(label) for label in EVENT_CLASSES]
+    + [order_question(a, b) for a, b in itertools.permutations(EVENT_CLASSES, 2)]
+)
 
 
 def separated(a: Event, b: Event) -> bool:
@@ -290,41 +277,18 @@ def all_questions(samples: Sequence[Sample]) -> list[Sample]:
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def _white_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
-    """White Gaussian noise at unit RMS, [num_samples]."""
-    noise = rng.standard_normal(num_samples)
-    return noise / np.sqrt(np.mean(noise**2))
-
-
-def _brown_noise(rng: np.random.Generator, num_samples: int) -> np.ndarray:
-    """Noise with power falling as 1/f^2 (flat below 20 Hz), unit RMS, [num_samples]."""
-    fft_length = 1 << max(num_samples - 1, 1).bit_length()
-    spectrum = np.fft.rfft(rng.standard_normal(fft_length))
-    spectrum /= np.maximum(np.fft.rfftfreq(fft_length, d=1.0 / SAMPLE_RATE), 20.0)
-    noise = np.fft.irfft(spectrum, n=fft_length)[:num_samples]
-    return noise / np.sqrt(np.mean(noise**2))
-
-
-_NOISES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
-    "pink": _pink_noise,
-    "white": _white_noise,
-    "brown": _brown_noise,
+_NOISES: dict[str, signals.Renderer] = {
+    "pink": signals.pink_noise,
+    "white": signals.white_noise,
+    "brown": signals.brown_noise,
 }
-
-
-def _hum(rng: np.random.Generator, fundamental_hz: float, num_samples: int) -> np.ndarray:
-    """Mains hum: the fundamental and its first harmonics (amplitude 1/h, random phases), unit RMS."""
-    time = np.arange(num_samples) / SAMPLE_RATE
-    hum = sum(np.sin(2 * np.pi * h * fundamental_hz * time + rng.uniform(0, 2 * np.pi)) / h
-              for h in range(1, HUM_HARMONICS + 1))
-    return hum / np.sqrt(np.mean(hum**2))
 
 
 def _gap_envelope(gaps: Sequence[Interval], num_samples: int) -> np.ndarray:
     """1 outside the gaps, 0 inside, with raised-cosine ramps of GAP_RAMP_S just outside each gap."""
     envelope = np.ones(num_samples)
     length = seconds_to_samples(GAP_RAMP_S)
-    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(length) / length)  # 0 -> 1
+    ramp = signals.rising_ramp(length)  # 0 -> 1
     for start_s, end_s in gaps:
         start, end = seconds_to_samples(start_s), seconds_to_samples(end_s)
         envelope[start:end] = 0.0
@@ -340,8 +304,8 @@ def render_background(background: Background, rng: np.random.Generator, num_samp
     noise = _NOISES[background.colour](rng, num_samples)
     if background.hum_hz:
         hum_gain = 10 ** (background.hum_over_noise_db / 20)
-        mixed = noise + hum_gain * _hum(rng, background.hum_hz, num_samples)
-        noise = mixed / np.sqrt(np.mean(mixed**2))
+        mixed = noise + hum_gain * signals.hum(rng, background.hum_hz, num_samples, HUM_HARMONICS)
+        noise = signals.unit_rms(mixed)
     signal = background.rms * noise
     if background.gaps:
         signal *= _gap_envelope(background.gaps, num_samples)
@@ -373,27 +337,6 @@ def render_clip(spec: ClipSpec, *, background: bool = True, events: Sequence[int
 # --- planning a split ----------------------------------------------------------------------------
 
 
-class _BalancedSchedule:
-    """Hands out (class, answer) pairs from shuffled blocks that hold every pair once.
-
-    `take(allowed)` returns the earliest pending pair that `allowed(label, answer)` accepts, so a
-    refused pair waits for a later clip instead of being dropped.
-    """
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self._rng = rng
-        self._pending: list[tuple[str, str]] = []
-
-    def take(self, allowed: Callable[[str, str], bool]) -> tuple[str, str]:
-        for _ in range(64):
-            for index, (label, answer) in enumerate(self._pending):
-                if allowed(label, answer):
-                    return self._pending.pop(index)
-            block = [(label, answer) for label in EVENT_CLASSES for answer in (YES, NO)]
-            self._pending.extend(block[i] for i in self._rng.permutation(len(block)))
-        raise RuntimeError("no (class, answer) pair is allowed")  # unreachable: some pair always is
-
-
 @dataclasses.dataclass(frozen=True)
 class _ClipPlan:
     """What a clip holds and asks: its evidence events by class (occurrences), its distractor classes,
@@ -406,7 +349,7 @@ class _ClipPlan:
     order: tuple[str, str, str] | None
 
 
-def _plan_clip(rng: np.random.Generator, schedules: dict[str, _BalancedSchedule]) -> _ClipPlan:
+def _plan_clip(rng: np.random.Generator, schedules: dict[str, BalancedSchedule]) -> _ClipPlan:
     sizes = list(EVENT_COUNT_WEIGHTS)
     num_events = int(rng.choice(sizes, p=[EVENT_COUNT_WEIGHTS[n] for n in sizes]))
     budget = num_events - 1  # evidence events; at least one event is a distractor
@@ -483,12 +426,8 @@ def _layout(rng: np.random.Generator, evidence_labels: Sequence[str],
     sequence = [("d", next(distractor_iter)) if d else ("e", next(evidence_iter)) for d in is_distractor]
     lengths = {("e", i): n for i, n in enumerate(evidence_lengths)}
     lengths.update({("d", i): n for i, n in enumerate(distractor_lengths)})
-    cuts = np.sort(rng.integers(0, clip_samples - needed + 1, size=slots))
-    slot_of, cursor = {}, margin
-    for item, extra in zip(sequence, np.diff(cuts, prepend=0)):
-        start = cursor + int(extra)
-        slot_of[item] = (start, start + lengths[item])
-        cursor = start + lengths[item] + gap
+    slot_of = dict(zip(sequence, spread_in_time(rng, [lengths[item] for item in sequence], clip_samples, margin,
+                                                gap)))
     covered = {("e", i): 0 for i in range(len(evidence_labels))}  # samples of each evidence event under distractors
     placed = dict(slot_of)
     for index, item in enumerate(sequence):
@@ -572,19 +511,9 @@ def generate_split(split: str, num_clips: int, seed: int) -> list[Sample]:
     Returns:
       Samples in clip order: a clip's existence, order (when asked) and count questions.
     """
-    if split not in _SPLIT_CODES:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not isinstance(num_clips, int) or num_clips < 1:
-        raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    split_seed = np.random.SeedSequence([seed, _SPLIT_CODES[split], _BENCHMARK_CODE])
-    schedule_seed, clips_seed = split_seed.spawn(2)
-    schedules = {kind: _BalancedSchedule(np.random.default_rng(s))
-                 for kind, s in zip(QUESTION_KINDS, schedule_seed.spawn(len(QUESTION_KINDS)))}
+    schedules, clip_rngs = splits.split_streams(split, num_clips, seed, QUESTION_KINDS, salt=(_BENCHMARK_CODE,))
     samples: list[Sample] = []
-    for index, clip_seed in enumerate(clips_seed.spawn(num_clips)):
-        rng = np.random.default_rng(clip_seed)
+    for index, rng in enumerate(clip_rngs):
         plan = _plan_clip(rng, schedules)
         samples.extend(_clip_samples(f"scenes-{split}-seed{seed}-{index:05d}", plan, rng))
     return samples
@@ -593,70 +522,25 @@ def generate_split(split: str, num_clips: int, seed: int) -> list[Sample]:
 # --- writing and reading -------------------------------------------------------------------------
 
 
-def _sample_record(sample: Sample, audio_path: str) -> dict:
-    return {
-        "sample_id": sample.sample_id,
-        "clip_id": sample.clip_id,
-        "audio": audio_path,
-        "num_samples": sample.num_samples,
-        "kind": sample.kind,
-        "question": sample.question,
-        "answer": sample.answer,
-        "evidence": [list(interval) for interval in sample.evidence or ()],
-        "events": [dataclasses.asdict(event) for event in sample.events],
-        "background": dataclasses.asdict(sample.background),
-    }
+def _sample_record(sample: Sample, audio_path: str) -> dict[str, Any]:
+    return {**splits.sample_record(sample, audio_path), "background": dataclasses.asdict(sample.background)}
 
 
 def write_split(directory: Path | str, samples: Sequence[Sample]) -> Path:
-    """Writes each clip once as `audio/{clip_id}.wav` (float32) and one JSONL line per sample.
+    """Writes each clip once as `audio/{clip_id}.wav` (float32) and one JSONL line per sample, with
+    the clip's background.
 
     Returns the manifest's path, `{directory}/manifest.jsonl`.
     """
-    directory = Path(directory)
-    (directory / "audio").mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
-    manifest = directory / MANIFEST_NAME
-    with manifest.open("w", encoding="utf-8") as out:
-        for sample in samples:
-            relative = f"audio/{sample.clip_id}.wav"
-            if sample.clip_id not in written:
-                soundfile.write(directory / relative, sample.load_waveform(), SAMPLE_RATE, subtype="FLOAT")
-                written.add(sample.clip_id)
-            out.write(json.dumps(_sample_record(sample, relative)) + "\n")
-    return manifest
+    return splits.write_split(directory, samples, _sample_record)
 
 
-def _sample_from_record(record: dict, directory: Path) -> Sample:
+def _sample_from_record(record: dict[str, Any], directory: Path) -> Sample:
     background = dict(record["background"])
     background["gaps"] = tuple((float(start), float(end)) for start, end in background["gaps"])
-    return Sample(
-        sample_id=record["sample_id"],
-        clip_id=record["clip_id"],
-        question=record["question"],
-        answer=record["answer"],
-        audio=WavFile(directory / record["audio"]),
-        evidence=tuple((float(start), float(end)) for start, end in record["evidence"]),
-        kind=record["kind"],
-        events=tuple(Event(**event) for event in record["events"]),
-        num_samples=int(record["num_samples"]),
-        background=Background(**background),
-    )
+    return Sample(**splits.sample_fields(record, directory), background=Background(**background))
 
 
 def read_split(directory: Path | str) -> list[Sample]:
     """Reads what `write_split` wrote; the samples load their audio from the WAV files."""
-    directory = Path(directory)
-    manifest = directory / MANIFEST_NAME
-    if not manifest.is_file():
-        raise FileNotFoundError(f"no synthetic_scenes split at {directory}: {MANIFEST_NAME} is missing")
-    samples = []
-    with manifest.open(encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                samples.append(_sample_from_record(json.loads(line), directory))
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{manifest}, line {line_number}: malformed sample record ({error})") from error
-    return samples
+    return splits.read_split(directory, _sample_from_record, "synthetic_scenes")
