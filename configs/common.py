@@ -33,14 +33,17 @@ def base_config() -> ml_collections.ConfigDict:
     #   "\nAnswer the question using a single word only. ", the others nothing; "": nothing
 
     config.model = ml_collections.ConfigDict()
-    config.model.kind = "qwen2_audio"  # qwen2_audio | pandagpt: the model family of checkpoint_dir
-    config.model.checkpoint_dir = ""  # Hugging Face Qwen2-Audio directory with tokenizer and preprocessor files
+    config.model.kind = ""  # qwen2_audio | pandagpt (agac_jax.models.MODELS); "": told by checkpoint_dir's files
+    config.model.checkpoint_dir = ""  # the model directory: Hugging Face Qwen2-Audio as downloaded, converted PandaGPT
+    config.model.random_init = ""  # a config json of the family `kind`: a random tiny model of it instead
+    config.model.seed = 0  # of random_init's weights
     config.model.param_dtype = "float32"  # float32 | bfloat16: dtype the weights are held in (bf16 halves them: 7B 16.8 GB)
     config.model.dtype = "float32"  # float32 | bfloat16: compute dtype (softmax, norms and logits stay float32)
     config.model.prompt_format = "chat"  # chat: the processor's chat template (Instruct); raw: the base model's
     #                                      "<|audio_bos|><|AUDIO|><|audio_eos|>" + question (agac_jax/models/qwen2_audio/prompts.py)
     config.model.scan_layers = False  # nn.scan over the decoder layers: faster compiles, same results (models/decoder.py)
     config.model.remat_layers = False  # rematerialise each decoder layer in gradients (IG memory), same results
+    config.model.use_video = False  # the clips come with a video the model also sees (PandaGPT on AVHBench)
 
     config.scoring = ml_collections.ConfigDict()  # fields of ScoringConfig (defaults and meaning there)
     config.scoring.estimator = _SCORING.estimator  # AAD local score: occlusion (DESIGN.md) | integrated_gradients
@@ -70,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.logical_axis_rules = _SCORING.axis_rules  # logical parameter axis -> mesh axis (or None);
     #   head axes split in whole heads, an axis a mesh axis cannot split hands it to the weight's other one
     config.mesh.fsdp = _SCORING.fsdp  # True: also split every weight's model width ('embed') over 'data'
-    #   (FSDP, gathered where used): for a small 'model' axis and a large batch (README, what fits where)
+    #   (FSDP, gathered where used): for a small 'model' axis and a large batch (bench/README.md, "What fits where")
 
     config.methods = DEFAULT_SWEEP_METHODS  # DESIGN.md section 4's; rho = 1 of every selecting method is `codec`;
     #                                     the adaptive ones (adaptive_mass, adaptive_pool) are asked for by name

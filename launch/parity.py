@@ -3,11 +3,12 @@
   python -m launch.parity --checkpoint DIR [--audio a.wav ...] [--question "..."] [--dump out.npz]
   python -m launch.parity --random_init CONFIG.json
   python -m launch.parity --checkpoint BASE_DIR --prompt_format=raw   (Qwen2-Audio-7B, the base model)
-  python -m launch.parity --checkpoint PANDAGPT_DIR | --random_init configs/tiny_pandagpt.json  (PandaGPT:
-      a directory with pandagpt_config.json, or such a config; agac_jax/models/pandagpt/parity.py)
+  python -m launch.parity --checkpoint PANDAGPT_DIR | --random_init configs/tiny_pandagpt.json
 
-Both sides build their prompt from the checkpoint's own files: transformers' with its
-Qwen2AudioProcessor, the Flax side with agac_jax.models.qwen2_audio.prompts; the prompt ids are compared first.
+The family (agac_jax.models.MODELS) is told by the directory's files or the config json's keys, or set
+with --kind; each family compares the port with its own PyTorch definition (its package's parity.py).
+Both sides build their prompt from the checkpoint's own files (for Qwen2-Audio: transformers'
+Qwen2AudioProcessor against agac_jax.models.qwen2_audio.prompts); the prompt ids are compared first.
 
 Exits 1 when a quantity exceeds its tolerance (float32: 1e-4 relative to its largest magnitude;
 greedy tokens must be identical; with --param_dtype/--dtype bfloat16 the default tolerance is the
@@ -27,8 +28,8 @@ from absl import app, flags
 
 from agac_jax.cli import errors
 
-flags.DEFINE_string("checkpoint", None, "Hugging Face Qwen2-Audio directory.")
-flags.DEFINE_string("random_init", None, "config.json to build a random transformers model from instead.")
+flags.DEFINE_string("checkpoint", None, "The model directory (Hugging Face Qwen2-Audio, converted PandaGPT).")
+flags.DEFINE_string("random_init", None, "A family's config json to build a random tiny model from instead.")
 flags.DEFINE_integer("seed", 0, "Seed of --random_init.")
 flags.DEFINE_multi_string("audio", [], "Audio files (default: two synthetic clips).")
 flags.DEFINE_multi_string("question", [], "One question, or one per clip.")
@@ -40,6 +41,8 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of
 BF16_TOLERANCE = {("bfloat16", "float32"): 1e-2, ("bfloat16", "bfloat16"): 2.5e-2, ("float32", "bfloat16"): 2.5e-2}
 flags.DEFINE_enum("prompt_format", "chat", ["chat", "raw"], "chat: the processor's chat template (Instruct "
                   "checkpoints); raw: '<|audio_bos|><|AUDIO|><|audio_eos|>' + question (the base Qwen2-Audio-7B).")
+flags.DEFINE_string("kind", "", "The model family (agac_jax.models.MODELS); \"\": told by the directory's "
+                    "files or the --random_init json's keys.")
 flags.DEFINE_string("dump", None, "Write the Flax side's arrays to this .npz.")
 FLAGS = flags.FLAGS
 
@@ -48,30 +51,21 @@ def main(argv):
     del argv
     import numpy as np
 
+    from agac_jax import models
     from agac_jax.audio.io import load_audio
-    from agac_jax.models.qwen2_audio.parity import random_init_directory, run_parity
 
     if bool(FLAGS.checkpoint) == bool(FLAGS.random_init):
         raise app.UsageError("give exactly one of --checkpoint and --random_init")
-    from agac_jax.models.pandagpt import parity as parity_pandagpt
-
-    pandagpt = parity_pandagpt.is_pandagpt_directory(FLAGS.checkpoint or FLAGS.random_init)
-    if pandagpt and (FLAGS.param_dtype, FLAGS.dtype) != ("float32", "float32"):
-        raise app.UsageError("PandaGPT's parity runs in float32 only")
-    if pandagpt:
-        directory = FLAGS.checkpoint or parity_pandagpt.random_init_directory(FLAGS.random_init, FLAGS.seed)
-    else:
-        directory = FLAGS.checkpoint or random_init_directory(FLAGS.random_init, FLAGS.seed)
+    source = FLAGS.checkpoint or FLAGS.random_init
+    family = models.entry(FLAGS.kind or models.model_kind(source))
+    directory = FLAGS.checkpoint or models.resolve(family.random_init)(FLAGS.random_init, FLAGS.seed)
     clips = [load_audio(p) for p in FLAGS.audio] or None
     tolerance = FLAGS.tolerance
     if tolerance is None:
         tolerance = BF16_TOLERANCE.get((FLAGS.param_dtype, FLAGS.dtype), 1e-4)
-    if pandagpt:
-        report = parity_pandagpt.run_pandagpt_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens,
-                                                     tolerance)
-    else:
-        report = run_parity(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
-                            param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype, prompt_format=FLAGS.prompt_format)
+    report = models.resolve(family.parity)(directory, clips, FLAGS.question or None, FLAGS.max_new_tokens, tolerance,
+                                           param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype,
+                                           prompt_format=FLAGS.prompt_format)
     print(report.table())
     if FLAGS.dump:
         np.savez(FLAGS.dump, **report.arrays)

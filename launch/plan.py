@@ -1,6 +1,6 @@
 """Plans a scoring run before renting devices: per-device memory, compile time, FLOPs and time per clip.
 
-  python -m launch.plan --config_json=bench/configs/qwen2_audio_7b_instruct.json --mesh=1,8 \
+  python -m launch.plan --config_json=configs/qwen2_audio_7b_instruct.json --mesh=1,8 \
       --param_dtype=bfloat16 --bucket_seconds=30 --estimator=occlusion --batch_size=1
 
 Compiles the scoring and generation programs for the model of CONFIG.json (a Hugging Face config; no
@@ -21,7 +21,9 @@ from absl import app, flags
 from agac_jax.cli import errors
 from agac_jax.scoring import plan
 
-flags.DEFINE_string("config_json", None, "Hugging Face Qwen2-Audio config.json.", required=True)
+flags.DEFINE_string("config_json", None, "The family's config json: Qwen2-Audio's config.json, PandaGPT's "
+                    "pandagpt_config.json.", required=True)
+flags.DEFINE_string("kind", "", "The model family (agac_jax.models.MODELS); \"\": told by the json's keys.")
 flags.DEFINE_string("mesh", "1,1", "DATA,MODEL devices of the mesh.")
 flags.DEFINE_integer("devices", 0, "Forced host devices (0: DATA x MODEL).")
 flags.DEFINE_enum("param_dtype", "bfloat16", ["float32", "bfloat16"], "Dtype the parameters are held in.")
@@ -53,7 +55,7 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     request = plan.PlanRequest(
-        config_json=str(Path(FLAGS.config_json).resolve()), mesh=mesh, devices=FLAGS.devices,
+        config_json=str(Path(FLAGS.config_json).resolve()), kind=FLAGS.kind, mesh=mesh, devices=FLAGS.devices,
         param_dtype=FLAGS.param_dtype, dtype=FLAGS.dtype, bucket_seconds=FLAGS.bucket_seconds,
         estimator=FLAGS.estimator, batch_size=FLAGS.batch_size, max_new_tokens=FLAGS.max_new_tokens,
         max_text_tokens=FLAGS.max_text_tokens, occlusion_chunk=FLAGS.occlusion_chunk, ig_steps=FLAGS.ig_steps,

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from agac_jax.models.qwen2_audio import checkpoints
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.eval import faithfulness, study
 from agac_jax.scoring.program import answer_target
+from agac_jax.models.qwen2_audio.adapter import Qwen2AudioAdapter
 from agac_jax.scoring.scorer import Scorer, ScoringConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny_qwen2audio"
@@ -44,7 +45,7 @@ def scorer():
     loaded = checkpoints.load_hf_directory(SHIPPED)
     from transformers import AutoTokenizer
 
-    return Scorer(loaded, AutoTokenizer.from_pretrained(str(SHIPPED)), CONFIG)
+    return Scorer(Qwen2AudioAdapter.of(loaded, AutoTokenizer.from_pretrained(str(SHIPPED))), loaded.params, CONFIG)
 
 
 @pytest.fixture(scope="module")

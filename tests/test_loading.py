@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
-from agac_jax.scoring.scorer import make_mesh, param_shardings
+from agac_jax.models.qwen2_audio.adapter import param_shardings
+from agac_jax.scoring.sharding import make_mesh
 from tests.tiny_models import make_hf_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,8 @@ _MEASURE = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     import jax
     from agac_jax.models.qwen2_audio import checkpoints
-    from agac_jax.scoring.scorer import make_mesh, param_shardings
+    from agac_jax.models.qwen2_audio.adapter import param_shardings
+    from agac_jax.scoring.sharding import make_mesh
     mesh = make_mesh((1, 1))
     jax.block_until_ready(jax.numpy.zeros(4) + 1)  # start the backend before the baseline
     def rss():

@@ -36,7 +36,7 @@ import jax
 import pytest
 
 from agac_jax.models.qwen2_audio import checkpoints
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.eval import distributed, results, sweep
 from agac_jax.eval.distributed import IncompleteShardsError, ShardManifest
 from agac_jax.eval.results import TaskKey

@@ -24,8 +24,8 @@ from agac_jax.models.pandagpt.checkpoints import (MissingTokenizerError, VicunaT
 from agac_jax.models.pandagpt.imagebind import ImageBindConfig
 from agac_jax.models.llama import LlamaConfig
 from agac_jax.models.pandagpt.model import PROMPT_START, PandaGPTConfig, prompt_ids
-from agac_jax.models.pandagpt.parity import random_init_directory, run_pandagpt_parity
-from agac_jax.models.pandagpt.adapter import PandaGPTScorer
+from agac_jax.models.pandagpt.parity import random_init_directory, run_parity
+from agac_jax.scoring.scorer import Scorer
 from agac_jax.scoring.scorer import ScoringConfig
 from tests.imagebind_reference import tiny_imagebind
 from tests.test_pandagpt_parity import TINY
@@ -129,13 +129,14 @@ def test_converted_release_scores_and_passes_parity_with_pandagpts_prompt(releas
                                                            "tokenizer.model"]
     sp = spm.SentencePieceProcessor(model_file=str(vicuna / "tokenizer.model"))
     expected = expected_prompt(sp, QUESTION)
-    scorer = PandaGPTScorer.from_directory(converted, ScoringConfig(max_text_tokens=48, max_new_tokens=2,
+    scorer = Scorer.from_directory(converted, ScoringConfig(max_text_tokens=48, max_new_tokens=2,
                                                                     buckets_seconds=(4,), batch_size=1))
     assert isinstance(scorer.tokenizer, VicunaTokenizer)
-    assert scorer._prompt(QUESTION) == expected
+    assert scorer.adapter.inputs([np.zeros(16000, np.float32)], [QUESTION], 400, padding_side="right",
+                                 silence=False).input_ids[0].tolist() == expected
     assert scorer.audio_offset == expected.index(CONFIG.audio_token_id)
     clip = (0.1 * np.random.default_rng(0).standard_normal(3 * 16000)).astype(np.float32)
-    report = run_pandagpt_parity(converted, [clip], [QUESTION], max_new_tokens=2)
+    report = run_parity(converted, [clip], [QUESTION], max_new_tokens=2)
     assert report.ok, report.table()
     assert report.arrays["prompt_ids"].tolist() == expected
     assert report.arrays["logits"].shape == (len(expected), VOCAB + 1)
@@ -146,9 +147,9 @@ def test_parity_without_a_tokenizer_stops_with_one_error_line(tmp_path, capsys):
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (directory / name).unlink(missing_ok=True)
     with pytest.raises(MissingTokenizerError, match="holds no tokenizer"):
-        run_pandagpt_parity(directory, max_new_tokens=1)
+        run_parity(directory, max_new_tokens=1)
     with pytest.raises(SystemExit) as exit_info:
-        errors.main(lambda argv: run_pandagpt_parity(directory, max_new_tokens=1))(["parity"])
+        errors.main(lambda argv: run_parity(directory, max_new_tokens=1))(["parity"])
     assert exit_info.value.code == errors.EXIT_USER_ERROR
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {directory} holds no tokenizer")

@@ -16,8 +16,8 @@ from agac_jax.models.pandagpt.imagebind import ImageBindConfig
 from agac_jax.models.llama import LlamaConfig
 from agac_jax.models.pandagpt.model import UNHEARD, PandaGPT, PandaGPTConfig, init_params
 from agac_jax.scoring import methods, selection
-from agac_jax.models.pandagpt.adapter import PandaGPTScorer
-from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ScoringConfig
+from agac_jax.models.pandagpt.adapter import PandaGPTAdapter
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 from agac_jax.models.qwen2_audio.tokenizer import build_word_tokenizer
 
 IB = ImageBindConfig(out_embed_dim=24, audio_embed_dim=32, audio_num_blocks=2, audio_num_heads=4,
@@ -51,7 +51,7 @@ def scorer(tmp_path_factory):
     params = jax.jit(lambda k: init_params(CONFIG, k))(jax.random.key(0))
     config = ScoringConfig(occlusion_chunk=306, max_text_tokens=24, max_new_tokens=3, buckets_seconds=(10,),
                            rates=(100,), keep=0.5, batch_size=1, **POSTER_LOCAL_SCORE)
-    return PandaGPTScorer(params, CONFIG, tokenizer, config)
+    return Scorer(PandaGPTAdapter(CONFIG, tokenizer), params, config)
 
 
 def _direct_logp(scorer, inputs, gate, prompt, answer, video=None):
@@ -92,11 +92,11 @@ def test_answer_targets_equal_the_direct_evaluation(scorer):
     targets = scorer.answer_targets(clips, questions, answers)
     assert sorted(targets) == ["log_odds", "logp"]
     for clip, question, answer, logp, log_odds in zip(clips, questions, answers, targets["logp"], targets["log_odds"]):
-        inputs = scorer.clip_inputs(clip)
+        inputs = scorer.adapter.clip_inputs(clip)
         tokens = np.asarray(_direct_tokens(scorer.model, scorer.params, jnp.asarray(inputs["features"]).T,
                                            jnp.asarray(inputs["silence"]).T,
                                            jnp.asarray(inputs["slot_valid"], jnp.float32),
-                                           tuple(scorer._prompt(question)), tuple(answer), None), np.float64)
+                                           tuple(scorer.adapter.prompt(question)), tuple(answer), None), np.float64)
         assert abs(logp - tokens.sum()) <= 1e-5 * abs(tokens.sum())
         expected_odds = np.sum(tokens - np.log1p(-np.exp(tokens)))
         assert abs(log_odds - expected_odds) <= 1e-5 * abs(expected_odds)
@@ -113,7 +113,7 @@ def test_program_scores_pandagpt_exactly(scorer, tmp_path):
     assert len(answer) >= 1
     answer = answer[:2]
     [out] = scorer.score([clip], [question], [answer], videos=[video])
-    inputs = scorer.clip_inputs(clip)
+    inputs = scorer.adapter.clip_inputs(clip)
     valid = inputs["slot_valid"]
     assert out.num_tokens == 612 and valid.sum() == 3 * 198  # 6 padding frames inside each sub-clip
     prompt = list(out.input_ids)
@@ -146,11 +146,11 @@ def test_program_scores_pandagpt_exactly(scorer, tmp_path):
 def test_integrated_gradients_through_imagebind(scorer):
     import dataclasses
 
-    ig = PandaGPTScorer(scorer.params, CONFIG, scorer.tokenizer,
-                        dataclasses.replace(scorer.config, estimator="integrated_gradients", ig_steps=2))
+    ig = Scorer(scorer.adapter, scorer.params,
+                dataclasses.replace(scorer.config, estimator="integrated_gradients", ig_steps=2))
     clip = np.random.default_rng(1).standard_normal(3 * 16000).astype(np.float32) * 0.1
     [out] = ig.score([clip], ["is there a dog ?"], [[20, 21]])
-    inputs = ig.clip_inputs(clip)
+    inputs = ig.adapter.clip_inputs(clip)
     ones = jnp.asarray(inputs["slot_valid"], jnp.float32)
     logp = lambda g: _direct_logp(ig, inputs, g, list(out.input_ids), [20, 21])
     expected = (jax.grad(logp)(0.25 * ones) + jax.grad(logp)(0.75 * ones)) / 2
@@ -162,11 +162,37 @@ def test_integrated_gradients_through_imagebind(scorer):
 def test_model_options_the_pandagpt_port_lacks_are_refused():
     import ml_collections
 
-    from agac_jax.models.pandagpt.adapter import PandaGPTScorer
-    from agac_jax.scoring.scorer import ScoringConfig
+    from agac_jax.eval import sweep
+    from configs.avhbench_pandagpt import get_config
 
-    model = ml_collections.ConfigDict(dict(kind="pandagpt", checkpoint_dir="/nowhere", remat_layers=True,
-                                           param_dtype="bfloat16", scan_layers=False))
-    with pytest.raises(ValueError, match="float32 and unrolled; config.model has remat_layers=True, "
-                                         "param_dtype='bfloat16'"):
-        PandaGPTScorer.from_config(model, ScoringConfig())
+    config = get_config("local")
+    config.model.remat_layers = True
+    config.model.param_dtype = "bfloat16"
+    with pytest.raises(ValueError, match="float32 and unrolled with its own prompt; got param_dtype='bfloat16', "
+                                         "remat_layers=True"):
+        sweep.make_scorer(config)
+
+
+def test_launch_score_runs_a_pandagpt_directory(tmp_path, capsys):
+    """`launch.score` takes a PandaGPT directory as it takes a Qwen2-Audio one: the family is told by
+    the directory, and the record holds the AV token's prompt and the frames of the fbank slots."""
+    import json
+    from pathlib import Path
+
+    import soundfile
+
+    from agac_jax.models.pandagpt.parity import random_init_directory
+    from launch import score
+
+    directory = random_init_directory(Path(__file__).parents[1] / "configs" / "tiny_pandagpt.json", 0, tmp_path / "m")
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, (0.1 * np.random.default_rng(0).standard_normal(32_000)).astype(np.float32), 16_000,
+                    subtype="FLOAT")
+    code = score.run(["score", f"--checkpoint={directory}", f"--audio={wav}", "--question=is there a dog ?",
+                      "--rate=100", "--keep=0.5", "--max_new_tokens=2"])
+    assert code == 0
+    [record] = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    config = json.loads((directory / "pandagpt_config.json").read_text())
+    assert record["input_ids"].count(config["audio_token_id"]) == 1
+    assert len(record["fused"]) == record["audio_tokens"] == 3 * 204  # the gate slots: fbank frames
+    assert len(record["frames"]["keep"]) == 50  # half of a 2 s clip's 100 frames (100 tokens/s, 2 a frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from agac_jax.scoring import plan
-from agac_jax.bench.program_cost import analytic_program_flops
+from agac_jax.eval.flops import analytic_program_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -102,3 +103,17 @@ def test_bad_mesh_is_refused_naming_the_format(config_json):
     proc = subprocess.run([sys.executable, "-m", "launch.plan", f"--config_json={config_json}", "--mesh=2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "DATA,MODEL" in proc.stderr
+
+
+def test_a_pandagpt_config_is_planned_through_its_adapter():
+    """The planner takes any family's config json: PandaGPT's compiles both programs on its inputs (one
+    AV token, 612 fbank gate slots) and has no FLOP model, which the table says."""
+    request = plan.PlanRequest(config_json=str(Path(__file__).parents[1] / "configs" / "tiny_pandagpt.json"),
+                               param_dtype="float32", bucket_seconds=4, estimator="integrated_gradients",
+                               ig_steps=2, max_new_tokens=2, max_text_tokens=16)
+    record = plan.plan(request)
+    assert set(record["programs"]) == {"scoring", "generation"}
+    assert record["model"]["audio_tokens"] == 1 and record["params_bytes_per_device"] > 0
+    assert "no FLOP model for this family" in plan.table(record)
+    with pytest.raises(ValueError, match="float32 and unrolled"):
+        plan.plan(dataclasses.replace(request, param_dtype="bfloat16"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,5 +42,12 @@ def test_model_kind_is_read_from_the_directory(tmp_path):
     assert models.model_kind(tmp_path / "panda") == "pandagpt"
     with pytest.raises(FileNotFoundError, match="pandagpt_config.json"):
         models.model_kind(tmp_path)
-    assert models.MODELS["qwen2_audio"].module_class().__name__ == "Qwen2AudioForConditionalGeneration"
-    assert models.MODELS["pandagpt"].module_class().__name__ == "PandaGPT"
+    config_json = tmp_path / "tiny.json"
+    config_json.write_text(json.dumps({"imagebind": {}, "llama": {}}))
+    assert models.model_kind(config_json) == "pandagpt"
+    assert models.model_kind(Path(__file__).parents[1] / "configs" / "tiny_qwen2audio_random.json") == "qwen2_audio"
+    for kind, entry in models.MODELS.items():  # every name the registry gives resolves
+        assert entry.adapter_class().kind == kind
+        assert callable(models.resolve(entry.parity)) and callable(models.resolve(entry.random_init))
+    with pytest.raises(ValueError, match="not one of"):
+        models.entry("whisper")

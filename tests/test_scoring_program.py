@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 
@@ -20,6 +21,16 @@ QUESTIONS = ["is there a tone ?", "is there a chirp ?"]
 ONE_BUCKET = (5, 10)  # both fixture clips (3.0 and 4.2 s) in one 5 s bucket: one program of 2 slots
 POSTER = POSTER_LOCAL_SCORE  # these tests check the occlusion program: the poster's local score
 POSTER_IG = dict(POSTER_LOCAL_SCORE, estimator="integrated_gradients")  # IG on log p, signed (completeness)
+
+
+class PassCounter(collections.Counter):
+    """The programs' probe (`Scorer.probe`): counts the occlusion passes and generated rows that run."""
+
+    def __call__(self, name: str, n) -> None:
+        self[name] += int(n)
+
+
+PASSES = PassCounter()
 
 
 ON_CPU = jax.devices()[0].platform == "cpu"  # the Scorer's CPU defaults (ig_chunk, generate_per_clip) apply
@@ -314,21 +325,19 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
     bucket; and, counted rather than timed, a clip of T valid tokens runs ceil(T / chunk) chunks
     whatever its bucket's 200 token slots and whatever the other clips of its batch need, and a
     padding copy runs none and generates no answer."""
-    from agac_jax.scoring import program
-
     config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,),
                            generate_per_clip=None if ON_CPU else True, **POSTER)
     scorer = Scorer.from_directory(model_dir, config)
     assert scorer.bucket_frames(len(clips[0])) == 800
     assert scorer.generate_per_clip  # the CPU default
-    scorer.count_passes = True
-    program.PASS_COUNTER["occlusion"] = 0
-    program.PASS_COUNTER["generation"] = 0
+    scorer.probe = PASSES
+    PASSES["occlusion"] = 0
+    PASSES["generation"] = 0
     (alone,) = scorer.score(clips[:1], QUESTIONS[:1])
-    assert program.PASS_COUNTER["generation"] == 1
+    assert PASSES["generation"] == 1
     _assert_same_scores(alone, occlusion_scores[0])
-    assert program.PASS_COUNTER["occlusion"] == -(-alone.num_tokens // 32) * 32  # 75 valid tokens: 3 of 7 chunks
-    program.PASS_COUNTER["occlusion"] = 0
+    assert PASSES["occlusion"] == -(-alone.num_tokens // 32) * 32  # 75 valid tokens: 3 of 7 chunks
+    PASSES["occlusion"] = 0
     both = scorer.score(clips, QUESTIONS)
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
@@ -344,15 +353,15 @@ def test_padding_changes_nothing_and_a_lone_clip_runs_only_the_passes_it_needs(m
         return sum(min(32, gate_slots - first) for first in range(0, gate_slots, 32) if first < n_tokens)
 
     assert sorted(s.num_tokens for s in both) == [75, 105]
-    assert program.PASS_COUNTER["occlusion"] == passes(75) + passes(105) == 96 + 121
-    program.PASS_COUNTER["occlusion"] = 0
-    program.PASS_COUNTER["generation"] = 0
+    assert PASSES["occlusion"] == passes(75) + passes(105) == 96 + 121
+    PASSES["occlusion"] = 0
+    PASSES["generation"] = 0
     three = scorer.score(clips + clips[:1], QUESTIONS + QUESTIONS[:1])
     assert scorer.batch_slots(3) == 4
     for a, b in zip(three, occlusion_scores + occlusion_scores[:1]):
         _assert_same_scores(a, b)
-    assert program.PASS_COUNTER["occlusion"] == sum(passes(s.num_tokens) for s in three)
-    assert program.PASS_COUNTER["generation"] == 3  # 3 clips in 4 slots: the copy generates nothing
+    assert PASSES["occlusion"] == sum(passes(s.num_tokens) for s in three)
+    assert PASSES["generation"] == 3  # 3 clips in 4 slots: the copy generates nothing
 
 
 @needs_devices(2)
@@ -361,8 +370,6 @@ def test_clips_of_like_length_run_together_on_several_data_shards(model_dir, occ
     go longest first, the k-th longest to shard k mod 2: a batch given as (long, long, short, short)
     runs the long clips' chunks on one step and the short clips' on the other (passes counted, every
     shard's counted while its step runs), and every clip keeps its scores."""
-    from agac_jax.scoring import program
-
     scorer = Scorer.from_directory(model_dir, ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32,
                                                             buckets_seconds=(8,), mesh_shape=(2, 1), **POSTER))
     assert list(scorer.slot_order([10, 50, 20, 40], 4)) == [1, 2, 3, 0]  # steps: (50, 40), (20, 10)
@@ -370,8 +377,8 @@ def test_clips_of_like_length_run_together_on_several_data_shards(model_dir, occ
     long, short = (1, 0) if len(clips[1]) > len(clips[0]) else (0, 1)
     batch = [clips[long], clips[long], clips[short], clips[short]]
     questions = [QUESTIONS[long]] * 2 + [QUESTIONS[short]] * 2
-    scorer.count_passes = True
-    program.PASS_COUNTER["occlusion"] = 0
+    scorer.probe = PASSES
+    PASSES["occlusion"] = 0
     scores = scorer.score(batch, questions)
     for got, i in zip(scores, (long, long, short, short)):
         _assert_same_scores(got, occlusion_scores[i])
@@ -382,24 +389,22 @@ def test_clips_of_like_length_run_together_on_several_data_shards(model_dir, occ
 
     n_long, n_short = scores[0].num_tokens, scores[2].num_tokens
     assert passes(n_long) > passes(n_short)
-    assert program.PASS_COUNTER["occlusion"] == 2 * passes(n_long) + 2 * passes(n_short)
+    assert PASSES["occlusion"] == 2 * passes(n_long) + 2 * passes(n_short)
 
 
 def test_answers_skip_batch_padding_copies_and_equal_the_whole_batchs(model_dir, clips):
     """`Scorer.answers` generates one clip at a time on CPU, and none for the copy that pads 3 clips
     to 4 slots (rows counted); its answers are those of the whole batch generated at once."""
-    from agac_jax.scoring import program
-
     config = ScoringConfig(batch_size=4, max_new_tokens=4, buckets_seconds=(8,))
     per_clip = Scorer.from_directory(model_dir, config if ON_CPU else
                                      dataclasses.replace(config, generate_per_clip=True))
     whole = Scorer.from_directory(model_dir, dataclasses.replace(config, generate_per_clip=False))
     assert per_clip.generate_per_clip and not whole.generate_per_clip
-    per_clip.count_passes = True
-    program.PASS_COUNTER["generation"] = 0
+    per_clip.probe = PASSES
+    PASSES["generation"] = 0
     three, questions = clips + clips[:1], QUESTIONS + QUESTIONS[:1]
     answers = per_clip.answers(three, questions)
-    assert program.PASS_COUNTER["generation"] == 3
+    assert PASSES["generation"] == 3
     expected = whole.answers(three, questions)
     assert [text for text, _ in answers] == [text for text, _ in expected]
     for (_, a), (_, b) in zip(answers, expected):
@@ -455,21 +460,19 @@ def test_occlusion_schedule_steps_cover_every_gate_once():
 def test_occlusion_in_loops_over_chunks_scores_and_skips_as_one_step_per_chunk(model_dir, occlusion_scores, clips):
     """occlusion_segments=2 in the 8 s bucket (6 whole chunks of 32 in 2 loops, then a partial one): the
     5 s bucket's scores, and the loop skips the chunks past the longest clip as the unrolled steps do."""
-    from agac_jax.bench.program_cost import analytic_program_flops
-    from agac_jax.scoring import program
-
+    from agac_jax.eval.flops import analytic_program_flops
     config = ScoringConfig(batch_size=4, max_new_tokens=4, occlusion_chunk=32, buckets_seconds=(8,),
                            occlusion_segments=2, **POSTER)
     scorer = Scorer.from_directory(model_dir, config)
-    scorer.count_passes = True
-    program.PASS_COUNTER["occlusion"] = 0
+    scorer.probe = PASSES
+    PASSES["occlusion"] = 0
     both = scorer.score(clips, QUESTIONS)
     for a, b in zip(both, occlusion_scores):
         _assert_same_scores(a, b)
     # each clip's chunks up to its valid tokens; the last one is cut where the prompt slots end
     gate_slots = scorer.prompt_slots(800, max(len(s.input_ids) for s in both)) - scorer.audio_offset
     assert max(s.num_tokens for s in both) <= gate_slots < 4 * 32
-    assert program.PASS_COUNTER["occlusion"] == sum(
+    assert PASSES["occlusion"] == sum(
         min(32, gate_slots - first) for s in both for first in range(0, gate_slots, 32) if first < s.num_tokens)
     # the loops recompute from their first chunk: more work than a step per chunk, counted as such
     per_chunk = Scorer.from_directory(model_dir, dataclasses.replace(config, occlusion_segments=0))

@@ -16,8 +16,15 @@ from jax.sharding import PartitionSpec as P
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.scoring import plan
 from agac_jax.models.config import AudioEncoderConfig, Qwen2AudioConfig, TextConfig
-from agac_jax.scoring.scorer import (DEFAULT_AXIS_RULES, fsdp_axis_rules, make_mesh, param_sharding,
-                                     param_shardings)
+from agac_jax.models.qwen2_audio.adapter import Qwen2AudioAdapter
+from agac_jax.models.qwen2_audio.adapter import param_shardings as family_shardings
+from agac_jax.scoring.settings import DEFAULT_AXIS_RULES
+from agac_jax.scoring.sharding import fsdp_axis_rules, make_mesh, param_sharding
+
+
+def param_shardings(config, mesh, rules, fsdp: bool = False):
+    """The Qwen2-Audio shardings under `rules`, or under their FSDP form."""
+    return family_shardings(config, mesh, fsdp_axis_rules(rules) if fsdp else rules)
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (tests/conftest.py forces 8 CPUs)")
 
@@ -35,7 +42,7 @@ def _placed(config: Qwen2AudioConfig, mesh_shape: tuple[int, int],
             fsdp: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
     """{Flax path: abstract parameter carrying its NamedSharding}."""
     shardings = param_shardings(config, make_mesh(mesh_shape), DEFAULT_AXIS_RULES, fsdp)
-    return checkpoints.flatten(plan.abstract_params(config, shardings))
+    return checkpoints.flatten(plan.abstract_params(Qwen2AudioAdapter(config, tokenizer=None), shardings))
 
 
 def _bytes_per_device(placed: dict[str, jax.ShapeDtypeStruct]) -> int:

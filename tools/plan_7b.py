@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agac_jax import plan  # noqa: E402
+from agac_jax.scoring import plan  # noqa: E402
 
 CONFIG = str(ROOT / "configs" / "qwen2_audio_7b_instruct.json")
 OUT = ROOT / "bench" / "results" / "plan_7b.json"

@@ -20,7 +20,7 @@ import numpy as np
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
-from agac_jax.data import synthetic
+from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.reference.torch_scores import MODES as REFERENCE_MODES
 from agac_jax.scoring.program import ESTIMATORS
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
@@ -88,7 +88,7 @@ class BenchConfig:
     references: tuple[str, ...] = ("strong", "eager")
     clip_seconds: int = 5  # nominal clip length of `whole`, `batch`, `flops` and `sharding`
     bucket_seconds: tuple[int, ...] = (5, 10, 20, 30)  # every Scorer's buckets but the `mix` default's: coarser
-    #   than ScoringConfig's (the coarse buckets of earlier releases), so the best case fills its bucket and `scaling`
+    #   than ScoringConfig's, so the best case fills its bucket and `scaling`
     #   checks clips that leave most of theirs padded
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     batch_budget_seconds: float = 60.0  # a batch size predicted to take longer than this is not run
@@ -106,7 +106,7 @@ class BenchConfig:
     mix_clips: int = 12
     mix_seconds_range: tuple[float, float] = (3.0, 12.0)
     mix_seed: int = 13
-    mix_keep: str = "0.7"  # the issue's setting (one executable serves every keep ratio)
+    mix_keep: str = "0.7"  # launch.score's default --keep (one executable serves every keep ratio)
     mix_batch_size: int = 8  # ScoringConfig's and the configs' default
     jax_occlusion_chunk: int = 16  # `mix`, `scaling`: ScoringConfig's default (what users get)
     issue_clip_seconds: tuple[float, ...] = (3.7, 7.0, 11.3)  # three mixed clips in one call
@@ -204,6 +204,13 @@ class ModelEntry:
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.directory))
         return self._tokenizer
+
+    def scorer(self, config: ScoringConfig) -> Scorer:
+        """A Scorer of this model under `config` (the loaded weights shared by every call)."""
+        from agac_jax.models.qwen2_audio.adapter import Qwen2AudioAdapter
+
+        loaded = self.loaded()
+        return Scorer(Qwen2AudioAdapter.of(loaded, self.tokenizer()), loaded.params, config)
 
     def torch_model(self) -> Any:
         """transformers' model loaded with eager attention, in eval mode, on CUDA when torch has it (the
@@ -313,7 +320,7 @@ class BenchContext:
         overrides = {"buckets_seconds": self.config.bucket_seconds, **pinned, **overrides}
         config = ScoringConfig(max_new_tokens=self.config.max_new_tokens, max_text_tokens=self.config.max_text_tokens,
                                **overrides)
-        return Scorer(entry.loaded(), entry.tokenizer(), config)
+        return entry.scorer(config)
 
 
 def median(values: Sequence[float]) -> float:

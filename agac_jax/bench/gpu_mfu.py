@@ -43,7 +43,7 @@ def measure_estimator(directory: Path, estimator: str, seconds: int, batch_size:
     import numpy as np
 
     from agac_jax.bench.context import make_clips, median, score_timed
-    from agac_jax.bench.program_cost import analytic_program_flops
+    from agac_jax.eval.flops import analytic_program_flops
     from agac_jax.scoring.scorer import Scorer, ScoringConfig
 
     config = ScoringConfig(estimator=estimator, buckets_seconds=(seconds,), batch_size=batch_size,

@@ -16,9 +16,10 @@ import numpy as np
 
 from agac_jax.audio import features as feats
 from agac_jax.bench.context import BenchContext, ModelEntry, ProgramRecord, make_clips, median, score_timed, timed
-from agac_jax.eval.flops import DecoderShape, decoder_flops, encoder_flops
+from agac_jax.eval.flops import DecoderShape, analytic_program_flops, decoder_flops, encoder_flops
+from agac_jax.models.qwen2_audio.adapter import Qwen2AudioAdapter
 from agac_jax.models.qwen2_audio.model import init_params
-from agac_jax.scoring.program import ig_steps_per_chunk, occlusion_gate_slots, occlusion_schedule
+from agac_jax.scoring.program import ig_steps_per_chunk
 from agac_jax.scoring.scorer import ClipScores, ProgramKey, Scorer
 
 
@@ -47,42 +48,6 @@ def matmul_ceiling(size: int, repeats: int) -> dict[str, Any]:
     flops = 2.0 * size ** 3
     return dict(size=size, repeats=repeats, flops=flops, jax_gflops=flops / median(jax_times) / 1e9,
                 torch_gflops=flops / median(torch_times) / 1e9)
-
-def analytic_program_flops(scorer: Scorer, frames: int, prompt_slots: int | None = None) -> float:
-    """FLOPs of the scoring program on one batch at its padded shapes (`prompt_slots` positions per
-    prompt, `Scorer.prompt_slots`; None: the bucket's most): two encoder passes, greedy prefill and
-    steps, the full and silence passes, and the estimator's passes, each recomputing the positions
-    from its shared prefix on, the last layer on the answer rows only (with input gates, each pass
-    also encodes its gated log-mel, forward and, for IG, backward)."""
-    c, model = scorer.config, scorer.model_config
-    text = DecoderShape.from_text_config(model.text)
-    t_slots = frames // 4
-    prompt = t_slots + c.max_text_tokens if prompt_slots is None else prompt_slots
-    seq = prompt + c.max_new_tokens
-    a = c.max_new_tokens
-    per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
-    per_clip += decoder_flops(text, seq - a, seq, 1) + a * decoder_flops(text, 1, seq, 1)
-    per_clip += decoder_flops(text, seq, seq, a)  # the full pass (attention maps, cache)
-    offset = max(min(scorer.audio_offset, prompt - 1), 0) if c.share_prefix else 0
-
-    def pass_from(start: int, backward: bool = False) -> float:
-        return decoder_flops(text, seq - start, seq, a, last_rows=a, backward=backward)
-
-    per_clip += pass_from(0)  # silence
-    # input gates: every gated pass encodes its mixed log-mel again, and every audio row changes
-    input_gates = c.gate_domain == "input"
-    encode = encoder_flops(model.audio, frames, model.text.hidden_size) if input_gates else 0
-    if c.estimator == "integrated_gradients":
-        encode_backward = (encoder_flops(model.audio, frames, model.text.hidden_size, backward=True)
-                           if input_gates else 0)
-        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
-    else:
-        gates = occlusion_gate_slots(t_slots, prompt, offset, t_slots)
-        steps = occlusion_schedule(gates, c.occlusion_chunk, c.occlusion_segments, window=c.window,
-                                   audio_offset=offset, audio_rows=t_slots, gate_domain=c.gate_domain,
-                                   share_prefix=c.share_prefix)
-        per_clip += sum(step.chunks * step.size * (pass_from(step.start) + encode) for step in steps)
-    return c.batch_size * per_clip
 
 
 def reference_clip_flops(scorer: Scorer, clip: ClipScores) -> float:
@@ -145,7 +110,7 @@ def doubled_layers_memory(record: ProgramRecord, clip_seconds: int) -> dict[str,
     text = dataclasses.replace(loaded.config.text, num_hidden_layers=2 * loaded.config.text.num_hidden_layers)
     config = dataclasses.replace(loaded.config, text=text)
     params = nn.meta.unbox(init_params(config, jax.random.key(0)))
-    deeper = Scorer(dataclasses.replace(loaded, config=config, params=params), record.scorer.tokenizer,
+    deeper = Scorer(Qwen2AudioAdapter(config, record.scorer.tokenizer, loaded.generation_config), params,
                     record.scorer.config)
     clips, questions = make_clips(record.batch_size, clip_seconds, 0)
     batch, _ = deeper.make_batch(record.frames, clips, questions, None)

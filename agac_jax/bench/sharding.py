@@ -55,7 +55,7 @@ def sharding_worker(request: dict[str, Any]) -> dict[str, Any]:
     for mesh in meshes:
         config = ScoringConfig(batch_size=request["batch_size"], mesh_shape=mesh,
                                max_new_tokens=request["max_new_tokens"], **POSTER_LOCAL_SCORE)
-        scorers[mesh] = Scorer(entry.loaded(), entry.tokenizer(), config)
+        scorers[mesh] = entry.scorer(config)
     first = {mesh: score_timed(s, clips, questions) for mesh, s in scorers.items()}
     walls: dict[tuple[int, int], list[float]] = {mesh: [] for mesh in meshes}
     for r in range(request["repeats"]):

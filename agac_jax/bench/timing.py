@@ -18,7 +18,8 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.bench.context import (BenchContext, ModelEntry, ProgramRecord, clip_samples, make_clips, median,
                                     score_timed, timed)
-from agac_jax.bench.program_cost import analytic_program_flops, reference_clip_flops
+from agac_jax.bench.program_cost import reference_clip_flops
+from agac_jax.eval.flops import analytic_program_flops
 from agac_jax.reference import torch_scores
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 

@@ -120,3 +120,43 @@ def encoder_flops(audio: Any, frames: int, text_width: int, *, backward: bool = 
     attention = 2 * 2 * n * n * dm
     layer = 2 * n * 4 * dm * dm + 2 * n * 2 * dm * audio.encoder_ffn_dim + (2 if backward else 1) * attention
     return convs + audio.encoder_layers * layer + 2 * (n // 2) * dm * text_width
+
+
+def analytic_program_flops(scorer: Any, frames: int, prompt_slots: int | None = None) -> float:
+    """FLOPs of the scoring program on one batch at its padded shapes (`prompt_slots` positions per
+    prompt, `Scorer.prompt_slots`; None: the bucket's most): two encoder passes, greedy prefill and
+    steps, the full and silence passes, and the estimator's passes, each recomputing the positions
+    from its shared prefix on, the last layer on the answer rows only (with input gates, each pass
+    also encodes its gated log-mel, forward and, for IG, backward). `scorer`: a `Scorer`, or anything
+    with its `config`, `model_config` (a Qwen2-Audio-shaped config) and `audio_offset`."""
+    from agac_jax.scoring.program import occlusion_gate_slots, occlusion_schedule
+
+    c, model = scorer.config, scorer.model_config
+    text = DecoderShape.from_text_config(model.text)
+    t_slots = frames // 4
+    prompt = t_slots + c.max_text_tokens if prompt_slots is None else prompt_slots
+    seq = prompt + c.max_new_tokens
+    a = c.max_new_tokens
+    per_clip = 2 * encoder_flops(model.audio, frames, model.text.hidden_size)
+    per_clip += decoder_flops(text, seq - a, seq, 1) + a * decoder_flops(text, 1, seq, 1)
+    per_clip += decoder_flops(text, seq, seq, a)  # the full pass (attention maps, cache)
+    offset = max(min(scorer.audio_offset, prompt - 1), 0) if c.share_prefix else 0
+
+    def pass_from(start: int, backward: bool = False) -> float:
+        return decoder_flops(text, seq - start, seq, a, last_rows=a, backward=backward)
+
+    per_clip += pass_from(0)  # silence
+    # input gates: every gated pass encodes its mixed log-mel again, and every audio row changes
+    input_gates = c.gate_domain == "input"
+    encode = encoder_flops(model.audio, frames, model.text.hidden_size) if input_gates else 0
+    if c.estimator == "integrated_gradients":
+        encode_backward = (encoder_flops(model.audio, frames, model.text.hidden_size, backward=True)
+                           if input_gates else 0)
+        per_clip += c.ig_steps * (pass_from(offset) + pass_from(offset, backward=True) + encode + encode_backward)
+    else:
+        gates = occlusion_gate_slots(t_slots, prompt, offset, t_slots)
+        steps = occlusion_schedule(gates, c.occlusion_chunk, c.occlusion_segments, window=c.window,
+                                   audio_offset=offset, audio_rows=t_slots, gate_domain=c.gate_domain,
+                                   share_prefix=c.share_prefix)
+        per_clip += sum(step.chunks * step.size * (pass_from(step.start) + encode) for step in steps)
+    return c.batch_size * per_clip

@@ -33,12 +33,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from agac_jax.audio.grids import MAX_SAMPLES, audio_tokens_of_samples
-from agac_jax.codec.base import SAMPLE_RATE, TOKENS_PER_FRAME, frame_samples, num_frames
+from agac_jax.codec.base import SAMPLE_RATE, TOKENS_PER_FRAME, num_frames
+from agac_jax.codec.frames import frame_bounds  # the codec grid's frames; also `metrics.frame_bounds`
 
 YES = "yes"
 NO = "no"
@@ -242,16 +243,6 @@ def codec_token_count(frame_count: int) -> int:
     return TOKENS_PER_FRAME * int(frame_count)
 
 
-def frame_bounds(num_samples: int, token_rate: int) -> np.ndarray:
-    """Sample bounds [start, end) of each frame of the codec grid (`agac_jax.codec.base`), the last
-    clipped to the clip's end: int64 [num_frames, 2]."""
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    frame = frame_samples(token_rate)
-    starts = np.arange(num_frames(num_samples, token_rate), dtype=np.int64) * frame
-    return np.stack([starts, np.minimum(starts + frame, num_samples)], axis=1)
-
-
 @dataclasses.dataclass(frozen=True)
 class TokenCounts:
     """Token counts of one clip before and after frame selection."""
@@ -262,8 +253,10 @@ class TokenCounts:
     codec_tokens_after: int
 
 
-def token_counts(num_samples: int, keep_mask: np.ndarray, token_rate: int) -> TokenCounts:
-    """Audio (Qwen2-Audio) and codec tokens of a clip and of its kept frames joined together.
+def token_counts(num_samples: int, keep_mask: np.ndarray, token_rate: int,
+                 audio_token_count: Callable[[int], int] | None = None) -> TokenCounts:
+    """Audio and codec tokens of a clip and of its kept frames joined together; audio tokens by the
+    model's `audio_token_count(samples)` (default: Qwen2-Audio's, `qwen2_audio_token_count`).
 
     Args:
       num_samples: the clip's length at 16 kHz.
@@ -277,9 +270,10 @@ def token_counts(num_samples: int, keep_mask: np.ndarray, token_rate: int) -> To
         raise ValueError("keep_mask keeps no frame")
     bounds = frame_bounds(num_samples, token_rate)
     kept_samples = int(np.sum(bounds[mask, 1] - bounds[mask, 0]))
+    audio = audio_token_count or qwen2_audio_token_count
     return TokenCounts(
-        audio_tokens_before=qwen2_audio_token_count(num_samples),
-        audio_tokens_after=qwen2_audio_token_count(kept_samples),
+        audio_tokens_before=audio(num_samples),
+        audio_tokens_after=audio(kept_samples),
         codec_tokens_before=codec_token_count(len(mask)),
         codec_tokens_after=codec_token_count(int(mask.sum())),
     )

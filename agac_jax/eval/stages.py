@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from absl import logging
@@ -71,12 +71,26 @@ class Job:
     tasks: list[tuple[TaskKey, float]]  # (key, seconds spent selecting)
 
 
+class SweepScorer(Protocol):
+    """What the stages use of a `scoring.Scorer` (tests wrap one to inject faults or count calls)."""
+
+    uses_video: bool  # the model also sees each sample's video: the stages hand its file
+
+    def audio_token_count(self, n_samples: int) -> int: ...
+    def answers(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+                videos: Sequence[Any] | None = None) -> list[tuple[str, np.ndarray]]: ...
+    def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+               videos: Sequence[Any] | None = None) -> list[str]: ...
+    def score(self, clips: Sequence[np.ndarray], questions: Sequence[str], answer_ids: Any = None,
+              videos: Sequence[Any] | None = None) -> list[Any]: ...
+
+
 @dataclasses.dataclass
 class Context:
     """What every stage of a sweep needs, and the compressed clips in flight."""
 
     dataset_name: str
-    scorer: Any
+    scorer: SweepScorer
     select_batch: Callable[..., list[np.ndarray]]
     decoder_shape: flops.DecoderShape
     writer: results.ResultsWriter
@@ -158,38 +172,58 @@ def _load(ctx: Context, items: Sequence[Sample]) -> list[Sample]:
     return loaded
 
 
-def _per_item(ctx: Context, items: Sequence[Sample], stage: str, run: Callable[[Sequence[Sample]], list[Any]],
-              keys_of: Callable[[Sample], list[TaskKey]], failure_stage: str | None = None
-              ) -> list[tuple[Sample, Any]]:
-    """run(items) for the whole batch; if it raises, item by item, failing keys_of(item) of the items
-    that raise (at `failure_stage`, default `stage`: one of results.FAILURE_STAGES)."""
+FATAL = (results.DiskFullError, lock.LockLostError)  # no retry helps: the records cannot be written
+
+
+def isolate(items: Sequence[Any], run: Callable[[Sequence[Any]], list[Any]], what: str
+            ) -> list[tuple[Any, Any, float, BaseException | None]]:
+    """(item, output, seconds, error) of each item, in order: run(items) once for the whole batch, and
+    if that raises, run([item]) for each item alone, so that a bad item fails alone (its error given,
+    its output None). `seconds`: the item's share of the batch's time, or its own; `what` names the
+    work in the log. `FATAL` errors are raised."""
     start = time.perf_counter()
     try:
         outputs = run(items)
+    except FATAL:
+        raise
+    except Exception as error:  # noqa: BLE001 - isolate the failing item
+        logging.warning("%s failed for a batch of %d (%s); retrying one by one", what, len(items), error)
+    else:
         share = (time.perf_counter() - start) / max(len(items), 1)
-        for item in items:
-            item.seconds[stage] = share
-        return list(zip(items, outputs))
-    except Exception as error:  # noqa: BLE001 - isolate the failing sample
-        logging.warning("%s failed for a batch of %d samples (%s); retrying one by one", stage, len(items), error)
+        return [(item, output, share, None) for item, output in zip(items, outputs)]
     done = []
     for item in items:
         start = time.perf_counter()
         try:
-            output = run([item])[0]
-        except Exception as error:  # noqa: BLE001
-            item.seconds[stage] = time.perf_counter() - start
+            output, error = run([item])[0], None
+        except FATAL:
+            raise
+        except Exception as one_error:  # noqa: BLE001
+            output, error = None, one_error
+        done.append((item, output, time.perf_counter() - start, error))
+    return done
+
+
+def _per_item(ctx: Context, items: Sequence[Sample], stage: str, run: Callable[[Sequence[Sample]], list[Any]],
+              keys_of: Callable[[Sample], list[TaskKey]], failure_stage: str | None = None
+              ) -> list[tuple[Sample, Any]]:
+    """`isolate` for a stage of the samples: each sample's seconds recorded under `stage`, keys_of(item)
+    failed for the samples that raise (at `failure_stage`, default `stage`: one of
+    results.FAILURE_STAGES); returns (item, output) of the others."""
+    done = []
+    for item, output, seconds, error in isolate(items, run, stage):
+        item.seconds[stage] = seconds
+        if error is None:
+            done.append((item, output))
+        else:
             _fail(ctx, item, keys_of(item), failure_stage or stage, error)
-            continue
-        item.seconds[stage] = time.perf_counter() - start
-        done.append((item, output))
     return done
 
 
 def _videos(ctx: Context, samples: Sequence[AudioQASample]) -> dict[str, Any]:
     """{"videos": each sample's video file} for a scorer that sees the video too (PandaGPT on AVHBench:
     `uses_video`), else {}."""
-    if not getattr(ctx.scorer, "uses_video", False):
+    if not ctx.scorer.uses_video:
         return {}
     return {"videos": [getattr(s.audio, "path", None) for s in samples]}
 
@@ -260,19 +294,14 @@ def _curves(ctx: Context, items: Sequence[Sample]) -> None:
         group = [item for item in items if method in item.curve_methods]
         if not group:
             continue
-        try:
-            records = run(group, method)
-        except Exception as error:  # noqa: BLE001 - isolate the failing sample
-            logging.warning("curves of %s failed for %d samples (%s); retrying one by one", method, len(group), error)
-            records = []
-            for item in group:
-                try:
-                    records += run([item], method)
-                except Exception as one_error:  # noqa: BLE001
-                    logging.warning("sample %s: curves of %s failed: %s", item.sample.sample_id, method, one_error)
-                    records.append(sweep_curves.CurveRecord(
-                        dataset=ctx.dataset_name, sample_id=item.sample.sample_id, method=method, rate=settings.rate,
-                        rhos=settings.rhos, failure=f"{type(one_error).__name__}: {one_error}"))
+        records = []
+        for item, record, _, error in isolate(group, lambda batch: run(batch, method), f"curves of {method}"):
+            if error is not None:
+                logging.warning("sample %s: curves of %s failed: %s", item.sample.sample_id, method, error)
+                record = sweep_curves.CurveRecord(
+                    dataset=ctx.dataset_name, sample_id=item.sample.sample_id, method=method, rate=settings.rate,
+                    rhos=settings.rhos, failure=f"{type(error).__name__}: {error}")
+            records.append(record)
         ctx.curve_writer.append(records)
         logging.info("curves of %s: %d samples at %d ratios in %.1f s", method, len(group), len(settings.rhos),
                      sum(r.seconds for r in records))
@@ -282,7 +311,7 @@ def _write_originals(ctx: Context, item: Sample) -> None:
     keys = [key for key in item.tasks if key.method == "original"]
     if not keys:
         return
-    audio_tokens = getattr(ctx.scorer, "audio_token_count", metrics.qwen2_audio_token_count)(item.waveform.size)
+    audio_tokens = ctx.scorer.audio_token_count(item.waveform.size)
     flops = _prefill_flops(ctx, item, audio_tokens)
     seconds = {name: item.seconds[name] for name in ("load", "answer_original") if name in item.seconds}
     _write(ctx, [
@@ -314,20 +343,10 @@ def _kept_frames(ctx: Context, items: Sequence[Sample]) -> dict[tuple[int, TaskK
                 groups.setdefault((key.method, key.rate, key.rho, key.seed), []).append((item, key))
     kept: dict[tuple[int, TaskKey], tuple[np.ndarray, float]] = {}
     for members in groups.values():
-        start = time.perf_counter()
-        try:
-            frames = _select(ctx, members)
-        except Exception as error:  # noqa: BLE001 - isolate the failing sample
-            logging.warning("selection failed for %d samples (%s); retrying one by one", len(members), error)
-        else:
-            share = (time.perf_counter() - start) / len(members)
-            kept.update({(id(item), key): (f, share) for (item, key), f in zip(members, frames)})
-            continue
-        for item, key in members:
-            start = time.perf_counter()
-            try:
-                kept[(id(item), key)] = (_select(ctx, [(item, key)])[0], time.perf_counter() - start)
-            except Exception as error:  # noqa: BLE001
+        for (item, key), frames, seconds, error in isolate(members, lambda batch: _select(ctx, batch), "selection"):
+            if error is None:
+                kept[(id(item), key)] = (frames, seconds)
+            else:
                 _fail(ctx, item, [key], "select", error)
     return kept
 
@@ -353,10 +372,7 @@ def _compressed_records(ctx: Context, job: Job, reply: CodecReply, answer: str, 
     item, n = job.item, int(job.item.waveform.size)
     total_frames = num_frames(n, job.rate)
     mask = metrics.keep_mask_from_indices(job.kept, total_frames)
-    counts = metrics.token_counts(n, mask, job.rate)
-    if getattr(ctx.scorer, "audio_token_count", None) is not None:  # a model with its own count (PandaGPT: 1)
-        audio = ctx.scorer.audio_token_count
-        counts = dataclasses.replace(counts, audio_tokens_before=audio(n), audio_tokens_after=audio(int(job.kept.size)))
+    counts = metrics.token_counts(n, mask, job.rate, ctx.scorer.audio_token_count)
     evidence = item.sample.evidence
     recall = None if evidence is None else metrics.evidence_recall(mask, evidence, n, job.rate)
     records = []
@@ -385,26 +401,22 @@ def _answer_compressed(ctx: Context, ready: list[tuple[Job, CodecReply]]) -> Non
     """Answers a batch of decoded clips and writes their records (one by one if the batch fails)."""
     if not ready:
         return
-    start = time.perf_counter()
-    try:
-        answers = ctx.scorer.answer([reply.waveform for _, reply in ready], [job.item.sample.question for job, _ in ready],
-                                    **_videos(ctx, [job.item.sample for job, _ in ready]))
-        share = (time.perf_counter() - start) / len(ready)
-        _write(ctx, [record for (job, reply), answer in zip(ready, answers)
-                     for record in _compressed_records(ctx, job, reply, answer, share)])
-        return
-    except (results.DiskFullError, lock.LockLostError):
-        raise  # the records cannot be written: stop the run (retrying the clips would not help)
-    except Exception as error:  # noqa: BLE001
-        logging.warning("answering %d compressed clips failed (%s); retrying one by one", len(ready), error)
-    for job, reply in ready:
-        start = time.perf_counter()
-        try:
-            answer = ctx.scorer.answer([reply.waveform], [job.item.sample.question], **_videos(ctx, [job.item.sample]))[0]
-        except Exception as error:  # noqa: BLE001
+
+    def answer(batch: Sequence[tuple[Job, CodecReply]]) -> list[str]:
+        return ctx.scorer.answer([reply.waveform for _, reply in batch], [job.item.sample.question for job, _ in batch],
+                                 **_videos(ctx, [job.item.sample for job, _ in batch]))
+
+    records = []
+    for (job, reply), text, seconds, error in isolate(ready, answer, "answering compressed clips"):
+        if error is None:
+            records += _compressed_records(ctx, job, reply, text, seconds)
+        else:
+            if records:
+                _write(ctx, records)
+            records = []
             _fail(ctx, job.item, [key for key, _ in job.tasks], "answer", error)
-            continue
-        _write(ctx, _compressed_records(ctx, job, reply, answer, time.perf_counter() - start))
+    if records:
+        _write(ctx, records)
 
 
 def _submit(ctx: Context, jobs: Sequence[Job]) -> None:

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.eval import adaptive, atomic, faithfulness, metrics
 from agac_jax.scoring import methods, selection
 
@@ -139,10 +138,13 @@ def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evi
     return 100 * metrics.summarize_evidence_recall(recalls).mean
 
 
-def clip_flops(scorer: Any, waveforms: Sequence[np.ndarray]) -> float:
-    """Mean analytic FLOPs per clip of the scoring program at each clip's bucket."""
-    from agac_jax.bench.program_cost import analytic_program_flops
+def clip_flops(scorer: Any, waveforms: Sequence[np.ndarray]) -> float | None:
+    """Mean analytic FLOPs per clip of the scoring program at each clip's bucket; None for a family the
+    FLOP model does not cover (`eval.flops`: the Whisper-encoder ones)."""
+    from agac_jax.eval.flops import analytic_program_flops
 
+    if not hasattr(scorer.model_config, "audio"):
+        return None
     per_bucket = {}
     total = 0.0
     for wave in waveforms:
@@ -204,8 +206,6 @@ def _row(benchmark: str, selector: str, setting: Setting | None, alpha: float | 
 
 def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, str]]) -> list[dict[str, Any]]:
     """Every setting and baseline of one benchmark; rows of (benchmark, setting) in `done` are skipped."""
-    from transformers import AutoTokenizer
-
     from agac_jax.data import load_dataset
     from agac_jax.eval.sweep import scoring_config
 
@@ -216,12 +216,14 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     evidence = [s.evidence for s in samples]
     groups = question_groups(samples)
     label = bench.label or name
-    model = checkpoints.load_hf_directory(bench.checkpoint_dir)
-    tokenizer = AutoTokenizer.from_pretrained(bench.checkpoint_dir)
     base = scoring_config(config)
-    from agac_jax.scoring.scorer import Scorer
+    from agac_jax import models
+    from agac_jax.scoring.scorer import Scorer, axis_rules
+    from agac_jax.scoring.sharding import make_mesh
 
-    first = Scorer(model, tokenizer, base)
+    adapter, params = models.load_adapter(bench.checkpoint_dir, bench.get("kind", ""), mesh=make_mesh(base.mesh_shape),
+                                          rules=axis_rules(base))
+    first = Scorer(adapter, params, base)
     originals = first.answers(waveforms, questions)
     answer_ids = [ids for _, ids in originals]
     with_evidence = sum(bool(e) for e in evidence)
@@ -264,7 +266,7 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         if (label, setting.name) in done:
             continue
         if setting.raw not in raw_runs:
-            scorer = Scorer(model, tokenizer, dataclasses.replace(base, **setting.raw.scoring_fields()))
+            scorer = Scorer(adapter, params, dataclasses.replace(base, **setting.raw.scoring_fields()))
             start = time.perf_counter()
             raw_scores = scorer.score(waveforms, questions, answer_ids=answer_ids)
             raw_runs[setting.raw] = (raw_scores, time.perf_counter() - start,

@@ -62,12 +62,8 @@ from agac_jax.eval import (atomic, captions, distributed, flops, lock, paired, p
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import METHODS, SELECTING_METHODS, TaskKey
 from agac_jax.eval.stages import selection_seed  # noqa: F401 - part of the sweep's API (tests, tools)
-from agac_jax.scoring.scorer import MESH_AXES
-from agac_jax.scoring.selection import keep_ratio_fraction
-
-
-
-MODEL_KINDS = ("qwen2_audio", "pandagpt")
+from agac_jax.models import MODEL_KINDS
+from agac_jax.scoring.settings import MESH_AXES, fields_of, keep_ratio_fraction
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -120,9 +116,11 @@ def validate_model_and_codec(config: Any) -> None:
     prompt_format = config.model.get("prompt_format", "chat")
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"config.model.prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
-    kind = config.model.get("kind", "qwen2_audio")
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"config.model.kind must be one of {MODEL_KINDS}, got {kind!r}")
+    kind = config.model.get("kind", "")
+    if kind and kind not in MODEL_KINDS:
+        raise ValueError(f"config.model.kind must be one of {MODEL_KINDS} or \"\" (told by the directory), got {kind!r}")
+    if config.model.get("random_init", "") and not kind:
+        raise ValueError("config.model.random_init needs config.model.kind: the family of the random model")
     if config.codec.backend not in BACKEND_NAMES:
         raise ValueError(f"config.codec.backend must be one of {BACKEND_NAMES}, got {config.codec.backend!r}")
     try:
@@ -137,18 +135,12 @@ def validate_model_and_codec(config: Any) -> None:
 
 
 def scoring_config(config: Any) -> Any:
-    """The `ScoringConfig` of a sweep config: its scoring section, rates, mesh shape and axis rules."""
-    from agac_jax.scoring.scorer import ScoringConfig
+    """The `ScoringConfig` of a sweep config: the fields of its scoring section, its rates and mesh."""
+    from agac_jax.scoring.settings import ScoringConfig
 
-    fields = dict(config_to_dict(config.scoring))
-    fields["buckets_seconds"] = tuple(fields["buckets_seconds"])
-    return ScoringConfig(
-        **fields,
-        rates=tuple(config.rates),
-        mesh_shape=tuple(config.mesh.shape),
-        axis_rules=tuple(tuple(rule) for rule in config.mesh.logical_axis_rules),
-        fsdp=bool(config.mesh.get("fsdp", False)),
-    )
+    return ScoringConfig(**fields_of(config.scoring), rates=tuple(config.rates), mesh_shape=tuple(config.mesh.shape),
+                         axis_rules=tuple(tuple(rule) for rule in config.mesh.logical_axis_rules),
+                         fsdp=bool(config.mesh.get("fsdp", False)))
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -241,22 +233,33 @@ def plan_lines(config: Any) -> list[str]:
     return lines + paired.planning_lines(len(samples), len(config.seeds))
 
 
+MODEL_LOCATION = ("kind", "checkpoint_dir", "random_init", "seed")  # config.model fields that say where the
+#                                                                   model is; the others are its options
+
+
+def model_directory(model: Any) -> str:
+    """The checkpoint directory of a config's model section: `checkpoint_dir`, or a random tiny model of
+    `random_init` (a config json of the family `kind`, seed `seed`) written to a temporary directory."""
+    from agac_jax import models
+
+    if model.get("random_init", ""):
+        write = models.resolve(models.entry(model.kind).random_init)
+        return str(write(model.random_init, int(model.get("seed", 0))))
+    if not model.checkpoint_dir:
+        raise ValueError("config.model.checkpoint_dir is empty: set it to a model directory (a Hugging Face "
+                         "Qwen2-Audio directory as downloaded, a converted PandaGPT directory), or set "
+                         "config.model.random_init with config.model.kind")
+    return model.checkpoint_dir
+
+
 def make_scorer(config: Any) -> Any:
-    """The real Scorer of the config's checkpoint."""
+    """The Scorer of the config's model: its family `model.kind` ("": told by the directory), its
+    directory (`model_directory`) and the family's options (the model section's other fields)."""
     from agac_jax.scoring.scorer import Scorer
 
     model = config.model
-    if model.get("kind", "qwen2_audio") == "pandagpt":
-        from agac_jax.models.pandagpt.adapter import PandaGPTScorer
-
-        return PandaGPTScorer.from_config(model, scoring_config(config))
-    if not config.model.checkpoint_dir:
-        raise ValueError("config.model.checkpoint_dir is empty: set it to a Hugging Face Qwen2-Audio directory")
-    return Scorer.from_directory(model.checkpoint_dir, scoring_config(config),
-                                 param_dtype=model.get("param_dtype", "float32"), dtype=model.get("dtype", "float32"),
-                                 scan_layers=bool(model.get("scan_layers", False)),
-                                 remat_layers=bool(model.get("remat_layers", False)),
-                                 prompt_format=model.get("prompt_format", "chat"))
+    options = {name: value for name, value in config_to_dict(model).items() if name not in MODEL_LOCATION}
+    return Scorer.from_directory(model_directory(model), scoring_config(config), kind=model.get("kind", ""), **options)
 
 
 def _codec_factory(config: Any) -> Callable[[], CodecClient]:

@@ -96,6 +96,8 @@ def greedy_generate(
     attention_mask: Array,
     features: Array,
     mel_lengths: Array,
+    context: Array | None = None,
+    *,
     settings: GenerationSettings,
 ) -> tuple[Array, Array]:
     """Greedy answers for a batch of prompts, one clip per prompt.
@@ -104,13 +106,15 @@ def greedy_generate(
       input_ids: [B, S] prompts with expanded audio placeholders (left- or right-padded).
       attention_mask: [B, S].
       features: [B, n_mels, P]; mel_lengths: [B].
+      context: None, or per-clip arrays [B, ...] `embed_prompt` takes as `context` (PandaGPT's video vectors).
     Returns:
       (tokens [B, max_new_tokens] with pad after EOS, num_generated [B]: tokens up to and including
       EOS, or max_new_tokens).
     """
     variables = {"params": params}
     audio, n_audio = model.apply(variables, features, mel_lengths, method=model.encode_audio)
-    embeds = model.apply(variables, input_ids, audio, n_audio, method=model.embed_prompt)
+    extra = {} if context is None else {"context": context}
+    embeds = model.apply(variables, input_ids, audio, n_audio, method=model.embed_prompt, **extra)
     return greedy_generate_from_embeddings(model, params, embeds, input_ids, attention_mask, settings)
 
 

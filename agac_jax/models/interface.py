@@ -31,6 +31,9 @@ Qwen2-Audio has none of them, PandaGPT all):
 - `gate_audio(..., context=...)` and `embed_prompt(..., context=...)`: a per-clip array the batch
   carries as `context` [B, ...] (PandaGPT: ImageBind's video vector, summed into the AV token) and the
   program hands to both unchanged; absent from the batch, neither receives it.
+- `pads_heard` (True): the slots outside `slot_valid` hold the clip's own padding, which the model hears
+  whatever the clip (Voxtral pads every clip to whole 30 s windows); a gate then leaves them as they
+  are instead of mixing in silence's (PandaGPT's padding frames, without it, are silence's).
 The batch may carry `slot_valid` [B, T] and `slot_ranges` [B, T, 2] (`program.ClipBatch`): gate slots
 that hold no audio (padding inside PandaGPT's sub-clips) and the samples each slot reads (frames map
 through them, and audio no slot reads is unheard, `selection.UNHEARD`).
@@ -38,10 +41,11 @@ through them, and audio no slot reads is unheard, `selection.UNHEARD`).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PROBS = ("attention", "probs")  # (collection, name): every layer's softmax probabilities [B, H, Q, K]
 RECEIVED = ("attention_received", "received")  # (collection, name): weighted head sums [B, W, K]
@@ -73,3 +77,51 @@ def stack_sown(state: Any, sown: tuple[str, str], num_layers: int) -> jax.Array:
     collection, name = sown
     layers = state[collection]["language_model"]
     return jnp.stack([layers[f"layers_{i}"]["self_attn"][name][0] for i in range(num_layers)])
+
+
+class ModelInputs(NamedTuple):
+    """What a family's adapter makes of B clips and their questions for one bucket (`ModelAdapter.inputs`).
+
+    input_ids [B, S] int32 and attention_mask [B, S]: the prompts, audio placeholders expanded, padded
+    on the side asked for; features [B, ...] float32 and mel_lengths [B] int32: what `encode_audio`
+    reads; silence_features: the same of silence, when asked for (scoring), else None; slots: the
+    optional per-clip gate-slot arrays of `program.ClipBatch` (`slot_valid` [B, T], `slot_ranges`
+    [B, T, 2]) for a model whose gate grid is not its token grid.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    features: np.ndarray
+    mel_lengths: np.ndarray
+    silence_features: np.ndarray | None = None
+    slots: dict[str, np.ndarray] = {}
+
+
+class ModelAdapter(Protocol):
+    """The host side of one model family: what the model-agnostic `scoring.Scorer` holds.
+
+    A family's package provides a class implementing this, with a classmethod
+    `load(directory, *, shardings, **options) -> (adapter, params)` that reads a checkpoint directory
+    as it is downloaded, placing each weight on `shardings(adapter_config)`'s sharding as it is read.
+    `models.load_adapter` picks the family by `model.kind` or the directory's marker file.
+    """
+
+    kind: str  # the registry key (`models.MODELS`)
+    model: AudioLanguageModel  # the Flax module the scoring program runs
+    tokenizer: Any
+    uses_video: bool  # the clips come with a video the model also sees (`video_context`)
+    min_samples: int  # the shortest clip the model gives any audio token
+
+    def generation_settings(self, max_new_tokens: int) -> Any: ...  # `models.generate.GenerationSettings`
+    def param_shardings(self, mesh: Any, rules: Any) -> Any: ...  # NamedShardings of the parameters
+    def max_samples(self, buckets_seconds: Sequence[int]) -> int: ...  # the longest clip it scores
+    def bucket_frames(self, n_samples: int, buckets_seconds: Sequence[int]) -> int: ...  # 10 ms frames of the clip's bucket
+    def audio_slots(self, frames: int) -> int: ...  # prompt positions the audio of a bucket's clip takes at most
+    def audio_token_count(self, n_samples: int) -> int: ...  # prompt positions of a clip's audio
+    def text_tokens(self, question: str) -> int: ...  # prompt positions of a question besides the audio
+    pad_token_id: int  # the id prompts are left-padded with for generation
+    def decode(self, ids: Sequence[int]) -> str: ...  # answer text of generated ids
+    def audio_offset(self) -> int: ...  # a lower bound of every prompt's first audio position
+    def inputs(self, clips: Sequence[np.ndarray], questions: Sequence[str], frames: int, *,
+               padding_side: str, silence: bool) -> ModelInputs: ...
+    def video_context(self, params: Any, videos: Sequence[Any]) -> np.ndarray: ...  # [B, ...] per clip

@@ -56,7 +56,8 @@ CHILD_ENV = "AGAC_PLAN_CHILD"
 class PlanRequest:
     """What to plan. Fields as the `launch.plan` flags."""
 
-    config_json: str
+    config_json: str  # the family's config json (Qwen2-Audio's config.json, PandaGPT's pandagpt_config.json)
+    kind: str = ""  # the family (`models.MODELS`); "": told by the json's keys
     mesh: tuple[int, int] = (1, 1)
     devices: int = 0  # forced host devices; 0: data x model
     param_dtype: str = "bfloat16"
@@ -104,8 +105,8 @@ def run(request: PlanRequest, timeout_s: float | None = None) -> dict[str, Any]:
     env["XLA_FLAGS"] = " ".join(kept + [flag, "--xla_cpu_enable_concurrency_optimized_scheduler=false"])
     env["JAX_PLATFORMS"] = "cpu"
     env[CHILD_ENV] = "1"
-    root = Path(__file__).resolve().parents[1]
-    code = ("import json, sys; from agac_jax import plan; "
+    root = Path(__file__).resolve().parents[2]
+    code = ("import json, sys; from agac_jax.scoring import plan; "
             "r = plan.PlanRequest(**json.loads(sys.argv[1])); print(plan.PLAN_PREFIX + json.dumps(plan.plan(r)))")
     args = json.dumps(dataclasses.asdict(request))
     proc = subprocess.run([sys.executable, "-c", code, args], env=env, cwd=root, capture_output=True, text=True,
@@ -134,18 +135,17 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     import jax.numpy as jnp
     import numpy as np
 
+    from agac_jax import models
     from agac_jax.audio import features as feats
-    from agac_jax.bench.program_cost import analytic_program_flops
-    from agac_jax.models.config import Qwen2AudioConfig
-    from agac_jax.models.generate import GenerationSettings
-    from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
+    from agac_jax.eval.flops import analytic_program_flops
     from agac_jax.scoring.program import ProgramSpec, score_batch
-    from agac_jax.scoring.scorer import ScoringConfig, jit_generation, jit_scoring, make_mesh, param_shardings
+    from agac_jax.scoring.scorer import ScoringConfig, axis_rules, jit_generation, jit_scoring, make_mesh
 
     r = request
-    config = Qwen2AudioConfig.from_json_file(r.config_json, dtype=r.dtype or r.param_dtype,
-                                             param_dtype=r.param_dtype, scan_layers=r.scan_layers)
-    config = config.replace(remat_layers=r.remat_layers)
+    kind = r.kind or models.model_kind(r.config_json)
+    adapter = models.entry(kind).adapter_class().abstract(r.config_json, param_dtype=r.param_dtype, dtype=r.dtype,
+                                                          scan_layers=r.scan_layers, remat_layers=r.remat_layers)
+    config = adapter.config
     if len(jax.devices()) < r.mesh[0] * r.mesh[1]:
         raise RuntimeError(f"mesh {r.mesh} needs {r.mesh[0] * r.mesh[1]} devices; this process has "
                            f"{len(jax.devices())} (use plan.run, which forces them)")
@@ -155,21 +155,22 @@ def plan(request: PlanRequest) -> dict[str, Any]:
                             ig_steps=r.ig_steps, buckets_seconds=(r.bucket_seconds,), mesh_shape=r.mesh,
                             fsdp=r.fsdp)
     mesh = make_mesh(r.mesh)
-    shardings = param_shardings(config, mesh, scoring.axis_rules, scoring.fsdp)
-    abstract = abstract_params(config, shardings)
+    shardings = adapter.param_shardings(mesh, axis_rules(scoring))
+    abstract = abstract_params(adapter, shardings)
     params_bytes = sum(_shard_bytes(leaf) for leaf in jax.tree_util.tree_leaves(abstract))
-    model = Qwen2AudioForConditionalGeneration(config)
-    frames = min(r.bucket_seconds * feats.FRAMES_PER_SECOND, config.audio.max_mel_frames)
-    generation = GenerationSettings.from_hf({}, config, max_new_tokens=r.max_new_tokens)
-    b, n_mels, t_slots = r.batch_size, config.audio.num_mel_bins, frames // 4
+    model = adapter.model
+    frames = min(r.bucket_seconds * feats.FRAMES_PER_SECOND, adapter.max_samples((r.bucket_seconds,)) // feats.HOP_LENGTH)
+    generation = adapter.generation_settings(r.max_new_tokens)
+    b = r.batch_size
+    inputs = adapter.abstract_inputs(b, frames)
+    t_slots = adapter.audio_slots(frames)
     s_slots = t_slots + r.max_text_tokens
     sds = jax.ShapeDtypeStruct
     programs: dict[str, dict[str, Any]] = {}
     if "scoring" in r.programs:
         spec = ProgramSpec.from_config(scoring, max_samples=frames * feats.HOP_LENGTH, generate=False,
                                        audio_offset=r.audio_offset, generation=generation)
-        batch = dict(features=sds((b, n_mels, frames), jnp.float32), mel_lengths=sds((b,), jnp.int32),
-                     silence_features=sds((b, n_mels, frames), jnp.float32), prompt_ids=sds((b, s_slots), jnp.int32),
+        batch = dict(**inputs, prompt_ids=sds((b, s_slots), jnp.int32),
                      prompt_lengths=sds((b,), jnp.int32), answer_ids=sds((b, r.max_new_tokens), jnp.int32),
                      answer_lengths=sds((b,), jnp.int32), n_samples=sds((b,), jnp.int32),
                      alpha=sds((), jnp.float32), keep_num=sds((), jnp.int32), keep_den=sds((), jnp.int32))
@@ -177,11 +178,14 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         programs["scoring"] = _compile(fn, abstract, batch)
     if "generation" in r.programs:
         fn = jit_generation(model, generation, shardings, mesh)
-        args = (sds((b, s_slots), jnp.int32), sds((b, s_slots), jnp.int32), sds((b, n_mels, frames), jnp.float32),
-                sds((b,), jnp.int32), sds((b,), jnp.bool_))
+        args = (sds((b, s_slots), jnp.int32), sds((b, s_slots), jnp.int32), inputs["features"],
+                inputs["mel_lengths"], sds((b,), jnp.bool_), None)
         programs["generation"] = _compile(fn, abstract, *args)
-    flops = analytic_program_flops(
-        types.SimpleNamespace(config=scoring, model_config=config, audio_offset=r.audio_offset), frames) / b
+    if hasattr(config, "audio"):  # the FLOP model covers the Whisper-encoder families (`eval.flops`)
+        flops = analytic_program_flops(
+            types.SimpleNamespace(config=scoring, model_config=config, audio_offset=r.audio_offset), frames) / b
+    else:
+        flops = float("nan")
     peak, _, source = ACCELERATORS[r.accelerator]
     temp = max(p["temp_bytes_per_device"] for p in programs.values())
     # XLA:CPU has no bf16 matmul: it converts every bf16 weight to a float32 copy (hoisted out of the
@@ -189,7 +193,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     # of its weights). GPUs and TPUs multiply bf16 natively. So XLA:CPU's temporaries bound theirs from
     # above, and the same less the f32 size of the weights (clamped at 0) from below; `fits` uses the
     # upper bound.
-    upcast = 0 if jnp.dtype(config.param_dtype) == jnp.float32 else 2 * params_bytes
+    upcast = 0 if r.param_dtype == "float32" else 2 * params_bytes
     for p in programs.values():
         p["temp_bytes_per_device_accelerator"] = max(0, p["temp_bytes_per_device"] - upcast)
     temp_accel = max(p["temp_bytes_per_device_accelerator"] for p in programs.values())
@@ -209,7 +213,7 @@ def plan(request: PlanRequest) -> dict[str, Any]:
         accelerator_peak_flops=peak,
         accelerator_source=source,
         fraction_of_peak=r.fraction,
-        seconds_per_clip=flops / (r.fraction * peak * chips),
+        seconds_per_clip=flops / (r.fraction * peak * chips),  # NaN where no FLOP model covers the family
         fits={name: bool(need <= memory) for name, (_, memory, _) in ACCELERATORS.items()},
         programs=programs,
         backend=jax.default_backend(),
@@ -217,14 +221,12 @@ def plan(request: PlanRequest) -> dict[str, Any]:
     )
 
 
-def abstract_params(config: Any, shardings: Any) -> Any:
-    """The parameter tree as `jax.ShapeDtypeStruct`s in `config.param_dtype` with their shardings (no weights)."""
-    import flax.linen as nn
+def abstract_params(adapter: Any, shardings: Any) -> Any:
+    """The parameter tree as `jax.ShapeDtypeStruct`s in the config's parameter dtype with their shardings
+    (no weights)."""
     import jax
 
-    from agac_jax.models.qwen2_audio.model import init_params
-
-    shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(config, jax.random.key(0))))
+    shapes = jax.eval_shape(lambda: adapter.init_params(jax.random.key(0)))
     return jax.tree_util.tree_map(lambda leaf, sh: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sh),
                                   shapes, shardings)
 
@@ -268,10 +270,13 @@ def table(record: dict[str, Any]) -> str:
     for name, p in record["programs"].items():
         lines.append(f"  {name:<12}{p['compile_seconds']:>10.1f}{gb(p['temp_bytes_per_device']):>14}"
                      f"{gb(p['temp_bytes_per_device_accelerator']):>16}{p['xla_flops_per_device'] / 1e12:>17.1f} TF")
-    lines.append(f"  analytic FLOPs per clip: {record['flops_per_clip'] / 1e12:.1f} TFLOP; at "
-                 f"{record['fraction_of_peak']:.0%} of {record['accelerator']} bf16 peak "
-                 f"({record['accelerator_peak_flops'] / 1e12:.0f} TFLOP/s x {r['mesh'][0] * r['mesh'][1]} chips): "
-                 f"{record['seconds_per_clip']:.2f} s per clip")
+    if record["flops_per_clip"] != record["flops_per_clip"]:  # NaN: no FLOP model for this family
+        lines.append("  analytic FLOPs per clip: no FLOP model for this family (agac_jax/eval/flops.py)")
+    else:
+        lines.append(f"  analytic FLOPs per clip: {record['flops_per_clip'] / 1e12:.1f} TFLOP; at "
+                     f"{record['fraction_of_peak']:.0%} of {record['accelerator']} bf16 peak "
+                     f"({record['accelerator_peak_flops'] / 1e12:.0f} TFLOP/s x {r['mesh'][0] * r['mesh'][1]} chips): "
+                     f"{record['seconds_per_clip']:.2f} s per clip")
     need = record["params_bytes_per_device"] + record["temp_bytes_per_device"]
     fits = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in record["fits"].items())
     lines.append(f"  per device: params + temps (CPU, an upper bound) = {gb(need)}; fits: {fits}")

@@ -13,7 +13,8 @@ A = max_new_tokens answer slots, F_r frames at codec rate r.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,19 +23,9 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate_from_em
 from agac_jax.models.interface import RECEIVED, AudioLanguageModel, stack_sown
 from agac_jax.models.qwen2_audio.model import causal_mask
 from agac_jax.scoring import methods, selection
+from agac_jax.scoring.settings import ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ScoringConfig  # noqa: F401
 
 Array = jax.Array
-ESTIMATORS = ("occlusion", "integrated_gradients")
-# What the local score contrasts (DESIGN.md: the answer's log-probability). "log_odds" sums per answer
-# token log p / (1 - p), computed from the logits; it does not flatten when the model is saturated.
-TARGETS = ("logp", "log_odds")
-# Where a gate mixes the clip with silence: the projected audio embeddings (DESIGN.md), or the log-mel
-# frames before the encoder (each token's 4 frames), which re-runs the encoder for every gate.
-GATE_DOMAINS = ("embedding", "input")
-# What the fusion reads of a token's local contribution: its sign (DESIGN.md: evidence for the answer
-# ranks first), or its magnitude (audio the answer rests on either way: counter-evidence that a "no"
-# or an order answer weighs against ranks as high as support).
-LOCAL_SIGNS = ("signed", "magnitude")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -65,35 +56,20 @@ class ProgramSpec:
     generate_per_clip: bool = False  # greedy answers one clip per shard at a time, batch-padding copies
     #                                  skipped (`map_real_clips`); False: the whole batch at once
     ig_chunk: int = 1  # IG steps vmapped together: the largest divisor of ig_steps up to this
-    count_passes: bool = False  # tests: count the occlusion passes and generated rows that run (`PASS_COUNTER`)
+    probe: Callable[[str, int], None] | None = None  # f("occlusion" | "generation", n) called with the
+    #   occlusion passes and generated rows as they run (tests count them: which work is skipped)
 
     @classmethod
-    def from_config(cls, config: Any, *, max_samples: int, generate: bool, audio_offset: int,
-                    generation: GenerationSettings) -> "ProgramSpec":
-        """The spec of one bucket's program from a `ScoringConfig` (the scoring fields) and the bucket."""
-        return cls(estimator=config.estimator, target=config.target, gate_domain=config.gate_domain, window=config.window, ig_steps=config.ig_steps,
-                   local_sign=config.local_sign, local_smooth=config.local_smooth,
-                   occlusion_chunk=config.occlusion_chunk,
-                   occlusion_segments=config.occlusion_segments, fastv_layer=config.fastv_layer,
-                   rates=tuple(config.rates), share_prefix=config.share_prefix, max_samples=max_samples,
-                   generate=generate, audio_offset=audio_offset, generation=generation,
-                   data_shards=getattr(config, "mesh_shape", (1, 1))[0])
-
-    def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
-        if self.gate_domain not in GATE_DOMAINS:
-            raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
-        if self.local_sign not in LOCAL_SIGNS:
-            raise ValueError(f"local_sign={self.local_sign!r}; expected one of {LOCAL_SIGNS}")
-        if (self.window < 1 or self.ig_steps < 1 or self.local_smooth < 1 or self.occlusion_chunk < 1
-                or self.occlusion_segments < 0 or self.ig_chunk < 1):
-            raise ValueError(f"window, ig_steps, ig_chunk, local_smooth and occlusion_chunk must be >= 1 and occlusion_segments >= 0, "
-                             f"got {self}")
-        for r in self.rates:
-            selection.frame_samples(r)
+    def from_config(cls, config: ScoringConfig, **bucket: Any) -> "ProgramSpec":
+        """The spec of one bucket's program: the fields a (validated) `ScoringConfig` holds under the same
+        names, `data_shards` from its mesh, and the rest (`max_samples`, `generate`, `audio_offset`,
+        `generation`, and the scorer's `generate_per_clip`, `ig_chunk`, `probe`) given; a config field
+        left None (resolved per device by the scorer) takes the spec's default."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        shared = {name: getattr(config, name) for name in names
+                  if getattr(config, name, None) is not None and name not in bucket}  # None: the spec's default
+        shared["rates"] = tuple(shared["rates"])
+        return cls(**shared, data_shards=config.mesh_shape[0], **bucket)
 
 
 class ClipBatch(dict):
@@ -134,6 +110,13 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
     answers, answer_lengths = _answers(model, spec, params, batch, audio, n_tokens, real)
     valid = batch.get("slot_valid")
     context = batch.get("context")
+    features, silence_features = batch["features"], batch["silence_features"]
+    if valid is not None and getattr(model, "pads_heard", False):
+        # slots past the clip hear its padding whatever the gate (Voxtral's whole windows): silence's
+        # state there is the clip's own, so a gate changes only the slots that hold audio
+        silence = jnp.where(valid.astype(bool)[..., None], silence, audio)
+        heard = jnp.arange(features.shape[-1]) < batch["mel_lengths"][:, None]
+        silence_features = jnp.where(heard[:, None, :], silence_features, features)
     model_global = None
     if getattr(model, "global_scores", None) is not None:  # the model's own global score (PandaGPT: ImageBind's)
         model_global = model.apply(variables, batch["features"], method=model.global_scores)
@@ -142,8 +125,7 @@ def score_batch(model: AudioLanguageModel, spec: ProgramSpec, params: Any,
                        n_samples=batch["n_samples"], slot_valid=None if valid is None else valid.astype(bool),
                        slot_ranges=batch.get("slot_ranges"), model_global=model_global, context=context)
     if spec.gate_domain == "input":
-        clips = clips._replace(features=batch["features"], silence_features=batch["silence_features"],
-                               mel_length=batch["mel_lengths"])
+        clips = clips._replace(features=features, silence_features=silence_features, mel_length=batch["mel_lengths"])
     full = jax.vmap(lambda clip: _full_pass(model, spec, params, clip))(clips)
     if spec.estimator == "integrated_gradients":
         logps = None
@@ -226,8 +208,8 @@ def _answers(model, spec, params, batch, audio, n_tokens, real):
 
     def generate(rows):
         embeds, ids, mask = rows
-        if spec.count_passes:
-            jax.debug.callback(count_generated, ids.shape[0])
+        if spec.probe is not None:
+            jax.debug.callback(functools.partial(spec.probe, "generation"), ids.shape[0])
         return greedy_generate_from_embeddings(model, params, embeds, ids, mask, settings)
 
     rows = (embeds, batch["prompt_ids"], prompt_mask)
@@ -526,7 +508,10 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
     """
     b, t = clips.audio.shape[0], clips.audio.shape[1]
     shards = _shards(spec, b)
-    n_gates = jnp.where(real, clips.n_tokens, 0)
+    # gates past a clip's last gate slot that holds audio change nothing: their chunks are skipped
+    last = clips.n_tokens if clips.slot_valid is None else jnp.max(
+        jnp.where(clips.slot_valid, jnp.arange(clips.slot_valid.shape[-1]) + 1, 0), axis=-1)
+    n_gates = jnp.where(real, jnp.minimum(last, clips.n_tokens), 0)
     offset, rows = _audio_offset(spec, clips, model), audio_slots(model, t)
     steps = occlusion_schedule(occlusion_gate_slots(t, clips.prompt_ids.shape[-1], offset, rows),
                                spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
@@ -550,8 +535,8 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
 
                 block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
                 part = jax.vmap(one_clip)(group, cache, block)
-                if spec.count_passes:
-                    jax.debug.callback(_count_passes, n.shape[0] * size)  # every shard runs the chunk
+                if spec.probe is not None:  # every shard runs the chunk
+                    jax.debug.callback(functools.partial(spec.probe, "occlusion"), n.shape[0] * size)
                 return jax.lax.dynamic_update_slice(done, part.astype(done.dtype), (0, first))
 
             return jax.lax.cond(first < largest, run, lambda done: done, done)
@@ -567,18 +552,6 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
         return logps
 
     return _from_local_clip(jax.lax.map(local_clips, _by_local_clip((clips, caches, n_gates), shards)))
-
-
-def _count_passes(n: Any) -> None:
-    PASS_COUNTER["occlusion"] += int(n)
-
-
-def count_generated(n: Any) -> None:
-    PASS_COUNTER["generation"] += int(n)
-
-
-# when ProgramSpec.count_passes (tests count them): gated occlusion passes run, and rows generated
-PASS_COUNTER = {"occlusion": 0, "generation": 0}
 
 
 def _integrated_gradients(model: AudioLanguageModel, spec: ProgramSpec, params: Any, clips: ClipInputs,

@@ -39,7 +39,6 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE, SAMPLES_PER_AUDIO_TOKEN
 from agac_jax.audio.io import load_audio
 from agac_jax.models.qwen2_audio.checkpoints import CheckpointError
-from agac_jax.models.qwen2_audio.prompts import build_prompts
 from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
 from agac_jax.scoring.program import ESTIMATORS
@@ -168,7 +167,7 @@ def check_request(request: ScoreRequest) -> None:
 def check_answer_ids(answers: IdLists, scorer: Scorer, files: Sequence[str]) -> None:
     """Given answers must be 1..max_new_tokens ids of the vocabulary, never the audio placeholder."""
     vocab = scorer.model_config.text.vocab_size
-    audio_id = scorer.model_config.audio_token_id
+    audio_id = scorer.model.audio_token_id
     limit = scorer.config.max_new_tokens
     for file, answer in zip(files, answers):
         if len(answer) > limit:
@@ -227,11 +226,10 @@ def _error_text(file: str, error: BaseException) -> str:
 
 
 def expected_prompt(scorer: Scorer, question: str, waveform: np.ndarray) -> np.ndarray:
-    """The prompt ids the scorer builds for one clip: chat template, audio placeholders expanded."""
-    prompts = build_prompts(scorer.tokenizer, question, waveform, prompt_format=scorer.prompt_format,
-                            num_mel_bins=scorer.model_config.audio.num_mel_bins,
-                            pad_to_frames=scorer.bucket_frames(len(waveform)))
-    return np.asarray(prompts.input_ids[0])
+    """The prompt ids the scorer builds for one clip: its template, audio placeholders expanded."""
+    inputs = scorer.adapter.inputs([waveform], [question], scorer.bucket_frames(len(waveform)),
+                                   padding_side="right", silence=False)
+    return np.asarray(inputs.input_ids[0])
 
 
 def prompt_mismatch(given: Sequence[int], expected: np.ndarray) -> str | None:
@@ -458,7 +456,8 @@ def run(request: ScoreRequest, stdout: TextIO | None = None, stderr: TextIO | No
     for outcome in failed:
         stderr.write(f"error: {outcome.error}\n")
     if request.plot is not None:
-        mels = scorer.model_config.audio.num_mel_bins if scorer is not None else 128
+        mels = getattr(getattr(scorer, "model_config", None), "audio", None)  # the model's log-mel bins, if any
+        mels = 128 if mels is None else mels.num_mel_bins
         if not plot_clips(outcomes, request, request.plot, mels):
             stderr.write(f"no clip was scored; {request.plot} not written\n")
     if failed:

@@ -18,44 +18,19 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.audio import features as feats
-from agac_jax.audio.grids import audio_tokens_of_samples
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
-from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
-from agac_jax.models.qwen2_audio.prompts import (DEFAULT_PROMPT_FORMAT, PromptFormat, build_prompts, load_prompt_format,
-                              prompt_format_of, prompt_ids)
-from agac_jax.scoring import selection
-from agac_jax.scoring.program import (ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ProgramSpec, answer_targets_batch,
-                                      count_generated, map_real_clips, score_batch)
+from agac_jax.models.interface import ModelAdapter
+from agac_jax.scoring.program import ProgramSpec, answer_targets_batch, map_real_clips, score_batch
+from agac_jax.scoring.settings import (CPU_IG_CHUNK, DEFAULT_AXIS_RULES, MESH_AXES, POSTER_ALPHA,  # noqa: F401
+                                       POSTER_LOCAL_SCORE, TARGETS, ScoringConfig, keep_ratio_fraction)
+from agac_jax.scoring.sharding import fsdp_axis_rules, make_mesh
 
-MESH_AXES = ("data", "model")
-MIN_CLIP_SAMPLES = next(n for n in range(1, feats.SAMPLE_RATE) if audio_tokens_of_samples(n) >= 1)
-CPU_IG_CHUNK = 4  # IG steps vmapped together on CPU: 12 mixed clips at 16 steps, tiny model, 2 cores:
-#                   1.70 s against 2.08 s one at a time and 1.93 s all 16 (3x the temporaries)
-
-# Logical parameter axes -> mesh axes (`param_shardings`). Batch goes on 'data'; one wide axis of every
-# matrix on 'model'. A head axis is split in whole heads only, and a named axis whose mesh axis does not
-# divide it evenly hands that mesh axis to the weight's other named axis (`param_sharding`).
-DEFAULT_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ("batch", "data"),  # activations' batch (the program's clips)
-    ("vocab", "model"),  # embedding table rows and LM head columns [vocab]
-    ("mlp", "model"),  # decoder and encoder MLP hidden units [intermediate_size], [encoder_ffn_dim]
-    ("heads", "model"),  # decoder query heads, q_proj columns and o_proj rows [heads * head_dim]
-    ("kv_heads", "model"),  # decoder key/value heads, k_proj and v_proj columns [kv_heads * head_dim]
-    ("audio_heads", "model"),  # encoder heads, q/k/v_proj columns and out_proj rows [d_model]
-    ("audio_embed", "model"),  # the projector's input, the encoder's width [d_model]
-    ("audio_conv", "model"),  # the encoder convolutions' output channels [d_model]
-    ("embed", None),  # every model width [hidden_size], [d_model]: 'data' under FSDP (`fsdp_axis_rules`)
-    ("norm", None),  # RMSNorm scales [hidden_size]
-)
-FSDP_AXES = ("embed",)  # the logical axes `fsdp_axis_rules` puts on 'data'
 _log = logging.getLogger(__name__)
 
 # XLA:CPU's default scheduler runs independent occlusion chunks side by side and holds their attention
@@ -66,87 +41,6 @@ CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=fals
 # execution: 0.3 s of CPU per program of the tiny model (3x its warm run), 0.5 s for the 512-wide one.
 # Without it (the default, `ScoringConfig.cpu_ynnpack`) XLA's own kernels run them, built at compile time.
 CPU_NO_YNNPACK_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
-# The poster's local score exactly as DESIGN.md section 2 gives it: occlusion of one token, the answer's
-# log-probability, gates on the projected audio embeddings, the signed contrast. `ScoringConfig(
-# **POSTER_LOCAL_SCORE)` scores with it; the defaults below are the estimator study's choice (WORKSPACE.md).
-POSTER_LOCAL_SCORE = dict(estimator="occlusion", window=1, target="logp", gate_domain="embedding",
-                          local_sign="signed", local_smooth=1)
-POSTER_ALPHA = 0.5  # the poster's fusion weight (DESIGN.md); ScoringConfig's default weighs the local score more
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoringConfig:
-    """What `Scorer` needs. The local score defaults to integrated gradients (8 steps) on the answer's
-    log-odds, read as its magnitude smoothed over 9 tokens (the estimator study, WORKSPACE.md); every
-    fusion weight alpha is 0.75 (the same study); every other field has the DESIGN.md default.
-    POSTER_LOCAL_SCORE with alpha POSTER_ALPHA restores the poster's method."""
-
-    estimator: str = "integrated_gradients"  # occlusion (DESIGN.md) | integrated_gradients
-    target: str = "log_odds"  # what the local score contrasts: logp (DESIGN.md) | log_odds (program.TARGETS)
-    gate_domain: str = "embedding"  # where gates mix clip and silence: embedding (DESIGN.md) | input (log-mel)
-    window: int = 1  # occlusion window W in audio tokens
-    ig_steps: int = 8  # integrated-gradients midpoint steps n
-    ig_chunk: int | None = None  # IG steps evaluated together (vmapped; each holds a pass's activations
-    #                              for its backward); None: CPU_IG_CHUNK on CPU, one at a time on
-    #                              accelerators (a 7B pass's activations each)
-    local_sign: str = "magnitude"  # what fusion reads of the local score: signed (DESIGN.md) | magnitude
-    local_smooth: int = 9  # box filter width over the local score, in tokens (1: none, DESIGN.md; 9: 0.36 s)
-    alpha: float = 0.75  # fusion weight of the local (AAD) score (the study's choice; POSTER_ALPHA: 0.5)
-    keep: float | str = 0.9  # rho of the keep masks the program returns
-    rates: tuple[int, ...] = (25, 50, 100)  # codec token rates the program maps scores to
-    fastv_layer: int = 2  # FastV's decoder layer K
-    max_new_tokens: int = 8  # greedy answer budget
-    max_text_tokens: int = 64  # prompt tokens besides the audio placeholders
-    batch_size: int = 8  # clips per compiled call (padded up)
-    occlusion_chunk: int = 16  # gate vectors per vmapped chunk (memory; smaller chunks share more prefix)
-    occlusion_segments: int = 0  # 0: a program step per chunk (least work); k: k loops (compile time)
-    prompt_steps: int = 4  # a batch's prompt slots: the smallest of this many steps up to the bucket's
-    #                        (`Scorer.prompt_slots`) holding its longest prompt; 1: always the bucket's
-    prompt_step_ratio: float = 0.8  # each prompt step is this share of the next: a prompt past the
-    #                                 smallest step runs at most 1 / ratio of its own positions
-    cpu_memory_budget: float = 0.25  # CPU: warn when a program's temporaries exceed this share of the
-    #                                  host's memory (and refuse one that exceeds all of it)
-    share_prefix: bool = True  # re-use the keys/values before the audio (IG) and each occlusion chunk (exact)
-    cpu_ynnpack: bool = False  # CPU: XLA's YNNPACK fusions for dots and reductions (True: XLA's default,
-    #                            whose first run of each program builds their pipelines; README); False: XLA's
-    #                            own kernels (CPU_NO_YNNPACK_OPTIONS), same tables for the main job
-    buckets_seconds: tuple[int, ...] = feats.DEFAULT_BUCKETS_SECONDS  # clip length buckets (2-5 s apart: a clip
-    #                                    pads at most 2-5 s; each bucket used compiles its own program)
-    mesh_shape: tuple[int, int] = (1, 1)  # (data, model) devices
-    generate_per_clip: bool | None = None  # greedy answers one clip per data shard at a time, so
-    #   batch-padding copies generate nothing; None: on CPU (rows cost what they add there), not on
-    #   accelerators (decoding reads the weights once per step whatever the batch holds)
-    axis_rules: tuple[tuple[str, str | None], ...] = DEFAULT_AXIS_RULES
-    fsdp: bool = False  # also split every weight's model width over 'data' (`fsdp_axis_rules`): for a
-    #                     small 'model' axis and a large batch; weights are gathered where they are used
-
-    def __post_init__(self):
-        """The host boundary's value checks: inside the program these values are traced."""
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={self.estimator!r}; expected one of {ESTIMATORS}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}; expected one of {TARGETS}")
-        if self.gate_domain not in GATE_DOMAINS:
-            raise ValueError(f"gate_domain={self.gate_domain!r}; expected one of {GATE_DOMAINS}")
-        if self.local_sign not in LOCAL_SIGNS:
-            raise ValueError(f"local_sign={self.local_sign!r}; expected one of {LOCAL_SIGNS}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1]; got {self.alpha}")
-        for name in ("window", "ig_steps", "local_smooth", "batch_size", "occlusion_chunk", "max_new_tokens", "max_text_tokens",
-                     "prompt_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.ig_chunk is not None and self.ig_chunk < 1:
-            raise ValueError(f"ig_chunk must be >= 1 or None; got {self.ig_chunk}")
-        if self.occlusion_segments < 0:
-            raise ValueError(f"occlusion_segments must be >= 0 (0: one step per chunk); got {self.occlusion_segments}")
-        if not 0.0 < self.prompt_step_ratio <= 1.0:
-            raise ValueError(f"prompt_step_ratio must lie in (0, 1]; got {self.prompt_step_ratio}")
-        selection.keep_ratio_fraction(self.keep)
-        for rate in self.rates:
-            selection.frame_samples(rate)
 
 
 class ProgramKey(NamedTuple):
@@ -201,92 +95,107 @@ class ClipScores:
 
 
 class Scorer:
-    """Scores clips with a Qwen2-Audio model held as Flax parameters."""
+    """Scores clips with any audio-language model held as Flax parameters: a family's adapter
+    (`models.interface.ModelAdapter`) builds its inputs, this class batches, compiles and runs them."""
 
-    def __init__(self, loaded: checkpoints.LoadedModel, tokenizer: Any, config: ScoringConfig = ScoringConfig(),
-                 prompt_format: PromptFormat | None = None):
-        """`prompt_format`: how questions become prompts (`prompts.load_prompt_format`); None: the chat
-        format of the directory the tokenizer was loaded from."""
+    def __init__(self, adapter: ModelAdapter, params: Any, config: ScoringConfig = ScoringConfig()):
+        """`adapter`: the model family's host side (e.g. `Qwen2AudioAdapter.of(loaded, tokenizer)`),
+        `params`: its Flax parameters (placed here on the config's mesh)."""
         self.config = config
-        self.model_config = loaded.config
-        self.model = Qwen2AudioForConditionalGeneration(loaded.config)
-        self.tokenizer = tokenizer
-        self.prompt_format = prompt_format or prompt_format_of(tokenizer)
-        self.generation = GenerationSettings.from_hf(loaded.generation_config, loaded.config,
-                                                     max_new_tokens=config.max_new_tokens)
-        self.keep_fraction = selection.keep_ratio_fraction(config.keep)
+        self.adapter = adapter
+        self.model = adapter.model
+        self.model_config = adapter.config
+        self.tokenizer = adapter.tokenizer
+        self.generation = adapter.generation_settings(config.max_new_tokens)
+        self.keep_fraction = keep_ratio_fraction(config.keep)
         self.mesh = make_mesh(config.mesh_shape)
         if config.batch_size % config.mesh_shape[0]:
             raise ValueError(f"batch_size={config.batch_size} must be a multiple of the data axis "
                              f"{config.mesh_shape[0]}")
-        self.param_shardings = param_shardings(loaded.config, self.mesh, config.axis_rules, config.fsdp)
-        self.params = jax.device_put(loaded.params, self.param_shardings)  # no copy when loaded sharded
+        self.param_shardings = adapter.param_shardings(self.mesh, axis_rules(config))
+        self.params = jax.device_put(params, self.param_shardings)  # no copy when loaded sharded
         self._generate = None  # the jitted, sharded greedy generator (`generation_program`)
         self._targets: dict[ProgramKey, Any] = {}  # jitted `answer_targets` programs
-        self.max_frames = loaded.config.audio.max_mel_frames  # the encoder's window (3000 = 30 s released)
+        self.max_samples = adapter.max_samples(config.buckets_seconds)
+        self.min_samples = adapter.min_samples
         self.traces = 0  # how often the scoring program was traced (one per bucket and answer mode)
-        self.audio_offset = self._first_audio_position("")
+        self.audio_offset = adapter.audio_offset()
         self.executables: dict[ProgramKey, Any] = {}  # the compiled programs
         self.program_memory: dict[ProgramKey, int] = {}  # temporary bytes of each compiled program
-        self.count_passes = False  # tests: programs compiled from now on count their occlusion passes
+        self.probe = None  # tests: f(name, count) called as programs compiled from now on run passes
         on_cpu = self.mesh.devices.flat[0].platform == "cpu"
         self.generate_per_clip = config.generate_per_clip if config.generate_per_clip is not None else on_cpu
         self.ig_chunk = config.ig_chunk or (CPU_IG_CHUNK if on_cpu else 1)
 
     @classmethod
-    def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *,
-                       param_dtype: Any = "float32", dtype: Any = "float32", scan_layers: bool = False,
-                       remat_layers: bool = False, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> "Scorer":
-        """A Scorer for a Hugging Face directory. The weights stream tensor by tensor onto their
-        shardings on this config's mesh (`checkpoints.load_hf_directory(shardings=...)`), cast to
-        `param_dtype`; `dtype` is the compute dtype ('float32' | 'bfloat16'); `scan_layers` and
-        `remat_layers` as `Qwen2AudioConfig`'s; `prompt_format` "chat" | "raw" (`prompts.load_prompt_format`),
-        decided before any weight is read."""
-        from transformers import AutoTokenizer
+    def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *, kind: str = "",
+                       **options: Any) -> "Scorer":
+        """A Scorer for a checkpoint directory as downloaded (or converted); `kind` the model family
+        (`models.MODELS`; "": told by the directory's files). The weights stream onto their shardings
+        on this config's mesh. `options` go to the family's loader: for Qwen2-Audio `param_dtype`,
+        `dtype`, `scan_layers`, `remat_layers`, `prompt_format`; for PandaGPT `use_video`."""
+        from agac_jax import models
 
-        fmt = load_prompt_format(directory, prompt_format)
-        mesh = make_mesh(config.mesh_shape)
-        loaded = checkpoints.load_hf_directory(
-            directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
-            shardings=lambda model_config: param_shardings(model_config, mesh, config.axis_rules, config.fsdp))
-        loaded = dataclasses.replace(loaded, config=loaded.config.replace(remat_layers=remat_layers))
-        return cls(loaded, AutoTokenizer.from_pretrained(str(directory)), config, fmt)
-
-    def bucket_frames(self, n_samples: int) -> int:
-        """Mel frames of the bucket for a clip: the smallest that holds every frame the encoder reads
-        for the clip's valid positions (`features.encoder_bucket_frames`), or the encoder's whole window
-        (`max_source_positions` x 2 frames of the checkpoint's config: 3000, 30 s, for the released model)."""
-        if n_samples > self.max_samples:
-            raise ValueError(f"a clip of {n_samples} samples is longer than this model's {self.max_seconds:g} s "
-                             f"window ({self.max_frames} mel frames); split it with split_windows")
-        return feats.encoder_bucket_frames(n_samples, self.config.buckets_seconds, self.max_frames)
+        adapter, params = models.load_adapter(directory, kind, mesh=make_mesh(config.mesh_shape),
+                                              rules=axis_rules(config), **options)
+        return cls(adapter, params, config)
 
     @property
-    def max_samples(self) -> int:
-        return self.max_frames * feats.HOP_LENGTH
+    def kind(self) -> str:
+        return self.adapter.kind
+
+    @property
+    def uses_video(self) -> bool:
+        return self.adapter.uses_video
 
     @property
     def max_seconds(self) -> float:
         return self.max_samples / feats.SAMPLE_RATE
 
-    @property
-    def min_samples(self) -> int:
-        """The shortest clip the model gives an audio token (321 samples, 20 ms): a shorter one has no
-        audio in its prompt, so it is refused as too short."""
-        return MIN_CLIP_SAMPLES
+    def bucket_frames(self, n_samples: int) -> int:
+        """10 ms frames of the clip's length bucket (the family's rule over `buckets_seconds`)."""
+        if n_samples > self.max_samples:
+            raise ValueError(f"a clip of {n_samples} samples is longer than this model's {self.max_seconds:g} s "
+                             f"({self.max_samples} samples); split it with split_windows, or raise "
+                             "scoring.buckets_seconds where the model takes longer clips")
+        return self.adapter.bucket_frames(n_samples, self.config.buckets_seconds)
+
+    def audio_token_count(self, n_samples: int) -> int:
+        """Prompt positions the model gives a clip of `n_samples`."""
+        return self.adapter.audio_token_count(n_samples)
+
+    def text_tokens(self, question: str) -> int:
+        """Prompt tokens of a question besides the audio."""
+        return self.adapter.text_tokens(question)
+
+    def _clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples)
+                for i, c in enumerate(clips)]
+
+    def _context(self, videos: Sequence[Any] | None, n: int) -> np.ndarray | None:
+        """The clips' video vectors (`ModelAdapter.video_context`), or None without videos."""
+        if videos is None:
+            return None
+        if len(videos) != n:
+            raise ValueError(f"{n} clips but {len(videos)} videos")
+        return self.adapter.video_context(self.params, videos)
 
     def score(self, clips: Sequence[np.ndarray], questions: Sequence[str],
-              answer_ids: Sequence[Sequence[int]] | None = None) -> list[ClipScores]:
-        """Scores clips (float32 16 kHz, at most 30 s) asked `questions`; answers greedy unless given."""
+              answer_ids: Sequence[Sequence[int]] | None = None,
+              videos: Sequence[Any] | None = None) -> list[ClipScores]:
+        """Scores clips (float32 16 kHz, at most `max_seconds`) asked `questions`; answers greedy unless
+        given; `videos`, for a model that also sees the clip's video (`uses_video`)."""
         if len(clips) != len(questions):
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
         if answer_ids is not None and len(answer_ids) != len(clips):
             raise ValueError(f"{len(answer_ids)} answers for {len(clips)} clips")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
+        clips = self._clips(clips)
+        context = self._context(videos, len(clips))
         results: list[ClipScores | None] = [None] * len(clips)
         for frames, idx in self.batches(clips):
             given = None if answer_ids is None else [answer_ids[i] for i in idx]
-            out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given)
+            out = self._run(frames, [clips[i] for i in idx], [questions[i] for i in idx], given,
+                            None if context is None else context[idx])
             for j, i in enumerate(idx):
                 results[i] = out[j]
         return results  # type: ignore[return-value]
@@ -300,51 +209,53 @@ class Scorer:
         return [(frames, members[start:start + bs]) for frames, members in sorted(by_bucket.items())
                 for start in range(0, len(members), bs)]
 
-    def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[str]:
+    def answer(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+               videos: Sequence[Any] | None = None) -> list[str]:
         """The greedy answer text for each clip (e.g. a decoded, compressed clip); no scoring."""
-        return [text for text, _ in self.answers(clips, questions)]
+        return [text for text, _ in self.answers(clips, questions, videos)]
 
-    def answers(self, clips: Sequence[np.ndarray], questions: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    def answers(self, clips: Sequence[np.ndarray], questions: Sequence[str],
+                videos: Sequence[Any] | None = None) -> list[tuple[str, np.ndarray]]:
         """(text, token ids before the first EOS) of each clip's greedy answer. The ids can be handed to
         `score(..., answer_ids=...)`, so that a clip's answer is generated once and scored as it is."""
         if len(clips) != len(questions):
             raise ValueError(f"{len(clips)} clips but {len(questions)} questions")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
+        clips = self._clips(clips)
+        context = self._context(videos, len(clips))
         texts: list[tuple[str, np.ndarray]] = [("", np.zeros(0, np.int32))] * len(clips)
         generate = self.generation_program()
         for frames, idx in self.batches(clips):
             pad = self.batch_slots(len(idx)) - len(idx)
-            batch_clips = [clips[i] for i in idx] + [clips[idx[0]]] * pad
-            batch_questions = [questions[i] for i in idx] + [questions[idx[0]]] * pad
-            prompts = build_prompts(self.tokenizer, batch_questions, batch_clips, prompt_format=self.prompt_format,
-                                    num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
-                                    padding_side="left", max_frames=self.max_frames)
-            ids, mask = self._left_pad(prompts.input_ids, prompts.attention_mask, frames)
-            tokens, n = jax.device_get(generate(self.params, ids, mask, prompts.input_features,
-                                                prompts.feature_attention_mask.sum(axis=1),
-                                                np.arange(len(batch_clips)) < len(idx)))
+            members = idx + [idx[0]] * pad
+            inputs = self.adapter.inputs([clips[i] for i in members], [questions[i] for i in members], frames,
+                                         padding_side="left", silence=False)
+            ids, mask = self._left_pad(inputs.input_ids, inputs.attention_mask, frames)
+            tokens, n = jax.device_get(generate(self.params, ids, mask, inputs.features, inputs.mel_lengths,
+                                                np.arange(len(members)) < len(idx),
+                                                None if context is None else context[members]))
             for j, i in enumerate(idx):
                 ids = self._answer_ids(tokens[j, : int(n[j])])
                 texts[i] = (self._decode_answer(ids), ids)
         return texts
 
     def answer_targets(self, clips: Sequence[np.ndarray], questions: Sequence[str],
-                       answer_ids: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+                       answer_ids: Sequence[Sequence[int]], videos: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
         """{target: float64 [N]} of program.TARGETS: each given answer's log-probability and log-odds on
         its clip as it is (one teacher-forced pass; no gate, no generation)."""
         if not len(clips) == len(questions) == len(answer_ids):
             raise ValueError(f"{len(clips)} clips, {len(questions)} questions, {len(answer_ids)} answers")
-        clips = [validate_waveform(np.asarray(c), f"clip {i}", self.max_seconds, self.min_samples) for i, c in enumerate(clips)]
+        clips = self._clips(clips)
+        context = self._context(videos, len(clips))
         out = {target: np.zeros(len(clips)) for target in TARGETS}
         for frames, idx in self.batches(clips):
             batch, n_real = self.make_batch(frames, [clips[i] for i in idx], [questions[i] for i in idx],
-                                            [answer_ids[i] for i in idx])
+                                            [answer_ids[i] for i in idx], None if context is None else context[idx])
             key = ProgramKey.of(frames, False, batch)
             if key not in self._targets:
                 self._targets[key] = jit_scoring(functools.partial(answer_targets_batch, self.model),
                                                  self.param_shardings, self.mesh, batch)
             values = jax.device_get(self._targets[key](self.params, batch))
-            sources = _source_clips(batch, n_real)
+            sources = np.asarray(batch["source_clip"])
             real = sources >= 0
             for target in TARGETS:
                 out[target][np.asarray(idx)[sources[real]]] = np.asarray(values[target][real], np.float64)
@@ -353,11 +264,12 @@ class Scorer:
     def generation_program(self) -> Any:
         """The greedy generator, jitted with the scoring program's shardings: prompts, features and
         outputs on 'data', parameters by the axis rules. fn(params, ids [B, S], mask [B, S], features
-        [B, n_mels, P], mel_lengths [B], real [B] bool) -> (tokens [B, max_new_tokens], generated counts [B]);
-        with `generate_per_clip`, rows of batch-padding copies (real False) generate nothing."""
+        [B, ...], mel_lengths [B], real [B] bool, context [B, ...] or None) -> (tokens [B,
+        max_new_tokens], generated counts [B]); with `generate_per_clip`, rows of batch-padding copies
+        (real False) generate nothing."""
         if self._generate is None:
             self._generate = jit_generation(self.model, self.generation, self.param_shardings, self.mesh,
-                                            per_clip=self.generate_per_clip, count=self.count_passes)
+                                            per_clip=self.generate_per_clip, probe=self.probe)
         return self._generate
 
     def _answer_ids(self, tokens: np.ndarray) -> np.ndarray:
@@ -369,41 +281,27 @@ class Scorer:
     def _left_pad(self, ids: np.ndarray, mask: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
         """Left-pads prompts to the batch's prompt slots (`prompt_slots`), so generation compiles at
         most `prompt_steps` times per bucket."""
-        if ids.shape[1] > frames // 4 + self.config.max_text_tokens:
-            raise ValueError(f"a prompt has {ids.shape[1] - frames // 4}+ text tokens; "
+        audio = self.adapter.audio_slots(frames)
+        if ids.shape[1] > audio + self.config.max_text_tokens:
+            raise ValueError(f"a prompt has {ids.shape[1] - audio}+ text tokens; "
                              f"max_text_tokens={self.config.max_text_tokens}")
         slots = self.prompt_slots(frames, ids.shape[1])
         extra = slots - ids.shape[1]
-        pad_id = self.tokenizer.pad_token_id or 0
+        pad_id = self.adapter.pad_token_id
         return (np.pad(ids, ((0, 0), (extra, 0)), constant_values=pad_id),
                 np.pad(mask, ((0, 0), (extra, 0)), constant_values=0))
 
-    def text_tokens(self, question: str) -> int:
-        """Prompt tokens of a question besides the audio: its prompt's ids less the one placeholder."""
-        return len(prompt_ids(self.tokenizer, self.prompt_format, question)) - 1
-
-    def _first_audio_position(self, question: str) -> int:
-        """Where the first audio placeholder sits in the prompt of `question` (the template's prefix;
-        the empty question gives a lower bound even for templates that put the question first)."""
-        frames = min(feats.FRAMES_PER_SECOND, self.max_frames)
-        prompts = build_prompts(self.tokenizer, [question], [np.zeros(frames * feats.HOP_LENGTH, np.float32)],
-                                prompt_format=self.prompt_format,
-                                num_mel_bins=self.model_config.audio.num_mel_bins, pad_to_frames=frames,
-                                padding_side="right", max_frames=self.max_frames)
-        return int(np.argmax(prompts.input_ids[0] == self.model_config.audio_token_id))
-
     def _decode_answer(self, tokens: np.ndarray) -> str:
-        tokens = [int(t) for t in tokens if int(t) not in self.generation.eos_token_ids]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return self.adapter.decode([int(t) for t in tokens if int(t) not in self.generation.eos_token_ids])
 
     def _run(self, frames: int, clips: list[np.ndarray], questions: list[str],
-             answers: list[Sequence[int]] | None) -> list[ClipScores]:
-        batch, n_real = self.make_batch(frames, clips, questions, answers)
+             answers: list[Sequence[int]] | None, context: np.ndarray | None = None) -> list[ClipScores]:
+        batch, n_real = self.make_batch(frames, clips, questions, answers, context)
         fn, compile_seconds = self.program(frames, answers is None, batch)
         start = time.perf_counter()
         out = jax.device_get(fn(self.params, batch))
         run_seconds = time.perf_counter() - start
-        slot = {int(i): p for p, i in enumerate(_source_clips(batch, n_real)) if i >= 0}
+        slot = {int(i): p for p, i in enumerate(np.asarray(batch["source_clip"])) if i >= 0}
         return [self._clip_result(out, batch, slot[j], questions[j], len(clips[j]), compile_seconds / n_real,
                                   run_seconds / n_real) for j in range(n_real)]
 
@@ -440,7 +338,7 @@ class Scorer:
         are longer than the bucket below, so few prompts fall under the smallest. Prompts are
         right-padded and causal, so every pass over fewer positions is exact; each length used
         compiles its own program (at most `prompt_steps` per bucket and batch slots)."""
-        full = frames // 4 + self.config.max_text_tokens
+        full = self.adapter.audio_slots(frames) + self.config.max_text_tokens
         ratio = self.config.prompt_step_ratio
         for k in reversed(range(1, self.config.prompt_steps)):
             slots = min(-(-math.ceil(full * ratio ** k) // 8) * 8, full)
@@ -448,10 +346,11 @@ class Scorer:
                 return slots
         return full
 
-    def make_batch(self, frames: int, clips, questions, answers) -> tuple[dict[str, Any], int]:
+    def make_batch(self, frames: int, clips, questions, answers, context: np.ndarray | None = None
+                   ) -> tuple[dict[str, Any], int]:
         """The program's input batch for clips of one bucket (see `program.ClipBatch`) and the number of
         real clips, padded with copies to `batch_slots`, in the slots of `slot_order`: clip i is in the
-        slot where `source_clip` is i (-1: a copy)."""
+        slot where `source_clip` is i (-1: a copy). `context`: the clips' video vectors, or None."""
         c = self.config
         n_real = len(clips)
         bs = self.batch_slots(n_real)
@@ -459,30 +358,25 @@ class Scorer:
         source = lambda items: [items[i] if i < n_real else items[0] for i in order]
         clips, questions = source(list(clips)), source(list(questions))
         answers = None if answers is None else source(list(answers))
-        n_mels = self.model_config.audio.num_mel_bins
-        prompts = build_prompts(self.tokenizer, questions, clips, prompt_format=self.prompt_format, num_mel_bins=n_mels,
-                                pad_to_frames=frames, padding_side="right", max_frames=self.max_frames)
-        check_placeholder_count(prompts.input_ids, prompts.num_audio_tokens, self.model_config.audio_token_id)
-        s_slots = frames // 4 + c.max_text_tokens
-        lengths = prompts.attention_mask.sum(axis=1)
-        if lengths.max() > s_slots:
-            raise ValueError(f"a prompt has {lengths.max() - prompts.num_audio_tokens.max()} text tokens; "
-                             f"max_text_tokens={c.max_text_tokens}")
+        inputs = self.adapter.inputs(clips, questions, frames, padding_side="right", silence=True)
+        audio = self.adapter.audio_slots(frames)
+        lengths = inputs.attention_mask.sum(axis=1)
+        if lengths.max() > audio + c.max_text_tokens:
+            raise ValueError(f"a prompt has more than max_text_tokens={c.max_text_tokens} text tokens")
         s_slots = self.prompt_slots(frames, int(lengths.max()))
         prompt_ids = np.zeros((bs, s_slots), np.int32)
-        prompt_ids[:, : prompts.input_ids.shape[1]] = prompts.input_ids * prompts.attention_mask
-        first_audio = np.argmax(prompt_ids == self.model_config.audio_token_id, axis=1)
+        prompt_ids[:, : inputs.input_ids.shape[1]] = inputs.input_ids * inputs.attention_mask
+        first_audio = np.argmax(prompt_ids == self.model.audio_token_id, axis=1)
         if first_audio.min() < self.audio_offset:
             raise ValueError(f"a prompt's audio starts at position {first_audio.min()}, before the template's "
                              f"{self.audio_offset}: the occlusion prefix sharing would not be exact")
-        silence = feats.silence_log_mel(bs, n_mels, frames, self.max_frames)
         answer_ids, answer_lengths = answer_arrays(answers, bs, c.max_new_tokens)
         source_clip = np.where(order < n_real, order, -1).astype(np.int32)
         num, den = self.keep_fraction
         batch = dict(
-            features=prompts.input_features.astype(np.float32),
-            mel_lengths=prompts.feature_attention_mask.sum(axis=1).astype(np.int32),
-            silence_features=silence.astype(np.float32),
+            features=inputs.features.astype(np.float32),
+            mel_lengths=inputs.mel_lengths.astype(np.int32),
+            silence_features=inputs.silence_features.astype(np.float32),
             prompt_ids=prompt_ids,
             prompt_lengths=lengths.astype(np.int32),
             answer_ids=answer_ids,
@@ -493,7 +387,10 @@ class Scorer:
             alpha=np.float32(c.alpha),
             keep_num=np.int32(num),
             keep_den=np.int32(den),
+            **inputs.slots,
         )
+        if context is not None:
+            batch["context"] = np.asarray(context)[np.where(order < n_real, order, 0)]
         return batch, n_real
 
     def program(self, frames: int, generate: bool, batch: dict[str, Any]):
@@ -502,11 +399,10 @@ class Scorer:
         key = ProgramKey.of(frames, generate, batch)
         if key in self.executables:
             return self.executables[key], 0.0
-        c = self.config
-        spec = ProgramSpec.from_config(c, max_samples=frames * feats.HOP_LENGTH, generate=generate,
-                                       audio_offset=self.audio_offset, generation=self.generation)
-        spec = dataclasses.replace(spec, count_passes=self.count_passes, generate_per_clip=self.generate_per_clip,
-                                   ig_chunk=self.ig_chunk)
+        spec = ProgramSpec.from_config(self.config, max_samples=frames * feats.HOP_LENGTH, generate=generate,
+                                       audio_offset=self.audio_offset, generation=self.generation,
+                                       generate_per_clip=self.generate_per_clip, ig_chunk=self.ig_chunk,
+                                       probe=self.probe)
 
         def program(params, batch):
             self.traces += 1
@@ -518,7 +414,7 @@ class Scorer:
         temp = _temp_bytes(executable)
         self.program_memory[key] = temp
         if self.mesh.devices.flat[0].platform == "cpu":
-            _check_cpu_memory(temp, c.cpu_memory_budget, frames)
+            _check_cpu_memory(temp, self.config.cpu_memory_budget, frames)
         self.executables[key] = executable
         return executable, time.perf_counter() - start
 
@@ -538,6 +434,7 @@ class Scorer:
             frames[r] = np.asarray(out[f"frames_{r}"][j])[valid]
             keep[r] = np.flatnonzero(np.asarray(out[f"keep_{r}"][j]) & valid)
         length = int(batch["prompt_lengths"][j])
+        slots = {name: np.asarray(batch[name][j]) for name in ("slot_ranges", "slot_valid") if name in batch}
         return ClipScores(
             question=question,
             input_ids=np.asarray(batch["prompt_ids"][j, :length]),
@@ -554,16 +451,14 @@ class Scorer:
             frames=frames,
             keep=keep,
             seconds={"compile": compile_share, "run": run_share},
+            **slots,
         )
 
 
-def _source_clips(batch: dict[str, Any], n_real: int) -> np.ndarray:
-    """[slots] the clip each slot of a `make_batch` batch holds (-1: a copy); a batch without
-    `source_clip` (PandaGPT's) is in input order, copies last."""
-    if "source_clip" in batch:
-        return np.asarray(batch["source_clip"])
-    slots = np.arange(len(batch["n_samples"]))
-    return np.where(slots < n_real, slots, -1)
+def axis_rules(config: ScoringConfig) -> tuple[tuple[str, str | None], ...]:
+    """The logical axis rules the config's parameters are sharded by (`fsdp_axis_rules` under `fsdp`)."""
+    rules = tuple(tuple(rule) for rule in config.axis_rules)
+    return fsdp_axis_rules(rules) if config.fsdp else rules
 
 
 def jit_scoring(program: Any, shardings: Any, mesh: Mesh, batch: dict[str, Any]) -> Any:
@@ -576,28 +471,27 @@ def jit_scoring(program: Any, shardings: Any, mesh: Mesh, batch: dict[str, Any])
 
 
 def jit_generation(model: Any, settings: GenerationSettings, shardings: Any, mesh: Mesh, *,
-                   per_clip: bool = False, count: bool = False) -> Any:
+                   per_clip: bool = False, probe: Any = None) -> Any:
     """`models.generate.greedy_generate` jitted like the scoring program: fn(params, ids, mask, features,
-    mel_lengths, real) with the five batch arrays and both outputs on 'data', parameters on `shardings`.
-    `per_clip`: one clip per data shard at a time, rows with `real` False skipped
-    (`program.map_real_clips`); else the whole batch at once. `count`: count the rows generated
-    (`program.PASS_COUNTER`)."""
+    mel_lengths, real, context) with the batch arrays and both outputs on 'data', parameters on
+    `shardings` (`context`: None, or the clips' video vectors). `per_clip`: one clip per data shard at a
+    time, rows with `real` False skipped (`program.map_real_clips`); else the whole batch at once.
+    `probe`: f("generation", rows) called with the rows each generation runs (tests count them)."""
     data = NamedSharding(mesh, PartitionSpec("data"))
     shards = mesh.shape["data"]
 
-    def generate(params, ids, mask, features, mel_lengths, real):
+    def generate(params, ids, mask, features, mel_lengths, real, context):
         def rows_fn(rows):
-            if count:
-                jax.debug.callback(count_generated, rows[0].shape[0])
+            if probe is not None:
+                jax.debug.callback(functools.partial(probe, "generation"), rows[0].shape[0])
             return greedy_generate(model, params, *rows, settings=settings)
 
-        rows = (ids, mask, features, mel_lengths)
+        rows = (ids, mask, features, mel_lengths) + (() if context is None else (context,))
         if per_clip:
             return map_real_clips(rows_fn, rows, real, shards if ids.shape[0] % shards == 0 else 1)
         return rows_fn(rows)
 
-    return jax.jit(generate, in_shardings=(shardings, data, data, data, data, data), out_shardings=(data, data))
-
+    return jax.jit(generate, in_shardings=(shardings, data, data, data, data, data, data), out_shardings=(data, data))
 
 
 def answer_arrays(answers: Sequence[Sequence[int]] | None, slots: int, max_new_tokens: int
@@ -640,82 +534,3 @@ def _check_cpu_memory(temp_bytes: int, budget: float, frames: int) -> None:
     _log.warning(message)
 
 
-def make_mesh(shape: tuple[int, int]) -> Mesh:
-    """A ('data', 'model') mesh over this host's first data x model devices (each host scores its own
-    shard of the data set, DESIGN.md section 7)."""
-    n = shape[0] * shape[1]
-    devices = jax.local_devices()
-    if n > len(devices):
-        raise ValueError(f"mesh {shape} needs {n} devices; {len(devices)} available")
-    return Mesh(np.asarray(devices[:n]).reshape(shape), MESH_AXES)
-
-
-def param_shardings(config, mesh: Mesh, rules, fsdp: bool = False) -> Any:
-    """NamedShardings of the Qwen2-Audio parameters (`config`: `Qwen2AudioConfig`) from their logical
-    axis names and `rules` (`param_sharding` per leaf); `fsdp`: `fsdp_axis_rules(rules)` instead."""
-    boxed = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    logical = nn.get_partition_spec(boxed)
-    shapes = nn.meta.unbox(boxed)
-    rules = fsdp_axis_rules(rules) if fsdp else tuple(tuple(rule) for rule in rules)
-    heads = head_counts(config)
-    return jax.tree_util.tree_map(lambda names, leaf: param_sharding(names, leaf.shape, mesh, rules, heads),
-                                  logical, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
-
-
-def fsdp_axis_rules(rules) -> tuple[tuple[str, str | None], ...]:
-    """`rules` with the `FSDP_AXES` (every model width) on 'data' wherever they map to no mesh axis:
-    each weight is also split over the data devices and gathered where it is used (FSDP)."""
-    return tuple((name, "data") if name in FSDP_AXES and axis is None else (name, axis) for name, axis in rules)
-
-
-def head_counts(config) -> dict[str, int]:
-    """Logical head axis -> its number of heads in `config` (a `Qwen2AudioConfig`)."""
-    return {"heads": config.text.num_attention_heads, "kv_heads": config.text.num_key_value_heads,
-            "audio_heads": config.audio.encoder_attention_heads}
-
-
-def param_sharding(names: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, rules,
-                   heads: dict[str, int]) -> NamedSharding:
-    """The NamedSharding of one parameter of `shape` whose dimensions have the logical `names`.
-
-    Each dimension goes on the mesh axis `rules` give its name, if that axis splits it evenly: a
-    dimension named in `heads` ([heads * head_dim]) only in whole heads. A mesh axis that cannot split
-    its dimension goes to the first other named dimension that no rule placed and that it splits
-    (e.g. k_proj [embed, kv_heads * head_dim] with 2 kv heads on 4 devices: split along embed, the
-    products summed across the axis), else the weight stays whole along it.
-    """
-    names = tuple(names) + (None,) * (len(shape) - len(names))
-    wanted = list(nn.logical_to_mesh_axes(names, rules))
-    spec: list[str | None] = [None] * len(shape)
-    homeless = []
-    for i, axis in enumerate(wanted):
-        if axis is None:
-            continue
-        if _splits(shape[i], heads.get(names[i]), _axis_size(mesh, axis)):
-            spec[i] = axis
-        else:
-            homeless.append(axis)
-    for axis in homeless:
-        for i, name in enumerate(names):
-            if name is not None and wanted[i] is None and spec[i] is None and \
-                    _splits(shape[i], heads.get(name), _axis_size(mesh, axis)):
-                spec[i] = axis
-                break
-    return NamedSharding(mesh, PartitionSpec(*spec))
-
-
-def _axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
-    """Devices along a mesh axis or a tuple of them."""
-    return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
-
-
-def _splits(size: int, heads: int | None, devices: int) -> bool:
-    """Whether `devices` split a dimension of `size` evenly (in whole heads when it holds `heads`)."""
-    return size % devices == 0 and (heads is None or heads % devices == 0)
-
-
-def _divisible(sharding: NamedSharding, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
-    """Replicates the dimensions a mesh axis does not divide (e.g. a vocabulary of 33 over 2 devices)."""
-    spec = [axis if axis is None or shape[i] % mesh.shape[axis] == 0 else None
-            for i, axis in enumerate(tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec)))]
-    return NamedSharding(mesh, PartitionSpec(*spec))

@@ -85,26 +85,16 @@ def random_init_directory(config_json: str | Path, seed: int = 0, out: str | Pat
     return out
 
 
-def is_pandagpt_directory(path: str | Path) -> bool:
-    """A converted PandaGPT directory, or a PandaGPT config file (one with an "imagebind" section)."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / PANDAGPT_CONFIG).is_file()
-    if path.suffix != ".json" or not path.is_file():
-        return False
-    try:
-        return "imagebind" in json.loads(path.read_text())
-    except (ValueError, TypeError):
-        return False
-
-
-def run_pandagpt_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
-                        questions: Sequence[str] | None = None, max_new_tokens: int = 8,
-                        tolerance: float = FLOAT32_TOLERANCE, video: np.ndarray | None = None) -> ParityReport:
+def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
+               questions: Sequence[str] | None = None, max_new_tokens: int = 8,
+               tolerance: float = FLOAT32_TOLERANCE, video: np.ndarray | None = None, *,
+               param_dtype: str = "float32", dtype: str = "float32", prompt_format: str = "chat") -> ParityReport:
     """Both frameworks on the same inputs (see the module docstring); the first clip's audio with `video`
     (default: random vision inputs), every clip's audio vector. The prompt is PandaGPT's, tokenised by
     the directory's own tokenizer (`checkpoints_pandagpt.load_tokenizer`): a directory without one is a
     MissingTokenizerError, never a stand-in prompt. `arrays["prompt_ids"]` holds the prompt compared."""
+    if (param_dtype, dtype, prompt_format) != ("float32", "float32", "chat"):
+        raise ValueError("PandaGPT's parity runs in float32 with PandaGPT's own prompt")
     import torch
     import transformers
 

@@ -484,7 +484,7 @@ def _read_pickle(directory: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
         raise CheckpointError(
             f"{directory} holds only PyTorch pickle weights ({bins[0].name}), which can run code when read, and "
             "the launch tools read safetensors only. If you trust the file, convert it once: python -c \"from "
-            f"agac_jax import checkpoints; checkpoints.convert_pickles('{directory}')\" (it writes "
+            f"agac_jax.models.qwen2_audio import checkpoints; checkpoints.convert_pickles('{directory}')\" (it writes "
             "model.safetensors beside it); then rerun")
     import torch
 
