@@ -206,20 +206,21 @@ def test_the_scorer_scores_audio_flamingo3_through_its_adapter(model_dir, clips)
     """The model-agnostic Scorer takes the AF3 directory as it is (the family told by config.json): a
     clip of one window takes Qwen2-Audio's buckets, a 31.5 s clip two windows (3000 frames, then the last
     window's bucket), tokens on the 40 ms grid across both; the full pass is the model's teacher-forced
-    log-probability, and the occlusion score of token t the drop when token t's embedding is silence's."""
+    log-probability, and the integrated-gradients score the gate gradient at the midpoints, computed
+    directly on the model."""
     from agac_jax.models.qwen2_audio.model import causal_mask
     from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
 
-    config = ScoringConfig(**POSTER_LOCAL_SCORE, occlusion_chunk=128, max_new_tokens=2, batch_size=2, rates=(50,),
-                           buckets_seconds=(2, 12, 35))
+    config = ScoringConfig(**{**POSTER_LOCAL_SCORE, "estimator": "integrated_gradients"}, ig_steps=2,
+                           max_new_tokens=2, batch_size=2, rates=(50,), buckets_seconds=(2, 12, 35))
     scorer = Scorer.from_directory(model_dir, config)
     assert scorer.kind == "audio_flamingo3"
     assert [scorer.bucket_frames(len(c)) for c in clips] == [200, 1200, 3200]
-    out = scorer.score(clips, QUESTIONS)
-    assert [s.num_tokens for s in out] == EXPECTED_TOKENS
     assert [scorer.audio_token_count(len(c)) for c in clips] == EXPECTED_TOKENS
+    short, long = scorer.score([clips[0], clips[2]], [QUESTIONS[0], QUESTIONS[2]])  # one window, and two
+    assert [short.num_tokens, long.num_tokens] == [EXPECTED_TOKENS[0], EXPECTED_TOKENS[2]]
 
-    s, clip = out[2], clips[2]
+    s, clip = long, clips[2]
     model, variables = scorer.model, {"params": scorer.params}
     inputs = scorer.adapter.inputs([clip], [s.question], 3200, padding_side="right", silence=True)
     audio, n = model.apply(variables, inputs.features, inputs.mel_lengths, method=model.encode_audio)
@@ -227,16 +228,21 @@ def test_the_scorer_scores_audio_flamingo3_through_its_adapter(model_dir, clips)
     ids = jnp.asarray(np.concatenate([s.input_ids, s.answer_ids])[None], jnp.int32)
     t_slots = audio.shape[1]
 
-    def logp(gate):
+    def logp_traced(gate):
         gated = model.apply(variables, gate, audio[0], quiet[0], method=model.gate_audio)
         embeds = model.apply(variables, ids, gated[None], n, method=model.embed_prompt)
         hidden, _ = model.apply(variables, embeds, positions=jnp.arange(ids.shape[1])[None],
                                 mask=causal_mask(jnp.ones_like(ids)), method=model.decode)
         logits = model.apply(variables, hidden, method=model.logits)[0, len(s.input_ids) - 1:-1]
-        return float(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(s.answer_ids)[:, None], 1).sum())
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(s.answer_ids)[:, None], 1).sum()
+
+    def logp(gate):
+        return float(logp_traced(gate))
 
     valid = (jnp.arange(t_slots) < s.num_tokens).astype(jnp.float32)
-    full = logp(valid)
-    np.testing.assert_allclose(s.logp_full, full, rtol=1e-4, atol=1e-5)
-    for t in (0, 760, s.num_tokens - 1):  # the first window, the second, the last token
-        np.testing.assert_allclose(s.local[t], full - logp(valid.at[t].set(0.0)), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(s.logp_full, logp(valid), rtol=1e-4, atol=1e-5)
+    grad = jax.grad(logp_traced)
+    expected = (grad(0.25 * valid) + grad(0.75 * valid)) / 2
+    scale = float(jnp.abs(expected).max())
+    np.testing.assert_allclose(s.local, np.asarray(expected)[: s.num_tokens], rtol=1e-3, atol=1e-4 * scale)
+    assert np.abs(s.local[750:]).max() > 1e-3 * scale  # the second window's tokens are scored too

@@ -270,7 +270,7 @@ def test_only_the_soundtrack_is_compressed_on_a_video_question(matching_run) -> 
             (clip_id,) = [c for c, p in run["videos"].items() if str(p) == str(video)]
             assert abs(clip.size - soundtracks[clip_id].size) <= 320 and not np.array_equal(clip, soundtracks[clip_id])
     assert {clip: _sha(path) for clip, path in run["videos"].items()} == run["before"]
-    assert set(run["recorder"]._video_cache) == {str(p) for p in run["videos"].values()}  # one vector a video
+    assert set(run["recorder"].adapter.video_cache) == {str(p) for p in run["videos"].values()}  # one vector a video
     table = (run["workdir"] / "tables.md").read_text()
     assert "## avhbench-matching" in table and "| `codec` | 100 | 1.0 |" in table
     assert not (run["workdir"] / "captions.csv").exists()

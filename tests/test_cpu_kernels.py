@@ -31,7 +31,8 @@ def test_scores_without_ynnpack_equal_the_default(directory, estimator):
     results, texts = {}, {}
     for ynnpack in (True, False):
         scorer = Scorer.from_directory(directory, ScoringConfig(estimator=estimator, batch_size=2, max_new_tokens=3,
-                                                                ig_steps=4, cpu_ynnpack=ynnpack))
+                                                                ig_steps=4, occlusion_chunk=64,
+                                                                cpu_ynnpack=ynnpack))
         results[ynnpack] = scorer.score(clips(), QUESTIONS)
         texts[ynnpack] = "".join(executable.as_text() for executable in scorer.executables.values())
     assert "__ynn_fusion" in texts[True] and "__ynn_fusion" not in texts[False]

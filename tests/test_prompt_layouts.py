@@ -134,7 +134,7 @@ def test_parity_and_scoring_on_downloaded_layouts(tmp_path, name) -> None:
     scorer = Scorer.from_directory(directory, ScoringConfig(rates=(50,), batch_size=2, max_new_tokens=3,
                                                             max_text_tokens=64, buckets_seconds=(4,)),
                                    prompt_format=prompt_format)
-    assert scorer.prompt_format.kind == prompt_format
+    assert scorer.adapter.prompt_format.kind == prompt_format
     scores = scorer.score(clips, [QUESTIONS[0], INJECTED])  # the injected markers add no audio token
     assert [s.num_tokens for s in scores] == [25, 62]
     assert all(np.isfinite(s.fused).all() for s in scores)

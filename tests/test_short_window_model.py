@@ -47,7 +47,7 @@ def test_scorer_buckets_stop_at_the_window_and_refuse_longer_clips(model_dir):
     scorer = Scorer.from_directory(model_dir, ScoringConfig(rates=(50,), max_new_tokens=3, batch_size=2,
                                                             max_text_tokens=32, occlusion_chunk=64,
                                                             **POSTER_LOCAL_SCORE))
-    assert scorer.max_frames == 200 and scorer.bucket_frames(16_000) == 200  # the 5 s bucket would not fit
+    assert scorer.adapter.max_frames == 200 and scorer.bucket_frames(16_000) == 200  # the 5 s bucket would not fit
     short, full = _tone(1.0), _tone(2.0, 660.0)
     results = scorer.score([short, full], ["is there a tone ?"] * 2)
     assert [r.num_tokens for r in results] == [25, 50]

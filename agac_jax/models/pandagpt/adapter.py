@@ -61,7 +61,7 @@ class PandaGPTAdapter:
         self.tokenizer = tokenizer
         self.uses_video = use_video
         self._video_fn = None
-        self._video_cache: dict[str, np.ndarray] = {}
+        self.video_cache: dict[str, np.ndarray] = {}
 
     @classmethod
     def load(cls, directory: str | Path, *, mesh: Any, rules: Any, use_video: bool = True,
@@ -186,10 +186,10 @@ class PandaGPTAdapter:
                 raise ValueError(f"clip {i} has no video, and this model answers with the video (use_video)")
             if isinstance(v, (str, Path)):
                 key = str(v)
-                if key not in self._video_cache:
+                if key not in self.video_cache:
                     inputs = load_video_inputs(v, self.config.imagebind.image_size)
-                    self._video_cache[key] = np.asarray(self._video_fn(params, inputs))
-                vectors.append(self._video_cache[key])
+                    self.video_cache[key] = np.asarray(self._video_fn(params, inputs))
+                vectors.append(self.video_cache[key])
             else:
                 vectors.append(np.asarray(self._video_fn(params, np.asarray(v, np.float32))))
         return np.stack(vectors)
