@@ -1,8 +1,14 @@
-"""PyTorch reference of the scoring method on transformers' Qwen2-Audio (no jax imported)."""
+"""PyTorch reference of the scoring method on transformers' Qwen2-Audio, Audio Flamingo 3 and Voxtral
+(no jax imported)."""
 
 from agac_jax.reference.torch_scores import (
+    FAMILIES,
+    AudioFamily,
     ReferenceClip,
     ReferenceScores,
+    audio_family,
+    grid_frames,
+    grid_keep,
     keep_count,
     reference_keep,
     score_clip,
@@ -11,8 +17,13 @@ from agac_jax.reference.torch_scores import (
 )
 
 __all__ = [
+    "FAMILIES",
+    "AudioFamily",
     "ReferenceClip",
     "ReferenceScores",
+    "audio_family",
+    "grid_frames",
+    "grid_keep",
     "keep_count",
     "reference_keep",
     "score_clip",

@@ -1,8 +1,9 @@
-"""PyTorch reference of the scoring method (DESIGN.md sections 2 and 3) on transformers' Qwen2-Audio.
+"""PyTorch reference of the scoring method (DESIGN.md sections 2 and 3) on transformers' audio-language models.
 
-Runs on transformers' ``Qwen2AudioForConditionalGeneration`` and imports neither jax nor the JAX half
-of agac_jax, so that it can be benchmarked against the JAX program on equal terms and used as an
-independent cross-check of it. Two modes (``MODES``):
+Runs on transformers' ``Qwen2AudioForConditionalGeneration``, ``AudioFlamingo3ForConditionalGeneration``
+and ``VoxtralForConditionalGeneration`` (``FAMILIES``, told apart by ``config.model_type``) and imports
+neither jax nor the JAX half of agac_jax, so that it can be benchmarked against the JAX program on equal
+terms and used as an independent cross-check of it. Two modes (``MODES``):
 
 - ``"eager"``: every pass with eager attention (the model must be loaded with
   ``attn_implementation="eager"``); the answer's log-odds at m = 1 takes a pass of its own.
@@ -18,17 +19,30 @@ torch's (``torch.get_num_threads()``).
 One clip at a time (``score_clips`` loops over clips):
 
 1. Encoder, once for the audio and once for the silence (one batch of two): E_A, E_S [T, d], the
-   projected audio embeddings of the T valid tokens, with the encoder mask built exactly as
-   ``Qwen2AudioModel.forward`` builds it.
+   projected audio embeddings of the clip's T audio placeholders, and which of them are gated (G of
+   them, a prefix: the tokens that read the clip). This is the only family-specific step (``AudioFamily``):
+   - Qwen2-Audio: one 30 s window, the encoder mask built exactly as ``Qwen2AudioModel.forward`` builds
+     it; T = G valid tokens of 40 ms;
+   - Audio Flamingo 3: the processor's 30 s windows (``input_features`` [W, n_mels, 3000] and
+     ``input_features_mask``) through transformers' ``get_audio_features``, whose valid rows are the
+     windows' valid tokens in order: one 40 ms grid over the clip, T = G;
+   - Voxtral: the processor's whole 30 s windows through ``get_audio_features`` (no encoder mask: the
+     window's padding is heard): T = 375 tokens of 80 ms per window, of which the first
+     G = ceil(valid mel frames / 8) read the clip; the others keep the clip's embedding under every
+     gate (never silence's), so a gate changes only the G tokens that hold audio.
 2. Answer y: greedy ``model.generate`` under the audio, never the audio placeholder, cut before the
    first EOS of the generation config; or the given ``answer_ids``.
-3. Teacher-forced passes over prompt + y (positions 0..S+n-1, no padding) with the audio placeholders
-   replaced by E(m) = m * E_A + (1 - m) * E_S. The LM head runs only on the answer-producing rows
-   S-1..S+n-2; logp(m) = sum_j log_softmax(logits[S-1+j])[y_j].
+3. Teacher-forced passes over prompt + y (positions 0..S+n-1, no padding) with the gated audio
+   placeholders replaced by E(m) = m * E_A + (1 - m) * E_S, m [G] (the others by E_A). The LM head runs
+   only on the answer-producing rows S-1..S+n-2; logp(m) = sum_j log_softmax(logits[S-1+j])[y_j].
 4. m = 1 with attentions: logp(1), the global score G and FastV. m = 0: logp(0).
-5. Local score: occlusion (all T gate vectors, ``chunk`` per batch) or integrated gradients
+5. Local score: occlusion (all G gate vectors, ``chunk`` per batch) or integrated gradients
    (midpoint rule, ``chunk`` steps per batch, one backward pass per batch).
 6. Fusion F = alpha * norm(L) + (1 - alpha) * norm(G), in numpy.
+
+Every score is over the G gated tokens; token t reads samples [t s, (t + 1) s) of the clip, s =
+``ReferenceScores.token_samples`` (640, or Voxtral's 1280), and ``grid_frames`` / ``grid_keep`` map
+scores on that grid to codec frames.
 
 Fusion, frame mapping and keep selection (``fuse_scores``, ``token_scores_to_frames``,
 ``keep_count``, ``reference_keep``) are plain numpy in ``agac_jax.reference.selection``, written apart
@@ -45,8 +59,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agac_jax.reference.selection import (CODEC_TOKEN_RATES, frame_samples, fuse_scores, keep_count,
-                                          local_evidence,
+from agac_jax.reference.selection import (CODEC_TOKEN_RATES, TOKEN_SAMPLES, frame_samples, fuse_scores,
+                                          keep_count, local_evidence,
                                           minmax_normalize, reference_keep, token_scores_to_frames)
 
 ENCODER_FRAMES = 3000
@@ -59,19 +73,21 @@ TensorLike = np.ndarray | torch.Tensor | Sequence[int]
 
 @dataclass(frozen=True)
 class ReferenceScores:
-    """Scores of one clip's T valid audio tokens.
+    """Scores of one clip's G gated audio tokens (Qwen2-Audio, Audio Flamingo 3: its T valid tokens;
+    Voxtral: the tokens that read the clip).
 
     Attributes:
         answer_ids: int64 [n], the answer y (no EOS, no padding).
         logp_full: logp(1), the answer's log-probability under the audio (its log-odds when the
             local score's target is "log_odds", as the program reports it).
         logp_silence: logp(0), under the silence (the same target).
-        local: float64 [T], the local (AAD) score L of the chosen estimator.
-        global_: float64 [T], the global attention score G.
-        fastv: float64 [T], FastV's score (mean attention received at decoder layer K).
-        fused: float64 [T], alpha * norm(L) + (1 - alpha) * norm(G).
+        local: float64 [G], the local (AAD) score L of the chosen estimator.
+        global_: float64 [G], the global attention score G.
+        fastv: float64 [G], FastV's score (mean attention received at decoder layer K).
+        fused: float64 [G], alpha * norm(L) + (1 - alpha) * norm(G).
         seconds: wall-clock seconds per stage: "encode", "answer", "attention", "silence",
             "local", "fusion" and "total".
+        token_samples: 16 kHz samples each token reads (token t: [t s, (t + 1) s)): 640, Voxtral 1280.
     """
 
     answer_ids: np.ndarray
@@ -82,6 +98,7 @@ class ReferenceScores:
     fastv: np.ndarray
     fused: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    token_samples: int = TOKEN_SAMPLES
 
     @property
     def audio_evidence(self) -> float:
@@ -94,10 +111,14 @@ class ReferenceClip:
     """The inputs of one clip for :func:`score_clips`.
 
     Attributes:
-        input_ids: int [S], the prompt with expanded ``<|AUDIO|>`` placeholders, no padding.
-        features: float [n_mels, 3000], the clip's log-mel features as the processor gives them.
-        feature_mask: int [3000], 1 on the clip's valid mel frames.
-        silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length.
+        input_ids: int [S], the prompt with expanded audio placeholders, no padding.
+        features: float [n_mels, 3000], the clip's log-mel features as the processor gives them
+            (Audio Flamingo 3, Voxtral: its W 30 s windows, [W, n_mels, 3000] or side by side
+            [n_mels, W x 3000]).
+        feature_mask: int [3000], 1 on the clip's valid mel frames (windowed families: [W, 3000] or
+            [W x 3000]).
+        silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length (the same
+            layout as features).
         answer_ids: int [n] or None (None: the model's greedy answer).
         clip_id: the name that error messages use.
     """
@@ -136,6 +157,7 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
 
 
 def _check_model(model: torch.nn.Module, mode: str = "eager") -> None:
+    audio_family(model)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if model.training:
@@ -233,6 +255,195 @@ def encode_audio(model: torch.nn.Module, features: torch.Tensor, feature_mask: t
     return model.model.multi_modal_projector(hidden)[:, : int(n_tokens[0])]
 
 
+def encode_audio_flamingo3(model: torch.nn.Module, features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+    """Projected audio embeddings of clips that share one window layout, through transformers'
+    ``AudioFlamingo3Model.get_audio_features`` (the encoder on each 30 s window, masked as the processor's
+    ``input_features_mask``, the projector, the windows' valid rows in order).
+
+    Args:
+        model: AudioFlamingo3ForConditionalGeneration.
+        features: [B, W, n_mels, 3000], each clip's windows.
+        feature_mask: [W, 3000], 1 on each window's valid mel frames (the same for every clip).
+
+    Returns:
+        [B, T, d], T the windows' valid tokens: one 40 ms grid over the clip.
+    """
+    batch, windows = features.shape[:2]
+    mask = feature_mask[None].expand(batch, -1, -1).reshape(batch * windows, -1)
+    rows = model.model.get_audio_features(features.reshape(batch * windows, *features.shape[2:]), mask,
+                                          return_dict=True).pooler_output
+    return rows.reshape(batch, -1, rows.shape[-1])
+
+
+def encode_voxtral(model: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Projected audio embeddings of clips of W whole 30 s windows each, through transformers'
+    ``VoxtralModel.get_audio_features`` (no encoder mask; 4 encoder frames stacked per token).
+
+    Args:
+        model: VoxtralForConditionalGeneration.
+        features: [B, W, n_mels, 3000].
+
+    Returns:
+        [B, W x 375, d]: every placeholder of the clip, 80 ms each, the window's padding included.
+    """
+    batch, windows = features.shape[:2]
+    rows = model.model.get_audio_features(features.reshape(batch * windows, *features.shape[2:]),
+                                          return_dict=True).pooler_output
+    return rows.reshape(batch, -1, rows.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Families: the clip's and silence's projected embeddings and the gated tokens
+# ----------------------------------------------------------------------------------------------
+
+
+class AudioFamily:
+    """What a model family changes in the reference (everything else is shared): the layout of a clip's
+    features, how the clip's and silence's projected audio embeddings are computed, which placeholders
+    are gated, the audio keyword arguments of ``generate``, and the samples each token reads."""
+
+    model_type = ""
+    token_samples = TOKEN_SAMPLES
+
+    def inputs(self, model: torch.nn.Module, features: TensorLike, feature_mask: TensorLike,
+               silence_features: TensorLike, clip_id: str, dtype: torch.dtype,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, feature mask, silence features) as tensors of the family's layout, checked."""
+        raise NotImplementedError
+
+    def encode(self, model: torch.nn.Module, features: torch.Tensor, feature_mask: torch.Tensor,
+               silence_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(E_A [T, d], E_S [T, d], gated [T] bool or None: every placeholder), one batch of two; the
+        arguments as `inputs` returns them."""
+        raise NotImplementedError
+
+    def generate_inputs(self, features: torch.Tensor, feature_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The audio keyword arguments of ``model.generate`` for one clip."""
+        raise NotImplementedError
+
+
+class Qwen2AudioFamily(AudioFamily):
+    """One 30 s window [n_mels, 3000] with its mask [3000]; every valid token is gated."""
+
+    model_type = "qwen2_audio"
+
+    def inputs(self, model, features, feature_mask, silence_features, clip_id, dtype, device):
+        n_mels = model.config.audio_config.num_mel_bins
+        mask = _vector(feature_mask, "feature_mask", clip_id, torch.long, device)
+        if mask.shape[0] != ENCODER_FRAMES:
+            raise ValueError(f"{clip_id}: feature_mask must have {ENCODER_FRAMES} frames, got {mask.shape[0]}")
+        audio_features = _features(features, "features", clip_id, n_mels, dtype, device)
+        silence_features = _features(silence_features, "silence_features", clip_id, n_mels, dtype, device)
+        return audio_features, mask, silence_features
+
+    def encode(self, model, features, feature_mask, silence_features):
+        audio, silence = encode_audio(model, torch.stack([features, silence_features]), feature_mask)
+        return audio, silence, None
+
+    def generate_inputs(self, features, feature_mask):
+        return dict(input_features=features[None], feature_attention_mask=feature_mask[None])
+
+
+class WindowedFamily(AudioFamily):
+    """Features of W 30 s windows, [W, n_mels, 3000] (the processor's ``input_features`` of one clip) or
+    side by side [n_mels, W x 3000]; the mask [W, 3000] or [W x 3000], 1 on the clip's valid frames."""
+
+    def inputs(self, model, features, feature_mask, silence_features, clip_id, dtype, device):
+        n_mels = model.config.audio_config.num_mel_bins
+        audio_features = _windows(features, "features", clip_id, n_mels, dtype, device)
+        silence_features = _windows(silence_features, "silence_features", clip_id, n_mels, dtype, device)
+        mask = _tensor(feature_mask, torch.long, device)
+        if mask.ndim not in (1, 2) or mask.shape[-1] % ENCODER_FRAMES or mask.numel() == 0:
+            raise ValueError(f"{clip_id}: feature_mask must be [W, {ENCODER_FRAMES}] or [W x {ENCODER_FRAMES}], "
+                             f"got shape {tuple(mask.shape)}")
+        mask = mask.reshape(-1, ENCODER_FRAMES)
+        windows = {audio_features.shape[0], silence_features.shape[0], mask.shape[0]}
+        if len(windows) != 1:
+            raise ValueError(f"{clip_id}: features, silence_features and feature_mask must hold the same number "
+                             f"of 30 s windows, got {audio_features.shape[0]}, {silence_features.shape[0]} and "
+                             f"{mask.shape[0]}")
+        if int(mask.sum()) < 1:
+            raise ValueError(f"{clip_id}: feature_mask has no valid frame")
+        return audio_features, mask, silence_features
+
+
+class AudioFlamingo3Family(WindowedFamily):
+    """The windows' valid tokens (``get_audio_features``), all gated: one 40 ms grid over the clip."""
+
+    model_type = "audioflamingo3"
+
+    def encode(self, model, features, feature_mask, silence_features):
+        audio, silence = encode_audio_flamingo3(model, torch.stack([features, silence_features]), feature_mask)
+        return audio, silence, None
+
+    def generate_inputs(self, features, feature_mask):
+        return dict(input_features=features, input_features_mask=feature_mask)
+
+
+class VoxtralFamily(WindowedFamily):
+    """Every window's 375 tokens of 80 ms (``get_audio_features``); the first ceil(valid frames / 8) read
+    the clip and are gated, the others hear the window's padding and keep the clip's embedding."""
+
+    model_type = "voxtral"
+    token_samples = 2 * TOKEN_SAMPLES
+
+    @staticmethod
+    def frames_per_token(model: torch.nn.Module) -> int:
+        """Mel frames per audio token: conv2's stride 2 times the encoder frames stacked (8)."""
+        audio = model.config.audio_config
+        return 2 * (audio.intermediate_size // audio.hidden_size)
+
+    def encode(self, model, features, feature_mask, silence_features):
+        audio, silence = encode_voxtral(model, torch.stack([features, silence_features]))
+        heard = -(-int(feature_mask.sum()) // self.frames_per_token(model))
+        gated = torch.arange(audio.shape[0], device=audio.device) < heard
+        return audio, silence, gated
+
+    def generate_inputs(self, features, feature_mask):
+        return dict(input_features=features)
+
+
+FAMILIES: dict[str, AudioFamily] = {family.model_type: family for family in (
+    Qwen2AudioFamily(), AudioFlamingo3Family(), VoxtralFamily())}
+
+
+def audio_family(model: torch.nn.Module) -> AudioFamily:
+    """The family of a transformers model, by ``config.model_type`` (``FAMILIES``)."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(f"the reference scores {sorted(FAMILIES)} models (config.model_type), got {model_type!r}")
+    return FAMILIES[model_type]
+
+
+def _windows(x: TensorLike, name: str, clip_id: str, n_mels: int, dtype: torch.dtype,
+             device: torch.device) -> torch.Tensor:
+    """[W, n_mels, 3000] of features given so or side by side as [n_mels, W x 3000]."""
+    tensor = _tensor(x, dtype, device)
+    if tensor.ndim == 2 and tensor.shape[0] == n_mels and tensor.shape[1] % ENCODER_FRAMES == 0:
+        tensor = tensor.reshape(n_mels, -1, ENCODER_FRAMES).transpose(0, 1).contiguous()
+    if tensor.ndim != 3 or tensor.shape[0] < 1 or tuple(tensor.shape[1:]) != (n_mels, ENCODER_FRAMES):
+        raise ValueError(
+            f"{clip_id}: {name} must be 30 s windows, [W, {n_mels}, {ENCODER_FRAMES}] or [{n_mels}, W x "
+            f"{ENCODER_FRAMES}], got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def grid_frames(token_scores: np.ndarray, n_samples: int, rate: int, token_samples: int = TOKEN_SAMPLES) -> np.ndarray:
+    """``token_scores_to_frames`` for tokens of `token_samples` samples (a multiple of 640, e.g.
+    ``ReferenceScores.token_samples``): each token's score is spread over the 640-sample tokens it spans."""
+    if token_samples % TOKEN_SAMPLES:
+        raise ValueError(f"token_samples must be a multiple of {TOKEN_SAMPLES}, got {token_samples}")
+    return token_scores_to_frames(np.repeat(np.asarray(token_scores), token_samples // TOKEN_SAMPLES), n_samples, rate)
+
+
+def grid_keep(scores_1d: np.ndarray, n_samples: int, rate: int, rho: float | str,
+              token_samples: int = TOKEN_SAMPLES) -> np.ndarray:
+    """``reference_keep`` for tokens of `token_samples` samples (``grid_frames``)."""
+    if token_samples % TOKEN_SAMPLES:
+        raise ValueError(f"token_samples must be a multiple of {TOKEN_SAMPLES}, got {token_samples}")
+    return reference_keep(np.repeat(np.asarray(scores_1d), token_samples // TOKEN_SAMPLES), n_samples, rate, rho)
+
+
 # ----------------------------------------------------------------------------------------------
 # The answer
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +461,8 @@ def greedy_answer(model: torch.nn.Module, input_ids: torch.Tensor, features: tor
     """The model's greedy answer under the audio, before the first EOS, never the audio placeholder.
 
     Args:
-        input_ids: [S]; features: [n_mels, 3000]; feature_mask: [3000].
+        input_ids: [S]; features: [n_mels, 3000]; feature_mask: [3000] (the family's layout:
+            ``AudioFamily.inputs``).
 
     Returns:
         int64 [n], n >= 1.
@@ -263,8 +475,7 @@ def greedy_answer(model: torch.nn.Module, input_ids: torch.Tensor, features: tor
     generated = model.generate(
         input_ids=input_ids[None],
         attention_mask=torch.ones_like(input_ids)[None],
-        input_features=features[None],
-        feature_attention_mask=feature_mask[None],
+        **audio_family(model).generate_inputs(features, feature_mask),
         do_sample=False,
         max_new_tokens=max_new_tokens,
         suppress_tokens=suppress,
@@ -287,11 +498,12 @@ class TeacherForced:
     """The teacher-forced sequence prompt + y of one clip, with the audio embeddings to gate.
 
     Attributes:
-        model: Qwen2AudioForConditionalGeneration.
-        embeds: [S + n, d] token embeddings (the placeholder rows are replaced by E(m)).
-        audio_positions: int64 [T], the sequence position of each placeholder.
-        audio: [T, d] E_A.
-        silence: [T, d] E_S.
+        model: a model of ``FAMILIES``.
+        embeds: [S + n, d] token embeddings (the gated placeholder rows are replaced by E(m); those of
+            placeholders that are not gated hold E_A).
+        audio_positions: int64 [T], the sequence position of each gated placeholder.
+        audio: [T, d] E_A of the gated tokens.
+        silence: [T, d] E_S of the gated tokens.
         answer: int64 [n], y.
         prompt_length: S.
     """
@@ -363,8 +575,10 @@ class TeacherForced:
 
 
 def build_teacher_forced(model: torch.nn.Module, input_ids: torch.Tensor, answer: torch.Tensor,
-                         audio: torch.Tensor, silence: torch.Tensor, clip_id: str) -> TeacherForced:
-    """Embed prompt + y and locate the placeholders; their count must equal T."""
+                         audio: torch.Tensor, silence: torch.Tensor, clip_id: str,
+                         gated: torch.Tensor | None = None) -> TeacherForced:
+    """Embed prompt + y and locate the placeholders; their count must equal T. `gated` [T] bool (None:
+    all): the placeholders the gates mix; the others hold E_A in every pass."""
     audio_id = int(model.config.audio_token_id)
     positions = torch.nonzero(input_ids == audio_id)[:, 0]
     if positions.shape[0] != audio.shape[0]:
@@ -374,6 +588,9 @@ def build_teacher_forced(model: torch.nn.Module, input_ids: torch.Tensor, answer
         )
     sequence = torch.cat([input_ids, answer])
     embeds = model.get_input_embeddings()(sequence)
+    if gated is not None and not bool(gated.all()):
+        embeds = embeds.index_copy(0, positions[~gated], audio[~gated].to(embeds.dtype))
+        positions, audio, silence = positions[gated], audio[gated], silence[gated]
     return TeacherForced(model, embeds, positions, audio, silence, answer, int(input_ids.shape[0]))
 
 
@@ -483,10 +700,13 @@ def score_clip(
     """All scores of one clip (module docstring, steps 1 to 6).
 
     Args:
-        model: Qwen2AudioForConditionalGeneration in eval mode (eager attention in mode "eager").
+        model: a model of ``FAMILIES`` (Qwen2-Audio, Audio Flamingo 3, Voxtral) in eval mode (eager
+          attention in mode "eager").
         input_ids: int [S], the prompt with expanded placeholders, no padding.
-        features: float [n_mels, 3000]; feature_mask: int [3000] (as the processor gives them).
-        silence_features: float [n_mels, 3000], the log-mel of zeros of the clip's length (same mask).
+        features: float [n_mels, 3000]; feature_mask: int [3000] (as the processor gives them). Audio
+          Flamingo 3 and Voxtral: the clip's 30 s windows, [W, n_mels, 3000] or [n_mels, W x 3000], and
+          the mask [W, 3000] or [W x 3000] of its valid frames (``ReferenceClip``).
+        silence_features: float, the log-mel of zeros of the clip's length (features' layout, same mask).
         estimator: "occlusion" or "integrated_gradients".
         window: occlusion window W (tokens); ig_steps: midpoint-rule steps n.
         alpha: fusion weight of the local score.
@@ -504,19 +724,16 @@ def score_clip(
     if target not in ("logp", "log_odds"):
         raise ValueError(f"target must be 'logp' or 'log_odds', got {target!r}")
     device, dtype = _model_device_dtype(model)
-    n_mels = model.config.audio_config.num_mel_bins
+    family = audio_family(model)
     ids = _vector(input_ids, "input_ids", clip_id, torch.long, device)
-    mask = _vector(feature_mask, "feature_mask", clip_id, torch.long, device)
-    if mask.shape[0] != ENCODER_FRAMES:
-        raise ValueError(f"{clip_id}: feature_mask must have {ENCODER_FRAMES} frames, got {mask.shape[0]}")
-    audio_features = _features(features, "features", clip_id, n_mels, dtype, device)
-    silence_features = _features(silence_features, "silence_features", clip_id, n_mels, dtype, device)
+    audio_features, mask, silence_features = family.inputs(model, features, feature_mask, silence_features,
+                                                           clip_id, dtype, device)
     maps, others = _pass_implementations(mode)
     timer = _StageTimer()
     with timer.stage("total"):
         with torch.inference_mode():
             with timer.stage("encode"), attention_implementation(model, others):
-                audio, silence = encode_audio(model, torch.stack([audio_features, silence_features]), mask)
+                audio, silence, gated = family.encode(model, audio_features, mask, silence_features)
             with timer.stage("answer"), attention_implementation(model, others):
                 if answer_ids is None:
                     answer = greedy_answer(model, ids, audio_features, mask, max_new_tokens, clip_id)
@@ -524,7 +741,7 @@ def score_clip(
                     answer = _vector(answer_ids, "answer_ids", clip_id, torch.long, device)
                     if answer.numel() == 0:
                         raise ValueError(f"{clip_id}: answer_ids is empty")
-            tf = build_teacher_forced(model, ids, answer, audio, silence, clip_id)
+            tf = build_teacher_forced(model, ids, answer, audio, silence, clip_id, gated)
             with timer.stage("attention"), attention_implementation(model, maps):
                 logp_full, global_, fastv = attention_scores(tf, target if mode == "strong" else "logp")
             with timer.stage("silence"), attention_implementation(model, others):
@@ -545,6 +762,7 @@ def score_clip(
         fastv=fastv,
         fused=fused,
         seconds=timer.seconds,
+        token_samples=family.token_samples,
     )
 
 
@@ -572,19 +790,27 @@ def score_clips(
 __all__ = [
     "CODEC_TOKEN_RATES",
     "ESTIMATORS",
+    "FAMILIES",
     "FASTV_LAYER",
     "MODES",
+    "TOKEN_SAMPLES",
+    "AudioFamily",
     "ReferenceClip",
     "ReferenceScores",
     "TeacherForced",
     "attention_implementation",
     "attention_scores",
+    "audio_family",
     "build_teacher_forced",
     "encode_audio",
+    "encode_audio_flamingo3",
+    "encode_voxtral",
     "encoder_output_lengths",
     "frame_samples",
     "fuse_scores",
     "greedy_answer",
+    "grid_frames",
+    "grid_keep",
     "integrated_gradients_scores",
     "keep_count",
     "minmax_normalize",

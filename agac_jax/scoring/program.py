@@ -509,9 +509,9 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
     b, t = clips.audio.shape[0], clips.audio.shape[1]
     shards = _shards(spec, b)
     # gates past a clip's last gate slot that holds audio change nothing: their chunks are skipped
-    last = clips.n_tokens if clips.slot_valid is None else jnp.max(
-        jnp.where(clips.slot_valid, jnp.arange(clips.slot_valid.shape[-1]) + 1, 0), axis=-1)
-    n_gates = jnp.where(real, jnp.minimum(last, clips.n_tokens), 0)
+    last = clips.n_tokens if clips.slot_valid is None else jnp.minimum(clips.n_tokens, jnp.max(
+        jnp.where(clips.slot_valid, jnp.arange(clips.slot_valid.shape[-1]) + 1, 0), axis=-1))
+    n_gates = jnp.where(real, last, 0)
     offset, rows = _audio_offset(spec, clips, model), audio_slots(model, t)
     steps = occlusion_schedule(occlusion_gate_slots(t, clips.prompt_ids.shape[-1], offset, rows),
                                spec.occlusion_chunk, spec.occlusion_segments, window=spec.window,
