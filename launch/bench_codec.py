@@ -99,12 +99,12 @@ def random_semanticodec_weights() -> str:
     """Writes random weights for --rates with the codec interpreter; returns their directory."""
     import subprocess
 
-    from agac_jax.codec.client import _PACKAGE_ROOT, resolve_python
+    from agac_jax.codec.client import PACKAGE_ROOT, resolve_python
 
     command = [resolve_python(FLAGS.codec_python), "-m", "agac_jax.codec.semanticodec_random",
                f"--out={FLAGS.semanticodec_random_dir}", f"--rates={','.join(FLAGS.rates)}",
                f"--semantic_vocab_size={FLAGS.semanticodec_vocab}"]
-    subprocess.run(command, check=True, env={"PYTHONPATH": _PACKAGE_ROOT, "PATH": "/usr/bin:/bin"})
+    subprocess.run(command, check=True, env={"PYTHONPATH": PACKAGE_ROOT, "PATH": "/usr/bin:/bin"})
     return FLAGS.semanticodec_random_dir
 
 

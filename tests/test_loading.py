@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from agac_jax.models import hf_checkpoints
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration
@@ -53,17 +54,13 @@ def _flat(params):
     return {k: np.asarray(v) for k, v in checkpoints.flatten(params).items()}
 
 
-def test_streamed_sharded_load_equals_host_load_and_places_each_leaf(hf_dir, tmp_path):
+def test_streamed_sharded_load_equals_host_load_and_places_each_leaf(hf_dir, tmp_path, monkeypatch):
     directory = _sharded_copy(hf_dir, tmp_path / "sharded")
     host = checkpoints.load_hf_directory(hf_dir)
     mesh = make_mesh((2, 4))
     # Tiny blocks, so that every leaf over 4 KiB goes through the block-by-block path.
-    checkpoints_block = checkpoints._BLOCK_BYTES
-    try:
-        checkpoints._BLOCK_BYTES = 4096
-        placed = checkpoints.load_hf_directory(directory, shardings=lambda c: param_shardings(c, mesh, RULES))
-    finally:
-        checkpoints._BLOCK_BYTES = checkpoints_block
+    monkeypatch.setattr(hf_checkpoints, "BLOCK_BYTES", 4096)
+    placed = checkpoints.load_hf_directory(directory, shardings=lambda c: param_shardings(c, mesh, RULES))
     want = checkpoints.flatten(param_shardings(placed.config, mesh, RULES))
     got = checkpoints.flatten(placed.params)
     assert set(got) == set(want)
@@ -224,5 +221,5 @@ def test_streamed_tensor_comparison_handles_a_last_block_shorter_than_the_block(
     b[33, 7] += 1.0
     save_file({"a": a, "same": a.copy(), "b": b}, str(tmp_path / "model.safetensors"))
     source = checkpoints.TensorSource.from_directory(tmp_path)
-    assert checkpoints._tensors_equal(source, "a", "same", block_rows=16)
-    assert not checkpoints._tensors_equal(source, "a", "b", block_rows=16)
+    assert hf_checkpoints.tensors_equal(source, "a", "same", block_rows=16)
+    assert not hf_checkpoints.tensors_equal(source, "a", "b", block_rows=16)

@@ -60,10 +60,10 @@ def measure_rate(client: Any, rate: int, requests: int, clip_seconds: float, kee
 
 def random_weights(out: Path, rates: Sequence[int], semantic_vocab_size: int, python: str) -> float:
     """Writes random SemantiCodec weights for `rates` under `out` with `python`; returns the seconds."""
-    from agac_jax.codec.client import _PACKAGE_ROOT
+    from agac_jax.codec.client import PACKAGE_ROOT
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     start = time.perf_counter()
     subprocess.run([python, "-m", "agac_jax.codec.semanticodec_random", f"--out={out}",
                     f"--rates={','.join(map(str, rates))}", f"--semantic_vocab_size={semantic_vocab_size}"],

@@ -41,7 +41,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopp
 HELP_HINT = "see --helpshort"
 
 USER_ERROR_CLASSES = frozenset({
-    "agac_jax.models.qwen2_audio.checkpoints.CheckpointError",
+    "agac_jax.models.hf_checkpoints.CheckpointError",
     "agac_jax.codec.base.BackendUnavailableError",
     "agac_jax.codec.base.UnsupportedTokenRateError",
     "agac_jax.data.avhbench.FfmpegNotFoundError",

@@ -58,7 +58,7 @@ from agac_jax.codec.protocol import (
     write_message,
 )
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 logger = logging.getLogger(__name__)
 
 
@@ -75,11 +75,11 @@ def resolve_python(python: str | os.PathLike | None) -> str:
         if found:
             return found
     else:
-        for candidate in (Path(python),) if os.path.isabs(python) else (Path(_PACKAGE_ROOT) / python, Path(python)):
+        for candidate in (Path(python),) if os.path.isabs(python) else (Path(PACKAGE_ROOT) / python, Path(python)):
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
     raise ValueError(
-        f"codec.python {python!r} is not an executable Python interpreter (looked in {_PACKAGE_ROOT} and "
+        f"codec.python {python!r} is not an executable Python interpreter (looked in {PACKAGE_ROOT} and "
         f"{os.getcwd()}). For the semanticodec backend create it with `bash tools/setup_codec_env.sh` "
         "(it makes .venv-codec/bin/python), or leave codec.python empty to use this interpreter."
     )
@@ -285,7 +285,7 @@ class CodecClient:
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         env.setdefault("HF_HUB_OFFLINE", "1")
         return env
 

@@ -185,7 +185,7 @@ def markdown(lines: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any
 def plot(workdir: Path, lines: Sequence[Mapping[str, Any]]) -> Path:
     """ac_vs_tokens.png: A.C. (insertion solid, joined dashed) against the frames kept, one line per
     selector, one panel per benchmark."""
-    from agac_jax.eval.plots import _save, plt
+    from agac_jax.eval.plots import plt, save_figure
 
     benches = list(dict.fromkeys(line["benchmark"] for line in lines))
     figure, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4.5), squeeze=False)
@@ -204,7 +204,7 @@ def plot(workdir: Path, lines: Sequence[Mapping[str, Any]]) -> Path:
         ax.legend(fontsize=7)
     figure.tight_layout()
     path = workdir / "ac_vs_tokens.png"
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 

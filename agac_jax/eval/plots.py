@@ -31,13 +31,13 @@ Intervals = dict[tuple, dict]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def save_figure(figure: plt.Figure, path: Path) -> None:
     """The PNG replaces `path` atomically (a kill leaves the previous figure or the new one)."""
     with atomic.atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -108,7 +108,7 @@ def _rho_panels(rows: Sequence[RowSummary], metrics_and_labels: Sequence[tuple[s
         figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize="small")
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
@@ -116,7 +116,7 @@ def _rho_panels(rows: Sequence[RowSummary], metrics_and_labels: Sequence[tuple[s
 def plot_accuracy_ac(rows: Sequence[RowSummary], dataset: str, out_dir: Path,
                      intervals: Intervals | None = None) -> Path:
     """Accuracy and A.C. against rho per rate; returns the PNG's path."""
-    path = out_dir / f"{_safe_name(dataset)}_accuracy_ac_vs_rho.png"
+    path = out_dir / f"{safe_name(dataset)}_accuracy_ac_vs_rho.png"
     error = "95% CI" if intervals else "std over seeds"
     return _rho_panels(rows, [("accuracy", "accuracy"), ("answer_consistency", "A.C.")],
                        f"{dataset}: accuracy and answer consistency (bars: {error})", path, with_original=True,
@@ -127,7 +127,7 @@ def plot_evidence_recall(rows: Sequence[RowSummary], dataset: str, out_dir: Path
     """Evidence recall against rho per rate and method; None when no row has evidence recall."""
     if all(math.isnan(row.summaries["evidence_recall"].mean) for row in rows):
         return None
-    path = out_dir / f"{_safe_name(dataset)}_evidence_recall_vs_rho.png"
+    path = out_dir / f"{safe_name(dataset)}_evidence_recall_vs_rho.png"
     return _rho_panels(rows, [("evidence_recall", "evidence recall")], f"{dataset}: evidence recall", path,
                        with_original=False)
 
@@ -135,7 +135,7 @@ def plot_evidence_recall(rows: Sequence[RowSummary], dataset: str, out_dir: Path
 def plot_tokens_vs_ac(rows: Sequence[RowSummary], dataset: str, out_dir: Path,
                       intervals: Intervals | None = None) -> Path:
     """A.C. against codec tokens kept (%), one colour per method and one marker per rate."""
-    path = out_dir / f"{_safe_name(dataset)}_tokens_vs_ac.png"
+    path = out_dir / f"{safe_name(dataset)}_tokens_vs_ac.png"
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     methods = ["codec", *_selecting_methods(rows)]
@@ -161,7 +161,7 @@ def plot_tokens_vs_ac(rows: Sequence[RowSummary], dataset: str, out_dir: Path,
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small", ncol=2)
     figure.tight_layout()
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 

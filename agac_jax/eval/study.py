@@ -393,7 +393,7 @@ def _by_kind_table(bench: str, rows: Sequence[dict[str, Any]]) -> list[str]:
 def plot_recall_vs_cost(workdir: Path, rows: Sequence[dict[str, Any]], alpha: float, rho: float) -> Path:
     """Evidence recall at `rho` against seconds per clip, one point per setting (fused at `alpha`), one
     panel per benchmark; the baselines as horizontal lines."""
-    from agac_jax.eval.plots import _save, plt
+    from agac_jax.eval.plots import plt, save_figure
 
     benches = list(dict.fromkeys(row["benchmark"] for row in rows))
     figure, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4.5), squeeze=False)
@@ -416,7 +416,7 @@ def plot_recall_vs_cost(workdir: Path, rows: Sequence[dict[str, Any]], alpha: fl
         ax.set_title(f"{bench}: fused, alpha {alpha:g}")
     figure.tight_layout()
     path = workdir / "recall_vs_cost.png"
-    _save(figure, path)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 

@@ -210,7 +210,7 @@ def markdown_section(rows: Sequence[CurveRow]) -> str:
 
 def plot(rows: Sequence[CurveRow], out_dir: Path) -> list[Path]:
     """Per dataset and rate: mean insertion and deletion curves (normalised log-odds, A.C.), a line per method."""
-    from agac_jax.eval.plots import _safe_name, _save, plt
+    from agac_jax.eval.plots import plt, safe_name, save_figure
 
     written = []
     for dataset in dict.fromkeys(r.dataset for r in rows):
@@ -237,9 +237,9 @@ def plot(rows: Sequence[CurveRow], out_dir: Path) -> list[Path]:
             axes[1].legend(fontsize=7, ncol=2)
             figure.suptitle(f"{dataset}, rate {rate}: insertion (solid) and deletion (dashed)")
             figure.tight_layout()
-            path = out_dir / f"{_safe_name(dataset)}_r{rate}_deletion_insertion.png"
+            path = out_dir / f"{safe_name(dataset)}_r{rate}_deletion_insertion.png"
             out_dir.mkdir(parents=True, exist_ok=True)
-            _save(figure, path)
+            save_figure(figure, path)
             plt.close(figure)
             written.append(path)
     return written

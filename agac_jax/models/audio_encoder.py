@@ -39,7 +39,7 @@ def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], use_bias
     )
 
 
-def _layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32) -> nn.LayerNorm:
+def layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -82,10 +82,10 @@ class EncoderLayer(nn.Module):
     def __call__(self, x: Array, key_valid: Array) -> Array:
         """x: [B, S, D]; key_valid: [B, S] bool. Returns [B, S, D]."""
         c, pd = self.config, self.param_dtype
-        h = _layer_norm("self_attn_layer_norm", self.dtype, pd)(x)
+        h = layer_norm("self_attn_layer_norm", self.dtype, pd)(x)
         x = x + EncoderSelfAttention(c.d_model, c.encoder_attention_heads, self.dtype, pd, name="self_attn")(
             h, key_valid)
-        h = _layer_norm("final_layer_norm", self.dtype, pd)(x)
+        h = layer_norm("final_layer_norm", self.dtype, pd)(x)
         h = jax.nn.gelu(_dense(c.encoder_ffn_dim, "fc1", self.dtype, ("embed", "mlp"), True, pd)(h), approximate=False)
         return x + _dense(c.d_model, "fc2", self.dtype, ("mlp", "embed"), True, pd)(h)
 
@@ -136,5 +136,5 @@ class AudioEncoder(nn.Module):
         for i in range(c.encoder_layers):
             x = EncoderLayer(c, self.dtype, self.param_dtype, name=f"layers_{i}")(x, key_valid)
         x = x[:, : (s // 2) * 2].reshape(b, s // 2, 2, c.d_model).mean(axis=2)
-        x = _layer_norm("layer_norm", self.dtype, self.param_dtype)(x)
+        x = layer_norm("layer_norm", self.dtype, self.param_dtype)(x)
         return x, num_tokens

@@ -161,7 +161,7 @@ class DecoderSelfAttention(nn.Module):
         v = dense(nkv * hd, "v_proj", ("embed", "kv_heads"), True)(x).reshape(b, s, nkv, hd)
         k = apply_rotary(k, cos, sin)
         if query_rows is not None:
-            x, cos, sin, mask = (_take_rows(a, query_rows) for a in (x, cos, sin, mask))
+            x, cos, sin, mask = (take_rows(a, query_rows) for a in (x, cos, sin, mask))
             s = query_rows.shape[1]
         q = dense(nh * hd, "q_proj", ("embed", "heads"), True)(x).reshape(b, s, nh, hd)
         q = apply_rotary(q, cos, sin)
@@ -210,7 +210,7 @@ def grouped_attention(q: Array, k: Array, v: Array, mask: Array, groups: int, dt
     return out, probs.reshape(b, nh, s, n_keys)
 
 
-def _take_rows(a: Array, rows: Array) -> Array:
+def take_rows(a: Array, rows: Array) -> Array:
     """a [B, S, ...], rows [B, R] -> [B, R, ...]."""
     return jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
 
@@ -249,7 +249,7 @@ class DecoderLayer(nn.Module):
             h, cos, sin, mask, cache=cache, cache_index=cache_index, query_weights=query_weights,
             query_rows=query_rows)
         if query_rows is not None:
-            x = _take_rows(x, query_rows)
+            x = take_rows(x, query_rows)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
         return x + MLP(c, self.dtype, self.param_dtype, name="mlp")(h), cache, sown
@@ -358,7 +358,7 @@ class Decoder(nn.Module):
         if self.scan_layers:
             x, cache = self._scanned(x, cos, sin, mask, cache, cache_index, query_weights)
             if output_rows is not None:
-                x = _take_rows(x, output_rows)
+                x = take_rows(x, output_rows)
             return self.norm(x), cache
         new_cache = []
         last = len(self.layers) - 1

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agac_jax.models.decoder import MLP, LayerCache, RMSNorm, _take_rows, apply_rotary, rotary_cos_sin
+from agac_jax.models.decoder import MLP, LayerCache, RMSNorm, apply_rotary, rotary_cos_sin, take_rows
 from agac_jax.models.interface import PROBS, RECEIVED
 
 Array = jax.Array
@@ -105,7 +105,7 @@ class LlamaSelfAttention(nn.Module):
                          cos, sin)
         v = _dense(nkv * hd, "v_proj", self.dtype, ("embed", "kv_heads"))(x).reshape(b, s, nkv, hd)
         if query_rows is not None:
-            x, cos, sin, mask = (_take_rows(a, query_rows) for a in (x, cos, sin, mask))
+            x, cos, sin, mask = (take_rows(a, query_rows) for a in (x, cos, sin, mask))
             s = query_rows.shape[1]
         q = apply_rotary(_dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"))(x).reshape(b, s, nh, hd), cos, sin)
         if cache is not None:
@@ -142,7 +142,7 @@ class LlamaDecoderLayer(nn.Module):
             h, cos, sin, mask, cache=cache, cache_index=cache_index, query_weights=query_weights,
             query_rows=query_rows)
         if query_rows is not None:
-            x = _take_rows(x, query_rows)
+            x = take_rows(x, query_rows)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + MLP(c, self.dtype, name="mlp")(h), cache

@@ -38,7 +38,7 @@ from agac_jax.models.audio_flamingo3.prompts import PromptBatch, build_prompts, 
 from agac_jax.models.generate import GenerationSettings, greedy_generate_from_embeddings
 from agac_jax.models.interface import PROBS, stack_sown
 from agac_jax.models.qwen2_audio.model import causal_mask
-from agac_jax.models.qwen2_audio.parity import Comparison, ParityReport, _compare, first_difference
+from agac_jax.models.qwen2_audio.parity import Comparison, ParityReport, compare, first_difference
 from agac_jax.models.qwen2_audio.prompts import PromptError
 
 FLOAT32_TOLERANCE = 1e-4
@@ -338,7 +338,7 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
         return AudioFlamingo3ParityReport(
             comparisons, dict(input_ids=x.input_ids), f"windows differ: {our_windows.shape} (agac_jax) vs "
             f"{theirs['input_features'].shape} (transformers' processor), or their masks")
-    comparisons.append(_compare("log-mel features", our_windows, theirs["input_features"], FEATURE_TOLERANCE))
+    comparisons.append(compare("log-mel features", our_windows, theirs["input_features"], FEATURE_TOLERANCE))
 
     gen = _generation_settings(directory, config, max_new_tokens)
     encode, hidden_fn, head, generate = _jitted(config, gen)
@@ -354,15 +354,15 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     audio_valid = np.arange(audio.shape[1])[None] < n_tokens[:, None]
     if not np.array_equal(n_tokens, x.num_audio_tokens):
         comparisons.append(Comparison("audio token counts", 1.0, 1.0, 0.0))
-    comparisons.append(_compare("audio_embeddings", audio[audio_valid], ref.audio, tolerance)
+    comparisons.append(compare("audio_embeddings", audio[audio_valid], ref.audio, tolerance)
                        if audio[audio_valid].shape == ref.audio.shape
                        else Comparison("audio_embeddings (count)", 1.0, 1.0, 0.0))
     comparisons.append(_logits_comparison("logits", hidden[valid], ref.hidden[torch.tensor(valid)],
                                           lambda h: head(params, h), ref.lm_head, tolerance))
     pair = valid[:, None, :, None] & valid[:, None, None, :]
     for i, theirs_attention in enumerate(ref.attentions):
-        comparisons.append(_compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
-                                    np.where(pair, theirs_attention, 0), tolerance))
+        comparisons.append(compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
+                                   np.where(pair, theirs_attention, 0), tolerance))
     n = ref.greedy_tokens.shape[1]
     mismatched = int(np.sum(tokens[:, :n] != ref.greedy_tokens))
     comparisons.append(Comparison("greedy tokens (count)", float(mismatched), float(mismatched), 0.0))

@@ -28,7 +28,7 @@ from agac_jax.models.pandagpt import fbank as kf
 from agac_jax.models.qwen2_audio.checkpoints import flatten
 from agac_jax.models.pandagpt.checkpoints import (DELTA_NAME_MAP, IMAGEBIND_NAME_MAP, LLAMA_NAME_MAP, PANDAGPT_CONFIG,
                                           config_from_dict, load_pandagpt_directory, load_tokenizer, write_directory)
-from agac_jax.models.qwen2_audio.parity import FLOAT32_TOLERANCE, Comparison, ParityReport, _compare
+from agac_jax.models.qwen2_audio.parity import FLOAT32_TOLERANCE, Comparison, ParityReport, compare
 
 INVERSE = {"same": lambda w: w, "linear": lambda w: w.T, "conv2d": lambda w: w.transpose(3, 2, 0, 1),
            "conv3d": lambda w: w.transpose(4, 3, 0, 1, 2)}
@@ -169,10 +169,10 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     f_tokens = np.asarray(seq[len(ids):])
 
     comparisons = [
-        _compare("audio_vectors", f_audio, t_audio.numpy(), tolerance),
-        _compare("video_vector", f_video, t_video.numpy(), tolerance),
-        _compare("av_token", f_token, t_token.numpy(), tolerance),
-        _compare("logits", f_logits, t_logits, tolerance),
+        compare("audio_vectors", f_audio, t_audio.numpy(), tolerance),
+        compare("video_vector", f_video, t_video.numpy(), tolerance),
+        compare("av_token", f_token, t_token.numpy(), tolerance),
+        compare("logits", f_logits, t_logits, tolerance),
         Comparison("greedy_tokens", float(np.sum(f_tokens != t_tokens)), float(np.sum(f_tokens != t_tokens)), 0.0),
     ]
     arrays = dict(audio_vectors=np.asarray(f_audio), video_vector=np.asarray(f_video), av_token=np.asarray(f_token),

@@ -163,7 +163,7 @@ def build_inputs(directory: Path, config, clips: Sequence[np.ndarray], questions
                 n_tokens=batch.num_audio_tokens)
 
 
-def _compare(name: str, ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> Comparison:
+def compare(name: str, ours: np.ndarray, theirs: np.ndarray, tolerance: float) -> Comparison:
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     diff = np.abs(ours - theirs)
     max_abs = float(diff.max()) if diff.size else 0.0
@@ -257,14 +257,14 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     audio_valid = np.arange(audio.shape[1])[None] < x["n_tokens"][:, None]
     comparisons = [
         Comparison("prompt ids", 0.0, 0.0, 0.0),
-        _compare("log-mel features", x["features"], theirs["features"], FEATURE_TOLERANCE),
-        _compare("audio_embeddings", audio[audio_valid], hf_audio[:, : audio.shape[1]][audio_valid], tolerance),
-        _compare("logits", logits[valid], out.logits.numpy()[valid], tolerance),
+        compare("log-mel features", x["features"], theirs["features"], FEATURE_TOLERANCE),
+        compare("audio_embeddings", audio[audio_valid], hf_audio[:, : audio.shape[1]][audio_valid], tolerance),
+        compare("logits", logits[valid], out.logits.numpy()[valid], tolerance),
     ]
     pair = valid[:, None, :, None] & valid[:, None, None, :]
     for i, ref in enumerate(out.attentions):
-        comparisons.append(_compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
-                                    np.where(pair, ref.numpy(), 0), tolerance))
+        comparisons.append(compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
+                                   np.where(pair, ref.numpy(), 0), tolerance))
     n = hf_tokens.shape[1]
     mismatched = int(np.sum(tokens[:, :n] != hf_tokens))
     comparisons.append(Comparison("greedy tokens (count)", float(mismatched), float(mismatched), 0.0))

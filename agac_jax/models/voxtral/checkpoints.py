@@ -2,40 +2,34 @@
 
 One declarative table, `NAME_MAP`: (HF key pattern in the transformers 5 layout, Flax path template with
 {0}, {1}... from the pattern's groups, transform), read forwards to load and backwards to save. The
-transforms are Qwen2-Audio's (`LINEAR`: [out, in] -> [in, out]; `CONV`: [out, in, k] -> [k, in, out];
+transforms are `hf_checkpoints`' (`LINEAR`: [out, in] -> [in, out]; `CONV`: [out, in, k] -> [k, in, out];
 `SAME`). Keys in the transformers 4 layout, as the released Voxtral-Mini-3B-2507 shards hold them
 (`audio_tower.*`, `language_model.model.*`, `language_model.lm_head.*`, `multi_modal_projector.*`), are
-renamed first by Qwen2-Audio's `modernize_key` (transformers maps `voxtral` to the same renamings).
+renamed first by `hf_checkpoints.modernize_key` (transformers maps `voxtral` to the same renamings).
 
 A directory holds `config.json`, `model.safetensors` or the shards listed by
 `model.safetensors.index.json`, `generation_config.json`, `tekken.json` and `preprocessor_config.json`.
 The Mistral-native files of the release (`consolidated.safetensors`, `params.json`) are not read.
-Tensors are read one at a time from the memory-mapped shards (`qwen2_audio.checkpoints.TensorSource`),
-checked by name and shape before any data is read, then cast and placed leaf by leaf (on a sharding when
-one is given; leaves over 64 MiB block by block of their first axis).
+Tensors are read one at a time from the memory-mapped shards (`hf_checkpoints.TensorSource`), checked by
+name and shape before any data is read, then cast and placed leaf by leaf (on a sharding when one is
+given; leaves over 64 MiB block by block of their first axis: `hf_checkpoints.convert_state`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agac_jax.models.qwen2_audio import checkpoints as q2
-from agac_jax.models.qwen2_audio.checkpoints import (CONV, LEGACY_PREFIXES, LINEAR, SAME, CheckpointError, LoadedModel,
-                                                     TensorSource, flatten, modernize_key, unflatten)
+# modernize_key and legacy_key are read here by tests and the parity check.
+from agac_jax.models.hf_checkpoints import (CONV, INDEX_FILE, LINEAR, SAME, CheckpointError, LoadedModel, NameTable,
+                                            Params, PathLike, TensorSource, convert_state, export_state, legacy_key,
+                                            modernize_key, param_shapes, read_config, read_generation_config,
+                                            write_hf_directory)
 from agac_jax.models.voxtral.config import VoxtralConfig
 from agac_jax.models.voxtral.model import init_params
-
-PathLike = str | os.PathLike[str]
-Params = dict[str, Any]
 
 _ENC = r"model\.audio_tower\."
 _DEC = r"model\.language_model\."
@@ -64,130 +58,38 @@ NAME_MAP: tuple[tuple[str, str, str], ...] = (
     (_DEC + r"norm\.weight", "language_model/norm/scale", SAME),
     (r"lm_head\.weight", "lm_head/kernel", LINEAR),
 )
-_COMPILED = tuple((re.compile(p + r"\Z"), t, f) for p, t, f in NAME_MAP)
-_TRANSFORMS = {SAME: lambda w: w, LINEAR: lambda w: w.T, CONV: lambda w: w.transpose(2, 1, 0)}
-INDEX_FILE = "model.safetensors.index.json"
-
-
-def hf_to_flax_path(key: str) -> tuple[str, str] | None:
-    """HF key (transformers 5 layout) -> (Flax path 'a/b/c', transform), or None."""
-    for pattern, template, transform in _COMPILED:
-        m = pattern.match(key)
-        if m:
-            return template.format(*m.groups()), transform
-    return None
-
-
-def flax_to_hf_key(path: str) -> tuple[str, str]:
-    """Flax path -> (HF key, transform): `NAME_MAP` read backwards."""
-    for pattern, template, transform in NAME_MAP:
-        regex = re.escape(template)
-        for i in range(template.count("{")):
-            regex = regex.replace(re.escape("{%d}" % i), r"([^/]+)")
-        m = re.fullmatch(regex, path)
-        if m:
-            key = pattern.replace("\\.", ".")
-            for group in m.groups():
-                key = re.sub(r"\([^)]*\)", group, key, count=1)
-            return key, transform
-    raise KeyError(f"no HF name for Flax parameter {path!r}")
-
-
-def legacy_key(key: str) -> str:
-    """A transformers 5 key -> the transformers 4 name the released shards use (`modernize_key` inverted)."""
-    for old, new in LEGACY_PREFIXES:
-        if key.startswith(new):
-            return old + key[len(new):]
-    return key
+NAMES = NameTable(NAME_MAP)
 
 
 def expected_shapes(config: VoxtralConfig) -> dict[str, tuple[int, ...]]:
     """Flax path -> shape of every parameter the model declares, nothing allocated."""
-    abstract = jax.eval_shape(lambda: q2._unbox(init_params(config, jax.random.key(0))))
-    return {path: tuple(leaf.shape) for path, leaf in flatten(abstract).items()}
-
-
-def _plan(source: TensorSource, config: VoxtralConfig) -> tuple[dict[str, tuple[str, str]], dict]:
-    """{Flax path: (HF key, transform)} from names and shapes only; CheckpointError listing every missing,
-    unexpected and mis-shaped key."""
-    want = expected_shapes(config)
-    plan, unexpected, misshaped, misshaped_paths = {}, [], [], set()
-    for raw_key in source.keys():
-        mapped = hf_to_flax_path(modernize_key(raw_key))
-        if mapped is None or mapped[0] not in want:
-            unexpected.append(raw_key)
-            continue
-        path, transform = mapped
-        if q2._flax_shape(source.shape(raw_key), transform) != want[path]:
-            misshaped.append(f"{raw_key}: checkpoint {source.shape(raw_key)}, model expects "
-                             f"{q2._flax_shape(want[path], transform)}")
-            misshaped_paths.add(path)
-            continue
-        plan[path] = (raw_key, transform)
-    missing = sorted(flax_to_hf_key(p)[0] for p in want if p not in plan and p not in misshaped_paths)
-    if missing or unexpected or misshaped:
-        lines = [f"checkpoint does not match the Voxtral config ({len(missing)} missing, {len(unexpected)} "
-                 f"unexpected, {len(misshaped)} mis-shaped keys)"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in sorted(unexpected)]
-        lines += [f"  mis-shaped: {k}" for k in misshaped]
-        raise CheckpointError("\n".join(lines))
-    return plan, want
+    return param_shapes(init_params, config)
 
 
 def convert_hf_state(state: Mapping[str, np.ndarray] | TensorSource, config: VoxtralConfig,
-                     shardings: Mapping[str, Any] | Any | None = None, block_bytes: int = q2._BLOCK_BYTES) -> Params:
-    """HF tensors -> Flax parameter tree in `config.param_dtype`, checked, then streamed leaf by leaf.
+                     shardings: Mapping[str, Any] | Any | None = None, block_bytes: int | None = None) -> Params:
+    """HF tensors -> Flax parameter tree in `config.param_dtype`, checked, then streamed leaf by leaf
+    (`hf_checkpoints.convert_state`).
 
     With `shardings` (a tree or flat {Flax path: NamedSharding}) each leaf is placed on its sharding as it
     is read; else it stays a host numpy array. A leaf over `block_bytes` is filled block by block of its
     first (Flax-layout) axis from slices of the memory-mapped tensor (the embedding and LM head of the 3B:
-    131072 x 3072).
+    131072 x 3072). CheckpointError listing every missing, unexpected and mis-shaped key.
     """
-    source = state if isinstance(state, TensorSource) else TensorSource(state=state)
-    plan, want = _plan(source, config)
-    shardings = None if shardings is None else flatten(shardings)
-    dtype = jnp.dtype(config.param_dtype)
-    flat: dict[str, Any] = {}
-    for path, (raw_key, transform) in plan.items():
-        shape = want[path]
-        sharding = None if shardings is None else shardings[path]
-        if np.prod(shape) * dtype.itemsize <= block_bytes:
-            host = q2._convert(source.read(raw_key), transform, dtype)
-            flat[path] = host if sharding is None else jax.block_until_ready(jax.device_put(host, sharding))
-            continue
-        flat[path] = np.empty(shape, dtype) if sharding is None else q2._zeros_fn(shape, dtype, sharding)()
-        rows = max(1, block_bytes // max(1, int(np.prod(shape[1:])) * dtype.itemsize))
-        for start in range(0, shape[0], rows):
-            index = (slice(start, min(start + rows, shape[0])),) + tuple(slice(None) for _ in shape[1:])
-            piece = q2._convert(source.read(raw_key, q2._hf_index(transform, index)), transform, dtype)
-            if sharding is None:
-                flat[path][index] = piece
-            else:
-                starts = tuple(np.int32(i) for i in (start,) + (0,) * (len(shape) - 1))
-                flat[path] = jax.block_until_ready(q2._update_fn(sharding)(flat[path], piece, starts))
-            del piece
-    return unflatten(flat)
+    return convert_state(state, NAMES, expected_shapes(config), config.param_dtype, model="Voxtral",
+                         shardings=shardings, block_bytes=block_bytes)
 
 
 def flax_to_hf_state(params: Params, legacy: bool = False) -> dict[str, np.ndarray]:
     """Flax parameters -> HF state dict, numpy in the parameters' dtype: transformers 5 names, or with
-    `legacy` the transformers 4 names of the released shards."""
-    state = {}
-    for path, value in flatten(q2._unbox(params)).items():
-        key, transform = flax_to_hf_key(path)
-        state[legacy_key(key) if legacy else key] = np.ascontiguousarray(_TRANSFORMS[transform](np.asarray(value)))
-    return state
+    `legacy` the transformers 4 names of the released shards (`legacy_key`)."""
+    return export_state(params, NAMES, legacy_key if legacy else None)
 
 
 def read_model_config(path: Path, **options: Any) -> VoxtralConfig:
     """The config in a directory's config.json; CheckpointError naming the file when it is not JSON, not an
     object, or not a Voxtral config the port supports."""
-    settings = q2._read_json_object(path)
-    try:
-        return VoxtralConfig.from_hf_dict(settings, **options)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: {error}") from error
+    return read_config(path, VoxtralConfig.from_hf_dict, **options)
 
 
 def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, *, param_dtype: Any = jnp.float32,
@@ -206,10 +108,7 @@ def load_hf_directory(directory: PathLike, dtype: Any = jnp.float32, *, param_dt
         raise CheckpointError(f"{directory} has neither model.safetensors nor {INDEX_FILE} (the Mistral-native "
                               "consolidated.safetensors is not read)")
     params = convert_hf_state(source, config, None if shardings is None else shardings(config))
-    generation = {}
-    if (directory / "generation_config.json").exists():
-        generation = q2._read_json_object(directory / "generation_config.json")
-    return LoadedModel(config, params, generation, directory)
+    return LoadedModel(config, params, read_generation_config(directory), directory)
 
 
 def save_hf_directory(directory: PathLike, config: VoxtralConfig, params: Params,
@@ -221,35 +120,6 @@ def save_hf_directory(directory: PathLike, config: VoxtralConfig, params: Params
     `legacy`: transformers 4 key names, as the released shards have them. `hf_config`: the config.json
     content to write instead of `config.to_hf_dict()`. `extra_files_from`: a directory whose tokenizer and
     processor files (tekken.json, preprocessor_config.json, ...) are copied along."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     content = dict(hf_config) if hf_config is not None else config.to_hf_dict()
-    (directory / "config.json").write_text(json.dumps(content, indent=2))
-    state = flax_to_hf_state(params, legacy=legacy)
-    if max_shard_bytes is None:
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        shards: list[dict[str, np.ndarray]] = [{}]
-        size = 0
-        for key in sorted(state):
-            if shards[-1] and size + state[key].nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][key] = state[key]
-            size += state[key].nbytes
-        weight_map = {}
-        for k, shard in enumerate(shards):
-            name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(directory / name), metadata={"format": "pt"})
-            weight_map.update({key: name for key in shard})
-        index = {"metadata": {"total_size": int(sum(v.nbytes for v in state.values()))}, "weight_map": weight_map}
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    if generation_config:
-        (directory / "generation_config.json").write_text(json.dumps(dict(generation_config), indent=2))
-    if extra_files_from is not None:
-        for p in Path(extra_files_from).iterdir():
-            skip = p.name in ("config.json", "generation_config.json") or p.name.startswith("model")
-            if p.is_file() and not skip:
-                shutil.copy2(p, directory / p.name)
+    write_hf_directory(directory, content, flax_to_hf_state(params, legacy=legacy), generation_config,
+                       extra_files_from, max_shard_bytes)

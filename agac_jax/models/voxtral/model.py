@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agac_jax.models.audio_encoder import EncoderLayer, _layer_norm
+from agac_jax.models.audio_encoder import EncoderLayer, layer_norm
 from agac_jax.models.config import AudioEncoderConfig
 from agac_jax.models.decoder import LayerCache
 from agac_jax.models.llama import LlamaDecoder, init_cache, lm_head
@@ -121,7 +121,7 @@ class VoxtralEncoder(nn.Module):
         every_key = jnp.ones(x.shape[:2], bool)
         for i in range(c.encoder_layers):
             x = EncoderLayer(c, self.dtype, self.param_dtype, name=f"layers_{i}")(x, every_key)
-        return _layer_norm("layer_norm", self.dtype, self.param_dtype)(x)
+        return layer_norm("layer_norm", self.dtype, self.param_dtype)(x)
 
 
 class VoxtralProjector(nn.Module):

@@ -31,7 +31,7 @@ import numpy as np
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.interface import PROBS, stack_sown
-from agac_jax.models.qwen2_audio.parity import Comparison, ParityReport, _compare, first_difference
+from agac_jax.models.qwen2_audio.parity import Comparison, ParityReport, compare, first_difference
 from agac_jax.models.voxtral import checkpoints
 from agac_jax.models.voxtral.model import VoxtralForConditionalGeneration
 from agac_jax.models.voxtral.prompts import PromptError, build_prompts, conversation, load_tokenizer, processor_layout
@@ -187,18 +187,18 @@ def run_parity(directory: str | Path, clips: Sequence[np.ndarray] | None = None,
     valid = x.attention_mask.astype(bool)
     comparisons = [
         Comparison("prompt ids", 0.0, 0.0, 0.0),
-        _compare("log-mel features", processor_layout(x, config.window_frames), theirs["input_features"],
-                 FEATURE_TOLERANCE),
+        compare("log-mel features", processor_layout(x, config.window_frames), theirs["input_features"],
+                FEATURE_TOLERANCE),
         Comparison("audio tokens (count)", float(abs(len(ours_audio) - len(hf_audio))),
                    float(abs(len(ours_audio) - len(hf_audio))), 0.0),
     ]
     if len(ours_audio) == len(hf_audio):
-        comparisons.append(_compare("audio_embeddings", ours_audio, hf_audio, tolerance))
-    comparisons.append(_compare("logits", logits[valid], out.logits.numpy()[valid], tolerance))
+        comparisons.append(compare("audio_embeddings", ours_audio, hf_audio, tolerance))
+    comparisons.append(compare("logits", logits[valid], out.logits.numpy()[valid], tolerance))
     pair = valid[:, None, :, None] & valid[:, None, None, :]
     for i, ref in enumerate(out.attentions):
-        comparisons.append(_compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
-                                    np.where(pair, ref.numpy(), 0), tolerance))
+        comparisons.append(compare(f"attention layer {i}", np.where(pair, attentions[i], 0),
+                                   np.where(pair, ref.numpy(), 0), tolerance))
     n = hf_tokens.shape[1]
     mismatched = int(np.sum(tokens[:, :n] != hf_tokens)) + int(np.sum(tokens[:, n:] != settings.pad_token_id))
     comparisons.append(Comparison("greedy tokens (count)", float(mismatched), float(mismatched), 0.0))
