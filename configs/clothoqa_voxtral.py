@@ -11,7 +11,7 @@ poster's grid, SemantiCodec). The model is read as the hub serves it in the tran
 (config.json with model_type "voxtral", safetensors shards, tekken.json, preprocessor_config.json).
 Voxtral hears 80 ms tokens and pads every clip to whole 30 s windows of 375 tokens, so a Clotho clip
 always costs the LLM 375 audio tokens, kept frames or not: its records show compression saving codec
-tokens, not LLM tokens. The Flax port holds Voxtral's weights in float32 (about 19 GB for the 3B).
+tokens, not LLM tokens. Weights and compute in bfloat16, as Qwen2-Audio's config (9.4 GB for the 3B).
 
 Variants (`--config=configs/clothoqa_voxtral.py:NAME`):
   default  the grid above;
@@ -40,8 +40,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = clothoqa_qwen2audio.get_config("default")
     config.model.kind = "voxtral"  # agac_jax.models.voxtral
     config.model.checkpoint_dir = ""  # set on the command line: Voxtral-Mini-3B-2507, local
-    config.model.param_dtype = "float32"  # the port's Llama decoder holds float32 weights
-    config.model.dtype = "float32"
     config.scoring.buckets_seconds = (30,)  # every clip is one whole 30 s window
     if variant == "local":
         local_variant(config, TINY)

@@ -71,8 +71,8 @@ class LlamaConfig:
         return d
 
 
-def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str]) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+def _dense(features: int, name: str, dtype: Any, axes: tuple[str, str], param_dtype: Any = jnp.float32) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes), name=name)
 
 
@@ -87,6 +87,7 @@ class LlamaSelfAttention(nn.Module):
 
     config: LlamaConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, *, cache: LayerCache | None = None,
@@ -101,13 +102,13 @@ class LlamaSelfAttention(nn.Module):
         c = self.config
         b, s, _ = x.shape
         hd, nh, nkv = c.attention_head_dim, c.num_attention_heads, c.num_key_value_heads
-        k = apply_rotary(_dense(nkv * hd, "k_proj", self.dtype, ("embed", "kv_heads"))(x).reshape(b, s, nkv, hd),
+        k = apply_rotary(_dense(nkv * hd, "k_proj", self.dtype, ("embed", "kv_heads"), self.param_dtype)(x).reshape(b, s, nkv, hd),
                          cos, sin)
-        v = _dense(nkv * hd, "v_proj", self.dtype, ("embed", "kv_heads"))(x).reshape(b, s, nkv, hd)
+        v = _dense(nkv * hd, "v_proj", self.dtype, ("embed", "kv_heads"), self.param_dtype)(x).reshape(b, s, nkv, hd)
         if query_rows is not None:
             x, cos, sin, mask = (take_rows(a, query_rows) for a in (x, cos, sin, mask))
             s = query_rows.shape[1]
-        q = apply_rotary(_dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"))(x).reshape(b, s, nh, hd), cos, sin)
+        q = apply_rotary(_dense(nh * hd, "q_proj", self.dtype, ("embed", "heads"), self.param_dtype)(x).reshape(b, s, nh, hd), cos, sin)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
@@ -124,7 +125,7 @@ class LlamaSelfAttention(nn.Module):
         probs = probs.astype(self.dtype).reshape(b, nkv, groups * s, n_keys)
         out = jnp.einsum("bnqk,bnkd->bnqd", probs, v.astype(self.dtype).transpose(0, 2, 1, 3))
         out = out.reshape(b, nkv, groups, s, hd).transpose(0, 3, 1, 2, 4).reshape(b, s, nh * hd)
-        return _dense(c.hidden_size, "o_proj", self.dtype, ("heads", "embed"))(out), cache
+        return _dense(c.hidden_size, "o_proj", self.dtype, ("heads", "embed"), self.param_dtype)(out), cache
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -132,35 +133,39 @@ class LlamaDecoderLayer(nn.Module):
 
     config: LlamaConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, *, cache=None, cache_index=None, query_weights=None, query_rows=None):
         """x [B, S, D] -> ([B, S, D] or [B, R, D], cache); arguments as `LlamaSelfAttention`."""
         c = self.config
-        h = RMSNorm(c.rms_norm_eps, self.dtype, name="input_layernorm")(x)
-        h, cache = LlamaSelfAttention(c, self.dtype, name="self_attn")(
+        h = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="input_layernorm")(x)
+        h, cache = LlamaSelfAttention(c, self.dtype, self.param_dtype, name="self_attn")(
             h, cos, sin, mask, cache=cache, cache_index=cache_index, query_weights=query_weights,
             query_rows=query_rows)
         if query_rows is not None:
             x = take_rows(x, query_rows)
         x = x + h
-        h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
-        return x + MLP(c, self.dtype, name="mlp")(h), cache
+        h = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype, name="post_attention_layernorm")(x)
+        return x + MLP(c, self.dtype, self.param_dtype, name="mlp")(h), cache
 
 
 class LlamaDecoder(nn.Module):
-    """Token embedding, the layers and the final norm (transformers' `LlamaModel`)."""
+    """Token embedding, the layers and the final norm (transformers' `LlamaModel`); `param_dtype` the
+    parameters' dtype (bfloat16 halves the weights; norms and softmax compute in float32)."""
 
     config: LlamaConfig
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     def setup(self):
         c = self.config
         self.embed_tokens = nn.Embed(
-            c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
+            c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-        self.layers = [LlamaDecoderLayer(c, self.dtype, name=f"layers_{i}") for i in range(c.num_hidden_layers)]
-        self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
+        self.layers = [LlamaDecoderLayer(c, self.dtype, self.param_dtype, name=f"layers_{i}")
+                       for i in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, self.dtype, self.param_dtype)
 
     def embed(self, input_ids: Array) -> Array:
         """[B, S] int -> [B, S, D]."""
@@ -189,9 +194,9 @@ class LlamaDecoder(nn.Module):
         return self.norm(x), (tuple(new_cache) if cache is not None else None)
 
 
-def lm_head(config: LlamaConfig, dtype: Any = jnp.float32) -> nn.Dense:
+def lm_head(config: LlamaConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> nn.Dense:
     """The untied head, [.., D] -> [.., vocab] (named `lm_head` by the caller)."""
-    return nn.Dense(config.vocab_size, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+    return nn.Dense(config.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                     kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab")),
                     name="lm_head")
 

@@ -150,8 +150,8 @@ class VoxtralForConditionalGeneration(nn.Module):
         c = self.config
         self.audio_tower = VoxtralEncoder(c.audio, c.dtype, c.param_dtype)
         self.multi_modal_projector = VoxtralProjector(c.text.hidden_size, c.dtype, c.param_dtype)
-        self.language_model = LlamaDecoder(c.text, c.dtype)
-        self.lm_head = lm_head(c.text, c.dtype)
+        self.language_model = LlamaDecoder(c.text, c.dtype, c.param_dtype)
+        self.lm_head = lm_head(c.text, c.dtype, c.param_dtype)
 
     # --- the 80 ms audio token grid (plain attributes, for the scorer) ---
 
