@@ -125,3 +125,17 @@ class ModelAdapter(Protocol):
     def inputs(self, clips: Sequence[np.ndarray], questions: Sequence[str], frames: int, *,
                padding_side: str, silence: bool) -> ModelInputs: ...
     def video_context(self, params: Any, videos: Sequence[Any]) -> np.ndarray: ...  # [B, ...] per clip
+
+
+class HFTokenizerAdapter:
+    """The `ModelAdapter` pieces of a family whose tokenizer is a Hugging Face one (`self.tokenizer`)."""
+
+    tokenizer: Any
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Answer text of generated ids (special tokens dropped)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()

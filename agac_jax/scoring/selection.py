@@ -19,7 +19,6 @@ and cannot be, so the host boundary checks them with `check_clip_values` (`metho
 
 from __future__ import annotations
 
-from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +27,12 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from agac_jax.audio.grids import CODEC_TOKEN_RATES, SAMPLE_RATE
+from agac_jax.scoring.settings import MAX_RHO_DENOMINATOR, keep_ratio_fraction  # noqa: F401 - the keep ratio's one parser
 from agac_jax.codec.base import frame_samples  # the codec frame grid, defined once (raises for a bad rate)
 from agac_jax.codec.base import num_frames as static_num_frames  # ceil(n / frame_samples) as a Python int
 from agac_jax.audio.grids import CODEC_TOKENS_PER_FRAME as TOKENS_PER_FRAME
 from agac_jax.audio.grids import SAMPLES_PER_AUDIO_TOKEN as TOKEN_SAMPLES
 
-MAX_RHO_DENOMINATOR = 10_000
 
 
 def _check_vector(name: str, x: jax.Array) -> None:
@@ -294,38 +293,6 @@ def topk_keep_heard_first(scores: ArrayLike, valid: ArrayLike, unheard: ArrayLik
 # ----------------------------------------------------------------------------------------------
 # Keep ratio and top-k
 # ----------------------------------------------------------------------------------------------
-
-
-def keep_ratio_fraction(rho: float | str) -> tuple[int, int]:
-    """The keep ratio as the exact fraction of the decimal the user wrote.
-
-    ``Fraction(str(rho))``: 0.7 -> (7, 10), not the binary float's 3152519739159347/2**52. Strings
-    such as "0.7" or "2/3" are accepted too.
-
-    Returns:
-      (numerator, denominator) in lowest terms, with 0 < numerator <= denominator <= 10_000.
-
-    Raises:
-      ValueError: rho is not a finite number in (0, 1], or needs a denominator above 10_000 (write
-        it with at most 4 decimals, or as a fraction string such as "1/3").
-    """
-    if isinstance(rho, bool) or not isinstance(rho, (int, float, str, np.integer, np.floating)):
-        raise TypeError(f"Keep ratio rho must be a number or a decimal string; got {rho!r}.")
-    try:
-        fraction = Fraction(str(rho).strip())
-    except (ValueError, ZeroDivisionError) as error:
-        raise ValueError(
-            f"Keep ratio rho must be a finite number in (0, 1]; got {rho!r}."
-        ) from error
-    if not 0 < fraction <= 1:
-        raise ValueError(f"Keep ratio rho must lie in (0, 1]; got {rho!r}.")
-    if fraction.denominator > MAX_RHO_DENOMINATOR:
-        raise ValueError(
-            f"Keep ratio rho={rho!r} is too fine: its exact fraction {fraction} has a denominator "
-            f"above {MAX_RHO_DENOMINATOR}. Write it with at most 4 decimals or as a fraction "
-            'string such as "1/3".'
-        )
-    return fraction.numerator, fraction.denominator
 
 
 def keep_count(n_valid: ArrayLike, numerator: ArrayLike, denominator: ArrayLike) -> jax.Array:

@@ -24,12 +24,12 @@ from agac_jax.models.audio_flamingo3.model import AudioFlamingo3ForConditionalGe
 from agac_jax.models.audio_flamingo3.prompts import (ProcessorSettings, audio_token_id, build_prompts,
                                                      load_processor_settings, prompt_ids, split_windows)
 from agac_jax.models.generate import GenerationSettings
-from agac_jax.models.interface import ModelInputs
+from agac_jax.models.interface import HFTokenizerAdapter, ModelInputs
 from agac_jax.models.qwen2_audio.adapter import MIN_CLIP_SAMPLES, head_counts
 from agac_jax.scoring.sharding import logical_shardings
 
 
-class AudioFlamingo3Adapter:
+class AudioFlamingo3Adapter(HFTokenizerAdapter):
     """Audio Flamingo 3 for the `Scorer`: config, tokenizer, processor settings and generation defaults."""
 
     kind = "audio_flamingo3"
@@ -116,13 +116,6 @@ class AudioFlamingo3Adapter:
 
     def audio_offset(self) -> int:
         return prompt_ids(self.tokenizer, self.settings, "").index(audio_token_id(self.tokenizer, self.settings))
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id or 0
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
     def inputs(self, clips: Sequence[np.ndarray], questions: Sequence[str], frames: int, *,
                padding_side: str, silence: bool) -> ModelInputs:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from agac_jax.models.generate import GenerationSettings
-from agac_jax.models.interface import ModelInputs
+from agac_jax.models.interface import HFTokenizerAdapter, ModelInputs
 from agac_jax.models.pandagpt import fbank as kf
 from agac_jax.models.pandagpt.model import PandaGPT, PandaGPTConfig, init_params, prompt_ids, slot_sample_ranges
 from agac_jax.models.qwen2_audio.prompts import pad_rows
@@ -48,7 +48,7 @@ def generation_settings(config: PandaGPTConfig, max_new_tokens: int) -> Generati
                               pad_token_id=llama.pad_token_id, suppress_tokens=(config.audio_token_id,))
 
 
-class PandaGPTAdapter:
+class PandaGPTAdapter(HFTokenizerAdapter):
     """PandaGPT for the `Scorer` (see the module docstring)."""
 
     kind = "pandagpt"
@@ -152,14 +152,6 @@ class PandaGPTAdapter:
         ranges = slot_sample_ranges(bounds, self.config.imagebind)
         return dict(features=np.concatenate(list(fbank), axis=1), silence=np.concatenate(list(silence), axis=1),
                     slot_ranges=ranges.astype(np.int32), slot_valid=ranges[:, 1] > ranges[:, 0])
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id or 0
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Answer text of generated ids (special tokens dropped)."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
     def inputs(self, clips: Sequence[np.ndarray], questions: Sequence[str], frames: int, *,
                padding_side: str, silence: bool) -> ModelInputs:

@@ -19,7 +19,7 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.grids import audio_tokens_of_samples
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.generate import GenerationSettings
-from agac_jax.models.interface import ModelInputs
+from agac_jax.models.interface import HFTokenizerAdapter, ModelInputs
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
 from agac_jax.models.qwen2_audio.prompts import (DEFAULT_PROMPT_FORMAT, PromptFormat, build_prompts,
@@ -42,7 +42,7 @@ def param_shardings(config: Qwen2AudioConfig, mesh: Any, rules: Any) -> Any:
     return logical_shardings(lambda: init_params(config, jax.random.key(0)), mesh, rules, head_counts(config))
 
 
-class Qwen2AudioAdapter:
+class Qwen2AudioAdapter(HFTokenizerAdapter):
     """Qwen2-Audio for the `Scorer`: config, tokenizer, prompt format and generation defaults."""
 
     kind = "qwen2_audio"
@@ -140,14 +140,6 @@ class Qwen2AudioAdapter:
                                     pad_to_frames=frames, padding_side="right", max_frames=self.max_frames)
             self._audio_offset = int(np.argmax(prompts.input_ids[0] == self.config.audio_token_id))
         return self._audio_offset
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id or 0
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Answer text of generated ids (special tokens dropped)."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True).strip()
 
     def inputs(self, clips: Sequence[np.ndarray], questions: Sequence[str], frames: int, *,
                padding_side: str, silence: bool) -> ModelInputs:

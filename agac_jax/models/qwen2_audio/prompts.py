@@ -273,7 +273,7 @@ class PromptBatch:
     num_audio_tokens: np.ndarray
 
 
-def _flatten_clips(questions: Sequence[str], clips: Sequence[ClipsPerPrompt]) -> tuple[list[int], list[Clip]]:
+def flatten_clips(questions: Sequence[str], clips: Sequence[ClipsPerPrompt]) -> tuple[list[int], list[Clip]]:
     """Per-prompt clip counts and the flat clip list; clips[b] is one array or a list of arrays."""
     if len(clips) != len(questions):
         raise ValueError(f"got {len(questions)} questions but clips for {len(clips)} prompts")
@@ -319,7 +319,7 @@ def build_prompts(
     if padding_side not in (None, "left", "right"):
         raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
     fmt = prompt_format or prompt_format_of(tokenizer)
-    counts, flat = _flatten_clips(questions, clips)
+    counts, flat = flatten_clips(questions, clips)
     rows = [prompt_ids(tokenizer, fmt, question, count) for question, count in zip(questions, counts)]
     features, feature_mask = batch_log_mel(flat, num_mel_bins, pad_to_frames, max_frames)
     num_audio_tokens = np.asarray(audio_token_count(feature_mask.sum(-1).astype(np.int64)), dtype=np.int64)

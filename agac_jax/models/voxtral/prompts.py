@@ -36,7 +36,7 @@ import numpy as np
 from agac_jax.audio.features import log_mel
 from agac_jax.audio.grids import HOP_LENGTH
 from agac_jax.cli.errors import UserError
-from agac_jax.models.qwen2_audio.prompts import expand_audio_ids, pad_rows
+from agac_jax.models.qwen2_audio.prompts import expand_audio_ids, flatten_clips, pad_rows
 from agac_jax.models.voxtral.tokenizer import AUDIO, BEGIN_AUDIO, BEGIN_INST, END_INST
 
 Clip = np.ndarray
@@ -161,19 +161,6 @@ class PromptBatch:
     num_windows: np.ndarray
 
 
-def _flatten_clips(questions: Sequence[str], clips: Sequence[ClipsPerPrompt]) -> tuple[list[int], list[Clip]]:
-    if len(clips) != len(questions):
-        raise ValueError(f"got {len(questions)} questions but clips for {len(clips)} prompts")
-    counts, flat = [], []
-    for index, item in enumerate(clips):
-        group = [item] if isinstance(item, np.ndarray) else list(item)
-        if not group:
-            raise ValueError(f"clips[{index}] is empty: each prompt needs at least one clip")
-        counts.append(len(group))
-        flat.extend(group)
-    return counts, flat
-
-
 def build_prompts(tokenizer: VoxtralTokenizer, questions: str | Sequence[str],
                   clips: ClipsPerPrompt | Sequence[ClipsPerPrompt], *, num_mel_bins: int = 128,
                   window_frames: int = 3000, padding_side: str = "left") -> PromptBatch:
@@ -189,7 +176,7 @@ def build_prompts(tokenizer: VoxtralTokenizer, questions: str | Sequence[str],
     if window_frames * HOP_LENGTH != tokenizer.window_samples:
         raise PromptError(f"{tokenizer.path} pads audio to {tokenizer.window_samples} samples, but the model's "
                           f"encoder window is {window_frames} mel frames ({window_frames * HOP_LENGTH} samples)")
-    counts, flat = _flatten_clips(questions, clips)
+    counts, flat = flatten_clips(questions, clips)
     rows = [prompt_ids(tokenizer, q, c) for q, c in zip(questions, counts)]
     per_clip = [clip_features(c, num_mel_bins, window_frames) for c in flat]
     windows = np.array([f.shape[1] // window_frames for f, _ in per_clip], np.int64)
