@@ -26,7 +26,7 @@ def clips() -> list[np.ndarray]:
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
-@pytest.mark.parametrize("estimator", ["occlusion", "integrated_gradients"])
+@pytest.mark.parametrize("estimator", ["integrated_gradients"])
 def test_scores_without_ynnpack_equal_the_default(directory, estimator):
     results, texts = {}, {}
     for ynnpack in (True, False):
