@@ -202,47 +202,17 @@ def test_config_defaults_and_spellings():
         AudioFlamingo3Config.from_hf_dict({"model_type": "qwen2_audio"})
 
 
-def test_the_scorer_scores_audio_flamingo3_through_its_adapter(model_dir, clips):
+def test_the_scorer_takes_audio_flamingo3_through_its_adapter(model_dir, clips):
     """The model-agnostic Scorer takes the AF3 directory as it is (the family told by config.json): a
     clip of one window takes Qwen2-Audio's buckets, a 31.5 s clip two windows (3000 frames, then the last
-    window's bucket), tokens on the 40 ms grid across both; the full pass is the model's teacher-forced
-    log-probability, and the integrated-gradients score the gate gradient at the midpoints, computed
-    directly on the model."""
-    from agac_jax.models.qwen2_audio.model import causal_mask
-    from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
+    window's bucket), and the placeholders follow the 40 ms grid across both (its scores against the
+    PyTorch reference: tests/test_reference_families.py)."""
+    from agac_jax.scoring.scorer import Scorer, ScoringConfig
 
-    config = ScoringConfig(**{**POSTER_LOCAL_SCORE, "estimator": "integrated_gradients"}, ig_steps=2,
-                           max_new_tokens=2, batch_size=2, rates=(50,), buckets_seconds=(2, 12, 35))
-    scorer = Scorer.from_directory(model_dir, config)
-    assert scorer.kind == "audio_flamingo3"
+    scorer = Scorer.from_directory(model_dir, ScoringConfig(buckets_seconds=(2, 12, 35)))
+    assert scorer.kind == "audio_flamingo3" and scorer.max_seconds == 60
     assert [scorer.bucket_frames(len(c)) for c in clips] == [200, 1200, 3200]
     assert [scorer.audio_token_count(len(c)) for c in clips] == EXPECTED_TOKENS
-    [long] = scorer.score([clips[2]], [QUESTIONS[2]])  # two windows (one window is Qwen2-Audio's path)
-    assert long.num_tokens == EXPECTED_TOKENS[2]
-
-    s, clip = long, clips[2]
-    model, variables = scorer.model, {"params": scorer.params}
-    inputs = scorer.adapter.inputs([clip], [s.question], 3200, padding_side="right", silence=True)
-    audio, n = model.apply(variables, inputs.features, inputs.mel_lengths, method=model.encode_audio)
-    quiet, _ = model.apply(variables, inputs.silence_features, inputs.mel_lengths, method=model.encode_audio)
-    ids = jnp.asarray(np.concatenate([s.input_ids, s.answer_ids])[None], jnp.int32)
-    t_slots = audio.shape[1]
-
-    def logp_traced(gate):
-        gated = model.apply(variables, gate, audio[0], quiet[0], method=model.gate_audio)
-        embeds = model.apply(variables, ids, gated[None], n, method=model.embed_prompt)
-        hidden, _ = model.apply(variables, embeds, positions=jnp.arange(ids.shape[1])[None],
-                                mask=causal_mask(jnp.ones_like(ids)), method=model.decode)
-        logits = model.apply(variables, hidden, method=model.logits)[0, len(s.input_ids) - 1:-1]
-        return jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(s.answer_ids)[:, None], 1).sum()
-
-    def logp(gate):
-        return float(logp_traced(gate))
-
-    valid = (jnp.arange(t_slots) < s.num_tokens).astype(jnp.float32)
-    np.testing.assert_allclose(s.logp_full, logp(valid), rtol=1e-4, atol=1e-5)
-    grad = jax.grad(logp_traced)
-    expected = (grad(0.25 * valid) + grad(0.75 * valid)) / 2
-    scale = float(jnp.abs(expected).max())
-    np.testing.assert_allclose(s.local, np.asarray(expected)[: s.num_tokens], rtol=1e-3, atol=1e-4 * scale)
-    assert np.abs(s.local[750:]).max() > 1e-3 * scale  # the second window's tokens are scored too
+    inputs = scorer.adapter.inputs([clips[2]], [QUESTIONS[2]], 3200, padding_side="right", silence=True)
+    assert inputs.features.shape[-1] == inputs.silence_features.shape[-1] == 3200
+    assert int((inputs.input_ids == scorer.model.audio_token_id).sum()) == EXPECTED_TOKENS[2]

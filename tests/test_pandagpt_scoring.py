@@ -173,26 +173,19 @@ def test_model_options_the_pandagpt_port_lacks_are_refused():
         sweep.make_scorer(config)
 
 
-def test_launch_score_runs_a_pandagpt_directory(tmp_path, capsys):
-    """`launch.score` takes a PandaGPT directory as it takes a Qwen2-Audio one: the family is told by
-    the directory, and the record holds the AV token's prompt and the frames of the fbank slots."""
-    import json
+def test_launch_score_loads_a_pandagpt_directory_by_its_files(tmp_path):
+    """`launch.score` takes a PandaGPT directory as it takes a Qwen2-Audio one: its loader
+    (`report.load_scorer`, the family told by the directory) builds the same Scorer over the PandaGPT
+    adapter, whose programs the tests above check; its records then count the AV token's gate slots."""
     from pathlib import Path
 
-    import soundfile
-
     from agac_jax.models.pandagpt.parity import random_init_directory
-    from launch import score
+    from agac_jax.scoring import report
 
     directory = random_init_directory(Path(__file__).parents[1] / "configs" / "tiny_pandagpt.json", 0, tmp_path / "m")
-    wav = tmp_path / "clip.wav"
-    soundfile.write(wav, (0.1 * np.random.default_rng(0).standard_normal(32_000)).astype(np.float32), 16_000,
-                    subtype="FLOAT")
-    code = score.run(["score", f"--checkpoint={directory}", f"--audio={wav}", "--question=is there a dog ?",
-                      "--rate=100", "--keep=0.5", "--max_new_tokens=2"])
-    assert code == 0
-    [record] = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    config = json.loads((directory / "pandagpt_config.json").read_text())
-    assert record["input_ids"].count(config["audio_token_id"]) == 1
-    assert len(record["fused"]) == record["audio_tokens"] == 3 * 204  # the gate slots: fbank frames
-    assert len(record["frames"]["keep"]) == 50  # half of a 2 s clip's 100 frames (100 tokens/s, 2 a frame)
+    request = report.ScoreRequest(checkpoint=str(directory), audio=("clip.wav",), question="is there a dog ?")
+    scorer = report.load_scorer(str(directory), report.scoring_config(request, 1))
+    assert scorer.kind == "pandagpt" and scorer.uses_video  # videos are optional: without, the AV token is audio's
+    assert scorer.audio_token_count(32_000) == 1 and scorer.bucket_frames(32_000) == 200
+    assert report.expected_prompt(scorer, request.question, np.zeros(32_000, np.float32)).tolist() == \
+        scorer.adapter.prompt(request.question)

@@ -137,9 +137,8 @@ def test_integrated_gradients_in_chunks_of_steps_equal_one_step_at_a_time(model_
     together = Scorer.from_directory(model_dir, config if ON_CPU else dataclasses.replace(config, ig_chunk=4))
     assert together.ig_chunk == scorer_module.CPU_IG_CHUNK == 4
     alone = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=1))
-    every = Scorer.from_directory(model_dir, dataclasses.replace(config, ig_chunk=6))
     reference = alone.score(clips, QUESTIONS)
-    for other in (together, every):
+    for other in (together,):
         for a, b in zip(other.score(clips, QUESTIONS), reference):
             np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
             np.testing.assert_allclose(a.local, b.local, rtol=0, atol=1e-6 * np.abs(b.local).max())
