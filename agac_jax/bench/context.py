@@ -22,7 +22,7 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.data.synthetic_audio import synthetic
 from agac_jax.reference.torch_scores import MODES as REFERENCE_MODES
-from agac_jax.scoring.program import ESTIMATORS
+from agac_jax.scoring.settings import ESTIMATORS
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import numpy as np
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.bench.context import REPO_ROOT, BenchContext, ModelEntry, make_clips, median, score_timed
 from agac_jax.bench.report import json_default
-from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, Scorer, ScoringConfig
+from agac_jax.scoring.scorer import POSTER_LOCAL_SCORE, ScoringConfig
 
 WORKER_COMMAND = "import sys; from agac_jax.bench.sharding import worker_main; worker_main(sys.argv[1:])"
 

@@ -23,7 +23,7 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate_from_em
 from agac_jax.models.interface import RECEIVED, AudioLanguageModel, stack_sown
 from agac_jax.models.qwen2_audio.model import causal_mask
 from agac_jax.scoring import methods, selection
-from agac_jax.scoring.settings import ESTIMATORS, GATE_DOMAINS, LOCAL_SIGNS, TARGETS, ScoringConfig  # noqa: F401
+from agac_jax.scoring.settings import TARGETS, ScoringConfig
 
 Array = jax.Array
 

@@ -41,7 +41,7 @@ from agac_jax.audio.io import load_audio
 from agac_jax.models.qwen2_audio.checkpoints import CheckpointError
 from agac_jax.scoring import selection
 from agac_jax.scoring.methods import NAMES as METHODS
-from agac_jax.scoring.program import ESTIMATORS
+from agac_jax.scoring.settings import ESTIMATORS
 from agac_jax.scoring.methods import select_batch
 from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE, ClipScores, Scorer, ScoringConfig
 from agac_jax.models.qwen2_audio.tokenizer import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN

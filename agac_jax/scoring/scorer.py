@@ -27,8 +27,8 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.interface import ModelAdapter
 from agac_jax.scoring.program import ProgramSpec, answer_targets_batch, map_real_clips, score_batch
-from agac_jax.scoring.settings import (CPU_IG_CHUNK, DEFAULT_AXIS_RULES, MESH_AXES, POSTER_ALPHA,  # noqa: F401
-                                       POSTER_LOCAL_SCORE, TARGETS, ScoringConfig, keep_ratio_fraction)
+from agac_jax.scoring.settings import (CPU_IG_CHUNK, POSTER_ALPHA, POSTER_LOCAL_SCORE,  # noqa: F401 - the
+                                       TARGETS, ScoringConfig, keep_ratio_fraction)  # poster's settings, for callers
 from agac_jax.scoring.sharding import fsdp_axis_rules, make_mesh
 
 _log = logging.getLogger(__name__)
