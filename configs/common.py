@@ -1,7 +1,7 @@
 """The fields every sweep config starts from (big_vision's `configs/common.py`).
 
 Launch configs (`configs/*.py: get_config(arg)`) call `base_config()` and override what they need.
-Scoring defaults are not restated here: each comes from `agac_jax.scoring.scorer.ScoringConfig`,
+Scoring defaults are not restated here: each comes from `agac_jax.scoring.settings.ScoringConfig`,
 where it is written once and commented.
 """
 
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from agac_jax.eval.faithfulness import DEFAULT_RHOS
-from agac_jax.eval.results import DEFAULT_SWEEP_METHODS
-from agac_jax.scoring.scorer import MESH_AXES, ScoringConfig
+from agac_jax.scoring.settings import DEFAULT_RHOS, MESH_AXES, POOLED_METHODS, SELECTION_METHODS, ScoringConfig
 
 _SCORING = ScoringConfig()
 
@@ -75,8 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh.fsdp = _SCORING.fsdp  # True: also split every weight's model width ('embed') over 'data'
     #   (FSDP, gathered where used): for a small 'model' axis and a large batch (bench/README.md, "What fits where")
 
-    config.methods = DEFAULT_SWEEP_METHODS  # DESIGN.md section 4's; rho = 1 of every selecting method is `codec`;
-    #                                     the adaptive ones (adaptive_mass, adaptive_pool) are asked for by name
+    config.methods = ("original", "codec") + tuple(m for m in SELECTION_METHODS if m not in POOLED_METHODS)
+    #   DESIGN.md section 4's; rho = 1 of every selecting method is `codec`; the adaptive ones
+    #   (adaptive_mass, adaptive_pool) are asked for by name
     config.rates = _SCORING.rates  # codec token rates r (tokens/s; a frame is 2 / r s)
     config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
     config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import ml_collections
 
-from agac_jax.scoring.scorer import POSTER_ALPHA, POSTER_LOCAL_SCORE
+from agac_jax.scoring.settings import POSTER_ALPHA, POSTER_LOCAL_SCORE
 from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

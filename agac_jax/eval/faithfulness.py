@@ -33,8 +33,7 @@ import numpy as np
 
 from agac_jax.eval import metrics
 from agac_jax.scoring import methods
-
-DEFAULT_RHOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+from agac_jax.scoring.settings import DEFAULT_RHOS
 FLAT_ENDS = 1e-6  # log-odds ends closer than this leave a clip out of the normalised areas
 
 

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 from agac_jax.cli import errors
 from agac_jax.eval import atomic, lock
 
-from agac_jax.scoring.methods import METHODS as SELECTION_REGISTRY, NAMES as SELECTION_METHOD_NAMES
+from agac_jax.scoring.settings import POOLED_METHODS, SELECTION_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +59,9 @@ FAILURE_STAGES = ("load", "score", "select", "codec", "answer")
 TRANSIENT_CODEC_ERRORS = frozenset({"SidecarCrashed", "Timeout"})
 
 # The methods of DESIGN.md section 4 and the adaptive ones, in table order; all but the first two select frames.
-METHODS = ("original", "codec") + SELECTION_METHOD_NAMES  # `original`: no codec; `codec`: rho = 1
+METHODS = ("original", "codec") + SELECTION_METHODS  # `original`: no codec; `codec`: rho = 1
 SELECTING_METHODS = METHODS[2:]
-# A sweep's default methods: all but the adaptive ones, whose kept frames depend on which clips are selected
-# together (a sweep batch; a resume or another batch size groups them otherwise), so a sweep asks for them.
-DEFAULT_SWEEP_METHODS = tuple(m for m in METHODS if m not in SELECTION_REGISTRY or SELECTION_REGISTRY[m].pool is None)
+DEFAULT_SWEEP_METHODS = tuple(m for m in METHODS if m not in POOLED_METHODS)  # a sweep asks for the adaptive ones
 
 
 class CorruptResultsError(errors.UserError, ValueError):

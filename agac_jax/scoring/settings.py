@@ -22,6 +22,14 @@ CPU_IG_CHUNK = 4  # IG steps vmapped together on CPU: 12 mixed clips at 16 steps
 #                   1.70 s against 2.08 s one at a time and 1.93 s all 16 (3x the temporaries)
 MAX_RHO_DENOMINATOR = 10_000
 
+# The selection methods in table order (`methods.METHODS` holds each one's rule under the same name), and
+# the adaptive ones among them: their kept frames depend on which clips are selected together (a sweep
+# batch; a resume or another batch size groups them otherwise), so a sweep runs them only when asked.
+SELECTION_METHODS = ("fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk",
+                     "adaptive_mass", "adaptive_pool")
+POOLED_METHODS = ("adaptive_mass", "adaptive_pool")
+DEFAULT_RHOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # a faithfulness curve's keep ratios
+
 ESTIMATORS = ("occlusion", "integrated_gradients")
 # What the local score contrasts (DESIGN.md: the answer's log-probability). "log_odds" sums per answer
 # token log p / (1 - p), computed from the logits; it does not flatten when the model is saturated.
