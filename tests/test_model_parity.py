@@ -198,8 +198,9 @@ def test_output_rows_equal_the_full_pass_on_those_rows_with_and_without_a_cache(
                cache_index=5, output_rows=r) for r in (None, rows[:, 1:] - 5))
     assert_close(rows_tail, np.take_along_axis(np.asarray(full_tail), np.asarray(rows[:, 1:] - 5)[..., None], axis=1),
                  "output rows after a cache")
-    for a, e in zip(jax.tree.leaves(kv_rows), jax.tree.leaves(kv_full)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+    for a, e in zip(jax.tree.leaves(kv_rows), jax.tree.leaves(kv_full)):  # the same layers; XLA may fuse the two
+        e = np.asarray(e)                                                     # programs apart: a float32 ulp
+        np.testing.assert_allclose(np.asarray(a), e, rtol=1e-6, atol=1e-6 * np.abs(e).max())
     with pytest.raises(ValueError, match="cannot be combined"):
         model.apply(variables, embeds, positions=positions, mask=mask, query_weights=jnp.ones((b, s, 1)), output_rows=rows,
                     method=model.decode)
