@@ -414,7 +414,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
 
 def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
     """Builds summary.csv, per_seed.csv, tables.md and plots/ from every results file of a workdir, and
-    captions.csv and the caption tables (`eval.captions`) from its caption records, if any.
+    captions.csv and the caption tables with their paired statistics (`eval.captions`) from its caption
+    records, if any.
 
     Each output is replaced atomically (`atomic`): a kill leaves the previous file or the new one.
 
@@ -444,7 +445,7 @@ def merge(workdir: Path | str, *, allow_partial: bool = False) -> MergeOutputs:
     summary_csv = tables.write_summary_csv(rows, workdir / "summary.csv")
     per_seed_csv = tables.write_per_seed_csv(per_seed, workdir / "per_seed.csv")
     backend = stored.get("codec", {}).get("backend")
-    caption_rows = captions.summarize_caption_rows(captions.caption_seed_metrics(caption_records))
+    caption_rows = captions.caption_rows(caption_records)
     captions_csv = captions.write_captions_csv(caption_rows, workdir / "captions.csv") if caption_rows else None
     markdown = tables.render_markdown(rows, records, results.read_skipped(workdir), codec_backend=backend,
                                       caption_tables=captions.markdown(caption_rows, backend))
