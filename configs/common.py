@@ -75,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.methods = ("original", "codec") + tuple(m for m in SELECTION_METHODS if m not in POOLED_METHODS)
     #   DESIGN.md section 4's; rho = 1 of every selecting method is `codec`; the adaptive ones
-    #   (adaptive_mass, adaptive_pool) are asked for by name
+    #   (adaptive_mass, adaptive_pool, adaptive_kind) are asked for by name
+    config.kind_weights = ()  # adaptive_kind: ((question kind, weight), ...), calibrated on a validation
+    #                           split (configs/estimator_study.py:kinds); an unlisted kind, or none, weighs 1
     config.rates = _SCORING.rates  # codec token rates r (tokens/s; a frame is 2 / r s)
     config.rhos = (1.0, 0.9, 0.7)  # keep ratios, exact as written
     config.seeds = (0, 1, 2)  # change `random` (and a stochastic codec's draw); the split stays fixed

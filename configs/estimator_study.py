@@ -27,11 +27,15 @@ Variants (`--config=configs/estimator_study.py:NAME`):
   validation  the 80 clips of the scenes validation split (220 questions), the default's estimator
            read over 5, 9 and 15 tokens, alphas 0.5 to 1, random one draw: where the default's reading
            and alpha were chosen (4 min 48 s on 2 cores);
+  kinds    the default setting at alpha 0.75 on the scenes validation split (80 clips, 220 questions):
+           calibrates `adaptive_kind`'s weight per question kind (kind_weights.json; KIND_WEIGHTS);
   adaptive the default setting (IG 8 on the log-odds, |local| over 9 tokens, alpha 0.75) on both
            benchmarks' test splits (24 synthetic clips, 90 scenes clips), fused at fixed rho against the
            adaptive selectors (`adaptive_mass`, `adaptive_pool`) at rho-bar 0.3, 0.5, 0.7, each
            benchmark's questions one budget pool; no baselines. Writes adaptive.md (paired tests),
            adaptive.csv and ac_vs_tokens.png besides the study's outputs;
+  adaptive_kind  the adaptive variant's scenes benchmark with `adaptive_kind` alone (KIND_WEIGHTS),
+           the one benchmark whose kinds were calibrated;
   local    4 clips of each benchmark, two settings, one alpha: a smoke run.
 """
 
@@ -44,7 +48,7 @@ import ml_collections
 from configs.common import base_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "quick", "targets", "validation", "adaptive", "local")
+VARIANTS = ("default", "quick", "targets", "validation", "kinds", "adaptive", "adaptive_kind", "local")
 _RAW = tuple(f"occlusion/{w}/{t}" for t in ("logp", "log_odds") for w in (1, 3, 9)) + tuple(
     f"integrated_gradients/{n}/{t}" for t in ("logp", "log_odds") for n in (4, 8, 16, 32))
 READ = "magnitude/smooth9"  # the default reading of the local score: |local| over 9 tokens (0.36 s)
@@ -53,6 +57,10 @@ QUICK_SETTINGS = ("occlusion/1/logp", "occlusion/1/log_odds", "integrated_gradie
                   "integrated_gradients/8/log_odds", "integrated_gradients/16/logp",
                   "integrated_gradients/8/log_odds/input", f"occlusion/1/logp/{READ}",
                   f"integrated_gradients/8/log_odds/{READ}", f"integrated_gradients/8/log_odds/input/{READ}")
+# adaptive_kind's weights: each scenes question kind's mean share of frames fused needs to keep all of a
+# question's evidence, over the mean of all (the `kinds` variant on the validation split, 180 questions
+# with evidence: bench/results/estimator_study_kinds/kind_weights.json)
+KIND_WEIGHTS = (("count", 0.955), ("existence", 0.7911), ("order", 1.1992))
 SHIPPED = REPO_ROOT / "assets" / "tiny_qwen2audio"
 SCENES_MODEL = REPO_ROOT / "assets" / "tiny_qwen2audio_scenes"
 
@@ -87,11 +95,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.curve_rhos = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)  # ratios of the curves (from 0 to 1)
     config.random_draws = 4  # draws of the random baseline averaged (one moves its A.C. at rho 0.5 by ~1 point)
     config.selectors = ()  # more registry selectors measured like fused at curve_alpha, compared with it (adaptive.md)
+    config.calibrate_kinds = False  # write adaptive_kind's weights per question kind (kind_weights.json)
     config.baselines = ("energy", "random", "attention")  # measured once per benchmark
     config.scoring.max_new_tokens = 4  # the tiny models answer one word and <|im_end|>
     config.scoring.max_text_tokens = 32  # the synthetic prompts have at most 32 text tokens
     config.scoring.buckets_seconds = (5, 10, 15)  # synthetic clips last 3 to 12 s
-    config.rates = (50,)  # the program's own keep masks: one rate
     if variant == "quick":
         config.benchmarks = [_benchmark("synthetic", 12, SHIPPED, "synthetic"),
                              _benchmark("synthetic_scenes", 20, scenes_model, "scenes")]
@@ -111,13 +119,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.alphas = (0.5, 0.6, 0.75, 1.0)  # the poster's weight to AAD alone
         config.curve_rhos = (0.0, 0.5, 1.0)  # A.C. at rho 0.5
         config.random_draws = 1  # one draw: a check, not the study's figure
-    if variant == "adaptive":
+    if variant == "kinds":
+        config.benchmarks = [_benchmark("synthetic_scenes", 80, scenes_model, "scenes validation")]
+        config.benchmarks[0].dataset.split = "validation"  # not the test clips the weights are used on
+        config.settings = (f"integrated_gradients/8/log_odds/{READ}",)  # the project's default local score
+        config.alphas = (0.75,)  # the default's alpha
+        config.curve_rhos = (0.0, 0.5, 1.0)  # the fewest curve ratios: the weights are the output
+        config.baselines = ()
+        config.calibrate_kinds = True
+    if variant in ("adaptive", "adaptive_kind"):
         config.settings = (f"integrated_gradients/8/log_odds/{READ}",)  # the project's default local score
         config.alphas = (0.75,)  # the default's alpha, with the curves
         config.recall_rhos = (0.3, 0.5, 0.7)  # rho-bar: fixed rho for fused, the budget for the adaptive ones
         config.curve_rhos = (0.0, 0.3, 0.5, 0.7, 1.0)  # insertion A.C. at each rho-bar
         config.selectors = ("adaptive_mass", "adaptive_pool")
         config.baselines = ()  # measured by the targets variant
+    if variant == "adaptive_kind":
+        config.benchmarks = config.benchmarks[1:]  # the scenes test split (the kinds calibrated on its validation)
+        config.selectors = ("adaptive_kind",)
+        config.kind_weights = KIND_WEIGHTS
     if variant == "local":
         config.benchmarks = [_benchmark("synthetic", 4, SHIPPED, "synthetic"),
                              _benchmark("synthetic_scenes", 4, scenes_model, "scenes")]

@@ -12,7 +12,8 @@ from agac_jax.audio import grids
 from agac_jax.eval import results
 from agac_jax.scoring import budget, methods, selection
 
-ADAPTIVE = ("adaptive_mass", "adaptive_pool")
+ADAPTIVE = ("adaptive_mass", "adaptive_pool", "adaptive_kind")
+BY_SCORES = ("adaptive_mass", "adaptive_pool")  # the rules that read the scores (adaptive_kind: the kind)
 RATE = 25  # a frame is 2 audio tokens (1280 samples)
 TOKEN = grids.SAMPLES_PER_AUDIO_TOKEN
 
@@ -83,7 +84,7 @@ def test_the_budget_is_fixed_rhos_total_exactly(pool, method, rho):
         np.testing.assert_array_equal(keep, top)
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", BY_SCORES)
 def test_k_follows_the_clips_score_concentration(pool, method):
     """A short event keeps fewer frames than fixed rho, a clip that is evidence throughout more."""
     scores, waves = pool
@@ -166,9 +167,9 @@ def test_allocate_counts_and_ties():
 
 
 def test_mass_priority_of_a_clip_without_mass_is_even():
-    share = -np.asarray(budget.mass_priority(jnp.zeros(4), jnp.asarray([True, True, True, False])))
+    share = -np.asarray(budget.mass_priority(jnp.zeros(4), jnp.asarray([True, True, True, False]), 1.0))
     np.testing.assert_allclose(share[:3], [0.0, 1 / 3, 2 / 3])
-    share = -np.asarray(budget.mass_priority(jnp.asarray([3.0, 1.0, 0.0, -1.0]), jnp.ones(4, bool)))
+    share = -np.asarray(budget.mass_priority(jnp.asarray([3.0, 1.0, 0.0, -1.0]), jnp.ones(4, bool), 1.0))
     np.testing.assert_allclose(share, [0.0, 0.75, 1.0, 1.0])
 
 
@@ -186,8 +187,11 @@ def test_adaptive_methods_are_ordinary_registry_methods():
 
 def test_study_compares_adaptive_with_fused_at_equal_frames(tmp_path):
     """The study's adaptive variant on two synthetic clips: every selector keeps the same frames in all,
-    adaptive.md holds the paired differences, the plot is written, and a rerun scores nothing again."""
+    adaptive.md holds the paired differences, the plot is written, and a rerun scores nothing again.
+    Calibrating the kinds on the same clips writes kind_weights.json, and adaptive_kind keeps frames
+    by the configured weights."""
     import csv
+    import json
 
     from agac_jax.eval import adaptive, study
     from configs.estimator_study import get_config
@@ -196,8 +200,11 @@ def test_study_compares_adaptive_with_fused_at_equal_frames(tmp_path):
     config.benchmarks = config.benchmarks[:1]
     config.benchmarks[0].dataset.num_clips = 2
     config.settings = ("integrated_gradients/2/log_odds/magnitude/smooth9",)
+    config.selectors = ("adaptive_mass", "adaptive_kind")  # adaptive_pool's study path is adaptive_mass's
+    config.kind_weights = (("count", 3.0), ("existence", 0.5), ("order", 1.0))
+    config.calibrate_kinds = True
     rows = study.run_study(config, tmp_path)
-    assert [row["selector"] for row in rows] == ["fused", "adaptive_mass", "adaptive_pool", "aad"]
+    assert [row["selector"] for row in rows] == ["fused", "adaptive_mass", "adaptive_kind", "aad"]
     lines = list(csv.DictReader((tmp_path / "adaptive.csv").open()))
     assert len(lines) == 3 * 3
     for rho in (0.3, 0.5, 0.7):
@@ -209,7 +216,13 @@ def test_study_compares_adaptive_with_fused_at_equal_frames(tmp_path):
             if line["selector"] != "fused":
                 assert float(line["insertion_p_holm"]) >= float(line["insertion_p"])
     kept = {row["selector"]: row[adaptive.PER_QUESTION]["kept_0.5"] for row in rows[:3]}
-    assert sum(kept["fused"]) == sum(kept["adaptive_mass"]) == sum(kept["adaptive_pool"])
+    assert sum(kept["fused"]) == sum(kept["adaptive_mass"]) == sum(kept["adaptive_kind"])
+    kinds = [group.split()[0] for group in rows[0][adaptive.PER_QUESTION]["groups"]]
+    if len(set(kinds)) > 1:  # the weights move frames between kinds
+        assert kept["adaptive_kind"] != kept["fused"]
+    stored = json.loads((tmp_path / adaptive.KIND_WEIGHTS_NAME).read_text())["synthetic"]
+    assert stored["rate"] == config.rate and {kind for kind, _ in stored["kind_weights"]} == set(kinds)
+    assert all(weight > 0 for _, weight in stored["kind_weights"])
     assert "| adaptive_mass | 0.5 |" in (tmp_path / "adaptive.md").read_text()
     assert (tmp_path / "ac_vs_tokens.png").stat().st_size > 1000
     assert len(study.run_study(config, tmp_path)) == len(rows)
@@ -223,3 +236,50 @@ def test_paired_difference_and_sign_test():
     out = adaptive.paired(a, b)
     assert out["diff"] == pytest.approx(50.0) and (out["better"], out["worse"]) == (2, 0)
     assert out["p"] == pytest.approx(0.5) and out["low"] <= 50.0 <= out["high"]
+
+
+def test_kind_weights_set_each_clips_keep_ratio(pool):
+    """adaptive_kind: equal weights keep exactly fixed rho's frames; unequal ones keep the same total
+    with each clip's keep ratio in proportion to its weight (to a frame), top-k by fused score."""
+    scores, waves = pool
+    for rho in (0.3, 0.5):
+        fused = methods.select_batch(scores, waves, "fused", RATE, rho, [0] * 5)
+        for weights in (None, [1.0] * 5, [3.0] * 5):
+            kept = methods.select_batch(scores, waves, "adaptive_kind", RATE, rho, [0] * 5, weights)
+            for a, b in zip(kept, fused):
+                np.testing.assert_array_equal(a, b)
+    weights = [2.0, 1.0, 1.0, 0.5, 1.0]
+    kept = methods.select_batch(scores, waves, "adaptive_kind", RATE, 0.3, [0] * 5, weights)
+    frames = np.asarray([selection.static_num_frames(s.n_samples, RATE) for s in scores])
+    assert _counts(kept).sum() == _fixed(scores, 0.3).sum()
+    threshold = _counts(kept) / (frames * np.asarray(weights))  # one threshold t: k_i ~ t w_i N_i
+    assert np.ptp(threshold) <= 1.0 / (frames * np.asarray(weights)).min() + 1e-9
+    assert _counts(kept)[0] > _fixed(scores, 0.3)[0] and _counts(kept)[3] < _fixed(scores, 0.3)[3]
+    for s, keep in zip(scores, kept):
+        f = _frame_scores(s)
+        top = selection.kept_indices(np.asarray(selection.topk_keep(f, np.ones(len(f), bool), len(keep))))
+        np.testing.assert_array_equal(keep, top)
+    with pytest.raises(ValueError, match="weights must be 5 finite values > 0"):
+        methods.select_batch(scores, waves, "adaptive_kind", RATE, 0.3, [0] * 5, [1.0, 1.0, 0.0, 1.0, 1.0])
+
+
+def test_kind_weights_are_calibrated_from_the_evidence_share_each_kind_needs():
+    from agac_jax.eval import adaptive
+
+    recalls = {0.25: np.asarray([1.0, 0.5, np.nan, 0.2, 0.0]), 0.5: np.asarray([1.0, 1.0, np.nan, 0.9, 0.5]),
+               1.0: np.asarray([1.0, 1.0, np.nan, 1.0, 0.9])}
+    shares = adaptive.evidence_shares(recalls)
+    np.testing.assert_array_equal(shares, [0.25, 0.5, np.nan, 1.0, np.nan])  # last: never all of it
+    kinds = ["existence", "existence", "existence", "count", "order"]
+    calibrated = adaptive.calibrate_kind_weights(kinds, shares)
+    mean = (0.25 + 0.5 + 1.0) / 3
+    assert calibrated["existence"] == dict(weight=pytest.approx(0.375 / mean), mean_share=0.375, questions=2)
+    assert calibrated["count"]["weight"] == pytest.approx(1.0 / mean)
+    assert calibrated["order"]["weight"] == 1.0 and calibrated["order"]["questions"] == 0
+    pairs = [(kind, v["weight"]) for kind, v in calibrated.items()]
+    assert adaptive.sample_weights(["count", "speech", None], pairs) == [pytest.approx(1.0 / mean), 1.0, 1.0]
+    with pytest.raises(ValueError, match="finite and > 0"):
+        adaptive.sample_weights(["count"], [("count", -1.0)])
+    with pytest.raises(ValueError, match="nothing to calibrate"):
+        adaptive.calibrate_kind_weights(["count"], np.asarray([np.nan]))
+

@@ -147,6 +147,9 @@ def test_full_run_writes_every_output(full_run, config, split_dir):
     records = results.read_records(workdir / "results.jsonl")
     assert {r.key for r in records} == expected and len(records) == len(expected) == outcome.written
     assert outcome.failed == 0 and all(r.ok for r in records)
+    timing = outcome.timing  # the scoring, generation and selection programs the loop made
+    assert timing["compile_programs"] >= 3 and 0 <= timing["compile_loaded"] <= timing["compile_programs"]
+    assert timing["compile_compile_s"] > 0 and timing["compile_trace_s"] > 0 and timing["compile_lower_s"] > 0
     for r in records:
         if r.method == "original":
             assert r.answer_compressed == r.answer_original and r.kept_frames is None
@@ -395,7 +398,8 @@ def test_adaptive_methods_keep_fused_frames_per_batch(config, scorer, tmp_path):
     from agac_jax.data import load_dataset
 
     adaptive = config.copy_and_resolve_references()
-    adaptive.methods = ("original", "fused", "adaptive_mass", "adaptive_pool")
+    adaptive.methods = ("original", "fused", "adaptive_mass", "adaptive_pool", "adaptive_kind")
+    adaptive.kind_weights = (("order", 2.0), ("existence", 0.5))
     adaptive.seeds = (0,)
     outcome = sweep.run_sweep(adaptive, tmp_path, scorer=scorer)
     assert outcome.failed == 0
@@ -406,9 +410,15 @@ def test_adaptive_methods_keep_fused_frames_per_batch(config, scorer, tmp_path):
     for start in range(0, len(order), size):
         batch = order[start:start + size]
         fused = sum(kept[(s, "fused")] for s in batch)
-        for method in ("adaptive_mass", "adaptive_pool"):
+        for method in ("adaptive_mass", "adaptive_pool", "adaptive_kind"):
             assert sum(kept[(s, method)] for s in batch) == fused and min(kept[(s, method)] for s in batch) >= 1
+    kinds = {s.sample_id: s.kind for s in load_dataset(adaptive.dataset)[1].samples}
+    ordering = [s for s in order if kinds[s] == "order"]
+    existence = [s for s in order if kinds[s] == "existence"]
+    assert ordering and existence  # the weights move frames from existence to order questions
+    assert sum(kept[(s, "adaptive_kind")] for s in ordering) >= sum(kept[(s, "fused")] for s in ordering)
+    assert sum(kept[(s, "adaptive_kind")] for s in existence) <= sum(kept[(s, "fused")] for s in existence)
     rows = {row["method"]: row for row in csv.DictReader((tmp_path / "summary.csv").open()) if row["rho"] == "0.5"}
-    assert set(rows) == {"fused", "adaptive_mass", "adaptive_pool"}
+    assert set(rows) == {"fused", "adaptive_mass", "adaptive_pool", "adaptive_kind"}
     assert all(0 < float(row["keep_ratio_mean_mean"]) <= 1 for row in rows.values())
     assert "| `adaptive_pool` | 50 | 0.5 |" in (tmp_path / "tables.md").read_text()

@@ -17,6 +17,13 @@ selector is compared with fused, question by question:
 p-values are Holm-corrected over a benchmark's tests (`stats.holm`). Outputs: `adaptive.md`,
 `adaptive.csv` and `ac_vs_tokens.png` (A.C. against the share of frames kept, fixed against
 adaptive) in the study's workdir.
+
+`adaptive_kind` weighs each clip by its question kind (`kind_weights`, calibrated on a validation
+split by `calibrate_kind_weights`): per kind, the mean over its questions with evidence of the
+smallest keep ratio (on the grid CALIBRATION_RHOS) at which fused keeps all of the question's evidence
+frames, divided by that mean over every kind's questions. A kind whose evidence is one event (existence)
+needs fewer frames than one whose answer counts every occurrence. The weight is the kind's alone: the
+answer is not known when the clip is compressed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ import numpy as np
 from agac_jax.eval import atomic, stats
 
 PER_QUESTION = "per_question"
+CALIBRATION_RHOS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05, 0.1, ..., 1.0
+KIND_WEIGHTS_NAME = "kind_weights.json"
 REFERENCE = "fused"
 MEASURES = ("recall", "insertion", "joined")
 
@@ -61,6 +70,44 @@ def per_question(outcomes: Mapping[float, tuple[np.ndarray, np.ndarray]], curves
             column = list(curves.rhos).index(rho)
             out[f"insertion_{rho:g}"] = [int(bool(c)) for c in curves.consistent_insertion[:, column]]
     return {PER_QUESTION: out}
+
+
+def evidence_shares(recalls: Mapping[float, np.ndarray]) -> np.ndarray:
+    """float64 [N]: per question, the smallest ratio rho of `recalls` ({rho: recall [N], NaN without
+    evidence}) at which the recall is 1; NaN without evidence (or, off the grid, never reached)."""
+    rhos = sorted(recalls)
+    first = np.full(len(recalls[rhos[0]]), np.nan)
+    for rho in reversed(rhos):
+        first = np.where(np.asarray(recalls[rho]) >= 1.0, rho, first)
+    return first
+
+
+def calibrate_kind_weights(kinds: Sequence[str], shares: np.ndarray) -> dict[str, dict[str, float]]:
+    """{kind: {"weight", "mean_share", "questions"}}: each kind's mean evidence share (`evidence_shares`)
+    over its questions that have one, over the mean of all of them; kinds sorted. A kind without such
+    a question weighs 1."""
+    kinds = np.asarray(kinds)
+    shares = np.asarray(shares, np.float64)
+    known = np.isfinite(shares)
+    if not known.any():
+        raise ValueError("no question has evidence that fused reaches: nothing to calibrate the kinds on")
+    overall = float(shares[known].mean())
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        mine = known & (kinds == kind)
+        mean = float(shares[mine].mean()) if mine.any() else math.nan
+        out[kind] = dict(weight=mean / overall if mine.any() else 1.0, mean_share=mean, questions=int(mine.sum()))
+    return out
+
+
+def sample_weights(kinds: Sequence[str | None], weights: Sequence[Sequence[Any]]) -> list[float]:
+    """Each sample's `adaptive_kind` weight from `weights` ((kind, weight) pairs, a config's
+    `kind_weights`); a sample whose kind is not listed, or that has none, weighs 1."""
+    table = {str(kind): float(weight) for kind, weight in weights}
+    bad = {kind: w for kind, w in table.items() if not (math.isfinite(w) and w > 0)}
+    if bad:
+        raise ValueError(f"kind_weights must be finite and > 0; got {bad}")
+    return [table.get(kind, 1.0) if kind else 1.0 for kind in kinds]
 
 
 def _values(row: Mapping[str, Any], measure: str, rho: float) -> np.ndarray:

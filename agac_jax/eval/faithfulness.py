@@ -153,7 +153,8 @@ def curve_ends(scorer: Any, scores: Sequence[Any], waveforms: Sequence[np.ndarra
 
 def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
                     questions: Sequence[str], *, rate: int, rhos: Sequence[float] = DEFAULT_RHOS,
-                    seeds: Sequence[int] | None = None, ends: CurveEnds | None = None) -> Curves:
+                    seeds: Sequence[int] | None = None, ends: CurveEnds | None = None,
+                    weights: Sequence[float] | None = None) -> Curves:
     """The deletion and insertion curves of `selector` (a name of `methods.METHODS`) over clips.
 
     Args:
@@ -164,6 +165,7 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
       rhos: increasing ratios from 0 to 1.
       seeds: per clip, the `random` selector's seed (default 0).
       ends: `curve_ends` of these clips, scores and questions (computed here when None).
+      weights: per clip, its share weight under `adaptive_kind` (`methods.select_batch`).
     """
     rhos = tuple(float(r) for r in rhos)
     if rhos[0] != 0.0 or rhos[-1] != 1.0 or any(b <= a for a, b in zip(rhos, rhos[1:])):
@@ -176,7 +178,7 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
     inner = rhos[1:-1]
     # per clip, (insertion, deletion) per inner rho
     clips: list[np.ndarray] = []
-    kept = {rho: methods.select_batch(scores, waveforms, selector, rate, rho, seeds) for rho in inner}
+    kept = {rho: methods.select_batch(scores, waveforms, selector, rate, rho, seeds, weights) for rho in inner}
     for i, wave in enumerate(waveforms):
         for rho in inner:
             clips.extend(altered_clips(np.asarray(wave, np.float32), kept[rho][i], rate))
@@ -198,13 +200,14 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
 
 def joined_consistency(scorer: Any, selector: str, scores: Sequence[Any], waveforms: Sequence[np.ndarray],
                        questions: Sequence[str], *, rate: int, rho: float, seeds: Sequence[int] | None = None,
-                       crossfade_ms: float | None = None) -> np.ndarray:
+                       crossfade_ms: float | None = None, weights: Sequence[float] | None = None) -> np.ndarray:
     """bool [N]: whether each clip's greedy answer is still the original when the clip is only the
-    top-`rho` frames of `selector` joined in time order (what the codec would be handed), no codec."""
+    top-`rho` frames of `selector` joined in time order (what the codec would be handed), no codec;
+    `weights`: per clip, its share weight under `adaptive_kind`."""
     from agac_jax.codec.frames import DEFAULT_CROSSFADE_MS, join_frames
 
     fade = DEFAULT_CROSSFADE_MS if crossfade_ms is None else crossfade_ms
     seeds = list(seeds) if seeds is not None else [0] * len(scores)
-    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds, weights)
     clips = [join_frames(np.asarray(wave, np.float32), keep, rate, fade) for wave, keep in zip(waveforms, kept)]
     return _agreement(scorer, clips, range(len(clips)), scores, questions)

@@ -22,7 +22,7 @@ from agac_jax.audio.io import validate_waveform
 from agac_jax.codec import CodecClient, CodecReply, CodecRequest, num_frames
 from agac_jax.codec.pipeline import CodecPipeline
 from agac_jax.data.common import AudioQASample
-from agac_jax.eval import cider, flops, lock, metrics, results
+from agac_jax.eval import adaptive, cider, flops, lock, metrics, results
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import SELECTING_METHODS, Failure, ResultRecord, TaskKey
 
@@ -67,7 +67,7 @@ class Job:
 
     item: Sample
     rate: int
-    kept: np.ndarray
+    keep: np.ndarray  # bool [frames at `rate`]: the frames the codec keeps
     tasks: list[tuple[TaskKey, float]]  # (key, seconds spent selecting)
 
 
@@ -91,7 +91,7 @@ class Context:
 
     dataset_name: str
     scorer: SweepScorer
-    select_batch: Callable[..., list[np.ndarray]]
+    select_masks: Callable[..., list[np.ndarray]]  # `methods.select_batch_masks`
     decoder_shape: flops.DecoderShape
     writer: results.ResultsWriter
     progress: Progress
@@ -110,6 +110,7 @@ class Context:
     codec_wait_seconds: float = 0.0  # time this thread was blocked waiting for replies
     curves: Any = None  # sweep_curves.CurveSettings, or None: no curves
     curve_writer: results.ResultsWriter | None = None  # appends sweep_curves.CurveRecord lines
+    kind_weights: Sequence[Sequence[Any]] = ()  # adaptive_kind's (question kind, weight) pairs
 
     def codec_pipeline(self) -> CodecPipeline:
         if self.codec is None:
@@ -323,17 +324,20 @@ def _write_originals(ctx: Context, item: Sample) -> None:
 
 
 def _select(ctx: Context, members: Sequence[tuple[Sample, TaskKey]]) -> list[np.ndarray]:
-    """Kept frames of one (method, rate, rho, seed) for several samples, in one batched call."""
+    """Keep masks of one (method, rate, rho, seed) for several samples, in one batched call."""
     method, rate, rho, seed = members[0][1].method, members[0][1].rate, members[0][1].rho, members[0][1].seed
     if method == "codec":
-        return [np.arange(num_frames(item.waveform.size, rate), dtype=np.int64) for item, _ in members]
-    kept = ctx.select_batch([item.scores for item, _ in members], [item.waveform for item, _ in members], method,
-                            rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _ in members])
-    return [np.asarray(k, dtype=np.int64) for k in kept]
+        return [np.ones(num_frames(item.waveform.size, rate), bool) for item, _ in members]
+    weights = None
+    if method == "adaptive_kind":
+        weights = adaptive.sample_weights([getattr(item.sample, "kind", None) for item, _ in members],
+                                          ctx.kind_weights)
+    return ctx.select_masks([item.scores for item, _ in members], [item.waveform for item, _ in members], method,
+                            rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _ in members], weights)
 
 
 def _kept_frames(ctx: Context, items: Sequence[Sample]) -> dict[tuple[int, TaskKey], tuple[np.ndarray, float]]:
-    """(kept frames, seconds) of every compressed task of the batch, keyed by (id(item), key); a
+    """(keep mask, seconds) of every compressed task of the batch, keyed by (id(item), key); a
     (method, rate, rho, seed) is selected for all samples at once, and sample by sample if that
     fails, recording the samples whose selection fails."""
     groups: dict[tuple, list[tuple[Sample, TaskKey]]] = {}
@@ -360,9 +364,9 @@ def _plan_jobs(ctx: Context, items: Sequence[Sample]) -> list[Job]:
         for key in item.tasks:
             if (id(item), key) not in kept:
                 continue
-            frames, spent = kept[(id(item), key)]
-            identity = (id(item), key.rate, frames.tobytes()) if ctx.deterministic_codec else (id(item), key)
-            job = jobs.setdefault(identity, Job(item=item, rate=key.rate, kept=frames, tasks=[]))
+            mask, spent = kept[(id(item), key)]
+            identity = (id(item), key.rate, mask.tobytes()) if ctx.deterministic_codec else (id(item), key)
+            job = jobs.setdefault(identity, Job(item=item, rate=key.rate, keep=mask, tasks=[]))
             job.tasks.append((key, spent))
     return list(jobs.values())
 
@@ -371,7 +375,7 @@ def _compressed_records(ctx: Context, job: Job, reply: CodecReply, answer: str, 
                         ) -> list[ResultRecord]:
     item, n = job.item, int(job.item.waveform.size)
     total_frames = num_frames(n, job.rate)
-    mask = metrics.keep_mask_from_indices(job.kept, total_frames)
+    mask = job.keep
     counts = metrics.token_counts(n, mask, job.rate, ctx.scorer.audio_token_count)
     evidence = item.sample.evidence
     recall = None if evidence is None else metrics.evidence_recall(mask, evidence, n, job.rate)
@@ -385,7 +389,7 @@ def _compressed_records(ctx: Context, job: Job, reply: CodecReply, answer: str, 
         }
         records.append(_record(
             ctx, item, key, answer_compressed=answer, parsed_compressed=parse_reply(item.sample, answer),
-            num_frames=total_frames, kept_frames=int(job.kept.size),
+            num_frames=total_frames, kept_frames=int(mask.sum()),
             audio_tokens_before=counts.audio_tokens_before, audio_tokens_after=counts.audio_tokens_after,
             # what the codec really spends (SemantiCodec: whole AudioMAE patches; rvq_mel: the frames)
             codec_tokens_before=reply.clip_tokens or counts.codec_tokens_before,
@@ -428,7 +432,7 @@ def _submit(ctx: Context, jobs: Sequence[Job]) -> None:
         request_id, ctx.next_request = ctx.next_request, ctx.next_request + 1
         ctx.jobs[request_id] = job
         pipeline.submit(CodecRequest(request_id=request_id, waveform=job.item.waveform, token_rate=job.rate,
-                                     kept_frames=job.kept, seed=job.tasks[0][0].seed))
+                                     kept_frames=np.flatnonzero(job.keep), seed=job.tasks[0][0].seed))
 
 
 def collect(ctx: Context, max_pending: int) -> None:

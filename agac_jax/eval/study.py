@@ -13,6 +13,8 @@ random as the mean of `random_draws` draws, since one draw moves its A.C. by a p
 `config.selectors` (optional) names more selectors of the registry measured like fused at the curve
 alpha on the same scores (the adaptive methods); their rows and the fused row then carry each
 question's outcomes (`adaptive.per_question`), and `adaptive.md` compares them with fused, paired.
+`adaptive_kind` weighs each question by its kind (`config.kind_weights`); `config.calibrate_kinds`
+writes those weights, measured on the benchmark's split at the curve alpha, to `kind_weights.json`.
 
 Rows go to `rows.jsonl` in the workdir as each (benchmark, setting) finishes, so a rerun skips them;
 `study.md`, `study.csv` and `recall_vs_cost.png` are written from all rows at the end.
@@ -115,13 +117,14 @@ def _with_alpha(score: Any, alpha: float) -> Any:
 
 
 def selection_outcomes(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
-                       selector: str, rate: int, rho: float,
-                       seeds: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None,
+                       weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per sample, the evidence recall of `selector`'s frames at `rho` (float64 [N], NaN without
     evidence) and how many frames it keeps (int64 [N]), all samples selected in one call (the pool of
-    an adaptive selector); `seeds`: the `random` selector's seed per sample (default: its index)."""
+    an adaptive selector); `seeds`: the `random` selector's seed per sample (default: its index);
+    `weights`: per sample, its `adaptive_kind` weight."""
     seeds = list(range(len(scores))) if seeds is None else list(seeds)
-    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds)
+    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds, weights)
     recalls = np.full(len(kept), np.nan)
     for i, (keep, wave, intervals) in enumerate(zip(kept, waveforms, evidence)):
         if intervals:
@@ -131,10 +134,11 @@ def selection_outcomes(scores: Sequence[Any], waveforms: Sequence[np.ndarray], e
 
 
 def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
-                     selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None) -> float:
+                     selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None,
+                     weights: Sequence[float] | None = None) -> float:
     """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent); `seeds`:
-    the `random` selector's seed per sample (default: its index)."""
-    recalls, _ = selection_outcomes(scores, waveforms, evidence, selector, rate, rho, seeds)
+    the `random` selector's seed per sample (default: its index); `weights`: `adaptive_kind`'s."""
+    recalls, _ = selection_outcomes(scores, waveforms, evidence, selector, rate, rho, seeds, weights)
     return 100 * metrics.summarize_evidence_recall(recalls).mean
 
 
@@ -215,6 +219,8 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     questions = [s.question for s in samples]
     evidence = [s.evidence for s in samples]
     groups = question_groups(samples)
+    kinds = [getattr(s, "kind", None) for s in samples]
+    weights = adaptive.sample_weights(kinds, config.get("kind_weights", ()))
     label = bench.label or name
     base = scoring_config(config)
     from agac_jax import models
@@ -244,9 +250,9 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         if ends is None:
             ends = faithfulness.curve_ends(first, scores, waveforms, questions)
         out = faithfulness.selector_curves(first, selector, scores, waveforms, questions, rate=rate,
-                                           rhos=curve_rhos, seeds=seeds, ends=ends)
+                                           rhos=curve_rhos, seeds=seeds, ends=ends, weights=weights)
         joined = {rho: faithfulness.joined_consistency(first, selector, scores, waveforms, questions, rate=rate,
-                                                       rho=rho, seeds=seeds) for rho in rhos}
+                                                       rho=rho, seeds=seeds, weights=weights) for rho in rhos}
         _log.info("%s %s: curves at %d ratios and joined A.C. at %d in %.1f s", label, selector, len(curve_rhos),
                   len(rhos), time.perf_counter() - start)
         return out, joined
@@ -256,7 +262,8 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
 
     def compared(at_alpha, selector, measured):
         """The row fields of `adaptive.per_question`: each question's outcomes at every recall ratio."""
-        outcomes = {rho: selection_outcomes(at_alpha, waveforms, evidence, selector, rate, rho) for rho in rhos}
+        outcomes = {rho: selection_outcomes(at_alpha, waveforms, evidence, selector, rate, rho, weights=weights)
+                    for rho in rhos}
         frames = [selection.static_num_frames(len(w), rate) for w in waveforms]
         return adaptive.per_question(outcomes, measured[0], measured[1], frames, groups)
 
@@ -282,12 +289,14 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             if alpha == config.curve_alpha:
                 curves = curves_of("fused", at_alpha)
             rows.append(_row(label, "fused", setting, alpha, recalls, curves, flops, run_seconds, groups, right))
+            if alpha == config.curve_alpha and config.get("calibrate_kinds", False):
+                _write_kind_weights(workdir, label, setting.name, kinds, at_alpha, waveforms, evidence, rate)
             if alpha == config.curve_alpha and selectors:
                 rows[-1].update(compared(at_alpha, "fused", curves))
                 for selector in selectors:
                     measured = curves_of(selector, at_alpha)
-                    recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, selector, rate, rho)
-                               for rho in rhos}
+                    recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, selector, rate, rho,
+                                                     weights=weights) for rho in rhos}
                     rows.append(_row(label, selector, setting, alpha, recalls, measured, flops, run_seconds, groups,
                                      right))
                     rows[-1].update(compared(at_alpha, selector, measured))
@@ -316,6 +325,22 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         _append(workdir, baseline_rows)
         rows += baseline_rows
     return rows
+
+
+def _write_kind_weights(workdir: Path, label: str, setting: str, kinds: Sequence[str | None], scores: Sequence[Any],
+                        waveforms: Sequence[np.ndarray], evidence: Sequence[Any], rate: int) -> None:
+    """Adds this benchmark's `adaptive.calibrate_kind_weights` of fused on `scores` to kind_weights.json."""
+    if not all(kinds):
+        raise ValueError(f"{label}: calibrate_kinds needs a question kind on every sample (the scenes benchmark)")
+    recalls = {rho: selection_outcomes(scores, waveforms, evidence, "fused", rate, rho)[0]
+               for rho in adaptive.CALIBRATION_RHOS}
+    calibrated = adaptive.calibrate_kind_weights(kinds, adaptive.evidence_shares(recalls))
+    path = workdir / adaptive.KIND_WEIGHTS_NAME
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored[label] = dict(setting=setting, rate=rate, kinds=calibrated,
+                         kind_weights=[[kind, round(v["weight"], 4)] for kind, v in calibrated.items()])
+    atomic.write_text(path, json.dumps(stored, indent=2) + "\n")
+    _log.info("%s: kind weights %s", label, stored[label]["kind_weights"])
 
 
 def _append(workdir: Path, rows: Sequence[dict[str, Any]]) -> None:

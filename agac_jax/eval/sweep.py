@@ -54,6 +54,7 @@ from typing import Any
 import jax
 from absl import logging
 
+from agac_jax.cli import compile_cache
 from agac_jax.codec import SUPPORTED_TOKEN_RATES, CodecClient
 from agac_jax.data import DATASETS, load_dataset
 from agac_jax.data.common import AudioQASample
@@ -135,10 +136,12 @@ def validate_model_and_codec(config: Any) -> None:
 
 
 def scoring_config(config: Any) -> Any:
-    """The `ScoringConfig` of a sweep config: the fields of its scoring section, its rates and mesh."""
+    """The `ScoringConfig` of a sweep config: the fields of its scoring section and its mesh. No rates:
+    the sweep and the study select every method's frames themselves (`methods.select_batch`, at each
+    task's rate and rho), so the program's own fused keep masks (`ClipScores.keep`) would go unread."""
     from agac_jax.scoring.settings import ScoringConfig
 
-    return ScoringConfig(**fields_of(config.scoring), rates=tuple(config.rates), mesh_shape=tuple(config.mesh.shape),
+    return ScoringConfig(**fields_of(config.scoring), rates=(), mesh_shape=tuple(config.mesh.shape),
                          axis_rules=tuple(tuple(rule) for rule in config.mesh.logical_axis_rules),
                          fsdp=bool(config.mesh.get("fsdp", False)))
 
@@ -378,9 +381,11 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
 
     timing: `wall` seconds of the loop (the scorer already loaded), `codec_wait` seconds this thread
     was blocked on codec replies, `codec` the sidecar's own seconds summed over the replies; so
-    `wall - codec_wait` is this thread's busy time (loading, scoring, selecting, answering).
+    `wall - codec_wait` is this thread's busy time (loading, scoring, selecting, answering); and
+    `compile_*`, the XLA programs the loop made (`compile_cache.CompileTally.as_dict`): how many, how
+    many of them the persistent cache held, and the seconds compiling, tracing and lowering.
     """
-    from agac_jax.scoring.methods import select_batch
+    from agac_jax.scoring.methods import select_batch_masks
 
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
@@ -390,15 +395,16 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
         ctx = stages.Context(
-            dataset_name=dataset_name, scorer=scorer, select_batch=select_batch,
+            dataset_name=dataset_name, scorer=scorer, select_masks=select_batch_masks,
             decoder_shape=flops.DecoderShape.from_text_config(scorer.model_config.text),
             writer=writer, progress=progress,
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,
             process_index=process_index, answer_batch=config.scoring.batch_size,
             pipelined=config.runtime.pipeline_codec, max_backlog=config.runtime.codec_max_backlog,
-            curves=curves, curve_writer=curve_writer,
+            curves=curves, curve_writer=curve_writer, kind_weights=tuple(config.get("kind_weights", ())),
         )
         started = time.perf_counter()
+        compiles = compile_cache.tally().start()
         try:
             for batch in batches(pending, config.runtime.batch_samples):
                 stages.run_batch(ctx, batch)
@@ -408,7 +414,8 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
                 ctx.codec_wait_seconds = ctx.codec.wait_seconds
                 ctx.codec.close()
         timing = {"wall": time.perf_counter() - started, "codec_wait": ctx.codec_wait_seconds,
-                  "codec": ctx.codec_seconds}
+                  "codec": ctx.codec_seconds, **{f"compile_{k}": v for k, v in compiles.as_dict().items()}}
+        logging.info("the sweep made %s", compiles.summary())
         return writer.written, ctx.failed, timing
 
 

@@ -19,6 +19,11 @@ k_i (`selection.topk_keep`), and sum_i k_i = B exactly.
   with no mass (every frame score 0) counts its frames as equal.
 - `score_priority` ("adaptive_pool"): the frame's fused score, min-max normalised per clip (so in
   [0, 1] for every clip): one score threshold across the pool, a global top-B.
+- `weighted_share_priority` ("adaptive_kind"): minus the rank over the clip's frames scaled by the
+  clip's weight w_i, -r / (w_i N_i): one threshold t over the pool keeps k_i ~ t w_i N_i, so the
+  clips' keep ratios are proportional to their weights and sum to the budget. The weight is the
+  clip's question kind's (`eval.adaptive.calibrate_kind_weights`, on a validation split: the share of
+  frames each kind needs); with equal weights this is fixed rho, up to how the last frames round.
 
 A pool of one clip keeps ceil(rho N) frames: fixed rho. Everything here is pure JAX on padded arrays.
 """
@@ -34,7 +39,7 @@ from jax import lax
 from agac_jax.scoring import selection
 
 Array = jax.Array
-Priority = Callable[[Array, Array], Array]
+Priority = Callable[[Array, Array, Array], Array]  # (sorted scores [F], rank valid [F], weight []) -> [F]
 
 
 def ranked_scores(scores: Array, valid: Array) -> tuple[Array, Array]:
@@ -50,9 +55,10 @@ def ranked_scores(scores: Array, valid: Array) -> tuple[Array, Array]:
     return jnp.asarray(scores)[order], jnp.arange(scores.shape[0]) < jnp.sum(valid)
 
 
-def mass_priority(sorted_scores: Array, rank_valid: Array) -> Array:
+def mass_priority(sorted_scores: Array, rank_valid: Array, weight: Array) -> Array:
     """[F] minus the share of the clip's score mass (scores below 0 count as 0) held by the ranks
-    before each rank; a clip without mass counts each valid frame as 1 / N of it."""
+    before each rank; a clip without mass counts each valid frame as 1 / N of it. The weight is unused."""
+    del weight
     mass = jnp.where(rank_valid, jnp.maximum(sorted_scores, 0.0), 0.0).astype(jnp.float32)
     total = jnp.sum(mass)
     before = jnp.concatenate([jnp.zeros(1, jnp.float32), jnp.cumsum(mass)[:-1]])
@@ -61,10 +67,19 @@ def mass_priority(sorted_scores: Array, rank_valid: Array) -> Array:
     return -jnp.where(total > 0, before / jnp.where(total > 0, total, 1.0), flat)
 
 
-def score_priority(sorted_scores: Array, rank_valid: Array) -> Array:
-    """[F] the frame score itself: one threshold over the pool."""
-    del rank_valid
+def score_priority(sorted_scores: Array, rank_valid: Array, weight: Array) -> Array:
+    """[F] the frame score itself: one threshold over the pool. The weight is unused."""
+    del rank_valid, weight
     return jnp.asarray(sorted_scores, jnp.float32)
+
+
+def weighted_share_priority(sorted_scores: Array, rank_valid: Array, weight: Array) -> Array:
+    """[F] minus rank / (weight N): the share of the clip's N valid frames ranked above, over its weight
+    (> 0). A threshold t on it keeps ceil(t weight N) frames of each clip, whatever their scores."""
+    del sorted_scores
+    rank = jnp.arange(rank_valid.shape[0], dtype=jnp.float32)
+    n = jnp.maximum(jnp.sum(rank_valid), 1).astype(jnp.float32)
+    return -rank / (n * jnp.asarray(weight, jnp.float32))
 
 
 def pool_budget(k: Array, real: Array) -> Array:
@@ -94,12 +109,13 @@ def allocate(priority: Array, rank_valid: Array, real: Array, budget: Array) -> 
     return jnp.zeros(clips, jnp.int32).at[owner].add(chosen)
 
 
-def pooled_counts(priority_fn: Priority, scores: Array, valid: Array, k: Array, real: Array) -> Array:
-    """The adaptive keep counts [C] of a pool: `priority_fn` per clip over its ranked frame scores,
-    the fixed counts k [C] summed over the real clips [C] as the budget (`allocate`).
+def pooled_counts(priority_fn: Priority, scores: Array, valid: Array, k: Array, real: Array,
+                  weights: Array) -> Array:
+    """The adaptive keep counts [C] of a pool: `priority_fn` per clip over its ranked frame scores and
+    its weight, the fixed counts k [C] summed over the real clips [C] as the budget (`allocate`).
 
-    scores, valid: [C, F] frame scores and valid frames of each clip.
+    scores, valid: [C, F] frame scores and valid frames of each clip; weights: [C] float, > 0.
     """
     sorted_scores, rank_valid = jax.vmap(ranked_scores)(scores, valid)
-    priority = jax.vmap(priority_fn)(sorted_scores, rank_valid)
+    priority = jax.vmap(priority_fn)(sorted_scores, rank_valid, weights)
     return allocate(priority, rank_valid, real, pool_budget(k, real))

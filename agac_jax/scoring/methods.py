@@ -9,8 +9,8 @@ through `select_batch`, so there is one selection path.
 Adding a method is adding an entry to `METHODS` (and its tests); `original` and `codec` are not
 selection methods (no frame is dropped) and live in `agac_jax.eval.results.METHODS`.
 
-The adaptive methods (`adaptive_mass`, `adaptive_pool`: `Method.pool`) choose each clip's k from its
-scores under a budget: the real clips of one `select_batch` call keep as many frames together as
+The adaptive methods (`adaptive_mass`, `adaptive_pool`, `adaptive_kind`: `Method.pool`) choose each
+clip's k from its scores, or from its question kind's weight (`adaptive_kind`), under a budget: the real clips of one `select_batch` call keep as many frames together as
 fixed rho would (`agac_jax.scoring.budget`), so rho is the budget rho-bar: the share of the call's
 frames kept (as fixed rho rounds it up per clip), the clips' own shares spread around it. Which frames a
 clip keeps then depends on the clips it is selected with (a sweep batch, a study's whole split); a
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -50,6 +51,7 @@ class ClipInputs(NamedTuple):
     # and the score-based methods keep heard frames first (`selection.topk_keep_heard_first`).
     slot_ranges: Any = None
     slot_valid: Any = None
+    weight: Any = None  # [] float32 > 0: the clip's share weight under `adaptive_kind` (None: 1)
 
 
 class FrameContext(NamedTuple):
@@ -119,6 +121,7 @@ METHODS: dict[str, Method] = {
                                                                                 ctx.rate)),
     "adaptive_mass": Method(_token_rule(lambda c: c.fused), pool=budget.mass_priority),
     "adaptive_pool": Method(_token_rule(lambda c: c.fused), pool=budget.score_priority),
+    "adaptive_kind": Method(_token_rule(lambda c: c.fused), pool=budget.weighted_share_priority),
 }
 NAMES = tuple(METHODS)
 
@@ -173,7 +176,8 @@ def batch_keep_masks(method: str, clips: ClipInputs, keys: Array, keep_num: Arra
 
     scores, valid, k, unheard = jax.vmap(frames)(clips, keys)
     if entry.pool is not None:
-        k = budget.pooled_counts(entry.pool, scores, valid, k, real)
+        weights = jnp.ones(k.shape, jnp.float32) if clips.weight is None else clips.weight
+        k = budget.pooled_counts(entry.pool, scores, valid, k, real, weights)
 
     def keep(s, v, n, u, key):
         ctx = FrameContext(rate=rate, max_frames=max_frames, frame_valid=v, k=n, key=key, unheard=u)
@@ -199,8 +203,19 @@ def _pad(x: Any, n: int) -> np.ndarray:
 
 
 def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method: str, rate: int,
-                 rho: float | str, seeds: Sequence[int]) -> list[np.ndarray]:
-    """Sorted kept frame indices of `method` at codec rate `rate` and keep ratio `rho`, per clip.
+                 rho: float | str, seeds: Sequence[int],
+                 weights: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Sorted kept frame indices of `method` at codec rate `rate` and keep ratio `rho`, per clip: the
+    indices of `select_batch_masks`."""
+    return [selection.kept_indices(mask) for mask in select_batch_masks(scores, waveforms, method, rate, rho,
+                                                                        seeds, weights)]
+
+
+def select_batch_masks(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method: str, rate: int,
+                       rho: float | str, seeds: Sequence[int],
+                       weights: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Keep masks (bool [N_r], the clip's codec frames) of `method` at codec rate `rate` and keep ratio
+    `rho`, per clip.
 
     Args:
       scores: per clip, an object with the `ClipScores` fields local, global_, fused, fastv,
@@ -210,6 +225,8 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
       rate: codec token rate.
       rho: keep ratio in (0, 1], exact as written.
       seeds: per clip, the seed of its PRNG key (the `random` baseline).
+      weights: per clip, its share weight under `adaptive_kind` (> 0; None: all 1); other methods
+        ignore it.
     An adaptive method (`Method.pool`) keeps sum_i ceil(rho N_i) frames over these clips together,
     at least one of each (`agac_jax.scoring.budget`); the padding copies never count.
     Clips are padded to the longest one's 5 s multiple and the batch to a power of two, so a sweep
@@ -220,6 +237,10 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
     selection.frame_samples(rate)
     if not (len(scores) == len(waveforms) == len(seeds)):
         raise ValueError(f"{len(scores)} scores, {len(waveforms)} waveforms and {len(seeds)} seeds")
+    if weights is not None:
+        weights = [float(w) for w in weights]
+        if len(weights) != len(scores) or not all(math.isfinite(w) and w > 0 for w in weights):
+            raise ValueError(f"weights must be {len(scores)} finite values > 0, one a clip; got {weights}")
     if not scores:
         return []
     quantum = grids.BUCKET_QUANTUM_SAMPLES
@@ -245,13 +266,14 @@ def select_batch(scores: Sequence[Any], waveforms: Sequence[np.ndarray], method:
         waveform=np.stack([_pad(w, bucket) for w in waves]),
         slot_ranges=np.stack([np.asarray(s.slot_ranges, np.int32) for s in padded]) if ranged else None,
         slot_valid=np.stack([np.asarray(s.slot_valid, bool) for s in padded]) if ranged else None,
+        weight=(None if weights is None or METHODS[method].pool is None
+                else np.asarray(weights + [1.0] * (slots - len(scores)), np.float32)),
     )
     all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
     keys = jax.vmap(jax.random.key)(jnp.asarray(all_seeds, jnp.uint32))
     real = np.arange(slots) < len(scores)
     masks = np.asarray(_batched(method, rate, max_frames)(clips, keys, np.int32(num), np.int32(den), real))
-    return [selection.kept_indices(masks[i, : selection.static_num_frames(s.n_samples, rate)])
-            for i, s in enumerate(scores)]
+    return [masks[i, : selection.static_num_frames(s.n_samples, rate)] for i, s in enumerate(scores)]
 
 
 def select_frames(scores: Any, waveform: np.ndarray, method: str, rate: int, rho: float | str,

@@ -26,8 +26,8 @@ MAX_RHO_DENOMINATOR = 10_000
 # the adaptive ones among them: their kept frames depend on which clips are selected together (a sweep
 # batch; a resume or another batch size groups them otherwise), so a sweep runs them only when asked.
 SELECTION_METHODS = ("fused", "aad", "attention", "random", "uniform", "energy", "fastv", "segment_topk",
-                     "adaptive_mass", "adaptive_pool")
-POOLED_METHODS = ("adaptive_mass", "adaptive_pool")
+                     "adaptive_mass", "adaptive_pool", "adaptive_kind")
+POOLED_METHODS = ("adaptive_mass", "adaptive_pool", "adaptive_kind")
 DEFAULT_RHOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # a faithfulness curve's keep ratios
 
 ESTIMATORS = ("occlusion", "integrated_gradients")
