@@ -117,3 +117,18 @@ def test_a_directory_others_may_write_is_refused(tmp_path):
     file = tmp_path / "file"
     file.write_text("x")
     assert "not a directory" in compile_cache.unsafe_reason(file)
+
+
+def test_the_tally_counts_each_program_made_and_the_steps_seconds():
+    import jax
+    import jax.numpy as jnp
+
+    tally = compile_cache.tally().start()
+    assert compile_cache.tally() is tally and tally.programs == 0
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + x.sum())
+    f(np.ones(7, np.float32))
+    f(np.ones(7, np.float32))  # held in memory: nothing more
+    assert tally.programs == 1 and tally.trace_s > 0 and tally.lower_s > 0 and tally.compile_s > 0
+    f(np.ones(9, np.float32))
+    assert tally.programs == 2
+    assert tally.as_dict()["programs"] == 2 and tally.summary().startswith("2 XLA programs (")

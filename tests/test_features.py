@@ -11,6 +11,7 @@ from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank as hf_mel_filter_bank
 from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
 
+from agac_jax.audio import features
 from agac_jax.audio.features import (
     MAX_FRAMES,
     MAX_SAMPLES,
@@ -199,3 +200,26 @@ def test_silence_log_mel_is_the_log_mel_of_zeros(n_mels):
     zeros = [np.zeros(n, np.float32) for n in (16_000, 33_333, 80_000)]
     expected, _ = batch_log_mel(zeros, n_mels, pad_to_frames=500)
     np.testing.assert_array_equal(silence_log_mel(3, n_mels, 500), expected)
+
+
+def test_a_clip_answered_then_scored_has_its_log_mel_computed_once(monkeypatch):
+    """`batch_log_mel` keeps the features of recent (clip, bucket)s: the same bytes give the same
+    features without a second STFT; other bytes, another bucket or another dtype do not hit."""
+    calls = []
+    original = features.log_mel
+    monkeypatch.setattr(features, "log_mel", lambda *a, **k: calls.append(1) or original(*a, **k))
+    rng = np.random.default_rng(11)
+    a, b = ((0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16_000, 24_000))
+    first, mask = features.batch_log_mel([a, b], 80, 200)
+    assert len(calls) == 2
+    again, again_mask = features.batch_log_mel([b.copy(), a], 80, 200)  # equal bytes, other arrays and order
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again, first[::-1])
+    np.testing.assert_array_equal(again_mask, mask[::-1])
+    features.batch_log_mel([a], 80, 300)  # another bucket
+    changed = a.copy()
+    changed[0] += 1e-3
+    features.batch_log_mel([changed, a.astype(np.float64)], 80, 200)  # other bytes; other dtype
+    assert len(calls) == 5
+    first[0, 0, 0] = 99.0  # the caller's array is its own
+    np.testing.assert_array_equal(features.batch_log_mel([a], 80, 200)[0][0], again[1])

@@ -19,8 +19,11 @@ encoder's stride-2 convolution and stride-2 average pooling.
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -258,10 +261,37 @@ def batch_log_mel(
                 f"{name} has {n_samples} samples, longer than the bucket of {pad_to_frames} frames "
                 f"({pad_to_frames * HOP_LENGTH} samples); pick a larger bucket (see bucket_seconds)"
             )
-        features[index], valid = log_mel(waveform, num_mel_bins, pad_to_frames * HOP_LENGTH, name=name,
-                                         max_frames=max_frames)
+        features[index], valid = _recent_log_mel(waveform, num_mel_bins, pad_to_frames, max_frames, name)
         mask[index, :valid] = 1
     return features, mask
+
+
+RECENT_LOG_MELS = 64  # clips whose features `batch_log_mel` keeps (a sweep batch's, several times over)
+_recent: collections.OrderedDict[tuple, tuple[np.ndarray, int]] = collections.OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def _recent_log_mel(waveform: np.ndarray, num_mel_bins: int, pad_to_frames: int, max_frames: int,
+                    name: str) -> tuple[np.ndarray, int]:
+    """`log_mel` of a clip padded to the bucket, computed once for the last RECENT_LOG_MELS distinct
+    (clip, bucket)s: a sweep answers a clip, then scores it with the same features. Keyed by the clip's
+    bytes (a 16-byte BLAKE2 digest, 0.7 ms for 10 s against 15 ms for its log-mel), so equal input is
+    the only hit."""
+    clip = np.asarray(waveform)
+    key = (hashlib.blake2b(clip.tobytes(), digest_size=16).digest(), clip.dtype.str, clip.shape,
+           num_mel_bins, pad_to_frames, max_frames)
+    with _recent_lock:
+        hit = _recent.get(key)
+        if hit is not None:
+            _recent.move_to_end(key)
+            return hit
+    features, valid = log_mel(clip, num_mel_bins, pad_to_frames * HOP_LENGTH, name=name, max_frames=max_frames)
+    features.flags.writeable = False
+    with _recent_lock:
+        _recent[key] = (features, valid)
+        while len(_recent) > RECENT_LOG_MELS:
+            _recent.popitem(last=False)
+    return features, valid
 
 
 feat_extract_output_lengths = encoder_output_lengths  # transformers' `_get_feat_extract_output_lengths`

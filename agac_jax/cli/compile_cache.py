@@ -141,3 +141,60 @@ def enable_from_flags() -> Path | None:
     """`enable` from `--compilation_cache`, `--compilation_cache_dir` and the environment; what a launch
     tool's main calls first."""
     return enable(flags.FLAGS.compilation_cache, flags.FLAGS.compilation_cache_dir)
+
+
+class CompileTally:
+    """What this process has spent making XLA programs since `start()`, from JAX's monitoring events:
+    `programs` compiled or loaded (`backend_compile_duration`: XLA's compile, or the persistent cache's
+    load, of every jitted function; the scoring and generation programs and the small selection and
+    helper ones alike), `loaded` of them from the persistent cache, and the seconds of each step
+    (`compile_s` includes the loads; `trace_s` and `lower_s` are the Python tracing and the lowering to
+    StableHLO, which a cache hit still pays). One tally per process (`tally()`): JAX's listeners cannot
+    be removed, so they are registered once."""
+
+    def __init__(self) -> None:
+        self.programs = self.loaded = 0
+        self.compile_s = self.trace_s = self.lower_s = 0.0
+
+    def start(self) -> "CompileTally":
+        self.__init__()
+        return self
+
+    def on_duration(self, event: str, seconds: float, **_: object) -> None:
+        from jax._src import dispatch  # the event names (JAX has no public constants for them)
+
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            self.programs += 1
+            self.compile_s += seconds
+        elif event == dispatch.JAXPR_TRACE_EVENT:
+            self.trace_s += seconds
+        elif event == dispatch.JAXPR_TO_MLIR_MODULE_EVENT:
+            self.lower_s += seconds
+
+    def on_event(self, event: str, **_: object) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.loaded += 1
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(programs=self.programs, loaded=self.loaded, compile_s=round(self.compile_s, 2),
+                    trace_s=round(self.trace_s, 2), lower_s=round(self.lower_s, 2))
+
+    def summary(self) -> str:
+        return (f"{self.programs} XLA programs ({self.loaded} loaded from the persistent cache): "
+                f"{self.compile_s:.1f} s compiling or loading them, {self.trace_s + self.lower_s:.1f} s tracing "
+                "and lowering")
+
+
+_TALLY: CompileTally | None = None
+
+
+def tally() -> CompileTally:
+    """The process's `CompileTally`, its JAX listeners registered on first use."""
+    global _TALLY
+    if _TALLY is None:
+        import jax
+
+        _TALLY = CompileTally()
+        jax.monitoring.register_event_duration_secs_listener(_TALLY.on_duration)
+        jax.monitoring.register_event_listener(_TALLY.on_event)
+    return _TALLY
