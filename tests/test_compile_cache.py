@@ -14,6 +14,7 @@ import pytest
 import soundfile
 
 from agac_jax.cli import compile_cache
+from agac_jax.scoring import executables
 from tests.tiny_models import make_scoring_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +65,9 @@ def test_a_second_launch_score_process_compiles_nothing(score_argv, tmp_path):
     assert first["code"] == second["code"] == 0
     assert first.get("cache_misses", 0) >= 2 and first.get("cache_hits", 0) == 0  # generation and scoring at least
     assert second.get("cache_misses", 0) == 0
-    assert second.get("cache_hits", 0) == first["cache_misses"]
-    assert any((tmp_path / "cache").iterdir())
+    stored = list((tmp_path / "cache" / executables.SUBDIRECTORY).glob("*.bin"))  # the scoring programs
+    assert len(stored) >= 1  # run without tracing or lowering, so JAX's cache is not even asked for them
+    assert second.get("cache_hits", 0) + len(stored) == first["cache_misses"]
 
 
 def test_the_opt_out_writes_and_reads_nothing(score_argv, tmp_path):
@@ -132,3 +134,39 @@ def test_the_tally_counts_each_program_made_and_the_steps_seconds():
     f(np.ones(9, np.float32))
     assert tally.programs == 2
     assert tally.as_dict()["programs"] == 2 and tally.summary().startswith("2 XLA programs (")
+
+
+def test_a_stored_scoring_program_runs_without_tracing_and_a_broken_entry_is_compiled_again(tmp_path, caplog):
+    from agac_jax.scoring.scorer import Scorer, ScoringConfig
+
+    model = make_scoring_checkpoint(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (30_000, 41_000)]
+    questions = ["is there a tone ?", "is there a chirp ?"]
+    config = ScoringConfig(buckets_seconds=(5,), batch_size=2, max_new_tokens=2)
+    assert executables.directory() is None  # library use: off
+    executables.enable(tmp_path / "cache")
+    try:
+        first = Scorer.from_directory(model, config)
+        expected = first.score(clips, questions)
+        assert first.traces == 1
+        (entry,) = (tmp_path / "cache" / executables.SUBDIRECTORY).glob("*.bin")
+        again = Scorer.from_directory(model, config)  # as a second process would
+        for a, b in zip(again.score(clips, questions), expected):
+            np.testing.assert_array_equal(a.local, b.local)
+            np.testing.assert_array_equal(a.answer_ids, b.answer_ids)
+        assert again.traces == 0
+        entry.write_bytes(b"not a program")
+        broken = Scorer.from_directory(model, config)
+        np.testing.assert_array_equal(broken.score(clips, questions)[0].fused, expected[0].fused)
+        assert broken.traces == 1 and "did not load" in caplog.text and entry.read_bytes() != b"not a program"
+        probed = Scorer.from_directory(model, config)
+        probed.probe = lambda name, value: None  # Python the key cannot see: never stored nor loaded
+        probed.score(clips, questions)
+        assert probed.traces == 1
+        key = executables.program_key(program="scoring", spec="s")
+        executables._source_digest = "another source"
+        assert executables.program_key(program="scoring", spec="s") != key
+    finally:
+        executables._source_digest = None
+        executables.disable()

@@ -12,6 +12,9 @@ Where it lives, first that applies:
 
 Opt out with `--nocompilation_cache` or `AGAC_JAX_COMPILATION_CACHE=0`.
 
+Beside JAX's entries, `executables/` keeps the compiled scoring programs themselves
+(`agac_jax.scoring.executables`), so a second run skips tracing and lowering them too.
+
 Keys. JAX keys each entry by the program's HLO, the compile options, the jaxlib version, the
 backend's platform version, the devices and the XLA flags. XLA:CPU compiles for the host's own
 vector extensions, so the default directory adds `host_key()`: the machine, the CPU model and a
@@ -115,8 +118,11 @@ def enable(enabled: bool = True, directory: Path | str | None = None) -> Path | 
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
+    from agac_jax.scoring import executables
+
     wanted, chosen = requested(enabled, str(directory) if directory is not None else None,
                                jax.config.jax_compilation_cache_dir)
+    executables.disable()
     if not wanted:
         jax.config.update("jax_enable_compilation_cache", False)
         compilation_cache.reset_cache()
@@ -134,7 +140,10 @@ def enable(enabled: bool = True, directory: Path | str | None = None) -> Path | 
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_enable_compilation_cache", True)
     compilation_cache.reset_cache()  # a compilation before this call may have settled "no cache" already
-    return Path(jax.config.jax_compilation_cache_dir)
+    in_use = Path(jax.config.jax_compilation_cache_dir)
+    if unsafe_reason(in_use) is None:  # the compiled scoring programs themselves, beside JAX's entries
+        executables.enable(in_use)
+    return in_use
 
 
 def enable_from_flags() -> Path | None:

@@ -26,6 +26,7 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.io import validate_waveform
 from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.interface import ModelAdapter
+from agac_jax.scoring import executables
 from agac_jax.scoring.program import ProgramSpec, answer_targets_batch, map_real_clips, score_batch
 from agac_jax.scoring.settings import (CPU_IG_CHUNK, POSTER_ALPHA, POSTER_LOCAL_SCORE,  # noqa: F401 - the
                                        TARGETS, ScoringConfig, keep_ratio_fraction)  # poster's settings, for callers
@@ -409,8 +410,20 @@ class Scorer:
             return score_batch(self.model, spec, params, batch)
 
         start = time.perf_counter()
-        executable = jit_scoring(program, self.param_shardings, self.mesh, batch).lower(self.params, batch).compile(
-            compiler_options=self.compiler_options())
+        stored = None
+        if executables.directory() is not None and self.probe is None:  # a probe is Python the key cannot see
+            in_tree = jax.tree_util.tree_structure(((self.params, batch), {}))
+            stored = executables.program_key(
+                program="scoring", spec=spec, kind=self.kind, model=self.model_config,
+                options=self.compiler_options(), params=executables.abstract(self.params),
+                batch=executables.abstract(batch), mesh=[list(self.mesh.devices.shape), list(self.mesh.axis_names),
+                                                         [d.device_kind for d in self.mesh.devices.flat]])
+            executable = executables.load(stored, in_tree, list(self.mesh.devices.flat))
+        if stored is None or executable is None:
+            executable = jit_scoring(program, self.param_shardings, self.mesh, batch).lower(self.params, batch).compile(
+                compiler_options=self.compiler_options())
+            if stored is not None:
+                executables.save(stored, executable, in_tree)
         temp = _temp_bytes(executable)
         self.program_memory[key] = temp
         if self.mesh.devices.flat[0].platform == "cpu":
