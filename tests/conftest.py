@@ -12,7 +12,9 @@ IEEE float semantics at every level. A run that sets XLA_FLAGS itself keeps its 
 The cache lives in a fresh temporary folder that the pytest controller makes before its xdist workers
 start (they, and the `launch.*` subprocesses the tests start, inherit it through the environment) and
 removes at the end, so a run never reads a program compiled by an earlier one. Tests in different
-files that build the same program (the same tiny model, bucket and spec) then compile it once.
+files that build the same program (the same tiny model, bucket and spec) then compile it once. The
+store of compiled scoring programs (`agac_jax.scoring.executables`) is off in every test unless the
+test turns it on; `launch.*` processes the tests start use it beside the cache.
 """
 
 import os
@@ -31,8 +33,21 @@ if _CACHE_VARIABLE not in os.environ:  # the controller (or a run without xdist)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from agac_jax.scoring import executables  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(autouse=True)
+def _no_stored_executables():
+    """Every test starts with the store of compiled scoring programs off, as library use has it: a
+    launch tool's `main` run in-process turns it on (`compile_cache.enable`), and a later test's
+    Scorer would then load programs instead of tracing them (which trace counts would see)."""
+    executables.disable()
+    yield
+    executables.disable()
 
 
 def pytest_unconfigure(config):
