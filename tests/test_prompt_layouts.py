@@ -174,3 +174,29 @@ def test_parity_fails_on_a_prompt_mismatch_and_names_the_position(tmp_path, monk
     report = run_parity(directory, clips=_clips(1.0), questions=QUESTIONS[:1], max_new_tokens=2)
     assert not report.ok and [c.name for c in report.comparisons] == ["prompt ids"]
     assert "prompt ids differ" in report.table() and "prompt 0, position 0: 151647 (agac_jax) vs 151644" in report.table()
+
+
+def test_the_tokenizer_is_autotokenizers_without_importing_it(layout) -> None:
+    """`hf_checkpoints.load_tokenizer` takes the class tokenizer_config.json names (no auto module, no
+    torch): the same class, special tokens, template and ids as AutoTokenizer on every layout."""
+    from agac_jax.models.hf_checkpoints import load_tokenizer
+
+    _, directory = layout
+    ours, theirs = load_tokenizer(directory), AutoTokenizer.from_pretrained(str(directory))
+    assert type(ours) is type(theirs)
+    assert (ours.pad_token_id, ours.eos_token_id, ours.padding_side, ours.chat_template) == (
+        theirs.pad_token_id, theirs.eos_token_id, theirs.padding_side, theirs.chat_template)
+    for text in QUESTIONS + [INJECTED]:
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"]
+
+
+def test_launch_score_imports_no_torch_to_load_a_model() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from launch import score; from agac_jax.models.hf_checkpoints import load_tokenizer; "
+            "load_tokenizer('assets/tiny_qwen2audio'); print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "False"

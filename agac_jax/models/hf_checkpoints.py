@@ -484,3 +484,26 @@ def write_hf_directory(directory: PathLike, hf_config: Mapping[str, Any], state:
             skip = p.name in ("config.json", "generation_config.json") or p.name.startswith("model")
             if p.is_file() and not skip:
                 shutil.copy2(p, directory / p.name)
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The directory's tokenizer, the one `AutoTokenizer.from_pretrained` gives: the class its
+    tokenizer_config.json names, taken from transformers by name (with AutoTokenizer's preference for
+    the "...Fast" one), so loading does not import transformers' auto module, which imports torch
+    (1.5 s of a launch tool's start). A directory that names no class transformers exports goes
+    through AutoTokenizer itself."""
+    import transformers
+
+    try:
+        name = json.loads((Path(directory) / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if isinstance(name, str) and name.isidentifier():
+        for candidate in (f"{name}Fast", name):
+            try:
+                cls = getattr(transformers, candidate)
+            except (AttributeError, ImportError, RuntimeError):
+                continue
+            if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+                return cls.from_pretrained(str(directory))
+    return transformers.AutoTokenizer.from_pretrained(str(directory))

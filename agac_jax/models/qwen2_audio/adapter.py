@@ -19,6 +19,7 @@ from agac_jax.audio import features as feats
 from agac_jax.audio.grids import audio_tokens_of_samples
 from agac_jax.models.config import Qwen2AudioConfig
 from agac_jax.models.generate import GenerationSettings
+from agac_jax.models.hf_checkpoints import load_tokenizer
 from agac_jax.models.interface import HFTokenizerAdapter, ModelInputs
 from agac_jax.models.qwen2_audio import checkpoints
 from agac_jax.models.qwen2_audio.model import Qwen2AudioForConditionalGeneration, check_placeholder_count, init_params
@@ -75,15 +76,13 @@ class Qwen2AudioAdapter(HFTokenizerAdapter):
         """A Hugging Face directory as downloaded. The prompt format is decided before any weight is
         read; the weights stream tensor by tensor onto their shardings, cast to `param_dtype`; `dtype`
         is the compute dtype; `scan_layers`, `remat_layers` as `Qwen2AudioConfig`'s."""
-        from transformers import AutoTokenizer
-
         if use_video:
             raise ValueError("use_video: Qwen2-Audio hears the audio only")
         fmt = load_prompt_format(directory, prompt_format)
         loaded = checkpoints.load_hf_directory(directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
                                                shardings=lambda config: param_shardings(config, mesh, rules))
         config = loaded.config.replace(remat_layers=remat_layers)
-        adapter = cls(config, AutoTokenizer.from_pretrained(str(directory)), loaded.generation_config, fmt)
+        adapter = cls(config, load_tokenizer(directory), loaded.generation_config, fmt)
         return adapter, loaded.params
 
     @classmethod

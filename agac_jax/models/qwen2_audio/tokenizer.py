@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, WhisperFeatureExtractor
+from transformers import PreTrainedTokenizerFast
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -130,6 +130,8 @@ def build_word_tokenizer(
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
+    from transformers import AutoTokenizer  # the auto module imports torch: only where a tokenizer is made
+
     return AutoTokenizer.from_pretrained(out_dir)
 
 
@@ -152,5 +154,7 @@ def save_processor_files(
     if num_mel_bins not in (80, 128):
         raise ValueError(f"num_mel_bins must be 80 or 128, got {num_mel_bins!r}")
     tokenizer = build_word_tokenizer(tokenizer_words, out_dir, chat_template, padding_side=padding_side)
+    from transformers import WhisperFeatureExtractor
+
     WhisperFeatureExtractor(feature_size=num_mel_bins, return_attention_mask=True).save_pretrained(os.fspath(out_dir))
     return tokenizer
