@@ -329,7 +329,7 @@ def _select(ctx: Context, members: Sequence[tuple[Sample, TaskKey]]) -> list[np.
     if method == "codec":
         return [np.ones(num_frames(item.waveform.size, rate), bool) for item, _ in members]
     weights = None
-    if method == "adaptive_kind":
+    if ctx.kind_weights:  # methods that read no weights ignore them (`methods.Method.weighted`)
         weights = adaptive.sample_weights([getattr(item.sample, "kind", None) for item, _ in members],
                                           ctx.kind_weights)
     return ctx.select_masks([item.scores for item, _ in members], [item.waveform for item, _ in members], method,

@@ -105,6 +105,7 @@ class Method:
     # An adaptive method: the priority of each rank of a clip's sorted frame scores ([F], [F] -> [F]);
     # the batch's keep counts are then allocated over its clips under fixed rho's total (`budget`).
     pool: budget.Priority | None = None
+    weighted: bool = False  # the pool's priority reads each clip's weight (`select_batch`'s weights)
 
 
 METHODS: dict[str, Method] = {
@@ -121,7 +122,7 @@ METHODS: dict[str, Method] = {
                                                                                 ctx.rate)),
     "adaptive_mass": Method(_token_rule(lambda c: c.fused), pool=budget.mass_priority),
     "adaptive_pool": Method(_token_rule(lambda c: c.fused), pool=budget.score_priority),
-    "adaptive_kind": Method(_token_rule(lambda c: c.fused), pool=budget.weighted_share_priority),
+    "adaptive_kind": Method(_token_rule(lambda c: c.fused), pool=budget.weighted_share_priority, weighted=True),
 }
 NAMES = tuple(METHODS)
 
@@ -266,7 +267,7 @@ def select_batch_masks(scores: Sequence[Any], waveforms: Sequence[np.ndarray], m
         waveform=np.stack([_pad(w, bucket) for w in waves]),
         slot_ranges=np.stack([np.asarray(s.slot_ranges, np.int32) for s in padded]) if ranged else None,
         slot_valid=np.stack([np.asarray(s.slot_valid, bool) for s in padded]) if ranged else None,
-        weight=(None if weights is None or METHODS[method].pool is None
+        weight=(None if weights is None or not METHODS[method].weighted
                 else np.asarray(weights + [1.0] * (slots - len(scores)), np.float32)),
     )
     all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
