@@ -283,3 +283,55 @@ def test_kind_weights_are_calibrated_from_the_evidence_share_each_kind_needs():
     with pytest.raises(ValueError, match="nothing to calibrate"):
         adaptive.calibrate_kind_weights(["count"], np.asarray([np.nan]))
 
+
+
+@pytest.mark.parametrize("method", ["fused", "random", "energy", "segment_topk", "adaptive_pool", "adaptive_kind"])
+def test_a_selection_batch_selects_any_rows_as_a_call_on_those_clips_would(pool, method):
+    """One `SelectionBatch` serves every selection over its clips: all rows, a subset out of order and
+    one clip alone keep what `select_batch` keeps on those clips (the subset's pool, its own padding)."""
+    scores, waves = pool
+    batch = methods.SelectionBatch(scores, waves)
+    weights = [1.0, 0.5, 2.0, 1.0, 1.5]
+    for rows in ([0, 1, 2, 3, 4], [3, 1], [2]):
+        seeds = [7 + r for r in rows]
+        picked = [weights[r] for r in rows]
+        expected = methods.select_batch([scores[r] for r in rows], [waves[r] for r in rows], method, RATE, 0.4,
+                                        seeds, picked)
+        got = [selection.kept_indices(m) for m in batch.masks(method, RATE, 0.4, seeds, picked, rows=rows)]
+        assert [k.tolist() for k in got] == [k.tolist() for k in expected]
+
+
+def test_a_selection_batch_uploads_the_clips_once(pool):
+    """After construction a selection moves no clip data to the device: implicit host-to-device
+    transfers are refused while selecting, and only the per-call seeds, ratio and weights go up."""
+    import jax
+
+    scores, waves = pool
+    batch = methods.SelectionBatch(scores, waves)
+    before = [k.tolist() for k in methods.select_batch(scores, waves, "energy", RATE, 0.5, [0] * 5)]
+    with jax.transfer_guard_host_to_device("disallow"):
+        for method in ("fused", "energy", "adaptive_mass"):
+            batch.masks(method, RATE, 0.5, [0] * 5)
+        got = batch.masks("energy", RATE, 0.5, [0] * 5)
+    assert [selection.kept_indices(m).tolist() for m in got] == before
+    on_host = jax.tree.map(np.asarray, batch.clips)  # the same call with the clips on the host: refused
+    seeds, num, den, real = jax.device_put((np.zeros(8, np.uint32), np.int32(1), np.int32(2), np.arange(8) < 5))
+    keys = methods._keys(seeds)
+    with pytest.raises(Exception, match="[Dd]isallowed"), jax.transfer_guard_host_to_device("disallow"):
+        methods._batched("energy", RATE, batch.clips.waveform.shape[1] // 1280)(on_host, keys, num, den, real)
+
+
+def test_a_selection_batch_sets_aside_a_clip_it_cannot_select(pool):
+    scores, waves = pool
+    bad = [scores[0], types.SimpleNamespace(**{**vars(scores[1]), "num_tokens": 10_000}), scores[2]]
+    with pytest.raises(ValueError, match="clip 1: num_tokens must lie in"):
+        methods.SelectionBatch(bad, waves[:3])
+    with pytest.raises(ValueError, match="clip 0: waveform has"):
+        methods.SelectionBatch(scores[:1], [waves[0][:-1]])
+    batch = methods.SelectionBatch(bad, waves[:3], strict=False)
+    assert batch.problems[0] is None and batch.problems[2] is None and "num_tokens" in batch.problems[1]
+    kept = batch.masks("fused", RATE, 0.5, [0, 0], rows=[0, 2])
+    expected = methods.select_batch_masks([scores[0], scores[2]], [waves[0], waves[2]], "fused", RATE, 0.5, [0, 0])
+    assert all(np.array_equal(a, b) for a, b in zip(kept, expected))
+    with pytest.raises(ValueError, match="clip 1: num_tokens"):
+        batch.masks("fused", RATE, 0.5, [0], rows=[1])

@@ -357,6 +357,31 @@ def test_non_finite_scores_fail_the_clip_with_a_reason(config, scorer, split_dir
     assert outcome.failed == 1 and len(lines) == 4 and outcome.retryable == 0
 
 
+class _MiscountedScorer(_NaNScorer):
+    """The real scorer, whose scores of one question claim more audio tokens than its clip has."""
+
+    def score(self, clips, questions, answer_ids=None):
+        import dataclasses
+
+        out = self._scorer.score(clips, questions, answer_ids=answer_ids)
+        return [dataclasses.replace(s, num_tokens=10 * s.num_tokens) if q == self.question else s
+                for q, s in zip(questions, out)]
+
+
+def test_a_clip_that_cannot_be_selected_fails_alone_at_selection(config, scorer, split_dir, tmp_path):
+    small = config.copy_and_resolve_references()
+    small.methods, small.rhos, small.seeds, small.dataset.max_samples = ("original", "fused", "random"), (0.5,), (0,), 2
+    bad = synthetic.read_split(split_dir)[0]
+    outcome = sweep.run_sweep(small, tmp_path, scorer=_MiscountedScorer(scorer, bad.question))
+    lines = _strict_json_lines(outcome.results_file)
+    failed = [line for line in lines if line["failure"] is not None]
+    assert sorted((line["sample_id"], line["method"]) for line in failed) == [(bad.sample_id, "fused"),
+                                                                             (bad.sample_id, "random")]
+    assert all(line["failure"]["stage"] == "select" and "num_tokens must lie in" in line["failure"]["message"]
+               for line in failed)
+    assert len(lines) == 6 and outcome.failed == 2
+
+
 def test_a_rerun_retries_codec_failures_of_a_transient_cause(config, scorer, tmp_path, caplog):
     """Every codec request times out (the sidecar hangs: `runtime.codec_timeout_s`, not fingerprinted);
     each restart is logged with its cause, the table counts the failure, and a plain rerun redoes it."""

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agac_jax.eval import metrics
-from agac_jax.scoring import methods
+from agac_jax.scoring import methods, selection
 from agac_jax.scoring.settings import DEFAULT_RHOS
 FLAT_ENDS = 1e-6  # log-odds ends closer than this leave a clip out of the normalised areas
 
@@ -178,7 +178,9 @@ def selector_curves(scorer: Any, selector: str, scores: Sequence[Any], waveforms
     inner = rhos[1:-1]
     # per clip, (insertion, deletion) per inner rho
     clips: list[np.ndarray] = []
-    kept = {rho: methods.select_batch(scores, waveforms, selector, rate, rho, seeds, weights) for rho in inner}
+    batch = methods.SelectionBatch(scores, waveforms)  # on the device once for every ratio
+    kept = {rho: [selection.kept_indices(m) for m in batch.masks(selector, rate, rho, seeds, weights)]
+            for rho in inner}
     for i, wave in enumerate(waveforms):
         for rho in inner:
             clips.extend(altered_clips(np.asarray(wave, np.float32), kept[rho][i], rate))

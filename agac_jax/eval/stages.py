@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from absl import logging
@@ -25,6 +25,9 @@ from agac_jax.data.common import AudioQASample
 from agac_jax.eval import adaptive, cider, flops, lock, metrics, results
 from agac_jax.eval.progress import Progress
 from agac_jax.eval.results import SELECTING_METHODS, Failure, ResultRecord, TaskKey
+
+if TYPE_CHECKING:
+    from agac_jax.scoring.methods import SelectionBatch
 
 
 def parse_reply(sample: AudioQASample, reply: str) -> str:
@@ -91,7 +94,7 @@ class Context:
 
     dataset_name: str
     scorer: SweepScorer
-    select_masks: Callable[..., list[np.ndarray]]  # `methods.select_batch_masks`
+    selection_batch: Callable[..., SelectionBatch]  # `methods.SelectionBatch`: scores on the device
     decoder_shape: flops.DecoderShape
     writer: results.ResultsWriter
     progress: Progress
@@ -323,31 +326,41 @@ def _write_originals(ctx: Context, item: Sample) -> None:
     ])
 
 
-def _select(ctx: Context, members: Sequence[tuple[Sample, TaskKey]]) -> list[np.ndarray]:
-    """Keep masks of one (method, rate, rho, seed) for several samples, in one batched call."""
+def _select(ctx: Context, batch: SelectionBatch, members: Sequence[tuple[Sample, TaskKey, int]]) -> list[np.ndarray]:
+    """Keep masks of one (method, rate, rho, seed) for several samples (their rows of `batch`), in one
+    batched call."""
     method, rate, rho, seed = members[0][1].method, members[0][1].rate, members[0][1].rho, members[0][1].seed
     if method == "codec":
-        return [np.ones(num_frames(item.waveform.size, rate), bool) for item, _ in members]
+        return [np.ones(num_frames(item.waveform.size, rate), bool) for item, _, _ in members]
     weights = None
     if ctx.kind_weights:  # methods that read no weights ignore them (`methods.Method.weighted`)
-        weights = adaptive.sample_weights([getattr(item.sample, "kind", None) for item, _ in members],
+        weights = adaptive.sample_weights([getattr(item.sample, "kind", None) for item, _, _ in members],
                                           ctx.kind_weights)
-    return ctx.select_masks([item.scores for item, _ in members], [item.waveform for item, _ in members], method,
-                            rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _ in members], weights)
+    return batch.masks(method, rate, rho, [selection_seed(seed, item.sample.sample_id) for item, _, _ in members],
+                       weights, rows=[row for _, _, row in members])
 
 
 def _kept_frames(ctx: Context, items: Sequence[Sample]) -> dict[tuple[int, TaskKey], tuple[np.ndarray, float]]:
-    """(keep mask, seconds) of every compressed task of the batch, keyed by (id(item), key); a
-    (method, rate, rho, seed) is selected for all samples at once, and sample by sample if that
-    fails, recording the samples whose selection fails."""
-    groups: dict[tuple, list[tuple[Sample, TaskKey]]] = {}
+    """(keep mask, seconds) of every compressed task of the batch, keyed by (id(item), key). The
+    scored samples are put on the device once (`SelectionBatch`); a (method, rate, rho, seed) is
+    selected for all its samples at once, and sample by sample if that fails, recording the samples
+    whose selection fails."""
+    scored = [item for item in items if item.scores is not None]
+    batch = ctx.selection_batch([item.scores for item in scored], [item.waveform for item in scored], strict=False)
+    rows = {id(item): row for row, item in enumerate(scored)}
+    groups: dict[tuple, list[tuple[Sample, TaskKey, int]]] = {}
     for item in items:
-        for key in item.tasks:
-            if key.method != "original":
-                groups.setdefault((key.method, key.rate, key.rho, key.seed), []).append((item, key))
+        wanted = [key for key in item.tasks if key.method != "original"]
+        problem = batch.problems[rows[id(item)]] if id(item) in rows else None
+        if wanted and problem is not None:
+            _fail(ctx, item, wanted, "select", ValueError(problem))
+            continue
+        for key in wanted:
+            groups.setdefault((key.method, key.rate, key.rho, key.seed), []).append((item, key, rows.get(id(item), -1)))
     kept: dict[tuple[int, TaskKey], tuple[np.ndarray, float]] = {}
     for members in groups.values():
-        for (item, key), frames, seconds, error in isolate(members, lambda batch: _select(ctx, batch), "selection"):
+        for (item, key, _), frames, seconds, error in isolate(members, lambda group: _select(ctx, batch, group),
+                                                              "selection"):
             if error is None:
                 kept[(id(item), key)] = (frames, seconds)
             else:

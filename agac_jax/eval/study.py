@@ -118,13 +118,16 @@ def _with_alpha(score: Any, alpha: float) -> Any:
 
 def selection_outcomes(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
                        selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None,
-                       weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       weights: Sequence[float] | None = None, batch: methods.SelectionBatch | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per sample, the evidence recall of `selector`'s frames at `rho` (float64 [N], NaN without
     evidence) and how many frames it keeps (int64 [N]), all samples selected in one call (the pool of
     an adaptive selector); `seeds`: the `random` selector's seed per sample (default: its index);
-    `weights`: per sample, its `adaptive_kind` weight."""
+    `weights`: per sample, its `adaptive_kind` weight; `batch`: these scores and waveforms already on
+    the device (`methods.SelectionBatch`), for many selections over them."""
     seeds = list(range(len(scores))) if seeds is None else list(seeds)
-    kept = methods.select_batch(scores, waveforms, selector, rate, rho, seeds, weights)
+    batch = methods.SelectionBatch(scores, waveforms) if batch is None else batch
+    kept = [selection.kept_indices(mask) for mask in batch.masks(selector, rate, rho, seeds, weights)]
     recalls = np.full(len(kept), np.nan)
     for i, (keep, wave, intervals) in enumerate(zip(kept, waveforms, evidence)):
         if intervals:
@@ -135,10 +138,11 @@ def selection_outcomes(scores: Sequence[Any], waveforms: Sequence[np.ndarray], e
 
 def evidence_recalls(scores: Sequence[Any], waveforms: Sequence[np.ndarray], evidence: Sequence[Any],
                      selector: str, rate: int, rho: float, seeds: Sequence[int] | None = None,
-                     weights: Sequence[float] | None = None) -> float:
+                     weights: Sequence[float] | None = None, batch: methods.SelectionBatch | None = None) -> float:
     """Mean evidence recall of `selector` at `rho` over the samples with evidence (percent); `seeds`:
-    the `random` selector's seed per sample (default: its index); `weights`: `adaptive_kind`'s."""
-    recalls, _ = selection_outcomes(scores, waveforms, evidence, selector, rate, rho, seeds, weights)
+    the `random` selector's seed per sample (default: its index); `weights`: `adaptive_kind`'s;
+    `batch`: as `selection_outcomes`."""
+    recalls, _ = selection_outcomes(scores, waveforms, evidence, selector, rate, rho, seeds, weights, batch)
     return 100 * metrics.summarize_evidence_recall(recalls).mean
 
 
@@ -260,10 +264,10 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
     baselines = tuple(config.get("baselines", BASELINES))
     written = 0
 
-    def compared(at_alpha, selector, measured):
+    def compared(at_alpha, selector, measured, batch):
         """The row fields of `adaptive.per_question`: each question's outcomes at every recall ratio."""
-        outcomes = {rho: selection_outcomes(at_alpha, waveforms, evidence, selector, rate, rho, weights=weights)
-                    for rho in rhos}
+        outcomes = {rho: selection_outcomes(at_alpha, waveforms, evidence, selector, rate, rho, weights=weights,
+                                            batch=batch) for rho in rhos}
         frames = [selection.static_num_frames(len(w), rate) for w in waveforms]
         return adaptive.per_question(outcomes, measured[0], measured[1], frames, groups)
 
@@ -284,7 +288,9 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         reference_scores = reference_scores or scores
         for alpha in config.alphas:
             at_alpha = [_with_alpha(s, alpha) for s in scores]
-            recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, "fused", rate, rho) for rho in rhos}
+            batch = methods.SelectionBatch(at_alpha, waveforms)
+            recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, "fused", rate, rho, batch=batch)
+                       for rho in rhos}
             curves = None
             if alpha == config.curve_alpha:
                 curves = curves_of("fused", at_alpha)
@@ -292,15 +298,16 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
             if alpha == config.curve_alpha and config.get("calibrate_kinds", False):
                 _write_kind_weights(workdir, label, setting.name, kinds, at_alpha, waveforms, evidence, rate)
             if alpha == config.curve_alpha and selectors:
-                rows[-1].update(compared(at_alpha, "fused", curves))
+                rows[-1].update(compared(at_alpha, "fused", curves, batch))
                 for selector in selectors:
                     measured = curves_of(selector, at_alpha)
                     recalls = {rho: evidence_recalls(at_alpha, waveforms, evidence, selector, rate, rho,
-                                                     weights=weights) for rho in rhos}
+                                                     weights=weights, batch=batch) for rho in rhos}
                     rows.append(_row(label, selector, setting, alpha, recalls, measured, flops, run_seconds, groups,
                                      right))
-                    rows[-1].update(compared(at_alpha, selector, measured))
-        aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho) for rho in rhos}
+                    rows[-1].update(compared(at_alpha, selector, measured, batch))
+        batch = methods.SelectionBatch(scores, waveforms)
+        aad = {rho: evidence_recalls(scores, waveforms, evidence, "aad", rate, rho, batch=batch) for rho in rhos}
         rows.append(_row(label, "aad", setting, 1.0, aad, None, flops, run_seconds))
         _log.info("%s %s: scored in %.1f s (%.3f s a clip without compilation); fused recall %s", label,
                   setting.name, wall, run_seconds, rows[written][f"recall_{rhos[0]:g}"])
@@ -310,12 +317,13 @@ def run_benchmark(config: Any, bench: Any, workdir: Path, done: set[tuple[str, s
         if reference_scores is None:  # every setting was done before: the attention score once more
             reference_scores = first.score(waveforms, questions, answer_ids=answer_ids)
         baseline_rows = []
+        batch = methods.SelectionBatch(reference_scores, waveforms)
         for selector in baselines:
             # random: the mean of `random_draws` draws, seeds k * N + i for draw k and question i
             draws = [[k * len(samples) + i for i in range(len(samples))]
                      for k in range(config.random_draws if selector == "random" else 1)]
             recalls = {rho: float(np.mean([evidence_recalls(reference_scores, waveforms, evidence, selector, rate, rho,
-                                                            seeds) for seeds in draws])) for rho in rhos}
+                                                            seeds, batch=batch) for seeds in draws])) for rho in rhos}
             measured = [curves_of(selector, reference_scores, seeds=seeds) for seeds in draws]
             curves = faithfulness.mean_curves([c for c, _ in measured])
             joined = {rho: np.mean([np.asarray(j[rho], np.float64) for _, j in measured], axis=0) for rho in rhos}
@@ -332,7 +340,8 @@ def _write_kind_weights(workdir: Path, label: str, setting: str, kinds: Sequence
     """Adds this benchmark's `adaptive.calibrate_kind_weights` of fused on `scores` to kind_weights.json."""
     if not all(kinds):
         raise ValueError(f"{label}: calibrate_kinds needs a question kind on every sample (the scenes benchmark)")
-    recalls = {rho: selection_outcomes(scores, waveforms, evidence, "fused", rate, rho)[0]
+    batch = methods.SelectionBatch(scores, waveforms)
+    recalls = {rho: selection_outcomes(scores, waveforms, evidence, "fused", rate, rho, batch=batch)[0]
                for rho in adaptive.CALIBRATION_RHOS}
     calibrated = adaptive.calibrate_kind_weights(kinds, adaptive.evidence_shares(recalls))
     path = workdir / adaptive.KIND_WEIGHTS_NAME

@@ -385,7 +385,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
     `compile_*`, the XLA programs the loop made (`compile_cache.CompileTally.as_dict`): how many, how
     many of them the persistent cache held, and the seconds compiling, tracing and lowering.
     """
-    from agac_jax.scoring.methods import select_batch_masks
+    from agac_jax.scoring.methods import SelectionBatch
 
     scorer = make_scorer(config) if scorer is None else scorer
     for item in pending:
@@ -395,7 +395,7 @@ def _run_pending(config: Any, dataset_name: str, pending: list[stages.Sample], p
         total, f"sweep p{process_index}", log_every_s=config.runtime.progress_log_every_s
     ) as progress:
         ctx = stages.Context(
-            dataset_name=dataset_name, scorer=scorer, select_masks=select_batch_masks,
+            dataset_name=dataset_name, scorer=scorer, selection_batch=SelectionBatch,
             decoder_shape=flops.DecoderShape.from_text_config(scorer.model_config.text),
             writer=writer, progress=progress,
             codec_factory=_codec_factory(config), deterministic_codec=config.codec.deterministic,

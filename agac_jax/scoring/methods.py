@@ -2,9 +2,12 @@
 
 `METHODS` maps a method's name to how it scores the codec frames of one clip and how it keeps k of
 them. `clip_keep_mask` is that rule for one padded clip, pure JAX; the scoring program calls it for
-its own `fused` keep masks, and `select_batch` vmaps it over the clips of a batch, jitted once per
-(method, rate, padded frames, batch slots). The sweep, `launch.score` and the benchmark all select
-through `select_batch`, so there is one selection path.
+its own `fused` keep masks, and `batch_keep_masks` vmaps it over the clips of a batch, jitted once
+per (method, rate, padded frames, batch slots). `SelectionBatch` puts clips' scores and waveforms on
+the device once and selects any method, rate, ratio and subset of them from there, so a sweep batch,
+a curve or a study uploads its clips once however many selections it makes; `select_batch` is one
+selection through it. The sweep, `launch.score`, the study and the benchmark all select this way, so
+there is one selection path.
 
 Adding a method is adding an entry to `METHODS` (and its tests); `original` and `codec` are not
 selection methods (no frame is dropped) and live in `agac_jax.eval.results.METHODS`.
@@ -187,6 +190,12 @@ def batch_keep_masks(method: str, clips: ClipInputs, keys: Array, keep_num: Arra
     return jax.vmap(keep)(scores, valid, k, unheard, keys)
 
 
+@jax.jit
+def _keys(seeds: Array) -> Array:
+    """[C] PRNG keys of [C] uint32 seeds."""
+    return jax.vmap(jax.random.key)(seeds)
+
+
 @functools.lru_cache(maxsize=256)
 def _batched(method: str, rate: int, max_frames: int) -> Callable[..., Array]:
     """The jitted `batch_keep_masks` of `method` at one rate and frame count."""
@@ -216,65 +225,131 @@ def select_batch_masks(scores: Sequence[Any], waveforms: Sequence[np.ndarray], m
                        rho: float | str, seeds: Sequence[int],
                        weights: Sequence[float] | None = None) -> list[np.ndarray]:
     """Keep masks (bool [N_r], the clip's codec frames) of `method` at codec rate `rate` and keep ratio
-    `rho`, per clip.
+    `rho`, per clip: `SelectionBatch(scores, waveforms).masks(...)`, for one selection over these clips."""
+    return SelectionBatch(scores, waveforms).masks(method, rate, rho, seeds, weights)
 
-    Args:
-      scores: per clip, an object with the `ClipScores` fields local, global_, fused, fastv,
-        num_tokens and n_samples (model-free methods read only n_samples).
-      waveforms: per clip, its float32 samples (len == n_samples).
-      method: a name of `METHODS`.
-      rate: codec token rate.
-      rho: keep ratio in (0, 1], exact as written.
-      seeds: per clip, the seed of its PRNG key (the `random` baseline).
-      weights: per clip, its share weight under `adaptive_kind` (> 0; None: all 1); other methods
-        ignore it.
-    An adaptive method (`Method.pool`) keeps sum_i ceil(rho N_i) frames over these clips together,
-    at least one of each (`agac_jax.scoring.budget`); the padding copies never count.
-    Clips are padded to the longest one's 5 s multiple and the batch to a power of two, so a sweep
-    compiles once per (method, rate, length, batch slots).
+
+class SelectionBatch:
+    """Clips' scores and waveforms, checked, padded and placed on the device once, for every selection
+    over them: a sweep batch's (method, rate, rho, seed) groups, a curve's ratios, a study's selectors
+    read the same device arrays, and only the keep masks come back.
+
+    Clips are padded to the longest one's 5 s multiple and the batch to a power of two with copies of
+    its first clip, so a sweep compiles once per (method, rate, length, batch slots).
     """
-    check_method(method)
-    num, den = selection.keep_ratio_fraction(rho)
-    selection.frame_samples(rate)
-    if not (len(scores) == len(waveforms) == len(seeds)):
-        raise ValueError(f"{len(scores)} scores, {len(waveforms)} waveforms and {len(seeds)} seeds")
-    if weights is not None:
-        weights = [float(w) for w in weights]
-        if len(weights) != len(scores) or not all(math.isfinite(w) and w > 0 for w in weights):
-            raise ValueError(f"weights must be {len(scores)} finite values > 0, one a clip; got {weights}")
-    if not scores:
-        return []
+
+    def __init__(self, scores: Sequence[Any], waveforms: Sequence[np.ndarray], *, strict: bool = True):
+        """
+        Args:
+          scores: per clip, an object with the `ClipScores` fields local, global_, fused, fastv,
+            num_tokens and n_samples (model-free methods read only n_samples), and slot_ranges and
+            slot_valid (None on the token grid; every clip of one model alike).
+          waveforms: per clip, its float32 samples (len == n_samples).
+          strict: a clip whose scores and waveform disagree (`clip_problem`) raises ValueError naming
+            it; False: it is left out, `problems` says why, and selecting it raises.
+        """
+        if len(scores) != len(waveforms):
+            raise ValueError(f"{len(scores)} scores and {len(waveforms)} waveforms")
+        self.problems = [clip_problem(s, w) for s, w in zip(scores, waveforms)]
+        bad = next((i for i, problem in enumerate(self.problems) if problem is not None), None)
+        if strict and bad is not None:
+            raise ValueError(f"clip {bad}: {self.problems[bad]}")
+        self.n_samples = [int(s.n_samples) for s in scores]
+        good = [i for i, problem in enumerate(self.problems) if problem is None]
+        self._row = {i: row for row, i in enumerate(good)}  # clip -> its row of the device arrays
+        self.clips: ClipInputs | None = None
+        if not good:
+            return
+        scores, waveforms = [scores[i] for i in good], [waveforms[i] for i in good]
+        quantum = grids.BUCKET_QUANTUM_SAMPLES
+        self.bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
+        ranges = [getattr(s, "slot_ranges", None) for s in scores]
+        ranged = ranges[0] is not None
+        max_tokens = len(ranges[0]) if ranged else self.bucket // grids.SAMPLES_PER_AUDIO_TOKEN
+        for i, r in zip(good, ranges):
+            if (r is not None) != ranged or (ranged and len(r) != max_tokens):
+                raise ValueError(f"clip {i}: its gate slots differ from clip {good[0]}'s; select clips of one "
+                                 "model together")
+        slots = _slots(len(scores))
+        padded = list(scores) + [scores[0]] * (slots - len(scores))
+        waves = list(waveforms) + [waveforms[0]] * (slots - len(scores))
+        self.clips = jax.device_put(ClipInputs(
+            local=np.stack([_pad(s.local, max_tokens) for s in padded]),
+            global_=np.stack([_pad(s.global_, max_tokens) for s in padded]),
+            fused=np.stack([_pad(s.fused, max_tokens) for s in padded]),
+            fastv=np.stack([_pad(s.fastv, max_tokens) for s in padded]),
+            n_tokens=np.asarray([s.num_tokens for s in padded], np.int32),
+            n_samples=np.asarray([s.n_samples for s in padded], np.int32),
+            waveform=np.stack([_pad(w, self.bucket) for w in waves]),
+            slot_ranges=np.stack([np.asarray(s.slot_ranges, np.int32) for s in padded]) if ranged else None,
+            slot_valid=np.stack([np.asarray(s.slot_valid, bool) for s in padded]) if ranged else None,
+        ))
+
+    def __len__(self) -> int:
+        return len(self.n_samples)
+
+    def masks(self, method: str, rate: int, rho: float | str, seeds: Sequence[int],
+              weights: Sequence[float] | None = None, rows: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Keep masks (bool [N_r], the clip's codec frames) of `method` at codec rate `rate` and keep
+        ratio `rho`, per clip of `rows` (default: all, in order).
+
+        Args:
+          method: a name of `METHODS`.
+          rate: codec token rate.
+          rho: keep ratio in (0, 1], exact as written.
+          seeds: per selected clip, the seed of its PRNG key (the `random` baseline).
+          weights: per selected clip, its share weight under `adaptive_kind` (> 0; None: all 1); other
+            methods ignore it.
+          rows: the clips selected together, as indices into this batch.
+        An adaptive method (`Method.pool`) keeps sum_i ceil(rho N_i) frames over the selected clips
+        together, at least one of each (`agac_jax.scoring.budget`); the padding copies never count.
+        """
+        entry = check_method(method)
+        num, den = selection.keep_ratio_fraction(rho)
+        selection.frame_samples(rate)
+        rows = list(range(len(self))) if rows is None else [int(r) for r in rows]
+        if any(not 0 <= r < len(self) for r in rows):
+            raise ValueError(f"rows {rows} outside this batch of {len(self)} clips")
+        bad = next((r for r in rows if self.problems[r] is not None), None)
+        if bad is not None:
+            raise ValueError(f"clip {bad}: {self.problems[bad]}")
+        if len(seeds) != len(rows):
+            raise ValueError(f"{len(seeds)} seeds for {len(rows)} clips")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(rows) or not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ValueError(f"weights must be {len(rows)} finite values > 0, one a clip; got {weights}")
+        if not rows:
+            return []
+        slots = _slots(len(rows))
+        clips, at = self.clips, [self._row[r] for r in rows]
+        if at != list(range(len(at))) or slots != clips.n_tokens.shape[0]:  # a gather on the device
+            picked = jax.device_put(np.asarray(at + [at[0]] * (slots - len(at)), np.int32))
+            clips = jax.tree.map(lambda x: x[picked], clips)
+        # what one call adds, uploaded explicitly: the clips' weights, seeds, the ratio, the real slots
+        if weights is not None and entry.weighted:
+            clips = clips._replace(weight=jax.device_put(np.asarray(weights + [1.0] * (slots - len(rows)), np.float32)))
+        all_seeds = jax.device_put(np.asarray(list(seeds) + [seeds[0]] * (slots - len(rows)), np.uint32))
+        num, den, real = jax.device_put((np.int32(num), np.int32(den), np.arange(slots) < len(rows)))
+        max_frames = selection.static_num_frames(self.bucket, rate)
+        masks = jax.device_get(_batched(method, rate, max_frames)(clips, _keys(all_seeds), num, den, real))
+        return [masks[i, : selection.static_num_frames(self.n_samples[r], rate)] for i, r in enumerate(rows)]
+
+
+def clip_problem(scores: Any, waveform: np.ndarray) -> str | None:
+    """None, or why one clip's scores and waveform cannot be selected from: a waveform of another
+    length than the scores', a negative sample count, or more valid tokens than the clip's slots."""
+    n = int(scores.n_samples)
+    if n < 0:
+        return f"n_samples must be non-negative; got {n}"
+    if len(waveform) != n:
+        return f"waveform has {len(waveform)} samples; the scores are for {n}"
     quantum = grids.BUCKET_QUANTUM_SAMPLES
-    bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
-    max_frames = selection.static_num_frames(bucket, rate)
-    ranged = getattr(scores[0], "slot_ranges", None) is not None  # every clip of one model alike
-    max_tokens = len(scores[0].slot_ranges) if ranged else bucket // grids.SAMPLES_PER_AUDIO_TOKEN
-    for i, (s, w) in enumerate(zip(scores, waveforms)):
-        if len(w) != s.n_samples:
-            raise ValueError(f"clip {i}: waveform has {len(w)} samples; the scores are for {s.n_samples}")
-        selection.check_clip_values(n_samples=s.n_samples, rate=rate, max_frames=max_frames,
-                                    n_valid_tokens=s.num_tokens, n_tokens=max_tokens)
-    slots = _slots(len(scores))
-    padded = list(scores) + [scores[0]] * (slots - len(scores))
-    waves = list(waveforms) + [waveforms[0]] * (slots - len(scores))
-    clips = ClipInputs(
-        local=np.stack([_pad(s.local, max_tokens) for s in padded]),
-        global_=np.stack([_pad(s.global_, max_tokens) for s in padded]),
-        fused=np.stack([_pad(s.fused, max_tokens) for s in padded]),
-        fastv=np.stack([_pad(s.fastv, max_tokens) for s in padded]),
-        n_tokens=np.asarray([s.num_tokens for s in padded], np.int32),
-        n_samples=np.asarray([s.n_samples for s in padded], np.int32),
-        waveform=np.stack([_pad(w, bucket) for w in waves]),
-        slot_ranges=np.stack([np.asarray(s.slot_ranges, np.int32) for s in padded]) if ranged else None,
-        slot_valid=np.stack([np.asarray(s.slot_valid, bool) for s in padded]) if ranged else None,
-        weight=(None if weights is None or not METHODS[method].weighted
-                else np.asarray(weights + [1.0] * (slots - len(scores)), np.float32)),
-    )
-    all_seeds = list(seeds) + [seeds[0]] * (slots - len(scores))
-    keys = jax.vmap(jax.random.key)(jnp.asarray(all_seeds, jnp.uint32))
-    real = np.arange(slots) < len(scores)
-    masks = np.asarray(_batched(method, rate, max_frames)(clips, keys, np.int32(num), np.int32(den), real))
-    return [masks[i, : selection.static_num_frames(s.n_samples, rate)] for i, s in enumerate(scores)]
+    ranges = getattr(scores, "slot_ranges", None)
+    slots = len(ranges) if ranges is not None else -(-n // quantum) * quantum // grids.SAMPLES_PER_AUDIO_TOKEN
+    if not 0 <= int(scores.num_tokens) <= slots:
+        return f"num_tokens must lie in [0, {slots}] (the clip's token slots); got {scores.num_tokens}"
+    return None
 
 
 def select_frames(scores: Any, waveform: np.ndarray, method: str, rate: int, rho: float | str,

@@ -13,8 +13,8 @@ Grids, at 16 kHz:
 
 Static arguments (``rate``, ``max_frames``, shapes) are Python values; all others may be traced.
 Static arguments are checked here; values (a sample count, a valid-token count, alpha) may be traced
-and cannot be, so the host boundary checks them with `check_clip_values` (`methods.select_batch`,
-`ScoringConfig`).
+and cannot be, so the host boundary checks them: `methods.clip_problem` (once per clip in
+`methods.SelectionBatch`), `check_clip_values` and `ScoringConfig`.
 """
 
 from __future__ import annotations
