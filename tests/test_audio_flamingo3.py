@@ -52,6 +52,19 @@ def test_released_layout(model_dir):
     assert config["model_type"] == "audioflamingo3" and config["audio_token_id"] == 151669
 
 
+def test_the_tokenizer_is_autotokenizers(model_dir):
+    """The adapter loads the class tokenizer_config.json names (`hf_checkpoints.load_tokenizer`): the
+    class, special tokens and ids AutoTokenizer gives on the released layout."""
+    from transformers import AutoTokenizer
+
+    from agac_jax.models.hf_checkpoints import load_tokenizer
+
+    ours, theirs = load_tokenizer(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
+    assert type(ours) is type(theirs) and ours.all_special_tokens == theirs.all_special_tokens
+    text = "<|im_start|>user\n<sound>is there a tone ?<|im_end|>\n"
+    assert ours(text)["input_ids"] == theirs(text)["input_ids"] and len(ours) == len(theirs)
+
+
 def test_parity_with_transformers(report):
     print("\n" + report.table())
     assert report.ok, report.table()

@@ -49,7 +49,7 @@ class AudioFlamingo3Adapter(HFTokenizerAdapter):
              dtype: Any = "float32", scan_layers: bool = False, remat_layers: bool = False,
              prompt_format: str = "chat", use_video: bool = False) -> tuple["AudioFlamingo3Adapter", Any]:
         """A Hugging Face AF3 directory as downloaded; the processor files are read before any weight."""
-        from transformers import AutoTokenizer
+        from agac_jax.models.hf_checkpoints import load_tokenizer
 
         if prompt_format != "chat" or use_video:
             raise ValueError("Audio Flamingo 3 takes its processor's chat prompt, audio only")
@@ -58,7 +58,7 @@ class AudioFlamingo3Adapter(HFTokenizerAdapter):
             directory, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
             shardings=lambda config: cls(config, None, None).param_shardings(mesh, rules))
         config = loaded.config.replace(remat_layers=remat_layers)
-        return cls(config, AutoTokenizer.from_pretrained(str(directory)), settings, loaded.generation_config), loaded.params
+        return cls(config, load_tokenizer(directory), settings, loaded.generation_config), loaded.params
 
     @classmethod
     def abstract(cls, config_json: str | Path, *, param_dtype: Any = "bfloat16", dtype: Any = "",
