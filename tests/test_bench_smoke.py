@@ -67,6 +67,14 @@ def test_mix_schema(results):
         work = b["work"]
         assert work["valid_tokens"] <= work["token_slots"] == sum(
             x["slots"] * int(x["bucket_s"] * 25) for x in work["batches"])
+        bound = b["bound"]  # the ratio is the work ratio times the rate ratio, by construction of the rates
+        assert _positive(bound["jax_flops"]) and _positive(bound["torch_flops"])
+        assert bound["work_ratio"] * bound["rate_ratio"] == pytest.approx(case["torch_s"] / b["jax_program_s"],
+                                                                          rel=1e-9)
+    kernels = case["bucket_sets"]["default"]["bound"]["kernels"]
+    for name in ("matmuls", "attention"):
+        assert _positive(kernels[name]["jax_gflops"]) and _positive(kernels[name]["torch_gflops"]), name
+    assert kernels["gates"] == 64 and kernels["rows"] < kernels["keys"]
     assert case["reference"] == "strong" and set(case["torch_s_by_reference"]) == {"strong", "eager"}
     assert case["torch_s"] == case["torch_s_by_reference"]["strong"]
     issue = case["issue_case"]

@@ -19,7 +19,9 @@ import numpy as np
 from agac_jax.audio import features as feats
 from agac_jax.audio.grids import SAMPLE_RATE
 from agac_jax.bench.context import BenchContext, ModelEntry, make_clips_of, median, mix_lengths_seconds, score_timed
+from agac_jax.bench.program_cost import kernel_rates, reference_clip_flops
 from agac_jax.bench.timing import check_answers, reference_timed, relative_differences
+from agac_jax.eval.flops import analytic_program_flops
 from agac_jax.reference.selection import keep_count, reference_keep, token_scores_to_frames
 from agac_jax.scoring.scorer import ClipScores, Scorer, ScoringConfig
 
@@ -101,6 +103,10 @@ def mix_case(ctx: BenchContext, entry: ModelEntry, estimator: str, lengths: list
                           work=slot_work(scorer, clips),
                           max_relative_difference=relative_differences(firsts[name], refs),
                           keep=keep_agreement(firsts[name], refs, clips, scorer.config.rates, c.mix_keep))
+        sets[name]["bound"] = work_bound(scorer, clips, questions, firsts[name], torch_s, median(runs[name]))
+    if estimator == "occlusion":
+        longest = max(scorers["default"].bucket_frames(len(x)) for x in clips)
+        sets["default"]["bound"]["kernels"] = kernel_rates(scorers["default"], longest, 5 * repeats)
     issue = issue_case(ctx, entry, estimator, scorers["default"], hf, chunk, repeats)
     return dict(clips=len(clips), repeats=repeats, torch_chunk=chunk, jax_occlusion_chunk=
                 scorers["default"].config.occlusion_chunk, reference=modes[0], torch_s=torch_s,
@@ -150,6 +156,25 @@ def issue_case(ctx: BenchContext, entry: ModelEntry, estimator: str, scorer: Sco
                 buckets_frames=[scorer.bucket_frames(len(x)) for x in clips],
                 max_relative_difference=relative_differences(first, refs),
                 keep=keep_agreement(first, refs, clips, scorer.config.rates, c.mix_keep))
+
+
+def work_bound(scorer: Scorer, clips: list[np.ndarray], questions: list[str], scores: list[ClipScores],
+               torch_s: float, jax_s: float) -> dict[str, Any]:
+    """What the ratio is made of: the FLOPs each side runs on these clips (the program's at its padded
+    shapes, the chunks it skips left out: `analytic_program_flops`; the reference's unpadded:
+    `reference_clip_flops`) and the rates that gives each side's time (`jax_s`: the executables'),
+    so that torch_s / jax_s = work_ratio x rate_ratio."""
+    jax_flops = 0.0
+    for frames, idx in scorer.batches(clips):
+        batch, _ = scorer.make_batch(frames, [clips[i] for i in idx], [questions[i] for i in idx],
+                                     [list(scores[i].answer_ids) for i in idx])
+        prompt = int(batch["prompt_ids"].shape[-1])
+        jax_flops += sum(analytic_program_flops(scorer, frames, prompt, valid_tokens=scores[i].num_tokens)
+                         for i in idx)
+    torch_flops = float(sum(reference_clip_flops(scorer, s) for s in scores))
+    jax_rate, torch_rate = jax_flops / jax_s / 1e9, torch_flops / torch_s / 1e9
+    return dict(jax_flops=jax_flops, torch_flops=torch_flops, work_ratio=torch_flops / jax_flops,
+                jax_gflops=jax_rate, torch_gflops=torch_rate, rate_ratio=jax_rate / torch_rate)
 
 
 def slot_work(scorer: Scorer, clips: list[np.ndarray]) -> dict[str, Any]:

@@ -65,6 +65,72 @@ def reference_clip_flops(scorer: Scorer, clip: ClipScores) -> float:
     return flops + clip.num_tokens * full
 
 
+def kernel_rates(scorer: Scorer, frames: int, repeats: int) -> dict[str, Any]:
+    """GFLOP/s of the two kernels one occlusion chunk of a `frames` bucket spends its time in, on each
+    side: the decoder's matmuls (projections and MLP) and its attention (the project's
+    `grouped_attention`, compiled with the Scorer's options, against torch's SDPA with grouped query
+    heads), on `occlusion_chunk` gate passes of half the sequence's rows against all its keys (a
+    suffix pass of the chunk's mean start), alternating, the median of `repeats`."""
+    import jax.numpy as jnp
+    import torch
+
+    from agac_jax.models.decoder import grouped_attention
+
+    c, text = scorer.config, scorer.model_config.text
+    length = frames // 4 + c.max_text_tokens + c.max_new_tokens
+    b, rows, d, inter = c.occlusion_chunk, length // 2, text.hidden_size, text.intermediate_size
+    heads, kv, hd = text.num_attention_heads, text.num_key_value_heads, text.attention_head_dim
+    rng = np.random.default_rng(0)
+    normal = lambda *shape: (0.1 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    x, wq, wkv, wo = normal(b * rows, d), normal(d, heads * hd), normal(d, 2 * kv * hd), normal(heads * hd, d)
+    w_in, w_out = normal(d, 2 * inter), normal(inter, d)
+    q, k, v = normal(b, rows, heads, hd), normal(b, length, kv, hd), normal(b, length, kv, hd)
+    mask = np.arange(length)[None, :] <= np.arange(length - rows, length)[:, None]  # [rows, keys] causal
+
+    def jax_matmuls(x):
+        h = x @ w_in
+        return (x @ wq) @ wo + (jax.nn.silu(h[:, :inter]) * h[:, inter:]) @ w_out, x @ wkv
+
+    def jax_attention(q, k, v, m):
+        return grouped_attention(q, k, v, m, heads // kv, jnp.float32)[0]
+
+    options = scorer.compiler_options()
+    inputs = {"matmuls": (x,), "attention": (q, k, v, np.broadcast_to(mask, (b, rows, length)))}
+    programs = {name: jax.jit(fn).lower(*inputs[name]).compile(compiler_options=options)
+                for name, fn in (("matmuls", jax_matmuls), ("attention", jax_attention))}
+    on_device = {name: jax.device_put(args) for name, args in inputs.items()}
+    t = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in
+         dict(x=x, wq=wq, wkv=wkv, wo=wo, w_in=w_in, w_out=w_out, q=q.transpose(0, 2, 1, 3),
+              k=k.transpose(0, 2, 1, 3), v=v.transpose(0, 2, 1, 3), mask=mask).items()}
+
+    def torch_matmuls():
+        h = t["x"] @ t["w_in"]
+        return (t["x"] @ t["wq"]) @ t["wo"] + torch.nn.functional.silu(h[:, :inter]) * h[:, inter:] @ t["w_out"], \
+            t["x"] @ t["wkv"]
+
+    def torch_attention():
+        return torch.nn.functional.scaled_dot_product_attention(t["q"], t["k"], t["v"], attn_mask=t["mask"],
+                                                                enable_gqa=True)
+
+    flops = {"matmuls": 2 * b * rows * d * (2 * heads * hd + 2 * kv * hd + 3 * inter),
+             "attention": 4 * b * rows * length * heads * hd}
+    sides = {"matmuls": (lambda: jax.block_until_ready(programs["matmuls"](*on_device["matmuls"])), torch_matmuls),
+             "attention": (lambda: jax.block_until_ready(programs["attention"](*on_device["attention"])),
+                           torch_attention)}
+    out: dict[str, Any] = dict(gates=b, rows=rows, keys=length, hidden=d, heads=heads, kv_heads=kv, head_dim=hd)
+    with torch.inference_mode():
+        for name, (jax_fn, torch_fn) in sides.items():
+            jax_fn(), torch_fn()
+            jax_s, torch_s = [], []
+            for _ in range(repeats):
+                jax_s.append(timed(jax_fn)[0])
+                torch_s.append(timed(torch_fn)[0])
+            out[name] = dict(flops=flops[name], jax_gflops=flops[name] / median(jax_s) / 1e9,
+                             torch_gflops=flops[name] / median(torch_s) / 1e9)
+            out[name]["jax_over_torch_rate"] = out[name]["jax_gflops"] / out[name]["torch_gflops"]
+    return out
+
+
 def attention_map_bytes(scorer: Scorer, frames: int) -> dict[str, float]:
     """Bytes of fp32 attention maps of the program's sequence: all layers for the batch (L H S^2 4 B),
     and all layers for one occlusion chunk of gate vectors per clip."""
@@ -150,8 +216,11 @@ def measure_program(ctx: BenchContext, entry: ModelEntry, estimator: str) -> Pro
 def bench_memory(ctx: BenchContext) -> dict[str, Any]:
     """Part `memory`: the temporaries of the occlusion program for one clip filling the
     `memory_seconds` bucket, per occlusion chunk (`memory_chunks`, 0: every gate of the bucket in one
-    chunk), compiled and not run, against the attention scores of one chunk and of the whole bucket:
-    chunks run one after another, so the temporaries follow the chunk, not the bucket."""
+    chunk, its gates vmapped together: `gate_batch`), compiled and not run, against the attention
+    scores of one chunk and of the whole bucket: chunks run one after another, so the temporaries
+    follow the chunk, not the bucket. The `scaling` part's program, when measured, is added with
+    `gate_batch` None: the Scorer's default (blocks of CPU_OCCLUSION_GATE_BATCH gates on CPU), which
+    bounds the temporaries further."""
     c = ctx.config
     entry = ctx.model("tiny")
     clips, questions = make_clips(1, c.memory_seconds, c.seed)
@@ -164,7 +233,7 @@ def bench_memory(ctx: BenchContext) -> dict[str, Any]:
         t_slots = frames // 4
         gates = chunk or t_slots
         scorer = ctx.scorer(entry, estimator="occlusion", batch_size=1, occlusion_chunk=gates,
-                            buckets_seconds=(c.memory_seconds,))
+                            occlusion_gate_batch=gates, buckets_seconds=(c.memory_seconds,))
         seq = t_slots + c.max_text_tokens + c.max_new_tokens
         offset = max(min(scorer.audio_offset, seq - c.max_new_tokens - 1), 0)
         batch, _ = scorer.make_batch(frames, clips, questions, None)
@@ -176,7 +245,7 @@ def bench_memory(ctx: BenchContext) -> dict[str, Any]:
             compile_s, refused = float("nan"), str(error)
         temp = scorer.program_memory[ProgramKey.of(frames, True, batch)]
         scores = one_chunk_scores_bytes(gates, heads, seq, offset)
-        chunks[str(gates)] = dict(chunk=gates, temp_bytes=temp, one_chunk_scores_bytes=scores,
+        chunks[str(gates)] = dict(chunk=gates, gate_batch=gates, temp_bytes=temp, one_chunk_scores_bytes=scores,
                                   temp_over_one_chunk_scores=temp / scores, compile_s=compile_s, refused=refused)
         ctx.log(f"memory: chunk {gates}: temporaries {temp / 2**20:.0f} MiB (one chunk's attention scores "
                 f"{scores / 2**20:.0f} MiB)")
@@ -184,7 +253,8 @@ def bench_memory(ctx: BenchContext) -> dict[str, Any]:
     measured = ctx.temp_bytes.get((frames, "occlusion", default_chunk))
     if measured is not None and str(default_chunk) not in chunks:
         scores = one_chunk_scores_bytes(default_chunk, heads, seq, offset)
-        chunks[str(default_chunk)] = dict(chunk=default_chunk, temp_bytes=measured, one_chunk_scores_bytes=scores,
+        chunks[str(default_chunk)] = dict(chunk=default_chunk, gate_batch=None, temp_bytes=measured,
+                                          one_chunk_scores_bytes=scores,
                                           temp_over_one_chunk_scores=measured / scores, compile_s=None,
                                           refused=None, from_part="scaling")
     return dict(model=entry.description, bucket_frames=frames, bucket_slots=t_slots, sequence=seq, batch_size=1,

@@ -90,6 +90,8 @@ def _mix_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
                              f"{b['torch_over_jax']:.2f}x{others}; {b['compilations']} compiles {b['compile_s']:.0f} s; "
                              f"local diff {b['max_relative_difference']['local']:.1e} of |logp|; keep same "
                              f"{keep['decisive_same']}/{keep['decisive']} decisive ({keep['same']}/{keep['pairs']})"))
+                if "bound" in b:
+                    rows.append(("", "", _bound_cell(b["bound"])))
             i = r["issue_case"]
             others = "".join(f" ({mode} {t:.2f} s, {t / i['jax_s']:.2f}x)"
                              for mode, t in i.get("torch_s_by_reference", {}).items() if mode != _mode(i))
@@ -97,6 +99,18 @@ def _mix_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
                          f"{i['first_call_s'] - i['compile_s']:.2f} s, torch {_mode(i)} {i['torch_s']:.2f} s, "
                          f"torch/jax {i['torch_over_jax']:.2f}x{others}, local diff "
                          f"{i['max_relative_difference']['local']:.1e}"))
+
+
+def _bound_cell(bound: dict[str, Any]) -> str:
+    """The ratio's parts: work ratio x rate ratio, and the two kernels' rates where measured."""
+    cell = (f"= work {bound['work_ratio']:.2f}x (jax {bound['jax_flops'] / 1e9:.0f}, torch "
+            f"{bound['torch_flops'] / 1e9:.0f} GFLOP) x rate {bound['rate_ratio']:.2f}x (jax "
+            f"{bound['jax_gflops']:.1f}, torch {bound['torch_gflops']:.1f} GFLOP/s)")
+    kernels = bound.get("kernels")
+    if kernels:
+        cell += "; alone: " + ", ".join(f"{name} jax {kernels[name]['jax_gflops']:.0f} torch "
+                                       f"{kernels[name]['torch_gflops']:.0f} GFLOP/s" for name in ("matmuls", "attention"))
+    return cell
 
 
 def _scaling_rows(part: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:

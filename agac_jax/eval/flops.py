@@ -122,13 +122,16 @@ def encoder_flops(audio: Any, frames: int, text_width: int, *, backward: bool = 
     return convs + audio.encoder_layers * layer + 2 * (n // 2) * dm * text_width
 
 
-def analytic_program_flops(scorer: Any, frames: int, prompt_slots: int | None = None) -> float:
+def analytic_program_flops(scorer: Any, frames: int, prompt_slots: int | None = None,
+                           valid_tokens: int | None = None) -> float:
     """FLOPs of the scoring program on one batch at its padded shapes (`prompt_slots` positions per
     prompt, `Scorer.prompt_slots`; None: the bucket's most): two encoder passes, greedy prefill and
     steps, the full and silence passes, and the estimator's passes, each recomputing the positions
     from its shared prefix on, the last layer on the answer rows only (with input gates, each pass
     also encodes its gated log-mel, forward and, for IG, backward). `scorer`: a `Scorer`, or anything
-    with its `config`, `model_config` (a Qwen2-Audio-shaped config) and `audio_offset`."""
+    with its `config`, `model_config` (a Qwen2-Audio-shaped config) and `audio_offset`. `valid_tokens`:
+    one real clip of that many valid audio tokens instead of the batch, whose occlusion chunks from
+    its last valid token on are skipped, as the program skips them."""
     from agac_jax.scoring.program import occlusion_gate_slots, occlusion_schedule
 
     c, model = scorer.config, scorer.model_config
@@ -158,5 +161,10 @@ def analytic_program_flops(scorer: Any, frames: int, prompt_slots: int | None = 
         steps = occlusion_schedule(gates, c.occlusion_chunk, c.occlusion_segments, window=c.window,
                                    audio_offset=offset, audio_rows=t_slots, gate_domain=c.gate_domain,
                                    share_prefix=c.share_prefix)
-        per_clip += sum(step.chunks * step.size * (pass_from(step.start) + encode) for step in steps)
-    return c.batch_size * per_clip
+        def chunks(step) -> int:
+            if valid_tokens is None:
+                return step.chunks
+            return sum(step.first + i * step.size < valid_tokens for i in range(step.chunks))
+
+        per_clip += sum(chunks(step) * step.size * (pass_from(step.start) + encode) for step in steps)
+    return per_clip if valid_tokens is not None else c.batch_size * per_clip

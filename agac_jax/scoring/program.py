@@ -56,6 +56,7 @@ class ProgramSpec:
     generate_per_clip: bool = False  # greedy answers one clip per shard at a time, batch-padding copies
     #                                  skipped (`map_real_clips`); False: the whole batch at once
     ig_chunk: int = 1  # IG steps vmapped together: the largest divisor of ig_steps up to this
+    occlusion_gate_batch: int = 0  # gates of a chunk vmapped together, the blocks in a loop; 0: all
     probe: Callable[[str, int], None] | None = None  # f("occlusion" | "generation", n) called with the
     #   occlusion passes and generated rows as they run (tests count them: which work is skipped)
 
@@ -63,7 +64,8 @@ class ProgramSpec:
     def from_config(cls, config: ScoringConfig, **bucket: Any) -> "ProgramSpec":
         """The spec of one bucket's program: the fields a (validated) `ScoringConfig` holds under the same
         names, `data_shards` from its mesh, and the rest (`max_samples`, `generate`, `audio_offset`,
-        `generation`, and the scorer's `generate_per_clip`, `ig_chunk`, `probe`) given; a config field
+        `generation`, and the scorer's `generate_per_clip`, `ig_chunk`, `occlusion_gate_batch`, `probe`)
+        given; a config field
         left None (resolved per device by the scorer) takes the spec's default."""
         names = {field.name for field in dataclasses.fields(cls)}
         shared = {name: getattr(config, name) for name in names
@@ -502,8 +504,10 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
     clips; the shards side by side), and a chunk whose first gate is at or past the clip's valid token
     count (0 for a batch-padding copy, `real` False) is skipped by a `lax.cond` whose predicate is the
     largest such count over the shards' current clips, so only one branch runs. Each chunk takes the
-    previous chunk's result, so chunks run one after another and the program's temporaries are those
-    of one chunk of one clip per shard. With chunks of c gates over T tokens and L positions, one step
+    previous chunk's result, so chunks run one after another; within a chunk the gates run
+    `occlusion_gate_batch` at a time (a `lax.map` over vmapped blocks, so that on CPU a block's
+    attention scores stay in cache), and the program's temporaries are those of one block of one clip
+    per shard. With chunks of c gates over T tokens and L positions, one step
     per chunk does about T (L - audio_offset - T / 2) token passes, against T L without sharing.
     """
     b, t = clips.audio.shape[0], clips.audio.shape[1]
@@ -529,9 +533,10 @@ def _occlusion_logps(model: AudioLanguageModel, spec: ProgramSpec, params: Any, 
             def run(done):
                 def one_clip(clip, clip_cache, clip_gates):
                     passes = clip_passes(model, params, clip, spec.target)
-                    if spec.share_prefix:
-                        return jax.vmap(lambda g: passes.suffix_logp(g, start, clip_cache))(clip_gates)
-                    return jax.vmap(passes.logp_of)(clip_gates)
+                    logp = (lambda g: passes.suffix_logp(g, start, clip_cache)) if spec.share_prefix else passes.logp_of
+                    if 0 < spec.occlusion_gate_batch < clip_gates.shape[0]:
+                        return jax.lax.map(logp, clip_gates, batch_size=spec.occlusion_gate_batch)
+                    return jax.vmap(logp)(clip_gates)
 
                 block = jax.lax.dynamic_slice_in_dim(gates, first, size, axis=1)
                 part = jax.vmap(one_clip)(group, cache, block)

@@ -28,7 +28,7 @@ from agac_jax.models.generate import GenerationSettings, greedy_generate
 from agac_jax.models.interface import ModelAdapter
 from agac_jax.scoring import executables
 from agac_jax.scoring.program import ProgramSpec, answer_targets_batch, map_real_clips, score_batch
-from agac_jax.scoring.settings import (CPU_IG_CHUNK, POSTER_ALPHA, POSTER_LOCAL_SCORE,  # noqa: F401 - the
+from agac_jax.scoring.settings import (CPU_IG_CHUNK, CPU_OCCLUSION_GATE_BATCH, POSTER_ALPHA, POSTER_LOCAL_SCORE,  # noqa: F401 - the
                                        TARGETS, ScoringConfig, keep_ratio_fraction)  # poster's settings, for callers
 from agac_jax.scoring.sharding import fsdp_axis_rules, make_mesh
 
@@ -42,6 +42,11 @@ CPU_LEAN_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=fals
 # execution: 0.3 s of CPU per program of the tiny model (3x its warm run), 0.5 s for the 512-wide one.
 # Without it (the default, `ScoringConfig.cpu_ynnpack`) XLA's own kernels run them, built at compile time.
 CPU_NO_YNNPACK_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA's tree-reduction rewrite splits every long reduction, such as the softmax's max and sum over the
+# keys, into a reduce-window that no fusion takes in: one more pass over every attention score matrix,
+# a fifth of the occlusion program's time. Without it the reductions fuse with the ops that produce
+# their operand; the sums are as accurate (a log-sum-exp over 151,646 logits: the same 8.5e-7 error).
+CPU_SCORING_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
 
 
 class ProgramKey(NamedTuple):
@@ -127,6 +132,7 @@ class Scorer:
         on_cpu = self.mesh.devices.flat[0].platform == "cpu"
         self.generate_per_clip = config.generate_per_clip if config.generate_per_clip is not None else on_cpu
         self.ig_chunk = config.ig_chunk or (CPU_IG_CHUNK if on_cpu else 1)
+        self.occlusion_gate_batch = config.occlusion_gate_batch or (CPU_OCCLUSION_GATE_BATCH if on_cpu else 0)
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: ScoringConfig = ScoringConfig(), *, kind: str = "",
@@ -403,6 +409,7 @@ class Scorer:
         spec = ProgramSpec.from_config(self.config, max_samples=frames * feats.HOP_LENGTH, generate=generate,
                                        audio_offset=self.audio_offset, generation=self.generation,
                                        generate_per_clip=self.generate_per_clip, ig_chunk=self.ig_chunk,
+                                       occlusion_gate_batch=self.occlusion_gate_batch,
                                        probe=self.probe)
 
         def program(params, batch):
@@ -432,10 +439,11 @@ class Scorer:
         return executable, time.perf_counter() - start
 
     def compiler_options(self) -> dict[str, str] | None:
-        """XLA options of the scoring programs: CPU_NO_YNNPACK_OPTIONS on CPU without `cpu_ynnpack`."""
-        if self.config.cpu_ynnpack or self.mesh.devices.flat[0].platform != "cpu":
+        """XLA options of the scoring programs: on CPU, CPU_SCORING_OPTIONS, and CPU_NO_YNNPACK_OPTIONS
+        without `cpu_ynnpack`."""
+        if self.mesh.devices.flat[0].platform != "cpu":
             return None
-        return dict(CPU_NO_YNNPACK_OPTIONS)
+        return {**CPU_SCORING_OPTIONS, **({} if self.config.cpu_ynnpack else CPU_NO_YNNPACK_OPTIONS)}
 
     def _clip_result(self, out, batch, j, question, n_samples, compile_share, run_share) -> ClipScores:
         t = int(out["num_tokens"][j])
