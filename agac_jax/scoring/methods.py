@@ -207,6 +207,11 @@ def _slots(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def _padded_samples(n: int) -> int:
+    """n samples rounded up to the selection's padding quantum (a 5 s multiple)."""
+    return -(-n // grids.BUCKET_QUANTUM_SAMPLES) * grids.BUCKET_QUANTUM_SAMPLES
+
+
 def _pad(x: Any, n: int) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return np.pad(x, (0, n - len(x)))
@@ -261,8 +266,7 @@ class SelectionBatch:
         if not good:
             return
         scores, waveforms = [scores[i] for i in good], [waveforms[i] for i in good]
-        quantum = grids.BUCKET_QUANTUM_SAMPLES
-        self.bucket = max(-(-s.n_samples // quantum) * quantum for s in scores)
+        self.bucket = max(_padded_samples(s.n_samples) for s in scores)
         ranges = [getattr(s, "slot_ranges", None) for s in scores]
         ranged = ranges[0] is not None
         max_tokens = len(ranges[0]) if ranged else self.bucket // grids.SAMPLES_PER_AUDIO_TOKEN
@@ -344,9 +348,8 @@ def clip_problem(scores: Any, waveform: np.ndarray) -> str | None:
         return f"n_samples must be non-negative; got {n}"
     if len(waveform) != n:
         return f"waveform has {len(waveform)} samples; the scores are for {n}"
-    quantum = grids.BUCKET_QUANTUM_SAMPLES
     ranges = getattr(scores, "slot_ranges", None)
-    slots = len(ranges) if ranges is not None else -(-n // quantum) * quantum // grids.SAMPLES_PER_AUDIO_TOKEN
+    slots = len(ranges) if ranges is not None else _padded_samples(n) // grids.SAMPLES_PER_AUDIO_TOKEN
     if not 0 <= int(scores.num_tokens) <= slots:
         return f"num_tokens must lie in [0, {slots}] (the clip's token slots); got {scores.num_tokens}"
     return None
